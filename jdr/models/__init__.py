@@ -1,0 +1,13 @@
+"""Encoders: Flax BERT, pooling, the dual-encoder `encode`, HF/sentence-transformers import/export, inference."""
+
+from jdr.models.bert import BertConfig, BertModel
+from jdr.models.encoder import EncoderSpec, encode, init_params, make_params, tower_params
+from jdr.models.hf import export, find_minilm, load
+from jdr.models.inference import encode_texts
+from jdr.models.pooling import l2_normalize, pool
+from jdr.models.tokenize import Tokenized, bucket_length, tokenize
+
+__all__ = [
+    "BertConfig", "BertModel", "EncoderSpec", "Tokenized", "bucket_length", "encode", "encode_texts", "export",
+    "find_minilm", "init_params", "l2_normalize", "load", "make_params", "pool", "tokenize", "tower_params",
+]

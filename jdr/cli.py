@@ -1,0 +1,176 @@
+"""`jdr` command line: thin subcommands (parse, call, print). Add a subcommand by adding one entry to COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _load_model(args, query_max_length=None, passage_max_length=None):
+    from jdr.models import hf
+
+    return hf.load(args.model, query_max_length=query_max_length, passage_max_length=passage_max_length)
+
+
+def _ids_path(index_path) -> Path:
+    """The doc-ids file kept beside an index written by `jdr index`: row i of the index is line i."""
+    return Path(f"{index_path}.ids.txt")
+
+
+# -- encode ---------------------------------------------------------------------------------------------------
+def _encode_args(p):
+    p.add_argument("--model", required=True, help="HF/sentence-transformers model dir or hub name")
+    p.add_argument("--input", required=True, help="BEIR corpus.jsonl or queries.jsonl")
+    p.add_argument("--output", required=True, help="embedding store dir (embeddings.npy, ids.txt, meta.json)")
+    p.add_argument("--tower", choices=("query", "passage"), default="passage")
+    p.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _encode(args) -> int:
+    from jdr.data.beir import load_corpus
+    from jdr.index.store import save_embeddings
+    from jdr.models.inference import encode_texts
+
+    docs = load_corpus(args.input)  # a queries.jsonl reads as a corpus with empty titles
+    params, spec, tok = _load_model(args)
+    emb = encode_texts(params, spec, tok, docs.passages(), tower=args.tower, max_length=args.max_length,
+                       batch_size=args.batch_size)
+    save_embeddings(args.output, emb, docs.ids, model=str(args.model), tower=args.tower)
+    print(f"wrote {len(docs.ids)} x {emb.shape[1]} embeddings to {args.output}")
+    return 0
+
+
+# -- index ----------------------------------------------------------------------------------------------------
+def _index_args(p):
+    p.add_argument("--embeddings", required=True, help="embedding store dir written by `jdr encode`")
+    p.add_argument("--factory", default="Flat", help='faiss factory string, e.g. "Flat", "IVF1024,PQ32", "HNSW32"')
+    p.add_argument("--output", required=True, help="index file; doc ids go to OUTPUT.ids.txt")
+    p.add_argument("--train-sample", type=int, default=None, help="rows to train on (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _index(args) -> int:
+    from jdr.index.faiss_index import build_index, save_index
+    from jdr.index.store import load_embeddings
+    from jdr.io import atomic_write
+
+    emb, ids = load_embeddings(args.embeddings)
+    index = build_index(emb, args.factory, train_sample=args.train_sample, seed=args.seed)
+    save_index(index, args.output)
+    with atomic_write(_ids_path(args.output)) as f:
+        f.writelines(f"{i}\n" for i in ids)
+    print(f"wrote {args.factory} index of {index.ntotal} vectors to {args.output}")
+    return 0
+
+
+# -- search ---------------------------------------------------------------------------------------------------
+def _search_args(p):
+    p.add_argument("--model", required=True, help="HF/sentence-transformers model dir or hub name")
+    p.add_argument("--index", required=True, help="index file written by `jdr index` (with INDEX.ids.txt)")
+    p.add_argument("--queries", required=True, help="BEIR queries.jsonl")
+    p.add_argument("--top-k", type=int, default=1000)
+    p.add_argument("--output", required=True, help="TREC run file")
+    p.add_argument("--max-length", type=int, default=None, help="query token limit (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists to visit")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW search depth")
+    p.add_argument("--tag", default="jdr", help="run tag (last TREC column)")
+
+
+def _search(args) -> int:
+    from jdr.data.beir import load_queries
+    from jdr.evaluate import search_run, write_trec_run
+    from jdr.index.faiss_index import load_index
+    from jdr.index.store import load_ids
+    from jdr.models.inference import encode_texts
+
+    index = load_index(args.index)
+    doc_ids = load_ids(_ids_path(args.index))
+    queries = load_queries(args.queries)
+    params, spec, tok = _load_model(args)
+    qids = list(queries)
+    q_emb = encode_texts(params, spec, tok, [queries[q] for q in qids], tower="query", max_length=args.max_length,
+                         batch_size=args.batch_size)
+    run = search_run(q_emb, qids, index, doc_ids, args.top_k, nprobe=args.nprobe, efSearch=args.ef_search)
+    write_trec_run(args.output, run, args.tag)
+    print(f"wrote run for {len(run)} queries to {args.output}")
+    return 0
+
+
+# -- evaluate -------------------------------------------------------------------------------------------------
+def _evaluate_args(p):
+    p.add_argument("--model", required=True, help="HF/sentence-transformers model dir or hub name")
+    p.add_argument("--data", required=True, help="BEIR dataset dir or name (e.g. scifact)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--factory", default="Flat", help="faiss factory string")
+    p.add_argument("--max-length", type=int, default=256, help="passage token limit")
+    p.add_argument("--query-max-length", type=int, default=None, help="query token limit (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=1000)
+    p.add_argument("--run-output", default=None, help="also write the TREC run here")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _evaluate(args) -> int:
+    from jdr.data.beir import load_beir, resolve_dataset
+    from jdr.evaluate import compute_metrics, retrieve, write_trec_run
+
+    data = load_beir(resolve_dataset(args.data), args.split)
+    params, spec, tok = _load_model(args)
+    run = retrieve(params, spec, tok, data.corpus, data.queries, factory=args.factory, k=args.top_k,
+                   query_max_length=args.query_max_length, passage_max_length=args.max_length,
+                   batch_size=args.batch_size)
+    if args.run_output:
+        write_trec_run(args.run_output, run)
+    metrics = compute_metrics(data.qrels, run, ignore_identical_ids=True)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{args.data} ({args.split}, {len(data.queries)} queries, {len(data.corpus)} docs)")
+        for name, value in metrics.items():
+            print(f"  {name:<12} {value:.4f}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "encode": Command("encode a jsonl file into an embedding store", _encode_args, _encode),
+    "index": Command("build a faiss index over an embedding store", _index_args, _index),
+    "search": Command("search an index with a model's query embeddings, write a TREC run", _search_args, _search),
+    "evaluate": Command("retrieve over a BEIR split and print nDCG@10 / MRR@10 / recall", _evaluate_args, _evaluate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `jdr` argument parser: one subparser per COMMANDS entry."""
+    parser = argparse.ArgumentParser(prog="jdr", description="Dense text retrievers in JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the `jdr` console script. Bad user input prints `jdr: error: <one line>` and returns 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"jdr: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

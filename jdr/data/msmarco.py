@@ -1,0 +1,105 @@
+"""MS MARCO TSV readers: collection, queries, TREC qrels, and training triples (texts or ids)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jdr.data.beir import Corpus
+from jdr.data.errors import DataError
+
+
+def _tsv_rows(path: Path, ncols: int, what: str):
+    """Yield `(line_no, columns)` for each non-blank line, requiring exactly `ncols` tab-separated columns."""
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) != ncols:
+                raise DataError(path, f"expected {ncols} tab-separated columns ({what}), got {len(cols)}", line_no)
+            if any(not c.strip() for c in cols):
+                raise DataError(path, f"empty column ({what})", line_no)
+            yield line_no, cols
+
+
+def _id_text_table(path: Path, kind: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line_no, (rid, text) in _tsv_rows(path, 2, f"{kind} id, text"):
+        if rid in out:
+            raise DataError(path, f"duplicate id {rid!r}", line_no)
+        out[rid] = text
+    if not out:
+        raise DataError(path, f"no {kind}s")
+    return out
+
+
+def load_collection(path: str | os.PathLike) -> Corpus:
+    """Read collection.tsv (`pid\\ttext`) into a `Corpus` with empty titles, in file order."""
+    table = _id_text_table(Path(path), "passage")
+    ids = list(table)
+    return Corpus(ids=ids, titles=[""] * len(ids), texts=list(table.values()), index={d: i for i, d in enumerate(ids)})
+
+
+def load_queries_tsv(path: str | os.PathLike) -> dict[str, str]:
+    """Read queries.tsv (`qid\\ttext`) into `{qid: text}` in file order."""
+    return _id_text_table(Path(path), "query")
+
+
+def load_qrels_trec(path: str | os.PathLike, corpus_ids=None, query_ids=None) -> dict[str, dict[str, int]]:
+    """Read TREC qrels (`qid iter pid rel`, whitespace-separated) into `{qid: {pid: rel}}`.
+
+    `corpus_ids` / `query_ids`, when given, must contain every id named.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) != 4:
+                raise DataError(path, f"expected 4 columns (qid, iter, pid, rel), got {len(cols)}", line_no)
+            qid, _, pid, rel = cols
+            try:
+                score = int(rel)
+            except ValueError:
+                raise DataError(path, f"relevance {rel!r} is not an integer", line_no) from None
+            if query_ids is not None and qid not in query_ids:
+                raise DataError(path, f"query id {qid!r} is not in the queries file", line_no)
+            if corpus_ids is not None and pid not in corpus_ids:
+                raise DataError(path, f"passage id {pid!r} is not in the collection", line_no)
+            qrels.setdefault(qid, {})[pid] = score
+    if not qrels:
+        raise DataError(path, "no judgments")
+    return qrels
+
+
+def load_triples(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """Read text triples (`query\\tpositive\\tnegative`) as a list of 3-tuples of strings."""
+    path = Path(path)
+    rows = [tuple(cols) for _, cols in _tsv_rows(path, 3, "query, positive, negative")]
+    if not rows:
+        raise DataError(path, "no triples")
+    return rows
+
+
+def load_id_triples(path: str | os.PathLike, corpus_ids=None, query_ids=None) -> list[tuple[str, str, str]]:
+    """Read id triples (`qid\\tpos_pid\\tneg_pid`) as `(qid, pos, neg)` string tuples, checking ids when given."""
+    path = Path(path)
+    rows = []
+    for line_no, (qid, pos, neg) in _tsv_rows(path, 3, "qid, positive pid, negative pid"):
+        if query_ids is not None and qid not in query_ids:
+            raise DataError(path, f"query id {qid!r} is not in the queries file", line_no)
+        for pid in (pos, neg):
+            if corpus_ids is not None and pid not in corpus_ids:
+                raise DataError(path, f"passage id {pid!r} is not in the collection", line_no)
+        rows.append((qid, pos, neg))
+    if not rows:
+        raise DataError(path, "no triples")
+    return rows

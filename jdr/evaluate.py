@@ -1,0 +1,130 @@
+"""Retrieval evaluation: TREC run files, pytrec_eval metrics, and dense retrieval with a model over a corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytrec_eval
+
+from jdr.data.errors import DataError
+from jdr.index import faiss_index
+from jdr.io import atomic_write
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+METRIC_KEYS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000", "map")
+
+
+def ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
+    """A query's `(docid, score)` pairs in trec_eval's order: score descending, ties by docid descending."""
+    return sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+
+
+def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "jdr") -> None:
+    """Write `run` ({qid: {docid: score}}) as TREC lines `qid Q0 docid rank score tag`, ranks from 1 in
+    trec_eval's order."""
+    if not tag or any(c.isspace() for c in tag):
+        raise ValueError(f"run tag must be one non-empty word, got {tag!r}")
+    with atomic_write(path) as f:
+        for qid, docs in run.items():
+            for rank, (did, score) in enumerate(ranked(docs), 1):
+                f.write(f"{qid} Q0 {did} {rank} {float(score):.6f} {tag}\n")
+
+
+def read_trec_run(path: str | os.PathLike) -> Run:
+    """Read a TREC run file (`qid Q0 docid rank score tag`) into `{qid: {docid: score}}`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    run: Run = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) != 6:
+                raise DataError(path, f"expected 6 columns (qid Q0 docid rank score tag), got {len(cols)}", line_no)
+            qid, _, did, _, score, _ = cols
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataError(path, f"score {score!r} is not a number", line_no) from None
+            docs = run.setdefault(qid, {})
+            if did in docs:
+                raise DataError(path, f"doc {did!r} listed twice for query {qid!r}", line_no)
+            docs[did] = value
+    return run
+
+
+def _cut(run: Run, k: int) -> Run:
+    return {q: dict(ranked(docs)[:k]) for q, docs in run.items()}
+
+
+def compute_metrics(qrels: Qrels, run: Run, *, ignore_identical_ids: bool = False) -> dict[str, float]:
+    """nDCG@10, MRR@10, Recall@100, Recall@1000 and MAP of `run` against `qrels`, via pytrec_eval.
+
+    Averaged over the queries in `qrels` with at least one relevant (score > 0) doc; such a query missing from
+    the run scores 0. trec_eval's `recip_rank` has no cutoff, so MRR@10 is `recip_rank` on the run cut to its top
+    10. `ignore_identical_ids` drops a doc whose id equals the query id (BEIR's default, for datasets such as
+    ArguAna/Quora where a query is also a corpus doc)."""
+    if ignore_identical_ids:
+        run = {q: {d: s for d, s in docs.items() if d != q} for q, docs in run.items()}
+    qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    if not qrels:
+        raise ValueError("qrels have no query with a relevant (score > 0) document")
+    run = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items() if q in qrels and docs}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100,1000", "map"}).evaluate(run)
+    top10 = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(_cut(run, 10))
+    sums = dict.fromkeys(METRIC_KEYS, 0.0)
+    for q, m in full.items():
+        sums["ndcg@10"] += m["ndcg_cut_10"]
+        sums["recall@100"] += m["recall_100"]
+        sums["recall@1000"] += m["recall_1000"]
+        sums["map"] += m["map"]
+    for q, m in top10.items():
+        sums["mrr@10"] += m["recip_rank"]
+    return {k: v / len(qrels) for k, v in sums.items()}
+
+
+def search_run(query_emb, query_ids, index, doc_ids, k: int, *, nprobe: int | None = None,
+               efSearch: int | None = None) -> Run:
+    """Search `query_emb[M, d]` against a faiss `index` whose row i is `doc_ids[i]` -> `{qid: {docid: score}}`
+    with up to `k` docs per query."""
+    if len(query_ids) != len(query_emb):
+        raise ValueError(f"{len(query_emb)} query embeddings but {len(query_ids)} query ids")
+    if index.ntotal != len(doc_ids):
+        raise ValueError(f"index holds {index.ntotal} vectors but there are {len(doc_ids)} doc ids")
+    k = min(k, index.ntotal)
+    scores, rows = faiss_index.search(index, query_emb, k, nprobe=nprobe, efSearch=efSearch)
+    return {
+        qid: {doc_ids[r]: float(s) for s, r in zip(srow, rrow) if r >= 0}
+        for qid, srow, rrow in zip(query_ids, scores, rows)
+    }
+
+
+def retrieve(params, spec, tokenizer, corpus, queries: dict[str, str], *, factory: str = "Flat", k: int = 1000,
+             query_max_length: int | None = None, passage_max_length: int | None = None, batch_size: int = 64,
+             nprobe: int | None = None, progress: bool = False) -> Run:
+    """Encode `corpus` (a `jdr.data.Corpus`, passage tower) and `queries` ({qid: text}, query tower), index the
+    passages with faiss `factory`, and return the top-`k` run. Max lengths of None use the spec's."""
+    from jdr.models.inference import encode_texts  # jax is imported only when a model is actually run
+
+    doc_emb = encode_texts(params, spec, tokenizer, corpus.passages(), tower="passage",
+                           max_length=passage_max_length, batch_size=batch_size, progress=progress)
+    qids = list(queries)
+    q_emb = encode_texts(params, spec, tokenizer, [queries[q] for q in qids], tower="query",
+                         max_length=query_max_length, batch_size=batch_size, progress=progress)
+    index = faiss_index.build_index(np.asarray(doc_emb, np.float32), factory)
+    return search_run(np.asarray(q_emb, np.float32), qids, index, corpus.ids, k, nprobe=nprobe)
+
+
+def evaluate_model(params, spec, tokenizer, data, *, prefix: str = "", **retrieve_kwargs) -> Iterator[tuple[str, float]]:
+    """Retrieve over `data` (a `jdr.data.BeirData` split) and yield `(prefix + metric, value)` pairs, big_vision
+    evaluator style. Identical query/doc ids are ignored, as BEIR does."""
+    run = retrieve(params, spec, tokenizer, data.corpus, data.queries, **retrieve_kwargs)
+    for name, value in compute_metrics(data.qrels, run, ignore_identical_ids=True).items():
+        yield prefix + name, value

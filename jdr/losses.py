@@ -1,0 +1,192 @@
+"""Retrieval losses: pure functions returning `(loss, aux)`, computed in float32 whatever the encoder's dtype.
+
+Contrastive losses take query embeddings `q[B,H]` and passage embeddings `p[B*G,H]` laid out in groups of
+`G = 1 + n_negatives` rows (the positive of local query `i` is row `i*G`, its hard negatives follow it).
+Distillation losses take student and teacher scores over candidate lists `[B,C]` with an optional boolean
+`mask[B,C]` (True = real candidate, False = padding).
+
+The axis name of a data-parallel map is passed in (`axis_name=`), never read from a global, so the same loss runs
+unmapped, under `jax.pmap(axis_name=...)` and under `shard_map` over a Mesh axis.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+
+def _f32(*xs):
+    return tuple(jnp.asarray(x, jnp.float32) for x in xs)
+
+
+def _check_group(q, p, group_size: int) -> None:
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if q.ndim != 2 or p.ndim != 2 or p.shape[0] != q.shape[0] * group_size or p.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"expected q[B,H] and p[B*G,H] with G={group_size}; got q{tuple(q.shape)} p{tuple(p.shape)}"
+        )
+
+
+def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None = None):
+    """InfoNCE / MultipleNegativesRanking: each query's softmax cross-entropy over every passage in the batch.
+
+    Each query scores its positive against all other passages: the hard negatives of every group plus all other
+    queries' positives (in-batch negatives). Scores are dot products divided by `temperature` (use cosine by
+    l2-normalising in the encoder). Shapes: `q[B,H]`, `p[B*G,H]`, positive of local query i at local row `i*G`.
+
+    With `axis_name` (inside pmap / shard_map) the passages of every device are gathered with
+    `lax.all_gather(p, axis_name, tiled=True)` into `[D*B*G, H]` so the negatives are the global batch, and the
+    label of local query i becomes `axis_index * B*G + i*G`.
+
+    Gradients. The transpose of `all_gather` is `psum_scatter`: in the backward pass every device's cotangent for
+    the gathered matrix `[D*B*G,H]` is summed across devices and each device keeps the slice for its own passages.
+    So the gradient a device computes is not d(local loss)/d(params) but its own computations' share of
+    d(sum over devices of the local losses)/d(params): the passages it encoded receive the gradient from every
+    device's queries. The loss returned is the local mean over the B local queries; summing the per-device
+    gradients gives d(sum_d loss_d), and the step's `lax.pmean` divides by D, giving d(mean_d loss_d) — exactly
+    the gradient of the mean loss over all D*B queries of the unsharded batch, with no extra scaling
+    (tests/test_train_step.py checks this to 1e-5 against one device holding the whole batch).
+
+    Returns `(loss, aux)`; aux: `accuracy` (argmax == positive), `pos_score`, `neg_score` (mean raw dot products
+    of positives and of all other passages), each a local mean (the step pmeans them).
+    """
+    _check_group(q, p, group_size)
+    q, p = _f32(q, p)
+    b = q.shape[0]
+    local_rows = b * group_size
+    if axis_name is not None:
+        p = lax.all_gather(p, axis_name, tiled=True)
+        offset = lax.axis_index(axis_name) * local_rows
+    else:
+        offset = 0
+    scores = q @ p.T  # [B, D*B*G]
+    labels = offset + jnp.arange(b) * group_size
+    loss = optax.losses.softmax_cross_entropy_with_integer_labels(scores / temperature, labels).mean()
+    is_pos = jnp.arange(scores.shape[1])[None, :] == labels[:, None]
+    pos = jnp.sum(jnp.where(is_pos, scores, 0.0), axis=1)
+    neg = jnp.sum(jnp.where(is_pos, 0.0, scores), axis=1) / (scores.shape[1] - 1)
+    aux = {
+        "accuracy": jnp.mean(jnp.argmax(scores, axis=1) == labels),
+        "pos_score": pos.mean(),
+        "neg_score": neg.mean(),
+    }
+    return loss, aux
+
+
+def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | None = None):
+    """Triplet hinge loss `mean(relu(margin - s(q,p+) + s(q,p-)))` over each query's own hard negatives.
+
+    Scores are dot products. `q[B,H]`, `p[B*G,H]` with `G = group_size >= 2` (positive first in each group).
+    Only a query's own group enters the loss, so no cross-device communication is needed: `axis_name` is
+    accepted so the train step calls every contrastive loss the same way. The mean over the B*(G-1) triplets
+    is local; the step's pmean of grads then gives the gradient of the global mean.
+    Returns `(loss, aux)` with `accuracy` (positive beats every hard negative), `pos_score`, `neg_score`,
+    `active` (fraction of triplets inside the margin).
+    """
+    del axis_name
+    _check_group(q, p, group_size)
+    if group_size < 2:
+        raise ValueError("triplet_margin needs hard negatives: group_size must be >= 2")
+    q, p = _f32(q, p)
+    groups = p.reshape(q.shape[0], group_size, q.shape[1])
+    scores = jnp.einsum("bh,bgh->bg", q, groups)
+    pos, neg = scores[:, :1], scores[:, 1:]
+    hinge = jax.nn.relu(margin - pos + neg)
+    aux = {
+        "accuracy": jnp.mean(jnp.all(pos > neg, axis=1)),
+        "pos_score": pos.mean(),
+        "neg_score": neg.mean(),
+        "active": jnp.mean(hinge > 0),
+    }
+    return hinge.mean(), aux
+
+
+def _mask(scores, mask):
+    return jnp.ones(scores.shape, bool) if mask is None else jnp.asarray(mask, bool)
+
+
+def _check_lists(student, teacher, mask) -> None:
+    if student.ndim != 2 or student.shape != teacher.shape:
+        raise ValueError(f"expected student[B,C] and teacher[B,C]; got {student.shape} and {teacher.shape}")
+    if mask is not None and tuple(mask.shape) != tuple(student.shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} != scores shape {tuple(student.shape)}")
+
+
+def _masked_mean(x, mask):
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _top1_agreement(student, teacher, mask):
+    neg = jnp.finfo(jnp.float32).min
+    s = jnp.argmax(jnp.where(mask, student, neg), axis=1)
+    t = jnp.argmax(jnp.where(mask, teacher, neg), axis=1)
+    return jnp.mean(s == t)
+
+
+def listnet(student, teacher, *, temperature: float = 1.0, mask=None):
+    """ListNet: cross-entropy of the teacher's softmax distribution against the student's log-softmax.
+
+    `student[B,C]`, `teacher[B,C]` scores over C candidates per query, both divided by `temperature`; masked
+    candidates get zero probability on both sides. Loss is the mean over queries; its gradient is zero when
+    student == teacher (it differs from `kl_distill` by the teacher's entropy, a constant).
+    Returns `(loss, {"top1_agreement"})`.
+    """
+    _check_lists(student, teacher, mask)
+    student, teacher = _f32(student, teacher)
+    m = _mask(student, mask)
+    t_prob = jax.nn.softmax(teacher / temperature, axis=-1, where=m)
+    t_prob = jnp.where(m, t_prob, 0.0)
+    loss = optax.losses.softmax_cross_entropy(student / temperature, t_prob, where=m).mean()
+    return loss, {"top1_agreement": _top1_agreement(student, teacher, m)}
+
+
+def kl_distill(student, teacher, *, temperature: float = 1.0, mask=None):
+    """KL(teacher ‖ student) between softmax distributions over each candidate list.
+
+    Shapes and masking as `listnet`; zero (with zero gradient) when student == teacher. Mean over queries.
+    Returns `(loss, {"top1_agreement"})`.
+    """
+    _check_lists(student, teacher, mask)
+    student, teacher = _f32(student, teacher)
+    m = _mask(student, mask)
+    log_s = jax.nn.log_softmax(student / temperature, axis=-1, where=m)
+    log_t = jax.nn.log_softmax(teacher / temperature, axis=-1, where=m)
+    kl = optax.losses.kl_divergence_with_log_targets(log_s, log_t, where=m)
+    return kl.mean(), {"top1_agreement": _top1_agreement(student, teacher, m)}
+
+
+def mse_scores(student, teacher, *, mask=None):
+    """Mean squared error between student and teacher scores over the valid candidates of `[B,C]` lists.
+
+    Returns `(loss, {"top1_agreement"})`.
+    """
+    _check_lists(student, teacher, mask)
+    student, teacher = _f32(student, teacher)
+    m = _mask(student, mask)
+    loss = _masked_mean(optax.losses.squared_error(student, teacher), m)
+    return loss, {"top1_agreement": _top1_agreement(student, teacher, m)}
+
+
+def margin_mse(student, teacher, *, mask=None):
+    """Margin-MSE (Hofstätter et al.): MSE between student and teacher score margins to the first candidate.
+
+    For `[B,C]` lists whose column 0 is the positive, the margins are `s[:,0] - s[:,j]` for j >= 1 (C = 2 is the
+    classic pair loss). Masked candidates (mask[:, j] False) are left out; column 0 must be valid.
+    Returns `(loss, {"top1_agreement"})`.
+    """
+    _check_lists(student, teacher, mask)
+    if student.shape[1] < 2:
+        raise ValueError(f"margin_mse needs at least 2 candidates per query, got {student.shape[1]}")
+    student, teacher = _f32(student, teacher)
+    m = _mask(student, mask)
+    s_margin = student[:, :1] - student[:, 1:]
+    t_margin = teacher[:, :1] - teacher[:, 1:]
+    loss = _masked_mean(optax.losses.squared_error(s_margin, t_margin), m[:, 1:])
+    return loss, {"top1_agreement": _top1_agreement(student, teacher, m)}
+
+
+CONTRASTIVE = {"info_nce": info_nce, "triplet": triplet_margin}  # keys are config `train.loss` values
+DISTILLATION = {"listnet": listnet, "kl_distill": kl_distill, "mse_scores": mse_scores, "margin_mse": margin_mse}

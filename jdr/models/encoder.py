@@ -1,0 +1,93 @@
+"""The dual encoder: which BERT params a tower uses, and the one pure `encode` that training and inference call."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jdr.models.bert import BertConfig, BertModel
+from jdr.models.pooling import POOLING_MODES, l2_normalize, pool
+
+TOWERS = ("query", "passage")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """Everything static about an encoder (hashable: it is a static jit argument). Params live separately.
+
+    `tied=True`: params are `{"shared": bert_params}`; `tied=False`: `{"query": ..., "passage": ...}`.
+    `dtype` is the compute dtype ("float32" | "bfloat16"); params are always float32.
+    """
+
+    bert: BertConfig
+    pooling: str = "cls"
+    normalize: bool = False
+    query_max_length: int = 512
+    passage_max_length: int = 512
+    tied: bool = True
+    dtype: str = "float32"
+    model_type: str = "bert"
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling: unknown mode {self.pooling!r} (known: {', '.join(POOLING_MODES)})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for key in ("query_max_length", "passage_max_length"):
+            n = getattr(self, key)
+            if not 2 <= n <= self.bert.max_length:
+                raise ValueError(f"{key}: {n} is outside [2, {self.bert.max_length}] (position table size)")
+
+    def max_length(self, tower: str) -> int:
+        """The token budget of `tower`."""
+        return self.query_max_length if _check_tower(tower) == "query" else self.passage_max_length
+
+    def module(self) -> BertModel:
+        """The linen module with this spec's architecture and compute dtype."""
+        return BertModel(self.bert, dtype=DTYPES[self.dtype])
+
+
+def _check_tower(tower: str) -> str:
+    if tower not in TOWERS:
+        raise ValueError(f"tower: must be 'query' or 'passage', got {tower!r}")
+    return tower
+
+
+def tower_params(params: dict, spec: EncoderSpec, tower: str) -> dict:
+    """The BERT param tree that `tower` uses: `params["shared"]` when tied, else `params[tower]`."""
+    return params["shared"] if spec.tied else params[_check_tower(tower)]
+
+
+def make_params(bert_params: dict, tied: bool) -> dict:
+    """Wrap one BERT param tree as dual-encoder params (untied: both towers start as copies of it)."""
+    if tied:
+        return {"shared": bert_params}
+    return {"query": bert_params, "passage": jax.tree.map(jnp.array, bert_params)}
+
+
+def init_params(spec: EncoderSpec, rng: jax.Array) -> dict:
+    """Random-init dual-encoder params for `spec` (float32)."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    bert = spec.module().init(rng, ids, jnp.ones_like(ids))["params"]
+    if spec.tied:
+        return make_params(bert, True)
+    return {"query": bert, "passage": spec.module().init(jax.random.fold_in(rng, 1), ids, jnp.ones_like(ids))["params"]}
+
+
+def encode(params, spec: EncoderSpec, input_ids, attention_mask, *, tower: str, deterministic: bool = True, rng=None):
+    """Embed token arrays `input_ids[B,L]`, `attention_mask[B,L]` (int32) with `tower` -> float32 [B,H].
+
+    BERT, then `spec.pooling` over unmasked tokens, then L2-normalise if `spec.normalize`. Pure; jit with `spec`,
+    `tower` and `deterministic` static. `rng` (dropout key) is required when `deterministic=False`.
+    """
+    if not deterministic and rng is None:
+        raise ValueError("encode: deterministic=False needs an rng for dropout")
+    rngs = {} if deterministic else {"dropout": rng}
+    hidden = spec.module().apply(
+        {"params": tower_params(params, spec, tower)}, input_ids, attention_mask, deterministic=deterministic, rngs=rngs
+    )
+    out = pool(hidden, attention_mask, spec.pooling)
+    return l2_normalize(out) if spec.normalize else out

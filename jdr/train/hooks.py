@@ -1,0 +1,169 @@
+"""The periodic work of a training run, each a hook called every N steps: log, refresh negatives (ANCE),
+evaluate on the dev split, checkpoint — and, once at the end, export and the test evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jdr.config import to_dict
+from jdr.data.beir import BeirData, Corpus
+from jdr.evaluate import evaluate_model
+from jdr.train.loop import FunctionHook, LoopState
+
+log = logging.getLogger(__name__)
+
+
+def host_params(state) -> Any:
+    """Params of device 0 of a replicated TrainState, as host numpy arrays (safe against later donation)."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state.params))
+
+
+def host_state(state) -> Any:
+    """The whole replicated TrainState of device 0 on the host (for checkpoints)."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state))
+
+
+def dev_split(data: BeirData, dev_qids: list[str], corpus_sample: int, seed: int) -> BeirData | None:
+    """The dev queries with their qrels over the full corpus, or — with `corpus_sample` N > 0 — over the dev
+    positives plus N seeded random documents (a cheap proxy when encoding the full corpus per eval is too slow)."""
+    if not dev_qids:
+        return None
+    qrels = {q: data.qrels[q] for q in dev_qids}
+    queries = {q: data.queries[q] for q in dev_qids}
+    corpus = data.corpus
+    if corpus_sample > 0:
+        keep = {corpus.index[d] for rel in qrels.values() for d in rel}
+        rest = np.setdiff1d(np.arange(len(corpus)), np.fromiter(keep, int))
+        pick = np.random.default_rng([seed, 0xE7A1]).choice(rest, size=min(corpus_sample, len(rest)), replace=False)
+        rows = sorted(keep | set(pick.tolist()))
+        ids = [corpus.ids[r] for r in rows]
+        corpus = Corpus(ids, [corpus.titles[r] for r in rows], [corpus.texts[r] for r in rows],
+                        {d: i for i, d in enumerate(ids)})
+    return BeirData(corpus, queries, qrels)
+
+
+@dataclasses.dataclass
+class Hooks:
+    """The run's hooks in call order, and what happens once after the last step."""
+
+    all: list
+    finish: Callable[[LoopState], dict]
+
+
+def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
+    """Wire logging, negatives refresh, dev evaluation and checkpointing for `run` (a `trainer.Run`)."""
+    cfg, primary = run.cfg, jax.process_index() == 0
+    dev = dev_split(run.data, run.dev_qids, cfg.eval.corpus_sample, cfg.seed)
+    eval_kwargs = dict(factory=cfg.eval.factory, batch_size=cfg.eval.batch_size, k=100)
+    hooks: list = []
+
+    def log_metrics(loop: LoopState, last: bool) -> None:
+        writer.write(loop.step, {**loop.metrics, "examples_per_second": loop.examples_per_second})
+
+    hooks.append(FunctionHook(cfg.log.every, log_metrics, name="log"))
+
+    refresh = None
+    if cfg.negatives.refresh_every > 0 and run.table is not None:
+        refresh = _refresh_hook(run)
+
+        class _Poll:
+            every, needs_metrics, at_end = 1, False, False
+
+            def __call__(self, loop: LoopState, *, last: bool) -> None:
+                table = refresh.on_step(loop.step, lambda: host_params(loop.state))
+                if table is not None:
+                    _swap(run, table, refresh, writer, loop.step)
+
+        hooks.append(_Poll())
+
+    def evaluate_dev(loop: LoopState, last: bool) -> None:
+        if dev is None:
+            return
+        t0 = time.perf_counter()
+        params = host_params(loop.state)
+        loop.eval_metrics = {f"dev/{k}": v for k, v in evaluate_model(params, run.spec, run.tokenizer, dev,
+                                                                        **eval_kwargs)}
+        loop.eval_metrics["dev/eval_seconds"] = time.perf_counter() - t0
+        writer.write(loop.step, {k[4:]: v for k, v in loop.eval_metrics.items()}, prefix="dev")
+        log.info("step %d dev %s", loop.step, {k: round(v, 4) for k, v in loop.eval_metrics.items()})
+
+    hooks.append(FunctionHook(cfg.eval.every, evaluate_dev, name="eval"))
+
+    def checkpoint(loop: LoopState, last: bool) -> None:
+        if refresh is not None and cfg.negatives.refresh_mode == "sync":
+            table = refresh.finish()  # sync semantics: nothing in flight may be lost by a restart
+            if table is not None:
+                _swap(run, table, refresh, writer, loop.step)
+        metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} or None
+        ckpt.save(loop.step, host_state(loop.state), iterator_state=run.iterator.state(), rng=rng,
+                  config=to_dict(cfg), negatives=None if run.table is None else run.table.to_arrays(),
+                  metrics=metrics)
+        loop.eval_metrics = {}
+
+    hooks.append(FunctionHook(cfg.checkpoint.every, checkpoint, name="checkpoint"))
+
+    def finish(loop: LoopState) -> dict:
+        if refresh is not None:
+            refresh.finish()
+        final: dict = {"step": loop.step, **{f"train/{k}": v for k, v in loop.metrics.items()}}
+        if refresh is not None:
+            final["negatives/refreshes"] = [dataclasses.asdict(r) for r in refresh.history]
+            final["negatives/skipped_steps"] = list(refresh.skipped_steps)
+        params = host_params(loop.state)
+        if primary and cfg.export.at_end:
+            from jdr.models.hf import export
+
+            export(params, run.spec, run.model_dir, run.workdir / "export", tower="query")
+            if not run.spec.tied:
+                export(params, run.spec, run.model_dir, run.workdir / "export_passage", tower="passage")
+        if cfg.eval.final_test:
+            from jdr.data.beir import load_beir, resolve_dataset
+
+            test = load_beir(resolve_dataset(cfg.data.dataset), split=cfg.data.test_split)
+            t0 = time.perf_counter()
+            final.update({f"test/{k}": v for k, v in evaluate_model(params, run.spec, run.tokenizer, test,
+                                                                    factory=cfg.eval.factory,
+                                                                    batch_size=cfg.eval.batch_size, k=1000)})
+            final["test/eval_seconds"] = time.perf_counter() - t0
+            writer.write(loop.step, {k[5:]: v for k, v in final.items() if k.startswith("test/")}, prefix="test")
+        return final
+
+    return Hooks(hooks, finish)
+
+
+def _swap(run, table, refresh, writer, step: int) -> None:
+    run.table = table
+    run.iterator.set_table(table)
+    writer.write(step, refresh.history[-1].metrics(), prefix="negatives")
+
+
+def _refresh_hook(run):
+    """The ANCE refresh: encode corpus + training queries with a params snapshot, faiss, mine, new table."""
+    from jdr.models.inference import encode_texts
+    from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
+    from jdr.train.trainer import _negative_counts
+
+    cfg = run.cfg.negatives
+    passages = run.data.corpus.passages()
+    kw = dict(batch_size=cfg.refresh_batch_size, progress=False)
+
+    def encode_corpus(params):
+        return encode_texts(params, run.spec, run.tokenizer, passages, tower="passage", **kw)
+
+    def encode_queries(params, qids):
+        return encode_texts(params, run.spec, run.tokenizer, [run.data.queries[q] for q in qids], tower="query", **kw)
+
+    refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
+                                   refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
+                                   denoise_threshold=cfg.denoise_threshold, seed=run.cfg.seed,
+                                   counts=_negative_counts(run.cfg))
+    train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
+    build = ann_build_fn(encode_corpus, encode_queries, run.data.corpus, run.train_qids, train_qrels, refresh_cfg,
+                         initial=run.table)
+    return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=run.table.version)

@@ -1,0 +1,34 @@
+"""Defaults for Distill-VQ training (`jdr.vq.train.train_distill_vq`); every field carries a comment."""
+
+from __future__ import annotations
+
+import ml_collections
+
+__all__ = ["vq_config"]
+
+
+def vq_config() -> ml_collections.ConfigDict:
+    """A locked ConfigDict: the quantiser shape (`vq`) and the distillation run (`train`)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds faiss's k-means (init) and the query order.
+
+    c.vq = ml_collections.ConfigDict()
+    c.vq.M = 48  # PQ sub-spaces = bytes per document at K=256 (48 B for d=384 -> 8 dims per sub-space).
+    c.vq.K = 256  # Codewords per sub-space (power of two <= 256; log2 K bits per code).
+    c.vq.nlist = 0  # IVF lists (0 = pure PQ / OPQ+PQ).
+    c.vq.opq = True  # Start with faiss's OPQ rotation (kept frozen during training).
+    c.vq.train_sample = 0  # Rows faiss trains k-means/OPQ on (0 = all documents).
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 500  # Adam steps.
+    c.train.batch_size = 32  # Queries per step (over all devices).
+    c.train.topk = 100  # Teacher top-k candidates per query from the exact dense (Flat) index.
+    c.train.in_batch = True  # Also score every other query's candidates (in-batch documents).
+    c.train.lr = 1e-4  # Adam learning rate for centroids and codebooks.
+    c.train.tau = 1.0  # Soft-assignment temperature: softmax(-||r_m - c_mk||^2 / tau).
+    c.train.loss = "listnet"  # Distillation loss: "listnet" | "kl_distill" | "mse_scores" | "margin_mse".
+    c.train.loss_temperature = 1.0  # Score temperature of listnet / kl_distill.
+    c.train.ivf_weight = 1.0  # Weight of the coarse (q·centroid) distillation term; only with nlist > 0.
+    c.train.sup_weight = 0.0  # Weight of the supervised contrastive term on qrels positives (needs positives).
+    c.lock()
+    return c

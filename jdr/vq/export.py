@@ -1,0 +1,83 @@
+"""Export a Distill-VQ index to faiss: IndexIVFPQ / IndexPQ (inner product), wrapped in IndexPreTransform with the
+OPQ rotation when there is one.
+
+Why the scores match jdr's exactly:
+  * faiss's IVFPQ stores the PQ code of the residual `x - centroid[list]` (`by_residual`, the default) and its
+    inner-product scan returns `q·centroid[list] + sum_m q_m·codebook[m, code_m]` = `q·decode(codes, lists)`, the
+    ADC score of `layer.decode`. Precomputed tables are an L2-only shortcut (faiss skips them for inner product).
+  * we add with `add_core(precomputed_idx=lists)`, so every document goes to the list it was trained in (not the
+    quantizer's argmax-IP choice for the moved centroids), and faiss encodes the residual with
+    `ProductQuantizer.compute_codes`, i.e. argmin L2 per sub-space over the same codebooks — `layer.encode`'s rule.
+    `export_faiss(check=True)` reads the stored codes back and asserts they equal jdr's codes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faiss
+import numpy as np
+
+from jdr.index.faiss_index import save_index
+from jdr.vq.init import unpack_codes
+from jdr.vq.layer import VQIndex, encode
+
+__all__ = ["export_faiss", "save_faiss", "stored_codes"]
+
+
+def export_faiss(vq: VQIndex, doc_emb: np.ndarray, *, check: bool = True) -> faiss.Index:
+    """Build a searchable faiss index from `vq` and encode doc_emb [N, d] (faiss id = row). With `check`, verify
+    faiss's codes equal jdr's hard codes (raises AssertionError naming the number of mismatches)."""
+    spec = vq.spec
+    x = np.ascontiguousarray(doc_emb, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != spec.d or x.shape[0] != len(vq.lists):
+        raise ValueError(f"export_faiss: doc_emb shape {x.shape} != [{len(vq.lists)}, {spec.d}] of the VQ index")
+    x_rot = x if vq.rotation is None else np.ascontiguousarray(x @ vq.rotation.T)
+    codebooks = np.asarray(vq.params["codebooks"], np.float32)
+    if spec.nlist:
+        quantizer = faiss.IndexFlatIP(spec.d)
+        quantizer.add(np.ascontiguousarray(np.asarray(vq.params["centroids"], np.float32)))
+        inner = faiss.IndexIVFPQ(quantizer, spec.d, spec.nlist, spec.M, spec.nbits, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(codebooks.ravel(), inner.pq.centroids)
+        inner.is_trained = True
+        lists = np.ascontiguousarray(vq.lists, dtype=np.int64)
+        inner.add_core(x.shape[0], faiss.swig_ptr(x_rot), None, faiss.swig_ptr(lists))
+    else:
+        inner = faiss.IndexPQ(spec.d, spec.M, spec.nbits, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(codebooks.ravel(), inner.pq.centroids)
+        inner.is_trained = True
+        inner.add(x_rot)
+    if check:
+        ours = np.asarray(encode(vq.params, x_rot, vq.lists))
+        theirs = stored_codes(inner, spec.M, spec.nbits)
+        bad = int(np.sum(np.any(ours != theirs, axis=1)))
+        assert bad == 0, f"export_faiss: faiss encoded {bad}/{len(ours)} documents differently from jdr"
+    if vq.rotation is None:
+        return inner
+    lt = faiss.LinearTransform(spec.d, spec.d, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(vq.rotation, np.float32).ravel(), lt.A)
+    lt.is_orthonormal = True
+    lt.is_trained = True
+    return faiss.IndexPreTransform(lt, inner)
+
+
+def stored_codes(index: faiss.Index, M: int, nbits: int) -> np.ndarray:
+    """The PQ codes faiss stored for ids 0..N-1 of an IndexPQ or IndexIVFPQ: -> [N, M] int32."""
+    if isinstance(index, faiss.IndexPQ):
+        packed = faiss.vector_to_array(index.codes).reshape(index.ntotal, -1)
+        return unpack_codes(packed, M, nbits)
+    invlists = index.invlists
+    out = np.empty((index.ntotal, index.code_size), np.uint8)
+    for lst in range(index.nlist):
+        n = invlists.list_size(lst)
+        if n:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), n).copy()
+            out[ids] = faiss.rev_swig_ptr(invlists.get_codes(lst), n * index.code_size).reshape(n, -1)
+    return unpack_codes(out, M, nbits)
+
+
+def save_faiss(vq: VQIndex, doc_emb: np.ndarray, path: str | os.PathLike) -> faiss.Index:
+    """Export (see `export_faiss`) and write the index to `path` atomically; returns the index."""
+    index = export_faiss(vq, doc_emb)
+    save_index(index, path)
+    return index

@@ -1,0 +1,186 @@
+"""Distill-VQ training: learn IVF centroids and PQ codebooks (and optionally a query tower) by distilling the dense
+teacher's ranking into the quantised index's ADC scores. No relevance labels are needed.
+
+For each training query the candidates are the teacher's top-k documents (exact Flat search over the fixed
+document embeddings) plus, with `in_batch`, every other query's candidates in the (global) batch. Teacher score =
+q·d; student score = (Rq)·recon(d) with recon = centroid + straight-through PQ reconstruction (`layer.quantize`);
+with IVF a second term distils the coarse score (Rq)·centroid[list(d)], weighted by `ivf_weight`.
+Duplicate documents across queries' lists stay duplicated on both sides, so the teacher and student distributions
+stay comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jdr.index.faiss_index import build_index, search
+from jdr.losses import DISTILLATION
+from jdr.train.state import TrainState
+from jdr.vq.init import init_from_faiss
+from jdr.vq.layer import VQIndex, VQSpec, doc_centroids, quantize, rotate
+
+__all__ = ["make_vq_train_step", "teacher_candidates", "train_distill_vq", "teacher_recall", "spec_from_config"]
+
+log = logging.getLogger(__name__)
+
+QueryFn = Callable[[dict, dict], jax.Array]  # (query-tower params, batch) -> student query embeddings [B, d]
+
+
+def spec_from_config(cfg, d: int) -> VQSpec:
+    """The VQSpec of `cfg.vq` for d-dimensional embeddings (one-line ValueError on a bad shape)."""
+    return VQSpec(d=d, M=cfg.vq.M, K=cfg.vq.K, nlist=cfg.vq.nlist, opq=cfg.vq.opq)
+
+
+def _loss_call(name: str, temperature: float) -> Callable:
+    if name not in DISTILLATION:
+        raise ValueError(f"train.loss: {name!r} is not one of {', '.join(DISTILLATION)}")
+    fn = DISTILLATION[name]
+    return (lambda s, t: fn(s, t, temperature=temperature)) if name in ("listnet", "kl_distill") else fn
+
+
+def make_vq_train_step(
+    cfg,
+    tx: optax.GradientTransformation,
+    *,
+    axis_name: str | None = None,
+    gather_candidates: bool = True,
+    query_fn: QueryFn | None = None,
+) -> Callable:
+    """Build `step(state, batch, frozen) -> (state, metrics)` for ONE device.
+
+    `state.params`: {"codebooks" [M,K,s], "centroids" [nlist,d] (IVF only), "query" (query tower, with query_fn)}.
+    `frozen`: {"rotation": [d,d]} or {} (not trained; broadcast, `in_axes=None` under pmap).
+    `batch` (this device): `query_emb` [B,d] teacher query embeddings, `doc_emb` [B,k,d] the fixed embeddings of
+    each query's teacher top-k, `lists` [B,k] int32 their IVF lists; with `cfg.train.sup_weight` also `pos_mask`
+    [B,k] bool (candidate is a qrels positive); with `query_fn` also whatever it reads (e.g. token arrays).
+    The student query is `query_fn(params["query"], batch)` when given, else the teacher's `query_emb`.
+    With `axis_name` (pmap / shard_map) grads and metrics are pmean'ed; with `gather_candidates` the candidates
+    are all-gathered so every query sees the global batch's documents (the gradient is then that of the mean
+    loss over the global batch, as in `jdr.losses.info_nce`).
+    """
+    t = cfg.train
+    dist_loss = _loss_call(t.loss, t.loss_temperature)
+    gather_axis = axis_name if gather_candidates else None
+
+    def loss_fn(params, batch, frozen):
+        rot = frozen.get("rotation")
+        q_t = batch["query_emb"]
+        b, k, d = batch["doc_emb"].shape
+        docs, lists = batch["doc_emb"].reshape(b * k, d), batch["lists"].reshape(b * k)
+        offset = 0
+        if gather_axis is not None and t.in_batch:
+            docs = lax.all_gather(docs, gather_axis, tiled=True)
+            lists = lax.all_gather(lists, gather_axis, tiled=True)
+            offset = lax.axis_index(gather_axis) * b * k
+        n_cand = docs.shape[0] if t.in_batch else k
+        # Column order per query: its own top-k first (margin_mse's anchor is column 0), then the rest.
+        cols = (offset + jnp.arange(b)[:, None] * k + jnp.arange(n_cand)[None, :]) % docs.shape[0]
+        teacher = jnp.take_along_axis(q_t @ docs.T, cols, axis=1)
+        q_s = q_t if query_fn is None else query_fn(params["query"], batch)
+        q_rot = rotate(q_s, rot)
+        recon, _ = quantize(params, rotate(docs, rot), lists, t.tau)
+        student = jnp.take_along_axis(q_rot @ recon.T, cols, axis=1)
+        loss, aux = dist_loss(student, teacher)
+        metrics = {"pq_loss": loss, **aux}
+        cents = doc_centroids(params, lists)
+        if cents is not None and t.ivf_weight:
+            ivf_loss, _ = dist_loss(jnp.take_along_axis(q_rot @ cents.T, cols, axis=1), teacher)
+            metrics["ivf_loss"] = ivf_loss
+            loss = loss + t.ivf_weight * ivf_loss
+        if t.sup_weight:
+            pos = batch["pos_mask"]
+            logp = jax.nn.log_softmax(student / t.loss_temperature, axis=1)[:, :k]
+            has_pos = jnp.any(pos, axis=1)
+            # Rows without a positive get a finite dummy (all columns) so their masked-out NLL has finite gradients.
+            pos = pos | ~has_pos[:, None]
+            nll = -jax.nn.logsumexp(jnp.where(pos, logp, -jnp.inf), axis=1)
+            sup = jnp.sum(jnp.where(has_pos, nll, 0.0)) / jnp.maximum(jnp.sum(has_pos), 1)
+            metrics["sup_loss"] = sup
+            loss = loss + t.sup_weight * sup
+        metrics["loss"] = loss
+        return loss, metrics
+
+    def step(state: TrainState, batch: dict, frozen: dict):
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, frozen)
+        if axis_name is not None:
+            grads = lax.pmean(grads, axis_name)
+            metrics = lax.pmean(metrics, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def teacher_candidates(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> np.ndarray:
+    """Rows [Nq, k] of each query's exact dense top-k (faiss Flat, inner product) over doc_emb [N, d]."""
+    _, rows = search(build_index(doc_emb, "Flat"), query_emb, k)
+    return rows
+
+
+def teacher_recall(pred_rows: np.ndarray, teacher_rows: np.ndarray, k: int) -> float:
+    """Mean fraction of each query's teacher top-k ([Nq, >=k]) found in its predicted top-k ([Nq, >=k])."""
+    hits = [len(set(p[:k].tolist()) & set(t[:k].tolist())) for p, t in zip(pred_rows, teacher_rows)]
+    return float(np.mean(hits)) / k
+
+
+def train_distill_vq(
+    doc_emb: np.ndarray,
+    query_emb: np.ndarray,
+    cfg,
+    *,
+    init: VQIndex | None = None,
+    positives: list[list[int]] | None = None,
+) -> tuple[VQIndex, list[dict]]:
+    """Index-only Distill-VQ on precomputed embeddings (the query encoder stays fixed).
+
+    doc_emb [N, d] and query_emb [Nq, d] float32 (training queries; no labels needed). Starts from `init` or from
+    faiss (`init_from_faiss`, the shape of `cfg.vq`) and runs `cfg.train.steps` Adam steps on one device.
+    `positives` (doc rows per query) feed the optional supervised term (`cfg.train.sup_weight`).
+    Returns (trained VQIndex, per-step metrics as floats).
+    """
+    doc_emb = np.ascontiguousarray(doc_emb, np.float32)
+    query_emb = np.ascontiguousarray(query_emb, np.float32)
+    if query_emb.ndim != 2 or query_emb.shape[1] != doc_emb.shape[1]:
+        raise ValueError(f"query_emb shape {query_emb.shape} does not match doc_emb dimension {doc_emb.shape[1]}")
+    t = cfg.train
+    if t.batch_size > len(query_emb):
+        raise ValueError(f"train.batch_size={t.batch_size} > {len(query_emb)} training queries")
+    if t.sup_weight and positives is None:
+        raise ValueError("train.sup_weight > 0 needs `positives` (qrels doc rows per query)")
+    vq = init if init is not None else init_from_faiss(
+        doc_emb, spec_from_config(cfg, doc_emb.shape[1]), train_sample=cfg.vq.train_sample or None, seed=cfg.seed
+    )[0]
+    cand = teacher_candidates(doc_emb, query_emb, t.topk)
+    tx = optax.adam(t.lr)
+    step = jax.jit(make_vq_train_step(cfg, tx), donate_argnums=0)
+    params = jax.tree.map(jnp.array, vq.params)  # a copy: the step donates it
+    state = TrainState.create(params, tx)
+    frozen = {} if vq.rotation is None else {"rotation": jnp.asarray(vq.rotation)}
+    rng = np.random.default_rng(cfg.seed)
+    order, pos_in_epoch = rng.permutation(len(query_emb)), 0
+    history, t0 = [], time.time()
+    for i in range(t.steps):
+        if pos_in_epoch + t.batch_size > len(order):
+            order, pos_in_epoch = rng.permutation(len(query_emb)), 0
+        qs = order[pos_in_epoch : pos_in_epoch + t.batch_size]
+        pos_in_epoch += t.batch_size
+        rows = cand[qs]
+        batch = {"query_emb": query_emb[qs], "doc_emb": doc_emb[rows], "lists": vq.lists[rows]}
+        if t.sup_weight:
+            batch["pos_mask"] = np.array([np.isin(r, positives[q]) for q, r in zip(qs, rows)])
+        state, metrics = step(state, batch, frozen)
+        history.append({k: float(v) for k, v in metrics.items()})
+        if (i + 1) % max(1, t.steps // 10) == 0:
+            log.info("distill-vq step %d/%d loss %.4f (%.1fs)", i + 1, t.steps, history[-1]["loss"], time.time() - t0)
+    trained = jax.tree.map(np.asarray, state.params)
+    return VQIndex(spec=vq.spec, params=trained, rotation=vq.rotation, lists=vq.lists), history

@@ -1,0 +1,115 @@
+"""One process of the multi-host CPU test (run as a subprocess by tests/test_distributed.py, never by pytest).
+
+Trains the tiny BERT of `--model-dir` for a few steps with `jdr.train.step.make_train_step` (InfoNCE whose
+passages are all-gathered over every device of every process, dropout on) under `jax.pmap(axis_name="batch")`,
+feeding only this process's `host_rows` of each global batch, then encodes a small corpus with `encode_sharded`. Writes `<out>/process_<i>.npz`: final params
+(flattened, '/'-joined keys), per-step losses, the pmap axis index of each local device, and the embeddings.
+
+XLA_FLAGS (fake CPU device count) must be set by the parent before this starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+GROUP = 2  # 1 positive + 1 negative per query
+GLOBAL_QUERIES = 16  # 2 queries per device on 8 devices
+SEQ = 16
+
+
+def _texts(rng: np.random.Generator, n: int) -> list[str]:
+    from jdr.models.testing import DEFAULT_WORDS
+
+    return [" ".join(rng.choice(DEFAULT_WORDS, rng.integers(3, 12))) for _ in range(n)]
+
+
+def global_batch(step: int) -> tuple[list[str], list[str]]:
+    """The same global batch (queries, passages in groups of GROUP) for `step` in every process."""
+    rng = np.random.default_rng(1000 + step)
+    return _texts(rng, GLOBAL_QUERIES), _texts(rng, GLOBAL_QUERIES * GROUP)
+
+
+def corpus(n: int) -> list[str]:
+    return _texts(np.random.default_rng(7), n)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", required=True, help="a jdr.models.testing.write_tiny_model dir")
+    ap.add_argument("--coordinator", default=None)
+    ap.add_argument("--num-processes", type=int, default=1)
+    ap.add_argument("--process-id", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--corpus", type=int, default=13)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    from jdr import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+    import jax
+    from flax import traverse_util
+    from flax.jax_utils import replicate, unreplicate
+    from jax import lax
+
+    from jdr.io import atomic_path
+    from jdr.models.encoder import encode
+    from jdr.models.hf import load
+    from jdr.models.inference import encode_texts
+    from jdr.models.tokenize import tokenize
+    from jdr.train.optim import make_optimizer
+    from jdr.train.state import TrainState
+    from jdr.train.step import make_train_step, pmap_train_step
+
+    assert jax.process_count() == args.num_processes, jax.process_count()
+    params, spec, tokenizer = load(args.model_dir)
+
+    def encode_fn(p, ids, mask, tower, deterministic, rng):
+        return encode(p, spec, ids, mask, tower=tower, deterministic=deterministic, rng=rng)
+
+    tx, lr_at = make_optimizer(lr=1e-2, total_steps=args.steps, warmup_steps=1)
+    step_fn = make_train_step(encode_fn, loss_name="info_nce", loss_kwargs={"temperature": 0.05}, tx=tx, lr_at=lr_at)
+    p_step = pmap_train_step(step_fn)
+    n_local = jax.local_device_count()
+    axis_index = np.asarray(jax.pmap(lambda x: lax.axis_index("batch") + 0 * x, axis_name="batch")(np.zeros(n_local)))
+
+    state = replicate(TrainState.create(params, tx))
+    rng = jax.random.key(42)  # dropout on: the step folds in the global axis index, so 2x4 must equal 1x8
+    losses = []
+    for s in range(args.steps):
+        queries, passages = global_batch(s)
+        q = tokenize(tokenizer, queries, SEQ, length=SEQ)
+        p = tokenize(tokenizer, passages, SEQ, length=SEQ)
+        batch = {"query_ids": q.input_ids, "query_mask": q.attention_mask,
+                 "passage_ids": p.input_ids, "passage_mask": p.attention_mask}
+        # Each process feeds only its rows; reshaped to [local devices, per device, L].
+        local = {k: v[distributed.host_shard(len(v))] for k, v in batch.items()}
+        local = {k: v.reshape(n_local, -1, *v.shape[1:]) for k, v in local.items()}
+        state, metrics = p_step(state, local, rng)
+        losses.append(float(np.asarray(metrics["loss"])[0]))
+
+    final = jax.tree.map(np.asarray, unreplicate(state).params)
+
+    # Encode with the initial params so the embedding check does not depend on training matching.
+    emb = distributed.encode_sharded(
+        lambda texts: encode_texts(params, spec, tokenizer, texts, tower="passage", batch_size=4, progress=False),
+        corpus(args.corpus),
+    )
+
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(final).items()}
+    out = Path(args.out) / f"process_{args.process_id}.npz"
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"param/{k}": v for k, v in flat.items()}, losses=np.array(losses),
+                     axis_index=axis_index, embeddings=emb, primary=np.array(distributed.is_primary()))
+    distributed.sync("worker_done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Checkpointer (jdr.train.checkpoint): orbax round trips, resume extras, retention, crash safety."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jdr.negatives.table import NegativesTable
+from jdr.train.checkpoint import Checkpointer
+from jdr.train.state import TrainState
+
+
+def make_state(seed=0):
+    """A TrainState with an optax adamw state inside, every leaf (moments, counts) filled with random values.
+
+    Random fill instead of real updates: op-by-op optax updates cost seconds of compiles on a loaded CPU.
+    """
+    rng = np.random.default_rng(seed)
+    params = {"dense": {"kernel": np.zeros((4, 3), np.float32), "bias": np.zeros(3, np.float32)},
+              "emb": np.zeros((5, 4), jnp.bfloat16)}
+    state = TrainState.create(params, optax.adamw(1e-2))
+
+    def fill(x):
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.integer):
+            return rng.integers(1, 1000, x.shape).astype(x.dtype)
+        return rng.standard_normal(x.shape).astype(x.dtype)
+
+    return jax.tree.map(fill, state)
+
+
+def assert_tree_identical(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+def make_table():
+    docs = [f"d{i}" for i in range(30)]
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(6)}
+    qids = sorted(qrels)
+    ranked = np.tile(np.arange(10), (6, 1))
+    table = NegativesTable.create(qids, docs, qrels, {"bm25": ranked}, {"bm25": 2, "random": 1}, depth=5,
+                                  version=3)
+    return table, docs, qrels
+
+
+EXTRAS = dict(iterator_state={"epoch": 1, "index": 7, "table_version": 3, "seed": 0},
+              config={"lr": 1e-3, "model": {"name": "tiny", "layers": [2, 2]}})
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_round_trip_in_a_new_manager_is_bit_identical(tmp_path, async_save):
+    state = make_state()
+    table, docs, qrels = make_table()
+    rng = jax.random.fold_in(jax.random.key(42), 5)
+    ckpt = Checkpointer(tmp_path, async_save=async_save)
+    ckpt.save(2, state, rng=rng, negatives=table.to_arrays(), **EXTRAS)
+    ckpt.close()  # waits for the background write, like a process exiting cleanly
+
+    fresh = Checkpointer(tmp_path)  # a restarted process
+    assert fresh.latest_step() == 2
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), make_state(1))
+    restored, extras = fresh.restore(abstract_state=abstract)
+    assert_tree_identical(restored, jax.device_get(state))
+    assert isinstance(restored, TrainState) and isinstance(jax.tree.leaves(restored)[0], np.ndarray)
+    assert_tree_identical(fresh.restore_params(), jax.device_get(state.params))  # params only, no abstract tree
+    assert extras["iterator_state"] == EXTRAS["iterator_state"] and extras["config"] == EXTRAS["config"]
+    assert extras["step"] == 2 and extras["metrics"] is None
+    assert jax.random.key_impl(extras["rng"]) == jax.random.key_impl(rng)
+    assert np.array_equal(jax.random.key_data(extras["rng"]), jax.random.key_data(rng))
+    assert np.array_equal(jax.random.normal(extras["rng"], (3,)), jax.random.normal(rng, (3,)))
+    back = NegativesTable.from_arrays(extras["negatives"], docs, qrels)
+    assert back.version == 3 and dict(back.counts) == dict(table.counts)
+    for q in table.qids:
+        assert np.array_equal(back.candidates["bm25"][back.qids.index(q)],
+                              table.candidates["bm25"][table.qids.index(q)])
+        assert back.sample(q, np.random.default_rng(1)) == table.sample(q, np.random.default_rng(1))
+    fresh.close()
+
+
+def test_raw_key_empty_arrays_and_no_negatives(tmp_path):
+    state = make_state()
+    negatives = {"candidates": {}, "counts": {"random": np.asarray(2)}, "pos_rows": np.zeros((0,), np.int32),
+                 "block": np.zeros((3, 0), np.int64)}
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, rng=jax.random.PRNGKey(7), negatives=negatives, **EXTRAS)
+        ckpt.save(2, state, rng=jax.random.PRNGKey(8), negatives=None, **EXTRAS)
+        _, one = ckpt.restore(1, abstract_state=state)
+        _, two = ckpt.restore(2, abstract_state=state)
+    assert one["rng"].dtype == jnp.uint32 and np.array_equal(one["rng"], jax.random.PRNGKey(7))
+    neg = one["negatives"]
+    assert neg["candidates"] == {} and int(neg["counts"]["random"]) == 2
+    assert neg["pos_rows"].shape == (0,) and neg["pos_rows"].dtype == np.int32
+    assert neg["block"].shape == (3, 0) and neg["block"].dtype == np.int64
+    assert two["negatives"] is None and np.array_equal(two["rng"], jax.random.PRNGKey(8))
+
+
+def test_keep_last_n_plus_best_survives_restart(tmp_path):
+    state = make_state()
+    rng = jax.random.key(0)
+    metrics = {1: 0.2, 2: 0.9, 3: None, 4: 0.5, 5: None, 6: 0.3}
+    ckpt = Checkpointer(tmp_path, keep=2, keep_best_metric="ndcg@10", best_mode="max")
+    for step in range(1, 7):
+        m = None if metrics[step] is None else {"ndcg@10": metrics[step], "mrr@10": 0.0}
+        ckpt.save(step, state, rng=rng, metrics=m, **EXTRAS)
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 5, 6] and ckpt.latest_step() == 6
+    ckpt.close()
+
+    again = Checkpointer(tmp_path, keep=2, keep_best_metric="ndcg@10", best_mode="max")
+    for step in (7, 8):
+        again.save(step, state, rng=rng, metrics={"ndcg@10": 0.1}, **EXTRAS)
+    again.wait()
+    assert again.all_steps() == [2, 7, 8]  # best (step 2, read back from disk) outlives the restart
+    assert again.restore(2, abstract_state=state)[1]["metrics"]["ndcg@10"] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="lack a finite 'ndcg@10'"):
+        again.save(9, state, rng=rng, metrics={"mrr@10": 0.3}, **EXTRAS)
+    again.close()
+
+
+def test_min_mode_keeps_the_lowest(tmp_path):
+    state = make_state()
+    with Checkpointer(tmp_path, keep=1, keep_best_metric="loss", best_mode="min", async_save=False) as ckpt:
+        for step, loss in enumerate([0.5, 0.1, 0.7, 0.9], start=1):
+            ckpt.save(step, state, rng=jax.random.key(0), metrics={"loss": loss}, **EXTRAS)
+        assert ckpt.all_steps() == [2, 4]
+
+
+def test_half_written_checkpoints_are_skipped(tmp_path):
+    state = make_state()
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(3, state, rng=jax.random.key(3), **EXTRAS)
+    root = tmp_path
+    # a crash mid-save: orbax's temp dir, and a step dir that never got its commit marker
+    tmp = root / "4.orbax-checkpoint-tmp-1700000000"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "junk").write_text("x")
+    (root / "5" / "state").mkdir(parents=True)
+
+    resumed = Checkpointer(tmp_path, async_save=False)
+    assert resumed.all_steps() == [3] and resumed.latest_step() == 3
+    restored, extras = resumed.restore(abstract_state=state)
+    assert_tree_identical(restored, jax.device_get(state))
+    assert not (root / "5").exists() and any(p.name.startswith("incomplete.5.") for p in root.iterdir())
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint of step 4"):
+        resumed.restore(4, abstract_state=state)
+    resumed.save(5, state, rng=jax.random.key(5), **EXTRAS)  # the resumed run reaches step 5 again
+    assert resumed.all_steps() == [3, 5]
+    resumed.close()
+
+
+def test_empty_directory(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() is None and ckpt.all_steps() == []
+        with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
+            ckpt.restore(abstract_state=make_state())
+    with pytest.raises(ValueError, match="best_mode must be 'max' or 'min'"):
+        Checkpointer(tmp_path, best_mode="best")

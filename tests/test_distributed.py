@@ -1,0 +1,144 @@
+"""jdr.distributed: row arithmetic, config resolution, and a real 2-process × 4-device CPU run vs 1 × 8."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jdr.distributed import DistributedConfig, host_rows, resolve_config, shard_rows
+
+WORKER = Path(__file__).with_name("_multihost_worker.py")
+TIMEOUT_S = 240
+
+
+@pytest.mark.parametrize("n,count", [(16, 1), (16, 2), (24, 4), (64, 8)])
+def test_host_rows_concatenate_to_the_global_batch_in_order(n, count):
+    rows = np.arange(n)
+    parts = [rows[host_rows(n, p, count)] for p in range(count)]
+    assert {len(x) for x in parts} == {n // count}
+    np.testing.assert_array_equal(np.concatenate(parts), rows)
+
+
+def test_host_rows_rejects_uneven_batches_and_bad_index():
+    with pytest.raises(ValueError, match="not divisible"):
+        host_rows(10, 0, 4)
+    with pytest.raises(ValueError, match="process_index"):
+        host_rows(8, 2, 2)
+
+
+@pytest.mark.parametrize("n,count", [(13, 2), (13, 4), (3, 4), (0, 2), (100, 7)])
+def test_shard_rows_matches_array_split(n, count):
+    rows = np.arange(n)
+    expected = np.array_split(rows, count)
+    for p in range(count):
+        np.testing.assert_array_equal(rows[shard_rows(n, p, count)], expected[p])
+
+
+def test_resolve_config_sources():
+    assert resolve_config(env={}) == DistributedConfig("single")
+    assert resolve_config("h:1", 2, 1, env={}) == DistributedConfig("explicit", "h:1", 2, 1)
+    env = {"JDR_COORDINATOR": "node1:8476", "JDR_NUM_PROCESSES": "4", "JDR_PROCESS_ID": "3"}
+    assert resolve_config(env=env) == DistributedConfig("explicit", "node1:8476", 4, 3)
+    assert resolve_config(env={**env, "JDR_DISTRIBUTED": "off"}).mode == "single"
+    assert resolve_config(env={"JDR_NUM_PROCESSES": "1"}).mode == "single"
+    assert resolve_config(env={"JDR_DISTRIBUTED": "auto"}).mode == "auto"
+    srun = {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "gpu[01-02]"}
+    assert resolve_config(env=srun).mode == "auto"
+    # An sbatch batch shell (no srun step) is one process.
+    assert resolve_config(env={"SLURM_NTASKS": "2", "SLURM_PROCID": "0"}).mode == "single"
+
+
+@pytest.mark.parametrize(
+    "env,match",
+    [
+        ({"JDR_COORDINATOR": "h:1", "JDR_NUM_PROCESSES": "2"}, "JDR_PROCESS_ID"),
+        ({"JDR_COORDINATOR": "h:1", "JDR_NUM_PROCESSES": "2", "JDR_PROCESS_ID": "2"}, "must lie in"),
+        ({"JDR_COORDINATOR": "h", "JDR_NUM_PROCESSES": "2", "JDR_PROCESS_ID": "0"}, "host:port"),
+        ({"JDR_NUM_PROCESSES": "two"}, "JDR_NUM_PROCESSES='two'"),
+        ({"JDR_DISTRIBUTED": "yes"}, "JDR_DISTRIBUTED"),
+    ],
+)
+def test_resolve_config_errors_name_the_variable(env, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        resolve_config(env=env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _worker_env(devices: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JDR_", "SLURM_", "JAX_COORDINATOR"))}
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _run_workers(commands: list[tuple[list[str], dict]]) -> None:
+    """Start all, wait with a timeout, kill every survivor on any failure so CI never hangs."""
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, env in commands]
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=TIMEOUT_S)
+            outputs.append(out)
+            if p.returncode != 0:
+                raise AssertionError(f"worker {p.args} exited {p.returncode}:\n{out[-4000:]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    from jdr.models.testing import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "model", max_seq_length=16)
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    port = _free_port()
+    base = [sys.executable, str(WORKER), "--model-dir", str(model), "--steps", "3", "--corpus", "13"]
+    _run_workers(
+        [
+            (base + ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+                     "--out", str(multi)], _worker_env(4))
+            for i in range(2)
+        ]
+        + [(base + ["--out", str(single)], _worker_env(8))]
+    )
+    p0, p1, ref = _load(multi / "process_0.npz"), _load(multi / "process_1.npz"), _load(single / "process_0.npz")
+
+    # pmap numbers devices process by process, so host_rows' contiguous split lines up with axis_index.
+    np.testing.assert_array_equal(p0["axis_index"], np.arange(4))
+    np.testing.assert_array_equal(p1["axis_index"], np.arange(4, 8))
+    np.testing.assert_array_equal(ref["axis_index"], np.arange(8))
+    assert bool(p0["primary"]) and not bool(p1["primary"])
+
+    params = sorted(k for k in ref if k.startswith("param/"))
+    assert params and params == sorted(k for k in p0 if k.startswith("param/"))
+    assert not np.allclose(ref["losses"][0], ref["losses"][-1]), "training did not move the loss"
+    for k in params:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)  # replicas agree across processes
+        np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(p0["losses"], ref["losses"], rtol=1e-5)
+
+    assert ref["embeddings"].shape == (13, 32)
+    np.testing.assert_allclose(p0["embeddings"], ref["embeddings"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(p0["embeddings"], p1["embeddings"])

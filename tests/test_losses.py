@@ -1,0 +1,149 @@
+"""jdr.losses against small numpy references; masking; zero gradients at the optimum; the all_gather path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdr import losses
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _np_log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _np_info_nce(q, p, temperature, group_size):
+    scores = q @ p.T
+    labels = np.arange(q.shape[0]) * group_size
+    logp = _np_log_softmax(scores / temperature)
+    return -logp[np.arange(q.shape[0]), labels].mean(), scores, labels
+
+
+def test_info_nce_matches_numpy():
+    r = _rng()
+    b, g, h = 4, 3, 8
+    q, p = r.normal(size=(b, h)).astype(np.float32), r.normal(size=(b * g, h)).astype(np.float32)
+    p[0] = q[0] * 3  # query 0 certainly ranks its positive first, query 1 certainly not
+    p[1 * g] = -q[1] * 3
+    loss, aux = losses.info_nce(q, p, temperature=0.5, group_size=g)
+    ref, scores, labels = _np_info_nce(q.astype(np.float64), p.astype(np.float64), 0.5, g)
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    np.testing.assert_allclose(aux["accuracy"], np.mean(scores.argmax(1) == labels), rtol=1e-6)
+    is_pos = np.zeros_like(scores, bool)
+    is_pos[np.arange(b), labels] = True
+    np.testing.assert_allclose(aux["pos_score"], scores[is_pos].mean(), rtol=1e-5)
+    np.testing.assert_allclose(aux["neg_score"], scores[~is_pos].mean(), rtol=1e-4, atol=1e-6)
+    assert 0.0 < float(aux["accuracy"]) < 1.0
+
+
+def test_info_nce_bfloat16_inputs_are_computed_in_float32():
+    r = _rng(1)
+    q, p = r.normal(size=(2, 4)), r.normal(size=(4, 4))
+    loss, _ = losses.info_nce(jnp.asarray(q, jnp.bfloat16), jnp.asarray(p, jnp.bfloat16), temperature=0.05, group_size=2)
+    assert loss.dtype == jnp.float32
+
+
+def test_info_nce_all_gather_over_named_axis_matches_global_batch():
+    """vmap with an axis name runs the same collectives as pmap: per-shard losses average to the global loss."""
+    r = _rng(2)
+    d, b, g, h = 4, 2, 2, 6
+    q = r.normal(size=(d * b, h)).astype(np.float32)
+    p = r.normal(size=(d * b * g, h)).astype(np.float32)
+    per_shard = jax.vmap(
+        lambda qs, ps: losses.info_nce(qs, ps, temperature=0.3, group_size=g, axis_name="i")[0], axis_name="i"
+    )(q.reshape(d, b, h), p.reshape(d, b * g, h))
+    whole, _ = losses.info_nce(q, p, temperature=0.3, group_size=g)
+    np.testing.assert_allclose(per_shard.mean(), whole, rtol=1e-5)
+    # Without the gather each shard would see only its own passages: a different (smaller) loss.
+    local = jax.vmap(lambda qs, ps: losses.info_nce(qs, ps, temperature=0.3, group_size=g)[0])(
+        q.reshape(d, b, h), p.reshape(d, b * g, h)
+    )
+    assert abs(float(local.mean()) - float(whole)) > 1e-3
+
+
+def test_triplet_matches_numpy():
+    r = _rng(3)
+    b, g, h = 3, 4, 5
+    q, p = r.normal(size=(b, h)).astype(np.float32), r.normal(size=(b * g, h)).astype(np.float32)
+    loss, aux = losses.triplet_margin(q, p, group_size=g, margin=0.7)
+    s = np.einsum("bh,bgh->bg", q, p.reshape(b, g, h))
+    hinge = np.maximum(0.0, 0.7 - s[:, :1] + s[:, 1:])
+    np.testing.assert_allclose(loss, hinge.mean(), rtol=1e-5)
+    np.testing.assert_allclose(aux["active"], (hinge > 0).mean())
+    np.testing.assert_allclose(aux["accuracy"], np.all(s[:, :1] > s[:, 1:], axis=1).mean())
+
+
+def test_contrastive_shape_errors():
+    q, p = np.zeros((2, 4), np.float32), np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match="p\\[B\\*G,H\\]"):
+        losses.info_nce(q, p, temperature=0.1, group_size=2)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        losses.triplet_margin(q, np.zeros((2, 4), np.float32), group_size=1, margin=1.0)
+
+
+def _lists(seed=4, b=3, c=5):
+    r = _rng(seed)
+    return r.normal(size=(b, c)).astype(np.float32), r.normal(size=(b, c)).astype(np.float32)
+
+
+def test_listnet_and_kl_match_numpy():
+    s, t = _lists()
+    tau = 2.0
+    pt = np.exp(_np_log_softmax(t / tau))
+    ce = -(pt * _np_log_softmax(s / tau)).sum(1).mean()
+    kl = (pt * (np.log(pt) - _np_log_softmax(s / tau))).sum(1).mean()
+    np.testing.assert_allclose(losses.listnet(s, t, temperature=tau)[0], ce, rtol=1e-5)
+    np.testing.assert_allclose(losses.kl_distill(s, t, temperature=tau)[0], kl, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [losses.listnet, losses.kl_distill, losses.mse_scores, losses.margin_mse])
+def test_distillation_zero_gradient_when_student_equals_teacher(fn):
+    _, t = _lists(5)
+    grad = jax.grad(lambda s: fn(s, t)[0])(jnp.asarray(t))
+    np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+    moved = jax.grad(lambda s: fn(s, t)[0])(jnp.asarray(t) + jnp.eye(3, 5))
+    assert float(jnp.abs(moved).max()) > 1e-3  # the test can fail: away from the optimum there is a gradient
+
+
+def test_kl_is_zero_when_equal_and_aux_agreement():
+    s, _ = _lists(6)
+    loss, aux = losses.kl_distill(s, s)
+    assert abs(float(loss)) < 1e-6
+    assert float(aux["top1_agreement"]) == 1.0
+
+
+@pytest.mark.parametrize("fn", [losses.listnet, losses.kl_distill, losses.mse_scores, losses.margin_mse])
+def test_mask_equals_truncated_lists(fn):
+    """Padded candidates (any value) change neither loss nor gradient: equal to the unpadded lists."""
+    s, t = _lists(7, b=2, c=6)
+    mask = np.ones_like(s, bool)
+    mask[:, 4:] = False
+    s_pad, t_pad = s.copy(), t.copy()
+    s_pad[:, 4:], t_pad[:, 4:] = 50.0, -50.0
+    masked, _ = fn(s_pad, t_pad, mask=mask)
+    truncated, _ = fn(s[:, :4], t[:, :4])
+    np.testing.assert_allclose(masked, truncated, rtol=1e-5)
+    grad = jax.grad(lambda x: fn(x, t_pad, mask=mask)[0])(jnp.asarray(s_pad))
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[:, 4:] == 0.0)
+    unmasked, _ = fn(s_pad, t_pad)
+    assert abs(float(unmasked) - float(truncated)) > 1e-3
+
+
+def test_mse_and_margin_mse_match_numpy():
+    s, t = _lists(8)
+    np.testing.assert_allclose(losses.mse_scores(s, t)[0], ((s - t) ** 2).mean(), rtol=1e-5)
+    ref = (((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2).mean()
+    np.testing.assert_allclose(losses.margin_mse(s, t)[0], ref, rtol=1e-5)
+
+
+def test_distillation_shape_errors():
+    s, t = _lists()
+    with pytest.raises(ValueError, match="student\\[B,C\\]"):
+        losses.listnet(s, t[:, :3])
+    with pytest.raises(ValueError, match="mask shape"):
+        losses.kl_distill(s, t, mask=np.ones((3, 2), bool))
