@@ -75,6 +75,7 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
             index = build_index(docs, spec.factory(), seed=seed)
             results.append(_evaluate(index, f"faiss {name}", nl, nprobe, test_q, test_ids, doc_ids, qrels,
                                      dense_rows, time.time() - t0) | {"bytes": b})
+            print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         for name, nl in (("OPQ+PQ", 0), ("OPQ+IVFPQ", nlist)):
             cfg = vq_config()
             cfg.seed, cfg.vq.M, cfg.vq.nlist, cfg.vq.opq, cfg.train.steps = seed, b, nl, True, steps
@@ -84,6 +85,7 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
             index = export_faiss(vq, docs)
             results.append(_evaluate(index, f"jdr Distill-VQ {name}", nl, nprobe, test_q, test_ids, doc_ids, qrels,
                                      dense_rows, time.time() - t0) | {"bytes": b})
+            print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     return results
 
 
@@ -98,7 +100,8 @@ def format_table(results) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus"), p.add_argument("--train-queries"), p.add_argument("--test-queries")
+    for name in ("corpus", "train-queries", "test-queries"):
+        p.add_argument(f"--{name}", help=f"embedding store dir (embeddings.npy + ids.txt) of the {name}")
     p.add_argument("--qrels", help="test qrels TSV (BEIR qrels/test.tsv)")
     p.add_argument("--random", action="store_true", help="smoke test on random embeddings")
     p.add_argument("--bytes", default="48,16,8", help="code sizes in bytes (M sub-spaces of 256 codewords)")
@@ -106,8 +109,10 @@ def main(argv=None) -> int:
     p.add_argument("--nprobe", type=int, default=64, help="lists probed at search (default: all 64)")
     p.add_argument("--steps", type=int, default=500, help="Distill-VQ Adam steps")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0 = faiss's default)")
     a = p.parse_args(argv)
-    faiss.omp_set_num_threads(faiss.omp_get_max_threads())
+    if a.threads:
+        faiss.omp_set_num_threads(a.threads)
     if a.random:
         docs, doc_ids, train_q, test_q, test_ids, qrels = _random_inputs()
         code_bytes = [b for b in map(int, a.bytes.split(",")) if docs.shape[1] % b == 0] or [8]

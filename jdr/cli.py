@@ -16,9 +16,28 @@ class Command(NamedTuple):
 
 
 def _load_model(args, query_max_length=None, passage_max_length=None):
-    from jdr.models import hf
+    """`--model`: an HF/sentence-transformers dir, a hub name, `minilm` (the installed all-MiniLM-L6-v2), or a
+    `jdr train` workdir (its latest checkpoint, or `--step N`)."""
+    import dataclasses
 
-    return hf.load(args.model, query_max_length=query_max_length, passage_max_length=passage_max_length)
+    from jdr.models import hf
+    from jdr.train.workdir import is_workdir, load_workdir
+
+    if is_workdir(args.model):
+        params, spec, tok, _ = load_workdir(args.model, step=getattr(args, "step", None))
+        lengths = {k: v for k, v in (("query_max_length", query_max_length),
+                                     ("passage_max_length", passage_max_length)) if v}
+        return params, dataclasses.replace(spec, **lengths), tok
+    model = hf.find_minilm() if str(args.model) == "minilm" else args.model
+    return hf.load(model, query_max_length=query_max_length, passage_max_length=passage_max_length)
+
+
+MODEL_HELP = "HF/sentence-transformers dir, hub name, 'minilm', or a `jdr train` workdir"
+
+
+def _model_args(p):
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step when --model is a workdir (default: latest)")
 
 
 def _ids_path(index_path) -> Path:
@@ -28,7 +47,7 @@ def _ids_path(index_path) -> Path:
 
 # -- encode ---------------------------------------------------------------------------------------------------
 def _encode_args(p):
-    p.add_argument("--model", required=True, help="HF/sentence-transformers model dir or hub name")
+    _model_args(p)
     p.add_argument("--input", required=True, help="BEIR corpus.jsonl or queries.jsonl")
     p.add_argument("--output", required=True, help="embedding store dir (embeddings.npy, ids.txt, meta.json)")
     p.add_argument("--tower", choices=("query", "passage"), default="passage")
@@ -75,7 +94,7 @@ def _index(args) -> int:
 
 # -- search ---------------------------------------------------------------------------------------------------
 def _search_args(p):
-    p.add_argument("--model", required=True, help="HF/sentence-transformers model dir or hub name")
+    _model_args(p)
     p.add_argument("--index", required=True, help="index file written by `jdr index` (with INDEX.ids.txt)")
     p.add_argument("--queries", required=True, help="BEIR queries.jsonl")
     p.add_argument("--top-k", type=int, default=1000)
@@ -109,11 +128,12 @@ def _search(args) -> int:
 
 # -- evaluate -------------------------------------------------------------------------------------------------
 def _evaluate_args(p):
-    p.add_argument("--model", required=True, help="HF/sentence-transformers model dir or hub name")
+    _model_args(p)
     p.add_argument("--data", required=True, help="BEIR dataset dir or name (e.g. scifact)")
     p.add_argument("--split", default="test")
     p.add_argument("--factory", default="Flat", help="faiss factory string")
-    p.add_argument("--max-length", type=int, default=256, help="passage token limit")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="passage token limit (default: the model's own, 256 for all-MiniLM-L6-v2)")
     p.add_argument("--query-max-length", type=int, default=None, help="query token limit (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--top-k", type=int, default=1000)
@@ -129,7 +149,7 @@ def _evaluate(args) -> int:
     params, spec, tok = _load_model(args)
     run = retrieve(params, spec, tok, data.corpus, data.queries, factory=args.factory, k=args.top_k,
                    query_max_length=args.query_max_length, passage_max_length=args.max_length,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, progress=True)
     if args.run_output:
         write_trec_run(args.run_output, run)
     metrics = compute_metrics(data.qrels, run, ignore_identical_ids=True)
@@ -142,7 +162,46 @@ def _evaluate(args) -> int:
     return 0
 
 
+# -- train / export -------------------------------------------------------------------------------------------
+def _train_args(p):
+    p.add_argument("--config", default=None, help="config file (configs/*.py); overrides: --config.train.lr=2e-5")
+    p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, export (resumes if present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train(args) -> int:
+    from jdr.config import load_config
+    from jdr.distributed import initialize
+    from jdr.train.trainer import train
+
+    cfg = load_config(args.config, args.config_overrides)
+    initialize()
+    final = train(cfg, args.workdir, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}, indent=1))
+    return 0
+
+
+def _export_args(p):
+    p.add_argument("--workdir", required=True, help="`jdr train` workdir")
+    p.add_argument("--output", required=True, help="HF + sentence-transformers model dir to write")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--tower", choices=("query", "passage"), default="query", help="tower to export if untied")
+
+
+def _export(args) -> int:
+    from jdr.models.hf import export
+    from jdr.train.workdir import ENCODER_DIR, load_workdir
+
+    params, spec, _, step = load_workdir(args.workdir, step=args.step)
+    export(params, spec, Path(args.workdir) / ENCODER_DIR, args.output, tower=args.tower)
+    print(f"exported step {step} ({args.tower} tower) to {args.output}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
+    "train": Command("train a dense retriever from a config (resumes from the workdir)", _train_args, _train),
+    "export": Command("write a training workdir's encoder as an HF + sentence-transformers dir", _export_args,
+                      _export),
     "encode": Command("encode a jsonl file into an embedding store", _encode_args, _encode),
     "index": Command("build a faiss index over an embedding store", _index_args, _index),
     "search": Command("search an index with a model's query embeddings, write a TREC run", _search_args, _search),
@@ -163,10 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the `jdr` console script. Bad user input prints `jdr: error: <one line>` and returns 2."""
+    from jdr.config import ConfigError, split_config_args
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, overrides = split_config_args(argv)
+    except ConfigError as e:
+        print(f"jdr: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    if overrides and args.command not in ("train",):
+        print(f"jdr: error: --config.* overrides only apply to `jdr train`", file=sys.stderr)
+        return 2
+    args.config_overrides = overrides
     try:
         return args._run(args)
-    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
+    except (ValueError, FileNotFoundError) as e:  # DataError and ConfigError are ValueErrors
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"jdr: error: {msg}", file=sys.stderr)
         return 2

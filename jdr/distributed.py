@@ -100,7 +100,8 @@ def initialize(
     process_id: int | None = None,
     local_device_ids: Sequence[int] | None = None,
 ) -> DistributedConfig:
-    """Start jax.distributed for multi-host training; a no-op for one process. Call before any other jax use.
+    """Start jax.distributed for multi-host training; a no-op for one process or when already started. Call it
+    before any other jax use (jax fixes the device list on first use).
 
     See the module docstring for where the settings come from. On CPU the cross-process collectives use gloo
     (`jax_cpu_collectives_implementation`), which is what the 2-process CPU test runs on. Returns the resolved
@@ -109,7 +110,8 @@ def initialize(
     import jax
 
     cfg = resolve_config(coordinator_address, num_processes, process_id)
-    if cfg.mode == "single":
+    # A second call (e.g. a CLI command that trains then evaluates) must not start a second client.
+    if cfg.mode == "single" or jax.distributed.is_initialized():
         return cfg
     # Without this, multi-process CPU runs have no cross-process collectives (gloo is jax 0.10's default, but the
     # default has changed between versions).

@@ -2,8 +2,9 @@
 
 Trains the tiny BERT of `--model-dir` for a few steps with `jdr.train.step.make_train_step` (InfoNCE whose
 passages are all-gathered over every device of every process, dropout on) under `jax.pmap(axis_name="batch")`,
-feeding only this process's `host_rows` of each global batch, then encodes a small corpus with `encode_sharded`. Writes `<out>/process_<i>.npz`: final params
-(flattened, '/'-joined keys), per-step losses, the pmap axis index of each local device, and the embeddings.
+feeding only this process's `host_rows` of each global batch, then encodes a small corpus with `encode_sharded`.
+Writes `<out>/process_<i>.npz`: final params (flattened, '/'-joined keys), per-step losses, the pmap axis index of
+each local device, and the embeddings.
 
 XLA_FLAGS (fake CPU device count) must be set by the parent before this starts.
 """
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
 
     # Encode with the initial params so the embedding check does not depend on training matching.
     emb = distributed.encode_sharded(
-        lambda texts: encode_texts(params, spec, tokenizer, texts, tower="passage", batch_size=4, progress=False),
+        lambda texts: encode_texts(params, spec, tokenizer, texts, tower="passage", batch_size=8, progress=False),
         corpus(args.corpus),
     )
 

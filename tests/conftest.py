@@ -48,3 +48,54 @@ def minilm_dir() -> Path:
         return find_minilm()
     except FileNotFoundError as e:
         pytest.skip(str(e))
+
+
+TOPICS = ("cancer tumor", "virus infection", "brain blood", "gene dna", "immune response", "drug therapy",
+          "protein receptor", "cell growth")
+
+
+def write_toy_beir(path: Path, *, n_train: int = 32, n_test: int = 8, docs_per_topic: int = 6) -> Path:
+    """A small BEIR dir whose queries share words with their positive doc (so retrieval is learnable)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    filler = "the of and a to in is was for with that on are by as at".split()
+    path.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for t, topic in enumerate(TOPICS):
+        for j in range(docs_per_topic):
+            words = topic.split() + rng.sample(filler, 5) + [f"{chr(97 + j)}{chr(97 + t)}"]
+            docs.append({"_id": f"d{t}_{j}", "title": topic, "text": " ".join(rng.sample(words, len(words)))})
+    with open(path / "corpus.jsonl", "w") as f:
+        for d in docs:
+            f.write(json.dumps(d) + "\n")
+    queries, qrels = [], {"train": [], "test": []}
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        doc = docs[(i * 5) % len(docs)]
+        qid = f"q{i}"
+        queries.append({"_id": qid, "text": f"{doc['text'].split()[0]} {doc['title']} {doc['_id'][1:]}"})
+        qrels[split].append((qid, doc["_id"]))
+    with open(path / "queries.jsonl", "w") as f:
+        for q in queries:
+            f.write(json.dumps(q) + "\n")
+    (path / "qrels").mkdir(exist_ok=True)
+    for split, rows in qrels.items():
+        with open(path / "qrels" / f"{split}.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for q, d in rows:
+                f.write(f"{q}\t{d}\t1\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_beir(tmp_path_factory) -> Path:
+    return write_toy_beir(tmp_path_factory.mktemp("toy_beir"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from jdr.models.testing import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model", max_seq_length=32)

@@ -65,7 +65,8 @@ def test_padding_does_not_change_embeddings(tiny):
     # Garbage in padded positions must not leak in either.
     t = tokenize(tok, TEXTS[:2], 32, length=32)
     noisy = np.where(t.attention_mask > 0, t.input_ids, 7).astype(np.int32)
-    np.testing.assert_allclose(np.asarray(_encode(params, spec, noisy, t.attention_mask, tower="query")), long, atol=1e-6)
+    noisy_emb = np.asarray(_encode(params, spec, noisy, t.attention_mask, tower="query"))
+    np.testing.assert_allclose(noisy_emb, long, atol=1e-6)
 
 
 def test_tokenize_overrides_tokenizer_truncation(tiny):
@@ -127,7 +128,9 @@ def _copy_with_tensors(src, dst, edit):
 
 
 def test_load_refuses_extra_and_missing_tensors(tiny_dir, tmp_path):
-    extra = _copy_with_tensors(tiny_dir, tmp_path / "extra", lambda t: {**t, "encoder.layer.7.foo.weight": t["pooler.dense.bias"]})
+    extra = _copy_with_tensors(
+        tiny_dir, tmp_path / "extra", lambda t: {**t, "encoder.layer.7.foo.weight": t["pooler.dense.bias"]}
+    )
     with pytest.raises(DataError, match=r"encoder\.layer\.7\.foo\.weight"):
         load(extra)
     gone = "encoder.layer.1.output.dense.bias"
@@ -135,9 +138,8 @@ def test_load_refuses_extra_and_missing_tensors(tiny_dir, tmp_path):
     with pytest.raises(DataError, match=gone.replace(".", r"\.")) as e:
         load(missing)
     assert "\n" not in str(e.value)
-    transposed = _copy_with_tensors(
-        tiny_dir, tmp_path / "shape", lambda t: {**t, "encoder.layer.0.intermediate.dense.weight": t["encoder.layer.0.intermediate.dense.weight"].T.copy()}
-    )
+    w = "encoder.layer.0.intermediate.dense.weight"
+    transposed = _copy_with_tensors(tiny_dir, tmp_path / "shape", lambda t: {**t, w: t[w].T.copy()})
     with pytest.raises(DataError, match="intermediate.dense.weight"):
         load(transposed)
 
@@ -242,3 +244,14 @@ def test_config_json_round_trip(tiny_dir):
     d = json.loads((tiny_dir / "config.json").read_text())
     cfg = BertConfig.from_hf_dict(d)
     assert BertConfig.from_hf_dict(cfg.to_hf_dict("bert")) == cfg
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_tiny_model_matches_sentence_transformers(tmp_path, pooling):
+    st = pytest.importorskip("sentence_transformers")
+    texts = TEXTS + [" ".join(["blood"] * 40)]  # the last one is truncated at max_seq_length (32)
+    params, spec, tok = load(write_tiny_model(tmp_path / "m", pooling=pooling))
+    ours = encode_texts(params, spec, tok, texts, progress=False)
+    out = export(params, spec, tok, tmp_path / "exported")
+    theirs = st.SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)

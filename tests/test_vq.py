@@ -178,7 +178,7 @@ def test_export_equals_faiss_search(data, inits, spec, tmp_path):
 def _cfg(nlist, opq, **train):
     cfg = vq_config()
     cfg.vq.M, cfg.vq.K, cfg.vq.nlist, cfg.vq.opq = 4, 16, nlist, opq
-    cfg.train.update(dict(steps=150, batch_size=16, topk=20, lr=1e-2, tau=0.3, loss_temperature=4.0))
+    cfg.train.update(dict(steps=150, batch_size=16, topk=20, lr=1e-2, tau=0.1, loss_temperature=4.0))
     cfg.train.update(train)
     return cfg
 
@@ -197,7 +197,7 @@ def test_distillation_learns_and_beats_faiss_init(data, inits):
         index = export_faiss(v, docs)
         _set_nprobe(index, 8)
         recalls.append(teacher_recall(index.search(test_q, 10)[1], teacher, 10))
-    assert recalls[1] >= recalls[0] + 0.05, recalls  # measured 0.43 -> 0.62
+    assert recalls[1] >= recalls[0] + 0.05, recalls  # measured 0.43 -> 0.6
 
 
 @pytest.mark.parametrize("loss", ["kl_distill", "mse_scores", "margin_mse"])
@@ -221,8 +221,8 @@ def test_pmap_step_equals_single_device_step(data, inits):
     batch = {"query_emb": queries[:8], "doc_emb": docs[rows], "lists": vq.lists[rows]}
     frozen = {"rotation": jnp.asarray(vq.rotation)}
     state = TrainState.create(jax.tree.map(jnp.asarray, vq.params), tx)
-    one, m1 = jax.jit(make_vq_train_step(cfg, tx))(state, batch, frozen)
-    step = jax.pmap(make_vq_train_step(cfg, tx, axis_name="batch"), axis_name="batch", in_axes=(0, 0, None),
+    one, m1 = jax.jit(make_vq_train_step(cfg, tx, tau_scale=1.0))(state, batch, frozen)
+    step = jax.pmap(make_vq_train_step(cfg, tx, tau_scale=1.0, axis_name="batch"), axis_name="batch", in_axes=(0, 0, None),
                     devices=jax.devices()[:2])
     rep = jax.tree.map(lambda a: jnp.stack([a, a]), state)
     split = jax.tree.map(lambda a: a.reshape((2, a.shape[0] // 2) + a.shape[1:]), batch)

@@ -14,7 +14,8 @@ require JDR_ZONE JDR_TPU_NAME JDR_JAX_VERSION
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -n "$JDR_REPO_URL" ]]; then
-  fetch="rm -rf $JDR_REMOTE_REPO && git clone --depth 1 --branch $(quote "$JDR_REPO_REF") $(quote "$JDR_REPO_URL") $JDR_REMOTE_REPO"
+  fetch="rm -rf $JDR_REMOTE_REPO && git clone --depth 1 --branch $(quote "$JDR_REPO_REF") \
+$(quote "$JDR_REPO_URL") $JDR_REMOTE_REPO"
 else
   archive="${TMPDIR:-/tmp}/jdr-src.$$.tar.gz"
   trap 'rm -f "$archive"' EXIT
@@ -25,7 +26,8 @@ fi
 
 # python3-venv is missing from the base TPU image; libtpu comes with the jax[tpu] extra.
 tpu_ssh "set -euo pipefail; cd ~; $fetch; \
-(python3 -m venv $JDR_REMOTE_VENV || (sudo apt-get update -q && sudo apt-get install -y -q python3-venv && python3 -m venv $JDR_REMOTE_VENV)); \
+(python3 -m venv $JDR_REMOTE_VENV || (sudo apt-get update -q && sudo apt-get install -y -q python3-venv \
+&& python3 -m venv $JDR_REMOTE_VENV)); \
 $JDR_REMOTE_VENV/bin/pip install -q -U pip; \
 $JDR_REMOTE_VENV/bin/pip install -q $(quote "jax[tpu]==$JDR_JAX_VERSION"); \
 $JDR_REMOTE_VENV/bin/pip install -q -e $JDR_REMOTE_REPO; \

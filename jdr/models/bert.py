@@ -58,7 +58,8 @@ class BertConfig:
         pad = int(d.get("pad_token_id", 1 if model_type in ("roberta", "xlm-roberta") else 0) or 0)
         offset = pad + 1 if model_type in ("roberta", "xlm-roberta", "camembert") else 0
         if d.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"position_embedding_type: only 'absolute' is supported, got {d['position_embedding_type']!r}")
+            kind = d["position_embedding_type"]
+            raise ValueError(f"position_embedding_type: only 'absolute' is supported, got {kind!r}")
         names = {f.name for f in dataclasses.fields(cls)} - {"position_offset", "add_pooler", "pad_token_id"}
         missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                "intermediate_size") if k not in d]

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -16,7 +17,7 @@ from tokenizers import Tokenizer
 
 from jdr.data.errors import DataError
 from jdr.io import atomic_dir
-from jdr.models.bert import BertConfig
+from jdr.models.bert import BertConfig, BertModel
 from jdr.models.encoder import EncoderSpec, make_params, tower_params
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -53,7 +54,8 @@ def resolve_model_dir(name: str | os.PathLike) -> Path:
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise FileNotFoundError(
-            f"{name}: not a local directory and not downloadable from the Hugging Face hub ({type(e).__name__}: {first})"
+            f"{name}: not a local directory and not downloadable from the Hugging Face hub "
+            f"({type(e).__name__}: {first})"
         ) from None
 
 
@@ -90,10 +92,12 @@ def _hf_to_tree(tensors: dict[str, np.ndarray], cfg: BertConfig, source: Path) -
     missing = [hf for key, (hf, _) in _param_names(cfg).items() if key not in flat]
     extra = [k for k in bare if k not in used and k not in _SKIPPED and not k.startswith(_SKIPPED_PREFIXES)]
     if missing or extra:
-        raise DataError(source, f"checkpoint does not match the config: missing tensors {missing}, unused tensors {extra}")
-    shape_errors = [
-        f"{hf} {bare[hf].shape}" for key, (hf, t) in _param_names(cfg).items() if flat[key].shape != _expected(cfg, key, t)
-    ]
+        raise DataError(
+            source, f"checkpoint does not match the config: missing tensors {missing}, unused tensors {extra}"
+        )
+    shapes = _param_shapes(cfg)
+    names = _param_names(cfg)
+    shape_errors = [f"{hf} {bare[hf].shape}" for key, (hf, _) in names.items() if flat[key].shape != shapes[key]]
     if shape_errors:
         raise DataError(source, f"tensor shapes do not match config.json: {shape_errors}")
     return unflatten_dict(flat)
@@ -107,21 +111,11 @@ def _strip_prefix(name: str) -> str:
     return name
 
 
-def _expected(cfg: BertConfig, key: tuple, transpose: bool) -> tuple:
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    if key[0] == "embeddings" and key[-1] == "embedding":
-        rows = {"word_embeddings": cfg.vocab_size, "position_embeddings": cfg.max_position_embeddings,
-                "token_type_embeddings": cfg.type_vocab_size}[key[1]]
-        return (rows, h)
-    if key[-1] == "kernel":
-        if key[-3:-1] == ("intermediate", "dense"):
-            return (h, i)
-        if key[-3] == "output" and key[-4].startswith("layer_"):
-            return (i, h)
-        return (h, h)
-    if key[-1] == "bias" and key[-3:-1] == ("intermediate", "dense"):
-        return (i,)
-    return (h,)
+def _param_shapes(cfg: BertConfig) -> dict[tuple, tuple]:
+    """Flat param path -> shape, from the module itself (no compute: eval_shape)."""
+    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+    tree = jax.eval_shape(BertModel(cfg).init, jax.random.key(0), ids, ids)["params"]
+    return {k: v.shape for k, v in flatten_dict(tree).items()}
 
 
 def _param_names(cfg: BertConfig) -> dict[tuple, tuple[str, bool]]:
@@ -199,7 +193,8 @@ def load(
     """Load a BERT/RoBERTa (optionally sentence-transformers) model dir or hub id -> (params, spec, tokenizer).
 
     Pooling, normalisation and max length come from the sentence-transformers files when present (modules.json,
-    1_Pooling/config.json, sentence_bert_config.json), else cls / none / 512. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree, "passage": copy}`; `dtype` is the compute dtype.
+    1_Pooling/config.json, sentence_bert_config.json), else cls / none / 512. Params are float32 jax
+    arrays, `{"shared": tree}` when `tied`, else `{"query": tree, "passage": copy}`; `dtype` is the compute dtype.
     """
     d = resolve_model_dir(model_dir_or_hub_name)
     hf_cfg = _read_json(d / "config.json") if (d / "config.json").exists() else None

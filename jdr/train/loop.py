@@ -95,9 +95,10 @@ def run_loop(
     examples_per_step: int,
     on_metrics: Callable[[int, dict], dict] | None = None,
     check_loss: Callable[[int, Any], None] | None = None,
+    stop_at: int | None = None,
     progress: bool = True,
 ) -> LoopState:
-    """Run steps `start_step+1 .. total_steps`.
+    """Run steps `start_step+1 .. total_steps` (or only up to `stop_at`, as a preemption would).
 
     `next_batch(step)` gives the device batch for the step; `step_fn(state, batch, step)` runs the compiled
     train step and returns (state, device metrics); `on_metrics(step, metrics)` turns device metrics into host
@@ -111,7 +112,8 @@ def run_loop(
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
     window_start, window_examples = time.perf_counter(), 0
     pending = None  # (step, device loss) awaiting its finiteness check
-    for step in range(start_step + 1, total_steps + 1):
+    end = total_steps if stop_at is None else min(stop_at, total_steps)
+    for step in range(start_step + 1, end + 1):
         batch = next_batch(step)
         loop.state, device_metrics = step_fn(loop.state, batch, step)
         loop.step = step

@@ -24,7 +24,7 @@ from jdr.train.checkpoint import Checkpointer
 from jdr.train.loop import MetricsWriter, run_loop, write_json
 from jdr.train.optim import make_optimizer
 from jdr.train.state import TrainState
-from jdr.train.step import check_finite, make_train_step, pmap_train_step
+from jdr.train.step import check_finite, make_train_step, pmap_train_step, replicate
 from jdr.train.workdir import CHECKPOINT_DIR, save_encoder_description
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,12 @@ def _encode_fn(spec):
     return encode_fn
 
 
-def train(cfg, workdir, *, progress: bool = True) -> dict:
-    """Train per `cfg` in `workdir` (resuming from its latest checkpoint) and return the final metrics."""
+def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Train per `cfg` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
+
+    `stop_at` ends the process after that step as a preemption would (tests of exact resume use it): hooks that
+    are due run, the end-of-training work (export, test evaluation) does not.
+    """
     run = prepare(cfg, workdir)
     workdir, primary = run.workdir, jax.process_index() == 0
     if primary:
@@ -180,7 +184,7 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
         cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
         loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
                      else {"margin": cfg.train.margin})))
-    state = jax.device_put_replicated(state, jax.local_devices())
+    state = replicate(state)
     writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary)
     hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng)
     micro = cfg.train.grad_accum_steps
@@ -195,8 +199,12 @@ def train(cfg, workdir, *, progress: bool = True) -> dict:
         state, start_step * micro, cfg.train.steps * micro, next_batch, step_once, hooks.all,
         examples_per_step=cfg.train.global_batch_size, progress=progress and primary,
         on_metrics=lambda step, m: {k: float(np.mean(jax.device_get(v))) for k, v in m.items()},
-        check_loss=check_finite)
+        check_loss=check_finite, stop_at=None if stop_at is None else stop_at * micro)
     ckpt.wait()
+    if loop.step < cfg.train.steps * micro:
+        ckpt.close()
+        writer.close()
+        return {"step": loop.step, "stopped": True}
     final = hooks.finish(loop)
     ckpt.close()
     writer.close()

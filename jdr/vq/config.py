@@ -25,7 +25,7 @@ def vq_config() -> ml_collections.ConfigDict:
     c.train.topk = 100  # Teacher top-k candidates per query from the exact dense (Flat) index.
     c.train.in_batch = True  # Also score every other query's candidates (in-batch documents).
     c.train.lr = 1e-4  # Adam learning rate for centroids and codebooks.
-    c.train.tau = 1.0  # Soft-assignment temperature: softmax(-||r_m - c_mk||^2 / tau).
+    c.train.tau = 0.1  # Soft-assignment temperature softmax(-||r_m - c_mk||^2 / (tau * s)), s = mean ||r_m||^2 at init.
     c.train.loss = "listnet"  # Distillation loss: "listnet" | "kl_distill" | "mse_scores" | "margin_mse".
     c.train.loss_temperature = 1.0  # Score temperature of listnet / kl_distill.
     c.train.ivf_weight = 1.0  # Weight of the coarse (q·centroid) distillation term; only with nlist > 0.

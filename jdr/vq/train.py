@@ -25,9 +25,10 @@ from jdr.index.faiss_index import build_index, search
 from jdr.losses import DISTILLATION
 from jdr.train.state import TrainState
 from jdr.vq.init import init_from_faiss
-from jdr.vq.layer import VQIndex, VQSpec, doc_centroids, quantize, rotate
+from jdr.vq.layer import VQIndex, VQSpec, doc_centroids, quantize, residuals, rotate
 
-__all__ = ["make_vq_train_step", "teacher_candidates", "train_distill_vq", "teacher_recall", "spec_from_config"]
+__all__ = ["make_vq_train_step", "teacher_candidates", "train_distill_vq", "teacher_recall", "spec_from_config",
+           "residual_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,15 @@ def make_vq_train_step(
     cfg,
     tx: optax.GradientTransformation,
     *,
+    tau_scale: float,
     axis_name: str | None = None,
     gather_candidates: bool = True,
     query_fn: QueryFn | None = None,
 ) -> Callable:
     """Build `step(state, batch, frozen) -> (state, metrics)` for ONE device.
+
+    The soft-assignment temperature is `cfg.train.tau * tau_scale`, with `tau_scale` = `residual_scale(...)`
+    (the mean squared sub-space residual norm at init), so `cfg.train.tau` does not depend on the embeddings' scale.
 
     `state.params`: {"codebooks" [M,K,s], "centroids" [nlist,d] (IVF only), "query" (query tower, with query_fn)}.
     `frozen`: {"rotation": [d,d]} or {} (not trained; broadcast, `in_axes=None` under pmap).
@@ -69,6 +74,7 @@ def make_vq_train_step(
     t = cfg.train
     dist_loss = _loss_call(t.loss, t.loss_temperature)
     gather_axis = axis_name if gather_candidates else None
+    tau = float(t.tau * tau_scale)
 
     def loss_fn(params, batch, frozen):
         rot = frozen.get("rotation")
@@ -86,7 +92,7 @@ def make_vq_train_step(
         teacher = jnp.take_along_axis(q_t @ docs.T, cols, axis=1)
         q_s = q_t if query_fn is None else query_fn(params["query"], batch)
         q_rot = rotate(q_s, rot)
-        recon, _ = quantize(params, rotate(docs, rot), lists, t.tau)
+        recon, _ = quantize(params, rotate(docs, rot), lists, tau)
         student = jnp.take_along_axis(q_rot @ recon.T, cols, axis=1)
         loss, aux = dist_loss(student, teacher)
         metrics = {"pq_loss": loss, **aux}
@@ -119,6 +125,13 @@ def make_vq_train_step(
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step
+
+
+def residual_scale(vq: VQIndex, doc_emb: np.ndarray) -> float:
+    """Mean squared norm of a document's sub-space residual (rotated doc - its centroid, per PQ sub-space): the
+    natural unit of the PQ distances that the soft assignment divides by tau. doc_emb [N, d]."""
+    r = residuals(vq.params, rotate(np.asarray(doc_emb, np.float32), vq.rotation), vq.lists)
+    return float(np.mean(np.sum(np.square(r), axis=-1))) / vq.spec.M
 
 
 def teacher_candidates(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> np.ndarray:
@@ -162,7 +175,7 @@ def train_distill_vq(
     )[0]
     cand = teacher_candidates(doc_emb, query_emb, t.topk)
     tx = optax.adam(t.lr)
-    step = jax.jit(make_vq_train_step(cfg, tx), donate_argnums=0)
+    step = jax.jit(make_vq_train_step(cfg, tx, tau_scale=residual_scale(vq, doc_emb)), donate_argnums=0)
     params = jax.tree.map(jnp.array, vq.params)  # a copy: the step donates it
     state = TrainState.create(params, tx)
     frozen = {} if vq.rotation is None else {"rotation": jnp.asarray(vq.rotation)}
