@@ -1,34 +1,39 @@
 """Distill-VQ vs faiss PQ / OPQ+PQ / IVFPQ / OPQ+IVFPQ at several code sizes, on precomputed embeddings.
 
-Inputs are `jdr encode` embedding stores (embeddings.npy + ids.txt): the corpus, the training queries (distillation
-needs no labels) and the test queries, plus the test qrels TSV. For each code size B bytes (M = B sub-spaces of
-K = 256 codewords) it reports, per method:
+Inputs come from a Distill-VQ config (`data` section: the BEIR dataset and the `jdr encode` embedding stores
+`corpus/` + `queries/`; `train` section: the distillation hyper-parameters). Distill-VQ trains on ALL queries of
+the train split (no labels used; plus `data.pseudo_queries`) and everything is measured on the test split. For each
+code size B bytes (M = B sub-spaces of K = 256 codewords) it reports, per method (and per nprobe for IVF):
   dense-R@10 / dense-R@100 — fraction of the exact dense (Flat) top-k the compressed index returns in its top-k;
   NDCG@10 / R@100 vs qrels  — `jdr.evaluate.compute_metrics` of the compressed index's top-1000 run;
   train_s                   — faiss training (+ Distill-VQ's distillation) wall time.
 
-  python benchmarks/distill_vq.py --corpus emb/corpus --train-queries emb/train --test-queries emb/test \
-      --qrels /work/shared/data/scifact/qrels/test.tsv --bytes 48,16,8 --out results/distill_vq.json
+  python benchmarks/distill_vq.py --config configs/scifact_vq16.py --bytes 48,16,8 --nlist 256 --nprobe 16,64 \
+      --cache .cache/vq_faiss --out benchmarks/results/distill_vq.json
   python benchmarks/distill_vq.py --random   # smoke test on random embeddings (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from jdr.data.beir import load_qrels
+from jdr.config import apply_overrides, load_config, to_dict
+from jdr.data.beir import load_beir
 from jdr.evaluate import compute_metrics, search_run
-from jdr.index.faiss_index import build_index, search
-from jdr.index.store import load_embeddings
+from jdr.index.faiss_index import build_index, load_index, save_index, search
 from jdr.io import atomic_write
+from jdr.vq.cli import load_teacher
 from jdr.vq.config import vq_config
 from jdr.vq.export import export_faiss
+from jdr.vq.init import read_faiss
 from jdr.vq.layer import VQSpec
 from jdr.vq.train import teacher_recall, train_distill_vq
 
@@ -53,6 +58,7 @@ def _evaluate(index, name, nlist, nprobe, test_q, test_ids, doc_ids, qrels, dens
     m = compute_metrics(qrels, run)
     return {
         "method": name,
+        "nprobe": probe or "-",
         "dense_r@10": teacher_recall(rows, dense_rows, 10),
         "dense_r@100": teacher_recall(rows, dense_rows, 100),
         "ndcg@10": m["ndcg@10"],
@@ -61,78 +67,113 @@ def _evaluate(index, name, nlist, nprobe, test_q, test_ids, doc_ids, qrels, dens
     }
 
 
-def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes, nlist, nprobe, steps, seed=0):
-    """All methods at every code size -> list of result rows (dicts)."""
+def _faiss_index(docs, factory, seed, cache):
+    """Train (or read from `cache`) the faiss index of `factory` -> (index, training seconds)."""
+    path = Path(cache) / f"{factory}.s{seed}.faiss" if cache else None
+    if path is not None and path.is_file():
+        return load_index(path), json.loads(path.with_suffix(".json").read_text())["train_s"]
+    t0 = time.time()
+    index = build_index(docs, factory, seed=seed)
+    train_s = time.time() - t0
+    if path is not None:
+        save_index(index, path)
+        with atomic_write(path.with_suffix(".json")) as f:
+            json.dump({"train_s": train_s, "n": int(docs.shape[0])}, f)
+    return index, train_s
+
+
+def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes, nlist, nprobes, cfg,
+                  cache=None, distill=True):
+    """All methods at every code size -> list of result rows (dicts). IVF methods get one row per nprobe.
+    Distill-VQ starts from the very faiss OPQ index reported beside it (its train_s includes that training)."""
     d = docs.shape[1]
     dense_rows = search(build_index(docs, "Flat"), test_q, 100)[1]
     results = [_evaluate(build_index(docs, "Flat"), "Flat (teacher)", 0, 0, test_q, test_ids, doc_ids, qrels,
                          dense_rows, 0.0) | {"bytes": 4 * d}]
+
+    def emit(index, name, nl, train_s, b):
+        for probe in (sorted({min(p, nl) for p in nprobes}) if nl else [0]):
+            results.append(_evaluate(index, name, nl, probe, test_q, test_ids, doc_ids, qrels, dense_rows, train_s)
+                           | {"bytes": b})
+            print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+
     for b in code_bytes:
-        variants = [("PQ", 0, False), ("OPQ+PQ", 0, True), ("IVFPQ", nlist, False), ("OPQ+IVFPQ", nlist, True)]
-        for name, nl, opq in variants:
+        inits = {}
+        for name, nl, opq in (("PQ", 0, False), ("OPQ+PQ", 0, True), ("IVFPQ", nlist, False), ("OPQ+IVFPQ", nlist, True)):
             spec = VQSpec(d=d, M=b, K=256, nlist=nl, opq=opq)
+            index, train_s = _faiss_index(docs, spec.factory(), cfg.seed, cache)
+            emit(index, f"faiss {name}", nl, train_s, b)
+            if opq:
+                inits[name] = (spec, index, train_s)
+        if not distill:
+            continue
+        for name, (spec, index, faiss_s) in inits.items():
+            c = copy.deepcopy(cfg)
+            c.vq.M, c.vq.nlist, c.vq.opq = b, spec.nlist, True
+            c.train.batch_size = min(c.train.batch_size, len(train_q))
             t0 = time.time()
-            index = build_index(docs, spec.factory(), seed=seed)
-            results.append(_evaluate(index, f"faiss {name}", nl, nprobe, test_q, test_ids, doc_ids, qrels,
-                                     dense_rows, time.time() - t0) | {"bytes": b})
-            print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-        for name, nl in (("OPQ+PQ", 0), ("OPQ+IVFPQ", nlist)):
-            cfg = vq_config()
-            cfg.seed, cfg.vq.M, cfg.vq.nlist, cfg.vq.opq, cfg.train.steps = seed, b, nl, True, steps
-            cfg.train.batch_size = min(cfg.train.batch_size, len(train_q))
-            t0 = time.time()
-            vq, _ = train_distill_vq(docs, train_q, cfg)
+            vq, _ = train_distill_vq(docs, train_q, c, init=read_faiss(index, spec, docs))
             index = export_faiss(vq, docs)
-            results.append(_evaluate(index, f"jdr Distill-VQ {name}", nl, nprobe, test_q, test_ids, doc_ids, qrels,
-                                     dense_rows, time.time() - t0) | {"bytes": b})
-            print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            emit(index, f"jdr Distill-VQ {name}", spec.nlist, faiss_s + time.time() - t0, b)
     return results
 
 
 def format_table(results) -> str:
     """Markdown table of result rows."""
-    cols = ["bytes", "method", "dense_r@10", "dense_r@100", "ndcg@10", "r@100", "train_s"]
+    cols = ["bytes", "method", "nprobe", "dense_r@10", "dense_r@100", "ndcg@10", "r@100", "train_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 
+def _load(cfg):
+    """Teacher embeddings of `cfg.data`: corpus, ALL train-split queries (+ pseudo-queries), test queries + qrels."""
+    teacher, data_dir = load_teacher(cfg)
+    train_ids = list(load_beir(data_dir, cfg.data.train_split).qrels)
+    train_q = np.concatenate([teacher.queries(train_ids), teacher.pseudo_queries()])
+    test = load_beir(data_dir, "test")
+    test_ids = list(test.qrels)
+    print(f"{len(teacher.doc_ids)} docs, {len(train_ids)} train queries + {len(train_q) - len(train_ids)} "
+          f"pseudo-queries, {len(test_ids)} test queries", file=sys.stderr)
+    return teacher.doc_emb, teacher.doc_ids, train_q, teacher.queries(test_ids), test_ids, test.qrels
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("corpus", "train-queries", "test-queries"):
-        p.add_argument(f"--{name}", help=f"embedding store dir (embeddings.npy + ids.txt) of the {name}")
-    p.add_argument("--qrels", help="test qrels TSV (BEIR qrels/test.tsv)")
+    p.add_argument("--config", help="Distill-VQ config (configs/scifact_vq*.py): data + train sections")
+    p.add_argument("--set", action="append", default=[], help="config override a.b=v (repeatable)")
     p.add_argument("--random", action="store_true", help="smoke test on random embeddings")
     p.add_argument("--bytes", default="48,16,8", help="code sizes in bytes (M sub-spaces of 256 codewords)")
-    p.add_argument("--nlist", type=int, default=64, help="IVF lists of the IVF variants")
-    p.add_argument("--nprobe", type=int, default=64, help="lists probed at search (default: all 64)")
-    p.add_argument("--steps", type=int, default=500, help="Distill-VQ Adam steps")
+    p.add_argument("--nlist", type=int, default=256, help="IVF lists of the IVF variants")
+    p.add_argument("--nprobe", default="16,64", help="lists probed at search, comma-separated")
+    p.add_argument("--cache", help="dir to keep / reuse trained faiss indexes (<factory>.s<seed>.faiss)")
+    p.add_argument("--faiss-only", action="store_true", help="skip Distill-VQ (e.g. to fill --cache)")
     p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0 = faiss's default)")
+    p.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (0 = faiss's default)")
     a = p.parse_args(argv)
     if a.threads:
         faiss.omp_set_num_threads(a.threads)
+    cfg = load_config(a.config, a.set) if a.config else vq_config()
+    if not a.config:
+        apply_overrides(cfg, a.set)
     if a.random:
         docs, doc_ids, train_q, test_q, test_ids, qrels = _random_inputs()
         code_bytes = [b for b in map(int, a.bytes.split(",")) if docs.shape[1] % b == 0] or [8]
         a.nlist = min(a.nlist, 16)
     else:
-        missing = [f for f in ("corpus", "train_queries", "test_queries", "qrels") if getattr(a, f) is None]
-        if missing:
-            p.error("missing --" + ", --".join(m.replace("_", "-") for m in missing) + " (or use --random)")
-        docs, doc_ids = load_embeddings(a.corpus, mmap=False)
-        train_q, _ = load_embeddings(a.train_queries, mmap=False)
-        test_q, test_ids = load_embeddings(a.test_queries, mmap=False)
-        qrels = load_qrels(a.qrels, corpus_ids=set(doc_ids))
+        if not a.config:
+            p.error("--config is required (or use --random)")
+        docs, doc_ids, train_q, test_q, test_ids, qrels = _load(cfg)
         code_bytes = [int(b) for b in a.bytes.split(",")]
-    docs, train_q, test_q = (np.ascontiguousarray(x, np.float32) for x in (docs, train_q, test_q))
-    results = run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes=code_bytes,
-                            nlist=a.nlist, nprobe=a.nprobe, steps=a.steps)
+    results = run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes=code_bytes, nlist=a.nlist,
+                            nprobes=[int(x) for x in a.nprobe.split(",")], cfg=cfg, cache=a.cache,
+                            distill=not a.faiss_only)
     print(format_table(results))
     if a.out:
         with atomic_write(a.out) as f:
-            json.dump(results, f, indent=2)
+            json.dump({"command": " ".join(["python", "benchmarks/distill_vq.py", *sys.argv[1:]]),
+                       "config": to_dict(cfg), "results": results}, f, indent=2)
     return 0
 
 

@@ -202,11 +202,19 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a dense retriever from a config (resumes from the workdir)", _train_args, _train),
     "export": Command("write a training workdir's encoder as an HF + sentence-transformers dir", _export_args,
                       _export),
+    "vq": Command("Distill-VQ: train / evaluate a learned IVF-PQ index", lambda p: _vq().add_arguments(p),
+                  lambda args: _vq().run(args)),
     "encode": Command("encode a jsonl file into an embedding store", _encode_args, _encode),
     "index": Command("build a faiss index over an embedding store", _index_args, _index),
     "search": Command("search an index with a model's query embeddings, write a TREC run", _search_args, _search),
     "evaluate": Command("retrieve over a BEIR split and print nDCG@10 / MRR@10 / recall", _evaluate_args, _evaluate),
 }
+
+
+def _vq():
+    from jdr.vq import cli
+
+    return cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +239,7 @@ def main(argv=None) -> int:
         print(f"jdr: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    if overrides and args.command not in ("train",):
+    if overrides and args.command not in ("train", "vq"):
         print(f"jdr: error: --config.* overrides only apply to `jdr train`", file=sys.stderr)
         return 2
     args.config_overrides = overrides

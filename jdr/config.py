@@ -211,3 +211,8 @@ def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def to_dict(cfg: ml_collections.ConfigDict) -> dict:
     """Plain JSON-able dict of a config (for run records and checkpoints)."""
     return json.loads(cfg.to_json())
+
+
+def sibling(config_file: str | Path, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file `name` beside `config_file`: how an overlay starts from its base."""
+    return load_config(Path(config_file).with_name(name))

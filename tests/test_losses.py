@@ -44,7 +44,8 @@ def test_info_nce_matches_numpy():
 def test_info_nce_bfloat16_inputs_are_computed_in_float32():
     r = _rng(1)
     q, p = r.normal(size=(2, 4)), r.normal(size=(4, 4))
-    loss, _ = losses.info_nce(jnp.asarray(q, jnp.bfloat16), jnp.asarray(p, jnp.bfloat16), temperature=0.05, group_size=2)
+    q16, p16 = jnp.asarray(q, jnp.bfloat16), jnp.asarray(p, jnp.bfloat16)
+    loss, _ = losses.info_nce(q16, p16, temperature=0.05, group_size=2)
     assert loss.dtype == jnp.float32
 
 

@@ -23,7 +23,9 @@ N_DEV = 8
 def tiny(tmp_path_factory):
     """(params, encode_fn) of a tiny random BERT (hidden 32, 2 layers) read through jdr.models.hf.load."""
     # One layer keeps the compile short on shared CPUs; the collectives under test do not depend on depth.
-    path = write_tiny_model(tmp_path_factory.mktemp("tiny") / "bert", hidden_size=16, num_layers=1, intermediate_size=32)
+    path = write_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "bert", hidden_size=16, num_layers=1, intermediate_size=32
+    )
     params, spec, _ = hf.load(path)
 
     def encode_fn(params, ids, mask, tower, deterministic, rng):
@@ -106,6 +108,8 @@ def test_pmapped_step_with_donated_state_runs_twice_and_logs_lr():
         make_train_step(encode_fn, loss_name="info_nce", loss_kwargs={"temperature": 0.05}, tx=tx, lr_at=lr_at)
     )
     state = replicate(TrainState.create(params, tx))
+    # replicate() must place arrays exactly as pmap returns them, else the 2nd call compiles the step again.
+    placed = [x.sharding for x in jax.tree.leaves(state)]
     rng = jax.random.key(1)
     lrs = []
     for i in range(2):
@@ -113,6 +117,7 @@ def test_pmapped_step_with_donated_state_runs_twice_and_logs_lr():
         check_finite(i + 1, metrics["loss"])
         lrs.append(float(metrics["lr"][0]))
     assert int(unreplicate(state).step) == 2
+    assert [x.sharding for x in jax.tree.leaves(state)] == placed
     np.testing.assert_allclose(lrs, [0.0, 2.5e-4], rtol=1e-6)
     assert set(metrics) >= {"loss", "accuracy", "pos_score", "neg_score", "grad_norm", "lr"}
 
@@ -181,7 +186,8 @@ def test_decay_mask_skips_biases_and_layernorm(tiny):
     # The optimizer really applies it: with zero gradients only decayed leaves move.
     tx, _ = make_optimizer(lr=0.1, total_steps=1, weight_decay=0.5, schedule="constant", grad_clip_norm=0.0)
     updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    for (path, u), (_, m) in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree_util.tree_leaves_with_path(mask)):
+    leaves = zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(mask))
+    for (path, u), m in leaves:
         assert bool(jnp.any(u != 0)) == m, jax.tree_util.keystr(path)
 
 

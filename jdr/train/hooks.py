@@ -76,6 +76,8 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
             every, needs_metrics, at_end = 1, False, False
 
             def __call__(self, loop: LoopState, *, last: bool) -> None:
+                if last:  # a table mined now would never be trained on
+                    return
                 table = refresh.on_step(loop.step, lambda: host_params(loop.state))
                 if table is not None:
                     _swap(run, table, refresh, writer, loop.step)

@@ -15,12 +15,14 @@ def decay_mask(params):
     """Pytree of bools matching `params`: True where AdamW's weight decay applies.
 
     Biases and every LayerNorm parameter (scale and bias, the embeddings' LayerNorm included) are left out, as
-    in BERT / sentence-transformers fine-tuning (HF's `no_decay = ["bias", "LayerNorm.weight"]`).
+    in BERT / sentence-transformers fine-tuning (HF's `no_decay = ["bias", "LayerNorm.weight"]`). So is the
+    BERT pooler: pooling never uses it, it gets no gradient, and decay alone would shrink the weights that an
+    export hands back to Hugging Face.
     """
 
     def decays(path, _):
         names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        return names[-1] != "bias" and not any("layernorm" in n.lower() for n in names)
+        return names[-1] != "bias" and not any("layernorm" in n.lower() or n == "pooler" for n in names)
 
     return jax.tree_util.tree_map_with_path(decays, params)
 

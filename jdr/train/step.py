@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.jax_utils import replicate, unreplicate  # noqa: F401  (the pmap helpers the loop uses)
+from flax import jax_utils
 from jax import lax
 
 from jdr.losses import CONTRASTIVE
@@ -91,11 +91,25 @@ def pmap_train_step(train_step: Callable, axis_name: str = "batch") -> Callable:
     return jax.pmap(train_step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=(0,))
 
 
+def replicate(tree, devices=None, axis_name: str = "batch"):
+    """Copy a pytree onto each local device (leading device axis) for the pmapped step.
+
+    The arrays are placed on a mesh whose axis is named like the pmap axis, which is the sharding pmap gives its
+    outputs: with any other name the second call sees new input shardings and compiles the whole step again.
+    """
+    return jax_utils.replicate(tree, devices, axis_name=axis_name)
+
+
+def unreplicate(tree):
+    """Device 0's copy of a replicated pytree (all copies are equal: updates use pmean'd gradients)."""
+    return jax_utils.unreplicate(tree)
+
+
 def check_finite(step: int, loss) -> None:
     """Host-side guard the loop calls each step: raise FloatingPointError naming `step` if `loss` (a device
     scalar or per-device array of the step's loss) is NaN or infinite, so training never goes on silently."""
     value = np.asarray(jax.device_get(loss), dtype=np.float64)
     if not np.all(np.isfinite(value)):
         raise FloatingPointError(
-            f"non-finite loss {value.ravel()[0]!r} at step {step}: lower train.lr, check the data, or use float32"
+            f"non-finite loss {value[~np.isfinite(value)].ravel()[0]!r} at step {step}: lower train.lr, check the data, or use float32"
         )

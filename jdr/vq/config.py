@@ -8,7 +8,8 @@ __all__ = ["vq_config"]
 
 
 def vq_config() -> ml_collections.ConfigDict:
-    """A locked ConfigDict: the quantiser shape (`vq`) and the distillation run (`train`)."""
+    """A locked ConfigDict: the quantiser shape (`vq`), the teacher embeddings (`data`) and the distillation run
+    (`train`)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds faiss's k-means (init) and the query order.
 
@@ -18,6 +19,21 @@ def vq_config() -> ml_collections.ConfigDict:
     c.vq.nlist = 0  # IVF lists (0 = pure PQ / OPQ+PQ).
     c.vq.opq = True  # Start with faiss's OPQ rotation (kept frozen during training).
     c.vq.train_sample = 0  # Rows faiss trains k-means/OPQ on (0 = all documents).
+
+    c.vq.init_index = ""  # A trained faiss index file of this shape to start from ("" = train faiss now).
+    c.vq.nprobe = 0  # IVF lists probed by dev evaluation and `jdr vq evaluate` (0 = all lists).
+
+    c.data = ml_collections.ConfigDict()  # Read by `jdr vq train / evaluate` (jdr/vq/cli.py) only.
+    c.data.dataset = "scifact"  # BEIR dataset name or dir (jdr.data.beir.resolve_dataset).
+    c.data.train_split = "train"  # qrels split whose queries are distilled (their labels are not used).
+    c.data.dev_queries = 0  # Train queries held out (seeded) for dev metrics; tune on these, never on test.
+    c.data.model = "minilm"  # Teacher: HF/sentence-transformers dir, or "minilm" (installed all-MiniLM-L6-v2).
+    c.data.query_max_length = 64  # Query token limit when encoding with the teacher.
+    c.data.passage_max_length = 256  # Passage token limit (all-MiniLM-L6-v2's own) when encoding the corpus.
+    c.data.embeddings = ""  # Dir with `corpus/` and `queries/` embedding stores (jdr encode); "" = encode now.
+    c.data.pseudo_queries = "none"  # Extra label-free queries: "none" | "title" (titles, query tower) | "doc".
+    c.data.pseudo_embeddings = ""  # Store of the title embeddings (ids = doc ids) for "title"; "" = encode now.
+    c.data.batch_size = 64  # Encoding batch size.
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 500  # Adam steps.

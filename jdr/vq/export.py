@@ -13,16 +13,22 @@ Why the scores match jdr's exactly:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from pathlib import Path
 
 import faiss
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
+from jdr.data.errors import DataError
 from jdr.index.faiss_index import save_index
+from jdr.io import atomic_path
 from jdr.vq.init import unpack_codes
-from jdr.vq.layer import VQIndex, encode
+from jdr.vq.layer import VQIndex, VQSpec, encode
 
-__all__ = ["export_faiss", "save_faiss", "stored_codes"]
+__all__ = ["export_faiss", "save_faiss", "stored_codes", "save_vq", "load_vq"]
 
 
 def export_faiss(vq: VQIndex, doc_emb: np.ndarray, *, check: bool = True) -> faiss.Index:
@@ -81,3 +87,29 @@ def save_faiss(vq: VQIndex, doc_emb: np.ndarray, path: str | os.PathLike) -> fai
     index = export_faiss(vq, doc_emb)
     save_index(index, path)
     return index
+
+
+def save_vq(vq: VQIndex, path: str | os.PathLike) -> None:
+    """Write a VQIndex (params, rotation, lists; the spec as metadata) to one safetensors file, atomically."""
+    tensors = {f"params.{k}": np.ascontiguousarray(v, np.float32) for k, v in vq.params.items()}
+    tensors["lists"] = np.ascontiguousarray(vq.lists, np.int32)
+    if vq.rotation is not None:
+        tensors["rotation"] = np.ascontiguousarray(vq.rotation, np.float32)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"spec": json.dumps(dataclasses.asdict(vq.spec))})
+
+
+def load_vq(path: str | os.PathLike) -> VQIndex:
+    """Read a VQIndex written by `save_vq` (DataError if the file is missing or is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+    if "spec" not in meta:
+        raise DataError(path, "no `spec` metadata (not written by jdr.vq.export.save_vq)")
+    t = load_file(str(path))
+    params = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("params.")}
+    return VQIndex(spec=VQSpec(**json.loads(meta["spec"])), params=params, rotation=t.get("rotation"), lists=t["lists"])

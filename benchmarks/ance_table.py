@@ -1,0 +1,95 @@
+"""The ANCE table at CPU scale: random vs BM25 vs ANCE negatives on SciFact, same budget, plus refresh cost.
+
+Run the three trainings first (same steps, batch, lr; see the configs), then this script:
+
+  jdr train --config configs/scifact_rand.py --workdir runs/scifact_rand
+  jdr train --config configs/scifact_bm25.py --workdir runs/scifact_bm25
+  jdr train --config configs/scifact_ance.py --workdir runs/scifact_ance
+  python benchmarks/ance_table.py --runs runs/scifact_rand runs/scifact_bm25 runs/scifact_ance \
+      [--baseline-encode-seconds S] [--out benchmarks/results/ance_table.md]
+
+It reads each workdir's final_metrics.json (test NDCG@10 / MRR@10 / R@100 on SciFact test, evaluated once at
+the end) and the ANCE refresh records (encode / index / mine seconds, age in steps, how long the step loop
+waited). `--measure-encode` times a bare corpus encode of the base model in this process, so the refresh cost
+can be read as a ratio to it (the refresh's encode shares the CPU with training in async mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from jdr.io import atomic_write
+
+
+def _row(workdir: Path) -> dict:
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    run = json.loads((workdir / "run.json").read_text())
+    refreshes = final.get("negatives/refreshes", [])
+    return {
+        "run": workdir.name,
+        "negatives": run["config"]["negatives"]["source"],
+        "steps": final["step"],
+        "ndcg@10": final["test/ndcg@10"],
+        "mrr@10": final["test/mrr@10"],
+        "recall@100": final["test/recall@100"],
+        "refreshes": len(refreshes),
+        "skipped": len(final.get("negatives/skipped_steps", [])),
+        "encode_s": sum(r["timings"].get("encode_s", 0.0) for r in refreshes),
+        "index_s": sum(r["timings"].get("index_s", 0.0) for r in refreshes),
+        "mine_s": sum(r["timings"].get("mine_s", 0.0) for r in refreshes),
+        "loop_wait_s": sum(r["wait_seconds"] for r in refreshes),
+        "age_steps": [r["age_steps"] for r in refreshes],
+    }
+
+
+def measure_bare_encode(batch_size: int = 128) -> float:
+    """Seconds to encode the SciFact corpus at 256 tokens with the base all-MiniLM-L6-v2 (nothing else running)."""
+    from jdr.data.beir import load_corpus, resolve_dataset
+    from jdr.models.hf import find_minilm, load
+    from jdr.models.inference import encode_texts
+
+    corpus = load_corpus(resolve_dataset("scifact") / "corpus.jsonl")
+    params, spec, tok = load(find_minilm())
+    t0 = time.perf_counter()
+    encode_texts(params, spec, tok, corpus.passages(), tower="passage", batch_size=batch_size, progress=True)
+    return time.perf_counter() - t0
+
+
+def format_table(rows: list[dict], bare_encode_s: float | None) -> str:
+    lines = ["| negatives | steps | NDCG@10 | MRR@10 | R@100 | refreshes (skipped) | encode s | index s | mine s "
+             "| loop waited s | refresh / bare encode |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = max(r["refreshes"], 1)
+        per = (r["encode_s"] + r["index_s"] + r["mine_s"]) / n
+        ratio = f"{per / bare_encode_s:.2f}x" if bare_encode_s and r["refreshes"] else "-"
+        lines.append(f"| {r['negatives']} | {r['steps']} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | "
+                     f"{r['recall@100']:.4f} | {r['refreshes']} ({r['skipped']}) | {r['encode_s']:.0f} | "
+                     f"{r['index_s']:.1f} | {r['mine_s']:.1f} | {r['loop_wait_s']:.2f} | {ratio} |")
+    if bare_encode_s:
+        lines.append(f"\nBare corpus encode of the base model (same machine): {bare_encode_s:.0f} s.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", nargs="+", required=True, help="jdr train workdirs")
+    p.add_argument("--measure-encode", action="store_true", help="time a bare corpus encode in this process")
+    p.add_argument("--baseline-encode-seconds", type=float, default=None, help="bare encode seconds, if known")
+    p.add_argument("--out", default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+    rows = [_row(Path(r)) for r in args.runs]
+    bare = measure_bare_encode() if args.measure_encode else args.baseline_encode_seconds
+    table = format_table(rows, bare)
+    print(table)
+    if args.out:
+        with atomic_write(args.out) as f:
+            f.write(table + "\n\n" + json.dumps({"rows": rows, "bare_encode_s": bare}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
