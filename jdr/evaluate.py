@@ -111,10 +111,13 @@ def retrieve(params, spec, tokenizer, corpus, queries: dict[str, str], *, factor
              nprobe: int | None = None, progress: bool = False) -> Run:
     """Encode `corpus` (a `jdr.data.Corpus`, passage tower) and `queries` ({qid: text}, query tower), index the
     passages with faiss `factory`, and return the top-`k` run. Max lengths of None use the spec's."""
+    from jdr.distributed import encode_sharded
     from jdr.models.inference import encode_texts  # jax is imported only when a model is actually run
 
-    doc_emb = encode_texts(params, spec, tokenizer, corpus.passages(), tower="passage",
-                           max_length=passage_max_length, batch_size=batch_size, progress=progress)
+    # Multi-host: each process encodes its share of the corpus, all get every row (a no-op for one process).
+    doc_emb = encode_sharded(lambda texts: encode_texts(params, spec, tokenizer, texts, tower="passage",
+                                                        max_length=passage_max_length, batch_size=batch_size,
+                                                        progress=progress), corpus.passages())
     qids = list(queries)
     q_emb = encode_texts(params, spec, tokenizer, [queries[q] for q in qids], tower="query",
                          max_length=query_max_length, batch_size=batch_size, progress=progress)

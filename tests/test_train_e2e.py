@@ -71,3 +71,17 @@ def test_config_errors_before_compile(tiny_model, toy_beir, tmp_path):
     with pytest.raises(ValueError, match="divisible"):
         train(_cfg(tiny_model, toy_beir, "train.global_batch_size=12"), tmp_path / "w", progress=False)
     assert not (tmp_path / "w").exists()  # nothing half-written
+
+
+def test_async_ance_refresh_swaps_tables_while_training(tiny_model, toy_beir, tmp_path):
+    over = ["train.steps=12", "checkpoint.every=0", "eval.every=0", "eval.final_test=false", "export.at_end=false",
+            "negatives.source=hybrid", "negatives.num=2", "negatives.hybrid=bm25:1,ann:1",
+            "negatives.refresh_every=3", "negatives.refresh_mode=async"]
+    workdir = tmp_path / "ance"
+    final = train(_cfg(tiny_model, toy_beir, *over), workdir, progress=False)
+    refreshes = final["negatives/refreshes"]
+    assert refreshes, "no refresh was delivered"
+    assert [r["version"] for r in refreshes] == list(range(1, len(refreshes) + 1))
+    assert all(r["age_steps"] >= 0 and r["timings"]["encode_s"] > 0 for r in refreshes)
+    logged = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("negatives/version" in r for r in logged)

@@ -87,11 +87,17 @@ def test_cached_embeddings_and_doc_pseudo_queries(toy_beir, tmp_path, capsys):
     save_embeddings(tmp_path / "emb" / "queries", rng.standard_normal((len(qids), 16)).astype(np.float32), qids)
     over = SMALL + [f"data.dataset={toy_beir}", f"data.embeddings={tmp_path / 'emb'}", "data.pseudo_queries=doc",
                     "vq.nlist=0", "data.model=/nonexistent"]  # the model is never loaded
-    rc, out = _vq(["train", "--workdir", str(tmp_path / "wd"), "--json"], over, capsys)
-    assert rc == 0 and out["pseudo_queries"] == len(doc_ids) and out["train_queries"] == 24
+    rc, first = _vq(["train", "--workdir", str(tmp_path / "wd"), "--json"], over, capsys)
+    assert rc == 0 and first["pseudo_queries"] == len(doc_ids) and first["train_queries"] == 24
     assert not (tmp_path / "wd" / "teacher_corpus").exists()
     rc, out = _vq(["evaluate", "--workdir", str(tmp_path / "wd"), "--json"], capsys=capsys)
     assert rc == 0 and out["nprobe"] is None and 0.0 < out["dense_r@100"] <= 1.0
+    # vq.init_index: a run starting from the trained index (0 steps) reads back the very codebooks it exported.
+    over2 = over + [f"vq.init_index={tmp_path / 'wd' / 'index.faiss'}", "train.steps=0"]
+    rc, out2 = _vq(["train", "--workdir", str(tmp_path / "wd2"), "--json"], over2, capsys)
+    assert out2["dev"]["faiss_init"] == pytest.approx(first["dev"]["distill_vq"])
+    np.testing.assert_array_equal(load_vq(tmp_path / "wd2" / "vq.safetensors").params["codebooks"],
+                                  load_vq(tmp_path / "wd" / "vq.safetensors").params["codebooks"])
 
 
 @pytest.mark.parametrize(

@@ -111,8 +111,8 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
     hooks.append(FunctionHook(cfg.checkpoint.every, checkpoint, name="checkpoint"))
 
     def finish(loop: LoopState) -> dict:
-        if refresh is not None:
-            refresh.finish()
+        if refresh is not None and refresh.finish() is not None:  # in flight at the end: record, never train on
+            writer.write(loop.step, refresh.history[-1].metrics(), prefix="negatives")
         final: dict = {"step": loop.step, **{f"train/{k}": v for k, v in loop.metrics.items()}}
         if refresh is not None:
             final["negatives/refreshes"] = [dataclasses.asdict(r) for r in refresh.history]
@@ -147,6 +147,7 @@ def _swap(run, table, refresh, writer, step: int) -> None:
 
 def _refresh_hook(run):
     """The ANCE refresh: encode corpus + training queries with a params snapshot, faiss, mine, new table."""
+    from jdr.distributed import encode_sharded
     from jdr.models.inference import encode_texts
     from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
     from jdr.train.trainer import _negative_counts
@@ -156,7 +157,12 @@ def _refresh_hook(run):
     kw = dict(batch_size=cfg.refresh_batch_size, progress=False)
 
     def encode_corpus(params):
-        return encode_texts(params, run.spec, run.tokenizer, passages, tower="passage", **kw)
+        def local(texts):
+            return encode_texts(params, run.spec, run.tokenizer, texts, tower="passage", **kw)
+
+        # Sync refresh: hosts split the corpus and all-gather. Async: the build runs in a background thread,
+        # where a cross-host collective could interleave with the train step's, so each host encodes it all.
+        return encode_sharded(local, passages) if cfg.refresh_mode == "sync" else local(passages)
 
     def encode_queries(params, qids):
         return encode_texts(params, run.spec, run.tokenizer, [run.data.queries[q] for q in qids], tower="query", **kw)
