@@ -45,6 +45,14 @@ def test_train_checkpoint_export_reload(tiny_model, toy_beir, tmp_path):
     base, _, _ = load(tiny_model)
     assert not np.allclose(jax.tree_util.tree_leaves(base)[0], trained[0])  # training moved the weights
 
+    # the CLI takes the workdir as a model source, and `jdr export` writes the same encoder
+    from jdr.cli import main
+
+    assert main(["export", "--workdir", str(workdir), "--output", str(tmp_path / "cli_export"), "--step", "10"]) == 0
+    p10, s10, t10 = load(tmp_path / "cli_export")
+    assert not np.allclose(encode_texts(p10, s10, t10, texts, tower="query", progress=False), a)  # step 10 != 20
+    assert main(["evaluate", "--model", str(workdir), "--data", str(toy_beir), "--json"]) == 0
+
 
 @pytest.mark.parametrize("negatives", [
     ["negatives.source=random"],
