@@ -240,7 +240,7 @@ def main(argv=None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     if overrides and args.command not in ("train", "vq"):
-        print(f"jdr: error: --config.* overrides only apply to `jdr train`", file=sys.stderr)
+        print("jdr: error: --config.* overrides only apply to `jdr train`", file=sys.stderr)
         return 2
     args.config_overrides = overrides
     try:

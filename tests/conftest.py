@@ -50,7 +50,7 @@ def reference_dir() -> Path:
 def minilm_dir() -> Path:
     try:
         from jdr.models.hf import find_minilm
-    except ImportError as e:  # pragma: no cover - models package broken
+    except ImportError:  # pragma: no cover - models package broken
         raise
     try:
         return find_minilm()

@@ -190,7 +190,6 @@ def test_batch_layout_padding_and_masks(texts, devices):
     out = BatchBuilder(queries, passages, local_device_count=devices)(batch)
     per, g = 8 // devices, 4
     lq = bucket_length(int(queries.lengths[queries.rows([x.query_id for x in batch.global_groups])].max()), 8)
-    lp = bucket_length(int(passages.lengths.max()), 24)
     assert out["query_ids"].shape == out["query_mask"].shape == (devices, per, lq)
     assert out["passage_ids"].shape[:2] == (devices, per * g) and out["passage_ids"].shape[2] in (16, 24)
     assert all(v.dtype == np.int32 for v in out.values())

@@ -74,10 +74,10 @@ def _validate(cfg) -> None:
         (cfg.train.loss in ("info_nce", "triplet"), f"train.loss must be info_nce or triplet, got {cfg.train.loss!r}"),
         (cfg.train.temperature > 0, f"train.temperature must be > 0, got {cfg.train.temperature}"),
         (cfg.negatives.num >= 0, f"negatives.num must be >= 0, got {cfg.negatives.num}"),
-        (cfg.negatives.refresh_mode in ("sync", "async"), f"negatives.refresh_mode must be sync or async"),
-        (cfg.negatives.refresh_every >= 0, f"negatives.refresh_every must be >= 0"),
+        (cfg.negatives.refresh_mode in ("sync", "async"), "negatives.refresh_mode must be sync or async"),
+        (cfg.negatives.refresh_every >= 0, "negatives.refresh_every must be >= 0"),
         (cfg.train.loss != "triplet" or cfg.negatives.num >= 1, "train.loss=triplet needs negatives.num >= 1"),
-        (cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16"),
+        (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
     ]
     for ok, message in checks:
         if not ok:
