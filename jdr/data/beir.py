@@ -135,18 +135,25 @@ def load_qrels(path: str | os.PathLike, corpus_ids=None, query_ids=None) -> dict
             if len(cols) != 3:
                 raise DataError(path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}", line_no)
             qid, did, score = cols
-            try:
-                rel = int(score)
-            except ValueError:
-                raise DataError(path, f"score {score!r} is not an integer", line_no) from None
-            if query_ids is not None and qid not in query_ids:
-                raise DataError(path, f"query id {qid!r} is not in the queries file", line_no)
-            if corpus_ids is not None and did not in corpus_ids:
-                raise DataError(path, f"doc id {did!r} is not in the corpus", line_no)
-            qrels.setdefault(qid, {})[did] = rel
+            add_judgment(qrels, path, line_no, qid, did, score, corpus_ids, query_ids)
     if not qrels:
         raise DataError(path, "no judgments")
     return qrels
+
+
+def add_judgment(qrels: dict, path, line_no: int, qid: str, did: str, score: str, corpus_ids, query_ids, *,
+                 score_name: str = "score", doc_name: str = "doc", corpus_name: str = "corpus") -> None:
+    """Validate one qrels row (integer score, known query and doc ids) and add it to `qrels` — shared by the
+    BEIR and MS MARCO readers so both report bad rows the same way."""
+    try:
+        rel = int(score)
+    except ValueError:
+        raise DataError(path, f"{score_name} {score!r} is not an integer", line_no) from None
+    if query_ids is not None and qid not in query_ids:
+        raise DataError(path, f"query id {qid!r} is not in the queries file", line_no)
+    if corpus_ids is not None and did not in corpus_ids:
+        raise DataError(path, f"{doc_name} id {did!r} is not in the {corpus_name}", line_no)
+    qrels.setdefault(qid, {})[did] = rel
 
 
 def available_splits(data_dir: str | os.PathLike) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jdr.data.beir import Corpus
+from jdr.data.beir import Corpus, add_judgment
 from jdr.data.errors import DataError
 
 
@@ -66,15 +66,8 @@ def load_qrels_trec(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
             if len(cols) != 4:
                 raise DataError(path, f"expected 4 columns (qid, iter, pid, rel), got {len(cols)}", line_no)
             qid, _, pid, rel = cols
-            try:
-                score = int(rel)
-            except ValueError:
-                raise DataError(path, f"relevance {rel!r} is not an integer", line_no) from None
-            if query_ids is not None and qid not in query_ids:
-                raise DataError(path, f"query id {qid!r} is not in the queries file", line_no)
-            if corpus_ids is not None and pid not in corpus_ids:
-                raise DataError(path, f"passage id {pid!r} is not in the collection", line_no)
-            qrels.setdefault(qid, {})[pid] = score
+            add_judgment(qrels, path, line_no, qid, pid, rel, corpus_ids, query_ids, score_name="relevance",
+                         doc_name="passage", corpus_name="collection")
     if not qrels:
         raise DataError(path, "no judgments")
     return qrels
