@@ -107,3 +107,14 @@ def tiny_model(tmp_path_factory) -> Path:
     from jdr.models.testing import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model", max_seq_length=32)
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """faiss on one thread: its OpenMP threads fighting other test processes for 2 cores slow OPQ ~10x."""
+    import faiss
+
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(old)

@@ -19,13 +19,7 @@ D, N = 16, 512
 VARIANTS = [VQSpec(D, 4, 16, 0, False), VQSpec(D, 4, 16, 0, True), VQSpec(D, 4, 16, 8, False), VQSpec(D, 4, 16, 8, True)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    # OPQ training is ~10x slower when faiss's threads fight the other test processes for 2 cores.
-    old = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

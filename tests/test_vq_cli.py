@@ -18,12 +18,7 @@ SMALL = ["vq.M=4", "vq.K=16", "vq.nlist=4", "vq.nprobe=2", "train.steps=6", "tra
          "train.lr=1e-2", "vq.opq=False", "data.dev_queries=8", "data.query_max_length=16", "data.passage_max_length=32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    old = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def _vq(argv, overrides=(), capsys=None):
