@@ -72,6 +72,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.grad_clip_norm = 1.0  # Global-norm gradient clipping (0 = off).
     c.train.grad_accum_steps = 1  # Micro-steps accumulated per optimizer step (optax.MultiSteps).
     c.train.dropout = True  # Dropout on during training (the checkpoint's own rates).
+    # PRNG for dropout: "threefry2x32" (same bits on every backend) or "rbg" (XLA's RngBitGenerator: ~15 % faster
+    # train steps on CPU, where threefry masks cost a third of the step; reproducible on the same backend only).
+    c.train.rng_impl = "threefry2x32"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 100  # Dev evaluation every N steps (0 = only at the end).

@@ -162,7 +162,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
         eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
     state = TrainState.create(run.params, tx)
-    rng = jax.random.key(cfg.seed)
+    rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep, keep_best_metric=f"dev/{cfg.eval.metric}",
                         async_save=cfg.checkpoint.async_save)
     start_step = 0
