@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,9 @@ def test_help_lists_commands(capsys):
 
 
 def test_console_script_help():
-    exe = shutil.which("jdr") or pytest.skip("jdr console script not on PATH")
+    # the venv's bin dir is not on PATH when pytest runs as `.venv/bin/python -m pytest`
+    exe = (shutil.which("jdr") or shutil.which("jdr", path=str(Path(sys.executable).parent))
+           or pytest.skip("jdr console script not installed"))
     r = subprocess.run([exe, "evaluate", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--run-output" in r.stdout
 
