@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import pytrec_eval
 
-from jdr.data.errors import DataError
+from jdr.data.errors import DataError, whitespace_rows
 from jdr.index import faiss_index
 from jdr.io import atomic_write
 
@@ -38,25 +38,17 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "jdr") -> None:
 def read_trec_run(path: str | os.PathLike) -> Run:
     """Read a TREC run file (`qid Q0 docid rank score tag`) into `{qid: {docid: score}}`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "no such file")
     run: Run = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) != 6:
-                raise DataError(path, f"expected 6 columns (qid Q0 docid rank score tag), got {len(cols)}", line_no)
-            qid, _, did, _, score, _ = cols
-            try:
-                value = float(score)
-            except ValueError:
-                raise DataError(path, f"score {score!r} is not a number", line_no) from None
-            docs = run.setdefault(qid, {})
-            if did in docs:
-                raise DataError(path, f"doc {did!r} listed twice for query {qid!r}", line_no)
-            docs[did] = value
+    for line_no, cols in whitespace_rows(path, 6, "qid Q0 docid rank score tag"):
+        qid, _, did, _, score, _ = cols
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataError(path, f"score {score!r} is not a number", line_no) from None
+        docs = run.setdefault(qid, {})
+        if did in docs:
+            raise DataError(path, f"doc {did!r} listed twice for query {qid!r}", line_no)
+        docs[did] = value
     return run
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from jdr.data.beir import Corpus, add_judgment
-from jdr.data.errors import DataError
+from jdr.data.errors import DataError, whitespace_rows
 
 
 def _tsv_rows(path: Path, ncols: int, what: str):
@@ -55,19 +55,11 @@ def load_qrels_trec(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
     `corpus_ids` / `query_ids`, when given, must contain every id named.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "no such file")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) != 4:
-                raise DataError(path, f"expected 4 columns (qid, iter, pid, rel), got {len(cols)}", line_no)
-            qid, _, pid, rel = cols
-            add_judgment(qrels, path, line_no, qid, pid, rel, corpus_ids, query_ids, score_name="relevance",
-                         doc_name="passage", corpus_name="collection")
+    for line_no, cols in whitespace_rows(path, 4, "qid, iter, pid, rel"):
+        qid, _, pid, rel = cols
+        add_judgment(qrels, path, line_no, qid, pid, rel, corpus_ids, query_ids, score_name="relevance",
+                     doc_name="passage", corpus_name="collection")
     if not qrels:
         raise DataError(path, "no judgments")
     return qrels
