@@ -38,6 +38,9 @@ from jdr.vq.layer import VQSpec
 from jdr.vq.train import teacher_recall, train_distill_vq
 
 
+FAISS_METHODS = ("PQ", "OPQ+PQ", "IVFPQ", "OPQ+IVFPQ")
+
+
 def _random_inputs(seed: int = 0):
     rng = np.random.default_rng(seed)
     d, n = 32, 2000
@@ -52,6 +55,7 @@ def _random_inputs(seed: int = 0):
 
 
 def _evaluate(index, name, nlist, nprobe, test_q, test_ids, doc_ids, qrels, dense_rows, train_s):
+    """One result row. `test_q` are the student's query embeddings; `dense_rows` the teacher's exact top-100."""
     probe = min(nprobe, nlist) if nlist else None
     run = search_run(test_q, test_ids, index, doc_ids, 1000, nprobe=probe)
     rows = search(index, test_q, 100, nprobe=probe)[1]
@@ -83,23 +87,28 @@ def _faiss_index(docs, factory, seed, cache):
 
 
 def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes, nlist, nprobes, cfg,
-                  cache=None, distill=True):
+                  cache=None, distill=True, tower=None, texts=None, methods=FAISS_METHODS):
     """All methods at every code size -> list of result rows (dicts). IVF methods get one row per nprobe.
-    Distill-VQ starts from the very faiss OPQ index reported beside it (its train_s includes that training)."""
+    Distill-VQ starts from the very faiss OPQ index reported beside it (its train_s includes that training).
+    With `tower` (a `QueryTower` of the teacher) and `texts` = (train texts, test texts), also "Distill-VQ + query
+    encoder" on OPQ+PQ: the tower trains with the index and embeds the test queries itself. `methods` picks the
+    faiss baselines (a subset of FAISS_METHODS); Distill-VQ runs from each OPQ one picked."""
     d = docs.shape[1]
     dense_rows = search(build_index(docs, "Flat"), test_q, 100)[1]
     results = [_evaluate(build_index(docs, "Flat"), "Flat (teacher)", 0, 0, test_q, test_ids, doc_ids, qrels,
                          dense_rows, 0.0) | {"bytes": 4 * d}]
 
-    def emit(index, name, nl, train_s, b):
+    def emit(index, name, nl, train_s, b, queries=test_q):
         for probe in (sorted({min(p, nl) for p in nprobes}) if nl else [0]):
-            results.append(_evaluate(index, name, nl, probe, test_q, test_ids, doc_ids, qrels, dense_rows, train_s)
+            results.append(_evaluate(index, name, nl, probe, queries, test_ids, doc_ids, qrels, dense_rows, train_s)
                            | {"bytes": b})
             print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
 
     for b in code_bytes:
         inits = {}
         for name, nl, opq in (("PQ", 0, False), ("OPQ+PQ", 0, True), ("IVFPQ", nlist, False), ("OPQ+IVFPQ", nlist, True)):
+            if name not in methods:
+                continue
             spec = VQSpec(d=d, M=b, K=256, nlist=nl, opq=opq)
             index, train_s = _faiss_index(docs, spec.factory(), cfg.seed, cache)
             emit(index, f"faiss {name}", nl, train_s, b)
@@ -112,9 +121,19 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
             c.vq.M, c.vq.nlist, c.vq.opq = b, spec.nlist, True
             c.train.batch_size = min(c.train.batch_size, len(train_q))
             t0 = time.time()
-            vq, _ = train_distill_vq(docs, train_q, c, init=read_faiss(index, spec, docs))
+            vq = train_distill_vq(docs, train_q, c, init=read_faiss(index, spec, docs)).vq
             index = export_faiss(vq, docs)
             emit(index, f"jdr Distill-VQ {name}", spec.nlist, faiss_s + time.time() - t0, b)
+        if tower is not None:
+            spec, index, faiss_s = inits["OPQ+PQ"]
+            c = copy.deepcopy(cfg)
+            c.vq.M, c.vq.nlist, c.vq.opq, c.train.query_encoder = b, 0, True, True
+            t0 = time.time()
+            res = train_distill_vq(docs, train_q, c, init=read_faiss(index, spec, docs), query_tower=tower,
+                                   query_texts=texts[0])
+            train_s = faiss_s + time.time() - t0
+            emit(export_faiss(res.vq, docs), "jdr Distill-VQ + query encoder OPQ+PQ", 0, train_s, b,
+                 queries=res.query_tower.embed(texts[1]))
     return results
 
 
@@ -128,7 +147,8 @@ def format_table(results) -> str:
 
 
 def _load(cfg):
-    """Teacher embeddings of `cfg.data`: corpus, ALL train-split queries (+ pseudo-queries), test queries + qrels."""
+    """Teacher embeddings of `cfg.data`: corpus, ALL train-split queries (+ pseudo-queries), test queries + qrels;
+    and the Teacher with (train, test) query ids (for the query-encoder variant)."""
     teacher, data_dir = load_teacher(cfg)
     train_ids = list(load_beir(data_dir, cfg.data.train_split).qrels)
     train_q = np.concatenate([teacher.queries(train_ids), teacher.pseudo_queries()])
@@ -136,7 +156,8 @@ def _load(cfg):
     test_ids = list(test.qrels)
     print(f"{len(teacher.doc_ids)} docs, {len(train_ids)} train queries + {len(train_q) - len(train_ids)} "
           f"pseudo-queries, {len(test_ids)} test queries", file=sys.stderr)
-    return teacher.doc_emb, teacher.doc_ids, train_q, teacher.queries(test_ids), test_ids, test.qrels
+    inputs = teacher.doc_emb, teacher.doc_ids, train_q, teacher.queries(test_ids), test_ids, test.qrels
+    return inputs, teacher, (train_ids, test_ids)
 
 
 def main(argv=None) -> int:
@@ -149,6 +170,10 @@ def main(argv=None) -> int:
     p.add_argument("--nprobe", default="16,64", help="lists probed at search, comma-separated")
     p.add_argument("--cache", help="dir to keep / reuse trained faiss indexes (<factory>.s<seed>.faiss)")
     p.add_argument("--faiss-only", action="store_true", help="skip Distill-VQ (e.g. to fill --cache)")
+    p.add_argument("--query-encoder", action="store_true",
+                   help="add Distill-VQ + query encoder (OPQ+PQ; lr train.encoder_lr; needs no pseudo-queries)")
+    p.add_argument("--methods", default=",".join(FAISS_METHODS),
+                   help="faiss baselines to run, comma-separated (Distill-VQ starts from the OPQ ones)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (0 = faiss's default)")
     a = p.parse_args(argv)
@@ -157,18 +182,30 @@ def main(argv=None) -> int:
     cfg = load_config(a.config, a.set) if a.config else vq_config()
     if not a.config:
         apply_overrides(cfg, a.set)
+    methods = tuple(a.methods.split(","))
+    if set(methods) - set(FAISS_METHODS):
+        p.error(f"--methods: unknown {sorted(set(methods) - set(FAISS_METHODS))}; choose from {FAISS_METHODS}")
+    if a.query_encoder and "OPQ+PQ" not in methods:
+        p.error("--query-encoder starts from faiss OPQ+PQ: keep it in --methods")
+    tower = texts = None
     if a.random:
+        if a.query_encoder:
+            p.error("--query-encoder needs a text dataset (--config), not --random")
         docs, doc_ids, train_q, test_q, test_ids, qrels = _random_inputs()
         code_bytes = [b for b in map(int, a.bytes.split(",")) if docs.shape[1] % b == 0] or [8]
         a.nlist = min(a.nlist, 16)
     else:
         if not a.config:
             p.error("--config is required (or use --random)")
-        docs, doc_ids, train_q, test_q, test_ids, qrels = _load(cfg)
+        (docs, doc_ids, train_q, test_q, test_ids, qrels), teacher, (train_ids, test_ids) = _load(cfg)
+        if a.query_encoder:
+            if cfg.data.pseudo_queries != "none":
+                p.error("--query-encoder: pseudo-queries have no text; set data.pseudo_queries=none")
+            tower, texts = teacher.query_tower(), (teacher.texts(train_ids), teacher.texts(test_ids))
         code_bytes = [int(b) for b in a.bytes.split(",")]
     results = run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes=code_bytes, nlist=a.nlist,
                             nprobes=[int(x) for x in a.nprobe.split(",")], cfg=cfg, cache=a.cache,
-                            distill=not a.faiss_only)
+                            distill=not a.faiss_only, tower=tower, texts=texts, methods=methods)
     print(format_table(results))
     if a.out:
         with atomic_write(a.out) as f:

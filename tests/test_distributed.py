@@ -144,3 +144,68 @@ def test_two_processes_match_one_process(tmp_path):
     assert ref["embeddings"].shape == (13, 32)
     np.testing.assert_allclose(p0["embeddings"], ref["embeddings"], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(p0["embeddings"], p1["embeddings"])
+
+
+def _train_command(workdir: Path, model: Path, data: Path, steps: int) -> list[str]:
+    """The real `jdr train` entry point (what tpu_scripts/ launch on every host), on the tiny config."""
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+    return [sys.executable, "-c", "import sys; from jdr.cli import main; sys.exit(main())", "train",
+            "--config", str(tiny), "--workdir", str(workdir), "--no-progress",
+            f"--config.model.path={model}", f"--config.data.dataset={data}", f"--config.train.steps={steps}",
+            "--config.checkpoint.every=4", "--config.eval.every=4", "--config.log.every=2"]
+
+
+def _leaves(workdir: Path, step: int | None = None) -> tuple[int, list[np.ndarray]]:
+    import jax
+
+    from jdr.train.workdir import load_workdir
+
+    params, _, _, at = load_workdir(workdir, step=step)
+    return at, [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+
+
+@pytest.mark.slow
+def test_two_process_jdr_train_checkpoints_and_resumes_on_one_process(tiny_model, toy_beir, tmp_path):
+    """`jdr train` on 2 processes × 4 devices (checkpoints, dev eval, sharded test eval, export by process 0)
+    matches 1 × 8; its step-4 checkpoint resumes on 1 process × 8 devices and ends where 1 × 8 straight ends."""
+    import json
+    import shutil
+
+    from jdr.config import load_config
+    from jdr.train.trainer import train
+
+    multi, single, resumed = tmp_path / "multi", tmp_path / "single", tmp_path / "resumed"
+    port = _free_port()
+    workers = []
+    for i in range(2):
+        env = {**_worker_env(4), "JDR_COORDINATOR": f"localhost:{port}", "JDR_NUM_PROCESSES": "2",
+               "JDR_PROCESS_ID": str(i)}
+        workers.append((_train_command(multi, tiny_model, toy_beir, steps=8), env))
+    _run_workers(workers)
+
+    overrides = [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=8", "checkpoint.every=4",
+                 "eval.every=4", "log.every=2"]
+    ref = train(load_config("configs/tiny.py", overrides), single, progress=False)
+
+    # Process 0 wrote the shared outputs once; the multi-host run's numbers are the single-host run's.
+    got = json.loads((multi / "final_metrics.json").read_text())
+    assert got["step"] == ref["step"] == 8 and (multi / "export" / "model.safetensors").is_file()
+    for name in ("train/loss", "test/ndcg@10", "test/recall@100"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, err_msg=name)
+    dev = [json.loads(x) for x in (multi / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in dev if "dev/ndcg@10" in r] == [4, 8]
+    (sm, pm), (ss, ps) = _leaves(multi), _leaves(single)
+    assert sm == ss == 8
+    for a, b in zip(pm, ps):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+    # Resume the 2-process run's step-4 checkpoint with one process of 8 devices (preemption onto other hardware).
+    shutil.copytree(multi, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "8")
+    out = train(load_config("configs/tiny.py", overrides), resumed, progress=False)
+    assert out["step"] == 8
+    _, pr = _leaves(resumed)
+    for a, b in zip(pr, ps):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    _, p4 = _leaves(multi, step=4)
+    assert not np.allclose(p4[0], pr[0])  # the resumed run trained past step 4

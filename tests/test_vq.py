@@ -182,7 +182,7 @@ def test_distillation_learns_and_beats_faiss_init(data, inits):
     train_q, test_q = queries[:300], queries[300:]
     spec = VARIANTS[2]  # IVF8,PQ4x4
     vq0, _ = inits[spec]
-    vq, history = train_distill_vq(docs, train_q, _cfg(8, False), init=vq0)
+    vq, history, _ = train_distill_vq(docs, train_q, _cfg(8, False), init=vq0)
     loss = [h["loss"] for h in history]
     assert np.mean(loss[-20:]) < np.mean(loss[:20]) - 0.1
     teacher = teacher_candidates(docs, test_q, 10)
@@ -199,7 +199,7 @@ def test_other_losses_and_supervised_term_run(data, inits, loss):
     docs, queries = data
     positives = [[int(r)] for r in teacher_candidates(docs, queries[:64], 1)[:, 0]]
     cfg = _cfg(8, False, steps=5, loss=loss, sup_weight=0.5)
-    _, history = train_distill_vq(docs, queries[:64], cfg, init=inits[VARIANTS[2]][0], positives=positives)
+    history = train_distill_vq(docs, queries[:64], cfg, init=inits[VARIANTS[2]][0], positives=positives).history
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["sup_loss"]) for h in history)
     with pytest.raises(ValueError, match="needs `positives`"):
         train_distill_vq(docs, queries[:64], cfg, init=inits[VARIANTS[2]][0])
@@ -225,3 +225,37 @@ def test_pmap_step_equals_single_device_step(data, inits):
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_allclose(b[0], a, atol=1e-5)
         np.testing.assert_allclose(b[1], a, atol=1e-5)
+
+
+def test_query_tower_trains_with_the_index(tiny_model):
+    """Distill-VQ + query encoder: with encoder_lr 0 it is index-only Distill-VQ on the teacher's own query
+    embeddings; with a real rate the tower moves and the loss falls."""
+    from jdr.models.testing import DEFAULT_WORDS
+    from jdr.vq.query_tower import QueryTower
+
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(DEFAULT_WORDS, rng.integers(3, 10))) for _ in range(600)]
+    tower = QueryTower.load(tiny_model, max_length=16)
+    docs = tower.embed(texts[:480])
+    queries, q_texts = tower.embed(texts[480:]), texts[480:]
+    spec = VQSpec(docs.shape[1], 4, 16, 0, False)
+    vq0, _ = init_from_faiss(docs, spec)
+
+    def run(encoder_lr, steps=40):
+        cfg = _cfg(0, False, steps=steps, encoder_lr=encoder_lr)
+        return train_distill_vq(docs, queries, cfg, init=vq0, query_tower=tower, query_texts=q_texts)
+
+    frozen = run(0.0, steps=5)
+    index_only = train_distill_vq(docs, queries, _cfg(0, False, steps=5), init=vq0)
+    for a, b in zip(jax.tree.leaves(frozen.query_tower.params), jax.tree.leaves(tower.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose([h["loss"] for h in frozen.history], [h["loss"] for h in index_only.history],
+                               rtol=1e-4)
+
+    trained = run(1e-3)
+    loss = [h["loss"] for h in trained.history]
+    assert np.mean(loss[-5:]) < np.mean(loss[:5])
+    moved = trained.query_tower.embed(q_texts[:8])
+    assert not np.allclose(moved, queries[:8], atol=1e-3)
+    with pytest.raises(ValueError, match="one text per training query"):
+        train_distill_vq(docs, queries, _cfg(0, False, steps=1), init=vq0, query_tower=tower, query_texts=q_texts[:3])

@@ -4,6 +4,7 @@ import argparse
 import json
 
 import faiss
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -116,3 +117,19 @@ def test_evaluate_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="overrides only apply"):
         _vq(["evaluate", "--workdir", str(tmp_path)], ["vq.M=8"])
+
+
+def test_query_encoder_variant_exports_and_evaluates_with_its_tower(tiny_model, toy_beir, tmp_path, capsys):
+    from jdr.models.hf import load
+
+    wd = tmp_path / "qe"
+    over = SMALL + [f"data.dataset={toy_beir}", f"data.model={tiny_model}", "train.query_encoder=true",
+                    "train.encoder_lr=1e-3"]
+    assert _vq(["train", "--workdir", str(wd), "--json"], over, capsys)[0] == 0
+    params, _, _ = load(wd / "query_encoder")  # an HF / sentence-transformers dir of the trained query tower
+    base, _, _ = load(tiny_model)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(base)))
+    rc, out = _vq(["evaluate", "--workdir", str(wd), "--json", "--flat"], capsys=capsys)
+    assert rc == 0 and out["queries"] == 8 and 0.0 <= out["ndcg@10"] <= 1.0
+    with pytest.raises(ValueError, match="pseudo-queries have no query text"):
+        _vq(["train", "--workdir", str(tmp_path / "bad")], over + ["data.pseudo_queries=doc"])

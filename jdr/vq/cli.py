@@ -1,9 +1,10 @@
 """`jdr vq train` / `jdr vq evaluate`: Distill-VQ on a BEIR dataset with a fixed dense teacher.
 
-A workdir holds `index.faiss` (+ `index.faiss.ids.txt`, row i = line i), `vq.safetensors` (the jdr VQIndex), `run.json` (config,
-versions, train seconds), `history.json` (per-step losses), `metrics.json` (dev metrics of the faiss init and the trained index)
-and, when the corpus was encoded rather than read from `data.embeddings`, `teacher_corpus/` (the teacher's
-document embeddings, which `evaluate` needs for dense recall).
+A workdir holds `index.faiss` (+ `index.faiss.ids.txt`, row i = line i), `vq.safetensors` (the jdr VQIndex),
+`run.json` (config, versions, train seconds), `history.json` (per-step losses), `metrics.json` (dev metrics of the
+faiss init and the trained index), `query_encoder/` (the trained query tower, with `train.query_encoder`) and, when
+the corpus was encoded rather than read from `data.embeddings`, `teacher_corpus/` (the teacher's document
+embeddings, which `evaluate` needs for dense recall).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jdr.data.errors import DataError
 __all__ = ["add_arguments", "run", "Teacher", "load_teacher", "split_queries", "index_metrics"]
 
 PSEUDO = ("none", "title", "doc")
+QUERY_ENCODER_DIR = "query_encoder"  # trained query tower (HF + sentence-transformers dir), train.query_encoder
 
 
 class Teacher:
@@ -50,14 +52,37 @@ class Teacher:
             self.doc_ids = corpus.ids
             self.doc_emb = self._encode(corpus.passages(), "passage", cfg.data.passage_max_length)
 
+    @property
+    def model_dir(self) -> Path:
+        from jdr.models import hf
+
+        return hf.find_minilm() if self.cfg.data.model == "minilm" else Path(self.cfg.data.model)
+
     @functools.cached_property
     def model(self):
         """(params, spec, tokenizer) of `data.model`, loaded on first use."""
         from jdr.models import hf
 
-        path = hf.find_minilm() if self.cfg.data.model == "minilm" else self.cfg.data.model
-        return hf.load(path, query_max_length=self.cfg.data.query_max_length,
+        return hf.load(self.model_dir, query_max_length=self.cfg.data.query_max_length,
                        passage_max_length=self.cfg.data.passage_max_length)
+
+    def query_tower(self):
+        """The teacher's query tower as a trainable `QueryTower` (the start of "Distill-VQ + query encoder")."""
+        from jdr.vq.query_tower import QueryTower
+
+        params, spec, tok = self.model
+        return QueryTower(params, spec, tok, self.model_dir)
+
+    def texts(self, qids: list[str]) -> list[str]:
+        """The query texts of these ids (from the dataset's queries.jsonl)."""
+        if self._query_texts is None:
+            from jdr.data.beir import load_queries
+
+            self._query_texts = load_queries(self.data_dir / "queries.jsonl")
+        missing = [q for q in qids if q not in self._query_texts]
+        if missing:
+            raise DataError(self.data_dir / "queries.jsonl", f"{len(missing)} query ids missing, e.g. {missing[0]!r}")
+        return [self._query_texts[q] for q in qids]
 
     def _encode(self, texts: list[str], tower: str, max_length: int) -> np.ndarray:
         from jdr.models.inference import encode_texts
@@ -78,11 +103,7 @@ class Teacher:
             if missing:
                 raise DataError(self._store / "queries" / "ids.txt", f"{len(missing)} queries missing, e.g. {missing[0]!r}")
             return np.ascontiguousarray(emb[[row[q] for q in qids]], np.float32)
-        if self._query_texts is None:
-            from jdr.data.beir import load_queries
-
-            self._query_texts = load_queries(self.data_dir / "queries.jsonl")
-        return self._encode([self._query_texts[q] for q in qids], "query", self.cfg.data.query_max_length)
+        return self._encode(self.texts(qids), "query", self.cfg.data.query_max_length)
 
     def pseudo_queries(self) -> np.ndarray:
         """Label-free extra training queries per `data.pseudo_queries`: [0 | N, d]."""
@@ -179,9 +200,18 @@ def _train(args) -> int:
     else:
         vq, faiss_init = init_from_faiss(teacher.doc_emb, spec, train_sample=cfg.vq.train_sample or None,
                                          seed=cfg.seed)
-    vq, history = train_distill_vq(teacher.doc_emb, train_q, cfg, init=vq)
+    tower = None
+    if cfg.train.query_encoder:
+        if cfg.data.pseudo_queries != "none":
+            raise ValueError("train.query_encoder: pseudo-queries have no query text; set data.pseudo_queries=none")
+        tower = teacher.query_tower()
+    result = train_distill_vq(teacher.doc_emb, train_q, cfg, init=vq, query_tower=tower,
+                              query_texts=teacher.texts(train_ids) if tower is not None else None)
+    vq, history, tower = result
     train_s = time.time() - t0
     workdir.mkdir(parents=True, exist_ok=True)
+    if tower is not None:
+        tower.export(workdir / QUERY_ENCODER_DIR)
     index = save_faiss(vq, teacher.doc_emb, workdir / "index.faiss")
     save_vq(vq, workdir / "vq.safetensors")
     with atomic_write(workdir / "index.faiss.ids.txt") as f:
@@ -195,8 +225,9 @@ def _train(args) -> int:
         dev_q = teacher.queries(dev_ids)
         dense = search(build_index(teacher.doc_emb, "Flat"), dev_q, 100)[1]
         nprobe = _nprobe(cfg, None)
-        metrics["dev"] = {name: index_metrics(ix, teacher.doc_ids, dev_q, dev_ids, data.qrels, dense, nprobe=nprobe)
-                          for name, ix in (("faiss_init", faiss_init), ("distill_vq", index))}
+        student_q = dev_q if tower is None else tower.embed(teacher.texts(dev_ids))
+        metrics["dev"] = {name: index_metrics(ix, teacher.doc_ids, q, dev_ids, data.qrels, dense, nprobe=nprobe)
+                          for name, ix, q in (("faiss_init", faiss_init, dev_q), ("distill_vq", index, student_q))}
         metrics["dev"]["flat"] = index_metrics(build_index(teacher.doc_emb, "Flat"), teacher.doc_ids, dev_q, dev_ids,
                                                data.qrels, dense, nprobe=None)
     with atomic_write(workdir / "history.json") as f:
@@ -245,8 +276,14 @@ def _evaluate(args) -> int:
     q_emb = teacher.queries(qids)
     flat = build_index(teacher.doc_emb, "Flat")
     dense = search(flat, q_emb, 100)[1]
+    student_q = q_emb
+    if (workdir / QUERY_ENCODER_DIR).is_dir():  # "Distill-VQ + query encoder": queries go through the trained tower
+        from jdr.vq.query_tower import QueryTower
+
+        tower = QueryTower.load(workdir / QUERY_ENCODER_DIR, max_length=cfg.data.query_max_length)
+        student_q = tower.embed(teacher.texts(qids), batch_size=cfg.data.batch_size)
     out = {"split": args.split, "queries": len(qids), "nprobe": _nprobe(cfg, args.nprobe),
-           **index_metrics(index, doc_ids, q_emb, qids, data.qrels, dense, nprobe=_nprobe(cfg, args.nprobe))}
+           **index_metrics(index, doc_ids, student_q, qids, data.qrels, dense, nprobe=_nprobe(cfg, args.nprobe))}
     if args.flat:
         out["flat"] = index_metrics(flat, doc_ids, q_emb, qids, data.qrels, dense, nprobe=None)
     if args.json:

@@ -45,6 +45,8 @@ def vq_config() -> ml_collections.ConfigDict:
     c.train.loss = "listnet"  # Distillation loss: "listnet" | "kl_distill" | "mse_scores" | "margin_mse".
     c.train.loss_temperature = 1.0  # Score temperature of listnet / kl_distill.
     c.train.ivf_weight = 1.0  # Weight of the coarse (q·centroid) distillation term; only with nlist > 0.
+    c.train.query_encoder = False  # Also train the query tower (from data.model; docs stay fixed): "Distill-VQ + QE".
+    c.train.encoder_lr = 1e-5  # Adam learning rate of the query tower (only with query_encoder).
     c.train.sup_weight = 0.0  # Weight of the supervised contrastive term on qrels positives (needs positives).
     c.lock()
     return c

@@ -11,9 +11,10 @@ stay comparable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,9 @@ from jdr.losses import DISTILLATION
 from jdr.train.state import TrainState
 from jdr.vq.init import init_from_faiss
 from jdr.vq.layer import VQIndex, VQSpec, doc_centroids, quantize, residuals, rotate
+from jdr.vq.query_tower import QueryTower, vq_optimizer
 
-__all__ = ["make_vq_train_step", "teacher_candidates", "train_distill_vq", "teacher_recall", "spec_from_config",
+__all__ = ["Distilled", "make_vq_train_step", "teacher_candidates", "train_distill_vq", "teacher_recall", "spec_from_config",
            "residual_scale"]
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,15 @@ def teacher_recall(pred_rows: np.ndarray, teacher_rows: np.ndarray, k: int) -> f
     return float(np.mean(hits)) / k
 
 
+class Distilled(NamedTuple):
+    """What `train_distill_vq` returns: the trained index, per-step metrics (floats), and the trained query tower
+    (None unless one was given)."""
+
+    vq: VQIndex
+    history: list[dict]
+    query_tower: QueryTower | None
+
+
 def train_distill_vq(
     doc_emb: np.ndarray,
     query_emb: np.ndarray,
@@ -153,13 +164,16 @@ def train_distill_vq(
     *,
     init: VQIndex | None = None,
     positives: list[list[int]] | None = None,
-) -> tuple[VQIndex, list[dict]]:
-    """Index-only Distill-VQ on precomputed embeddings (the query encoder stays fixed).
+    query_tower: QueryTower | None = None,
+    query_texts: Sequence[str] | None = None,
+) -> Distilled:
+    """Distill-VQ on precomputed embeddings: index only, or index + query tower.
 
-    doc_emb [N, d] and query_emb [Nq, d] float32 (training queries; no labels needed). Starts from `init` or from
-    faiss (`init_from_faiss`, the shape of `cfg.vq`) and runs `cfg.train.steps` Adam steps on one device.
-    `positives` (doc rows per query) feed the optional supervised term (`cfg.train.sup_weight`).
-    Returns (trained VQIndex, per-step metrics as floats).
+    doc_emb [N, d] and query_emb [Nq, d] float32: the teacher's embeddings (training queries; no labels needed).
+    Starts from `init` or from faiss (`init_from_faiss`, the shape of `cfg.vq`) and runs `cfg.train.steps` Adam
+    steps on one device. `positives` (doc rows per query) feed the optional supervised term (`cfg.train.sup_weight`).
+    With `query_tower` (and `query_texts`, one per row of query_emb) the tower is trained as well, at
+    `cfg.train.encoder_lr`: the student scores its own embedding of the text, the teacher keeps query_emb.
     """
     doc_emb = np.ascontiguousarray(doc_emb, np.float32)
     query_emb = np.ascontiguousarray(query_emb, np.float32)
@@ -170,13 +184,21 @@ def train_distill_vq(
         raise ValueError(f"train.batch_size={t.batch_size} > {len(query_emb)} training queries")
     if t.sup_weight and positives is None:
         raise ValueError("train.sup_weight > 0 needs `positives` (qrels doc rows per query)")
+    if query_tower is not None and (query_texts is None or len(query_texts) != len(query_emb)):
+        raise ValueError(f"a query tower needs one text per training query ({len(query_emb)}), got "
+                         f"{None if query_texts is None else len(query_texts)}")
     vq = init if init is not None else init_from_faiss(
         doc_emb, spec_from_config(cfg, doc_emb.shape[1]), train_sample=cfg.vq.train_sample or None, seed=cfg.seed
     )[0]
     cand = teacher_candidates(doc_emb, query_emb, t.topk)
-    tx = optax.adam(t.lr)
-    step = jax.jit(make_vq_train_step(cfg, tx, tau_scale=residual_scale(vq, doc_emb)), donate_argnums=0)
     params = jax.tree.map(jnp.array, vq.params)  # a copy: the step donates it
+    tokens, query_fn = {}, None
+    if query_tower is not None:
+        tokens, query_fn = query_tower.tokens(query_texts), query_tower.embed_fn()
+        params["query"] = jax.tree.map(jnp.array, query_tower.params)
+    tx = vq_optimizer(t.lr, t.encoder_lr if query_tower is not None else None)
+    step = jax.jit(make_vq_train_step(cfg, tx, tau_scale=residual_scale(vq, doc_emb), query_fn=query_fn),
+                   donate_argnums=0)
     state = TrainState.create(params, tx)
     frozen = {} if vq.rotation is None else {"rotation": jnp.asarray(vq.rotation)}
     rng = np.random.default_rng(cfg.seed)
@@ -188,7 +210,8 @@ def train_distill_vq(
         qs = order[pos_in_epoch : pos_in_epoch + t.batch_size]
         pos_in_epoch += t.batch_size
         rows = cand[qs]
-        batch = {"query_emb": query_emb[qs], "doc_emb": doc_emb[rows], "lists": vq.lists[rows]}
+        batch = {"query_emb": query_emb[qs], "doc_emb": doc_emb[rows], "lists": vq.lists[rows],
+                 **{k: v[qs] for k, v in tokens.items()}}
         if t.sup_weight:
             batch["pos_mask"] = np.array([np.isin(r, positives[q]) for q, r in zip(qs, rows)])
         state, metrics = step(state, batch, frozen)
@@ -196,4 +219,7 @@ def train_distill_vq(
         if (i + 1) % max(1, t.steps // 10) == 0:
             log.info("distill-vq step %d/%d loss %.4f (%.1fs)", i + 1, t.steps, history[-1]["loss"], time.time() - t0)
     trained = jax.tree.map(np.asarray, state.params)
-    return VQIndex(spec=vq.spec, params=trained, rotation=vq.rotation, lists=vq.lists), history
+    tower = None
+    if query_tower is not None:
+        tower = dataclasses.replace(query_tower, params=trained.pop("query"))
+    return Distilled(VQIndex(spec=vq.spec, params=trained, rotation=vq.rotation, lists=vq.lists), history, tower)
