@@ -1,9 +1,10 @@
-"""ANCE with its asynchronous refresh (background thread), same budget as configs/scifact_ance.py.
+"""ANCE with its asynchronous refresh (a background thread), same budget as configs/scifact_ance.py.
 
-What happened on 2 CPU cores (README, ANCE table): the step-10 refresh shared the cores with the step loop, took
-17 minutes instead of ~11, had not landed by step 30 (the step-20 refresh was skipped while it ran), so every step
-trained on the BM25 warm-start negatives; the loop never waited for it. Use this mode where the encode has
-hardware of its own.
+The step loop keeps training on the previous table while a snapshot of the parameters re-encodes the corpus; the
+new table is swapped in between two steps, and a refresh that falls due while one is still running is skipped
+(logged in metrics.jsonl and final_metrics.json). Meant for hosts where the encode has hardware of its own (the
+host CPU beside a TPU/GPU, or a spare accelerator). On a 2-core CPU the background encode competes with the step
+for the same cores, so a refresh lands many steps after it started: configs/scifact_ance.py is synchronous there.
 """
 
 from jdr.config import sibling

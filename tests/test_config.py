@@ -16,6 +16,26 @@ def test_shipped_configs_load(path):
     assert cfg.train.steps >= 1 or "vq" in cfg
 
 
+def test_ance_table_configs_differ_only_in_negatives():
+    """The ANCE table compares negatives and nothing else: same model, data, steps, batch, lr, lengths, seed."""
+    from jdr.config import to_dict
+
+    root = Path(__file__).parents[1] / "configs"
+    runs = {name: to_dict(load_config(root / f"scifact_{name}.py")) for name in ("rand", "bm25", "ance", "ance_async")}
+    for name, cfg in runs.items():
+        assert {k: v for k, v in cfg.items() if k != "negatives"} == \
+            {k: v for k, v in runs["rand"].items() if k != "negatives"}, name
+    assert [runs[n]["negatives"]["source"] for n in ("rand", "bm25", "ance")] == ["random", "bm25", "ann"]
+    assert runs["ance"]["negatives"]["refresh_mode"] == "sync" and runs["ance_async"]["negatives"]["refresh_mode"] == "async"
+
+
+def test_readme_main_job_config_exists():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    main_job = next(line for line in readme.splitlines() if "jdr train --config" in line)
+    config = main_job.split("--config ")[1].split()[0]
+    assert load_config(Path(__file__).parents[1] / config).negatives.source == "ann"
+
+
 def test_every_default_field_has_a_comment():
     import inspect
 

@@ -9,7 +9,7 @@ import pytest
 
 from jdr.index.faiss_index import load_index
 from jdr.vq.config import vq_config
-from jdr.vq.export import export_faiss, save_faiss, stored_codes
+from jdr.vq.export import _check_codes, export_faiss, save_faiss, stored_codes
 from jdr.vq.init import init_from_faiss
 from jdr.vq.layer import VQIndex, VQSpec, decode, encode, quantize, rotate, soft_reconstruct
 from jdr.vq.train import make_vq_train_step, spec_from_config, teacher_candidates, teacher_recall, train_distill_vq
@@ -167,6 +167,33 @@ def test_export_equals_faiss_search(data, inits, spec, tmp_path):
         ivf = faiss.extract_index_ivf(index)
         moved = ivf.quantizer.assign(np.ascontiguousarray(rotate(docs, vq.rotation)), 1)[:, 0]
         assert np.any(moved != vq.lists)  # the test really exercises kept (non-nearest) lists
+
+
+@pytest.mark.parametrize("spec", [VARIANTS[1], VARIANTS[3]], ids=lambda s: s.factory())
+def test_export_code_check_allows_only_float_ties(data, inits, spec):
+    """The export check accepts a code faiss chose differently only when both codewords are equally near
+    (a float tie); a genuinely different code is an error naming the count."""
+    docs, _ = data
+    vq0, _ = inits[spec]
+    x_rot = np.asarray(rotate(jnp.asarray(docs), vq0.rotation))
+    ours = np.asarray(encode(vq0.params, x_rot, vq0.lists))
+    _check_codes(vq0, x_rot, ours)
+    # A tie: codeword k2 duplicates document 0's codeword in sub-space 1, and "faiss" picked the duplicate.
+    k1 = int(ours[0, 1])
+    k2 = (k1 + 1) % spec.K
+    books = np.array(vq0.params["codebooks"])
+    books[1, k2] = books[1, k1]
+    tied = VQIndex(spec, {**vq0.params, "codebooks": books}, vq0.rotation, vq0.lists)
+    theirs = np.asarray(encode(tied.params, x_rot, tied.lists)).copy()
+    theirs[0, 1] = k2 if theirs[0, 1] == k1 else k1
+    _check_codes(tied, x_rot, theirs)
+    # Not a tie: the farthest codeword of sub-space 0 for document 3.
+    wrong = ours.copy()
+    r = x_rot[3, : spec.d // spec.M] - (np.asarray(vq0.params["centroids"])[vq0.lists[3], : spec.d // spec.M]
+                                         if spec.nlist else 0)
+    wrong[3, 0] = int(np.argmax(np.sum((np.asarray(vq0.params["codebooks"])[0] - r) ** 2, axis=1)))
+    with pytest.raises(AssertionError, match="1/512 documents differently"):
+        _check_codes(vq0, x_rot, wrong)
 
 
 def _cfg(nlist, opq, **train):

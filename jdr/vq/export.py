@@ -8,7 +8,8 @@ Why the scores match jdr's exactly:
   * we add with `add_core(precomputed_idx=lists)`, so every document goes to the list it was trained in (not the
     quantizer's argmax-IP choice for the moved centroids), and faiss encodes the residual with
     `ProductQuantizer.compute_codes`, i.e. argmin L2 per sub-space over the same codebooks — `layer.encode`'s rule.
-    `export_faiss(check=True)` reads the stored codes back and asserts they equal jdr's codes.
+    `export_faiss(check=True)` reads the stored codes back and asserts they equal jdr's codes, up to exact float
+    ties between two equidistant codewords (seen once in 5 183 SciFact documents at 16 B).
 """
 
 from __future__ import annotations
@@ -54,10 +55,7 @@ def export_faiss(vq: VQIndex, doc_emb: np.ndarray, *, check: bool = True) -> fai
         inner.is_trained = True
         inner.add(x_rot)
     if check:
-        ours = np.asarray(encode(vq.params, x_rot, vq.lists))
-        theirs = stored_codes(inner, spec.M, spec.nbits)
-        bad = int(np.sum(np.any(ours != theirs, axis=1)))
-        assert bad == 0, f"export_faiss: faiss encoded {bad}/{len(ours)} documents differently from jdr"
+        _check_codes(vq, x_rot, stored_codes(inner, spec.M, spec.nbits))
     if vq.rotation is None:
         return inner
     lt = faiss.LinearTransform(spec.d, spec.d, False)
@@ -65,6 +63,30 @@ def export_faiss(vq: VQIndex, doc_emb: np.ndarray, *, check: bool = True) -> fai
     lt.is_orthonormal = True
     lt.is_trained = True
     return faiss.IndexPreTransform(lt, inner)
+
+
+def _check_codes(vq: VQIndex, x_rot: np.ndarray, theirs: np.ndarray, rtol: float = 1e-4) -> None:
+    """Assert faiss stored jdr's hard codes. A code may differ only where two codewords are equally near the
+    residual to float precision (faiss and XLA sum the squared distance in different orders): such a tie changes
+    which of two equidistant codewords decodes, never the nearest distance. Anything else raises AssertionError."""
+    ours = np.asarray(encode(vq.params, x_rot, vq.lists))
+    rows, subs = np.nonzero(ours != theirs)
+    if not len(rows):
+        return
+    spec, codebooks = vq.spec, np.asarray(vq.params["codebooks"], np.float32)
+    r = x_rot[rows].astype(np.float64)
+    if spec.nlist:
+        r -= np.asarray(vq.params["centroids"], np.float64)[np.asarray(vq.lists)[rows]]
+    dsub = spec.d // spec.M
+    r_m = r.reshape(len(rows), spec.M, dsub)[np.arange(len(rows)), subs]
+    d_ours = np.sum((r_m - codebooks[subs, ours[rows, subs]]) ** 2, axis=1)
+    d_theirs = np.sum((r_m - codebooks[subs, theirs[rows, subs]]) ** 2, axis=1)
+    scale = np.mean(np.sum(r_m ** 2, axis=1)) + 1e-12
+    ties = np.abs(d_ours - d_theirs) <= rtol * scale
+    bad = len(set(rows[~ties].tolist()))
+    assert bad == 0, (f"export_faiss: faiss encoded {bad}/{len(ours)} documents differently from jdr "
+                      f"(not float ties: nearest-codeword distances differ by up to "
+                      f"{np.max(np.abs(d_ours - d_theirs)[~ties]):.3g})")
 
 
 def stored_codes(index: faiss.Index, M: int, nbits: int) -> np.ndarray:
