@@ -18,6 +18,7 @@ Configuration, first match wins:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from typing import Callable, Mapping, Sequence
@@ -128,6 +129,7 @@ def initialize(
             # driving all its devices, so detection stays off when the settings are explicit.
             cluster_detection_method="deactivate",
         )
+    use_coordination_barriers()
     log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
     return cfg
 
@@ -172,14 +174,39 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+_BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # a slow corpus encode on one host must not break the barrier
+_barrier_count = itertools.count()
+
+
+def _distributed_client():
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("jdr.distributed: several processes but jax.distributed is not initialized")
+    return client
+
+
 def sync(name: str) -> None:
-    """Barrier: every process waits here until all have reached `sync(name)` (same name everywhere)."""
+    """Barrier: every process waits here until all have reached `sync(name)` (same name everywhere).
+
+    A barrier of the coordination service (`jax.distributed`'s key-value store), not a device collective: a
+    collective issued from the host between train steps can pair with the wrong collective on another process
+    when devices still have queued work, which deadlocked `jdr train` on 2 CPU processes under load."""
     import jax
 
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        _distributed_client().wait_at_barrier(f"jdr/{name}/{next(_barrier_count)}", _BARRIER_TIMEOUT_MS)
 
-        multihost_utils.sync_global_devices(name)
+
+def use_coordination_barriers() -> None:
+    """Make orbax's own barriers coordination-service barriers too (its absl flag; same reason as `sync`)."""
+    from absl import flags
+    from orbax.checkpoint._src.multihost import multihost  # noqa: F401  (defines the flag)
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["jdr"], known_only=True)
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
 def allgather_host(array: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,21 +88,34 @@ def _worker_env(devices: int) -> dict[str, str]:
     return env
 
 
-def _run_workers(commands: list[tuple[list[str], dict]]) -> None:
-    """Start all, wait with a timeout, kill every survivor on any failure so CI never hangs."""
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for cmd, env in commands]
+def _run_workers(commands: list[tuple[list[str], dict]], log_dir: Path | None = None) -> None:
+    """Start all, wait with a timeout, kill every survivor on any failure so CI never hangs. Each worker writes
+    to its own log file (a pipe nobody reads could fill and block a worker mid-collective); a failure or a
+    timeout reports the tail of every worker's log."""
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="jdr-workers-"))
+    logs = [log_dir / f"worker{i}.log" for i in range(len(commands))]
+    procs = []
+    for (cmd, env), path in zip(commands, logs):
+        with open(path, "w") as f:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True))
     deadline = time.monotonic() + TIMEOUT_S
+
+    def tails() -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text()[-3000:]}" for p in logs)
+
     try:
         for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"workers still running after {TIMEOUT_S} s:\n{tails()}") from None
             if p.returncode != 0:
-                raise AssertionError(f"worker {p.args} exited {p.returncode}:\n{out[-4000:]}")
+                raise AssertionError(f"worker {p.args} exited {p.returncode}:\n{tails()}")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.communicate()
+                p.wait()
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
@@ -123,7 +137,8 @@ def test_two_processes_match_one_process(tmp_path):
                      "--out", str(multi)], _worker_env(4))
             for i in range(2)
         ]
-        + [(base + ["--out", str(single)], _worker_env(8))]
+        + [(base + ["--out", str(single)], _worker_env(8))],
+        tmp_path,
     )
     p0, p1, ref = _load(multi / "process_0.npz"), _load(multi / "process_1.npz"), _load(single / "process_0.npz")
 
@@ -181,7 +196,7 @@ def test_two_process_jdr_train_checkpoints_and_resumes_on_one_process(tiny_model
         env = {**_worker_env(4), "JDR_COORDINATOR": f"localhost:{port}", "JDR_NUM_PROCESSES": "2",
                "JDR_PROCESS_ID": str(i)}
         workers.append((_train_command(multi, tiny_model, toy_beir, steps=8), env))
-    _run_workers(workers)
+    _run_workers(workers, tmp_path)
 
     overrides = [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=8", "checkpoint.every=4",
                  "eval.every=4", "log.every=2"]
