@@ -35,7 +35,9 @@ def _row(workdir: Path) -> dict:
     refreshes = final.get("negatives/refreshes", [])
     return {
         "run": workdir.name,
-        "negatives": run["config"]["negatives"]["source"],
+        "negatives": run["config"]["negatives"]["source"] + (
+            f" ({run['config']['negatives']['refresh_mode']} refresh)" if run["config"]["negatives"]["refresh_every"]
+            else ""),
         "steps": final["step"],
         "ndcg@10": final["test/ndcg@10"],
         "mrr@10": final["test/mrr@10"],
