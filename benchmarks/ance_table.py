@@ -6,17 +6,14 @@ Run the three trainings first (same steps, batch, lr; see the configs), then thi
   jdr train --config configs/scifact_bm25.py --workdir runs/scifact_bm25
   jdr train --config configs/scifact_ance.py --workdir runs/scifact_ance     # synchronous refresh at 10, 20
   python benchmarks/ance_table.py --runs runs/scifact_rand runs/scifact_bm25 runs/scifact_ance \
-      --measure-encode [--measure-refresh configs/scifact_ance.py] [--out benchmarks/results/ance_table.md]
+      [--measure-encode] [--out benchmarks/results/ance_table.md]
 
 It reads each workdir's final_metrics.json (test NDCG@10 / MRR@10 / R@100 on SciFact test, evaluated once at
 the end) and the ANCE refresh records (encode / index / mine seconds, age in steps, how long the step loop
 waited). Each refresh is divided by the same run's final test evaluation (a full corpus encode with the same
 model, length and batch size, plus 300 test queries and an exact search): the bare-encode reference measured in
-the same process, with no extra CPU time. `--measure-encode` times a bare corpus encode of the base model in this process, so the refresh cost
-can be read as a ratio to it (the refresh's encode shares the CPU with training in async mode).
-`--measure-refresh CONFIG` also times one synchronous refresh alone (what `jdr train` runs every N steps: encode
-corpus + training queries, faiss, mine, new table) with the base model, BEFORE the bare encode, so any jit
-compile the two share is paid by the refresh: the printed ratio errs on the refresh's side.
+the same process, with no extra CPU time. `--measure-encode` also times a bare corpus encode of the base model in
+this process, for a second ratio (run it on an idle machine).
 """
 
 from __future__ import annotations
@@ -69,27 +66,7 @@ def measure_bare_encode(batch_size: int = 128) -> float:
     return time.perf_counter() - t0
 
 
-def measure_refresh(config: str, workdir: Path) -> dict:
-    """One synchronous ANCE refresh of `config`'s run with the base model's params -> its timings (seconds).
-
-    Builds the run exactly as `jdr train` does (`prepare`: data, BM25 warm-start table, iterator) in `workdir`
-    (nothing is trained or written there), then runs the refresh hook once at step `refresh_every`."""
-    from jdr.config import load_config
-    from jdr.train.hooks import _refresh_hook
-    from jdr.train.trainer import prepare
-
-    cfg = load_config(config, ["negatives.refresh_mode=sync"])
-    run = prepare(cfg, workdir)
-    hook = _refresh_hook(run)
-    t0 = time.perf_counter()
-    table = hook.on_step(cfg.negatives.refresh_every, run.params)
-    total = time.perf_counter() - t0
-    if table is None:
-        raise RuntimeError(f"{config}: no refresh was due at step {cfg.negatives.refresh_every}")
-    return {**table.timings, "total_s": total, "version": table.version}
-
-
-def format_table(rows: list[dict], bare_encode_s: float | None, refresh: dict | None = None) -> str:
+def format_table(rows: list[dict], bare_encode_s: float | None) -> str:
     """Markdown: one row per run. Refresh cost per refresh = encode + index + mine; "/ test encode" divides the
     whole refresh (the loop's wait in sync mode) by the same run's final test evaluation; "/ bare encode" by a
     separately measured bare corpus encode, when given."""
@@ -107,11 +84,6 @@ def format_table(rows: list[dict], bare_encode_s: float | None, refresh: dict | 
                      f"{r['index_s']:.1f} | {r['mine_s']:.1f} | {r['loop_wait_s']:.2f} | {same_run} | {ratio} |")
     if bare_encode_s:
         lines.append(f"\nBare corpus encode of the base model (same machine): {bare_encode_s:.0f} s.")
-    if refresh:
-        ratio = f" = {refresh['total_s'] / bare_encode_s:.2f}x the bare encode" if bare_encode_s else ""
-        lines.append(f"One synchronous refresh alone (base model): encode {refresh['encode_s']:.0f} s + index "
-                     f"{refresh['index_s']:.2f} s + mine {refresh['mine_s']:.2f} s, {refresh['total_s']:.0f} s in "
-                     f"all{ratio}.")
     return "\n".join(lines)
 
 
@@ -119,25 +91,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", required=True, help="jdr train workdirs")
     p.add_argument("--measure-encode", action="store_true", help="time a bare corpus encode in this process")
-    p.add_argument("--measure-refresh", metavar="CONFIG", default=None,
-                   help="time one synchronous refresh of this ANCE config alone (before the bare encode)")
     p.add_argument("--baseline-encode-seconds", type=float, default=None, help="bare encode seconds, if known")
     p.add_argument("--out", default=None, help="write the markdown table here")
     args = p.parse_args(argv)
     rows = [_row(Path(r)) for r in args.runs]
-    refresh = None
-    if args.measure_refresh:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            refresh = measure_refresh(args.measure_refresh, Path(tmp))
     bare = measure_bare_encode() if args.measure_encode else args.baseline_encode_seconds
-    table = format_table(rows, bare, refresh)
+    table = format_table(rows, bare)
     print(table)
     if args.out:
         with atomic_write(args.out) as f:
-            f.write(table + "\n\n" + json.dumps({"rows": rows, "bare_encode_s": bare, "refresh": refresh},
-                                                 indent=1) + "\n")
+            f.write(table + "\n\n" + json.dumps({"rows": rows, "bare_encode_s": bare}, indent=1) + "\n")
     return 0
 
 

@@ -15,25 +15,19 @@ from jdr.config import to_dict
 from jdr.data.beir import BeirData, Corpus
 from jdr.evaluate import evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
+from jdr.train.step import unreplicate
 
 log = logging.getLogger(__name__)
 
 
-def _first_replica(x) -> np.ndarray:
-    """Device 0's copy of a pmapped array, copied to the host. A plain transfer of one shard: `x[0]` would compile
-    and run a gather over all local devices, a computation that hung multi-process CPU runs under load. Copied,
-    since on CPU the host view could alias a buffer the next (donating) step overwrites."""
-    return np.array(np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)[0], copy=True)
-
-
 def host_params(state) -> Any:
     """Params of device 0 of a replicated TrainState, as host numpy arrays (safe against later donation)."""
-    return jax.tree_util.tree_map(_first_replica, state.params)
+    return unreplicate(state.params)
 
 
 def host_state(state) -> Any:
     """The whole replicated TrainState of device 0 on the host (for checkpoints)."""
-    return jax.tree_util.tree_map(_first_replica, state)
+    return unreplicate(state)
 
 
 def dev_split(data: BeirData, dev_qids: list[str], corpus_sample: int, seed: int) -> BeirData | None:

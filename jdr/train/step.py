@@ -101,8 +101,15 @@ def replicate(tree, devices=None, axis_name: str = "batch"):
 
 
 def unreplicate(tree):
-    """Device 0's copy of a replicated pytree (all copies are equal: updates use pmean'd gradients)."""
-    return jax_utils.unreplicate(tree)
+    """Device 0's copy of a replicated pytree, as host numpy arrays (all copies are equal: updates use pmean'd
+    gradients). Each leaf is a plain transfer of one shard: `x[0]` would compile and run a gather over all local
+    devices, a computation that hung multi-process CPU runs under load. Copied, since on CPU a host view could
+    alias a buffer the next (donating) step overwrites."""
+
+    def first(x):
+        return np.array(np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)[0], copy=True)
+
+    return jax.tree_util.tree_map(first, tree)
 
 
 def check_finite(step: int, loss) -> None:
