@@ -30,7 +30,8 @@ def _check_group(q, p, group_size: int) -> None:
         )
 
 
-def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None = None):
+def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None = None,
+             false_negatives=None, extra_negatives=None):
     """InfoNCE / MultipleNegativesRanking: each query's softmax cross-entropy over every passage in the batch.
 
     Each query scores its positive against all other passages: the hard negatives of every group plus all other
@@ -40,6 +41,14 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
     With `axis_name` (inside pmap / shard_map) the passages of every device are gathered with
     `lax.all_gather(p, axis_name, tiled=True)` into `[D*B*G, H]` so the negatives are the global batch, and the
     label of local query i becomes `axis_index * B*G + i*G`.
+
+    `false_negatives`: optional bool `[B, C]` over the columns the query scores (C = D*B*G gathered passages
+    with `axis_name`, else B*G): True drops that passage from the query's softmax — a passage the labels call
+    relevant to the query (another of its positives, or a hard negative drawn for another query that is one of
+    its positives). A query's own positive is never dropped (a True there is ignored). Built by the batch
+    builder from the labels, so it follows the all-gather's column order.
+    `extra_negatives`: optional `[K, H]` embeddings appended as negatives of every query (e.g. a MoCo queue);
+    they get no gradient (`stop_gradient`) and are not gathered (every device passes the same K rows).
 
     Gradients. The transpose of `all_gather` is `psum_scatter`: in the backward pass every device's cotangent for
     the gathered matrix `[D*B*G,H]` is summed across devices and each device keeps the slice for its own passages.
@@ -51,7 +60,8 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
     (tests/test_train_step.py checks this to 1e-5 against one device holding the whole batch).
 
     Returns `(loss, aux)`; aux: `accuracy` (argmax == positive), `pos_score`, `neg_score` (mean raw dot products
-    of positives and of all other passages), each a local mean (the step pmeans them).
+    of positives and of all other unmasked passages), each a local mean (the step pmeans them), and
+    `false_negatives` (masked (query, passage) pairs in the whole global batch: psummed over `axis_name`).
     """
     _check_group(q, p, group_size)
     q, p = _f32(q, p)
@@ -64,29 +74,46 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
         offset = 0
     scores = q @ p.T  # [B, D*B*G]
     labels = offset + jnp.arange(b) * group_size
-    loss = optax.losses.softmax_cross_entropy_with_integer_labels(scores / temperature, labels).mean()
     is_pos = jnp.arange(scores.shape[1])[None, :] == labels[:, None]
+    dropped = jnp.zeros(scores.shape, bool)
+    if false_negatives is not None:
+        if tuple(false_negatives.shape) != tuple(scores.shape):
+            raise ValueError(f"false_negatives mask {tuple(false_negatives.shape)} != scores {tuple(scores.shape)}")
+        dropped = jnp.asarray(false_negatives, bool) & ~is_pos
+    if extra_negatives is not None:
+        extra = lax.stop_gradient(jnp.asarray(extra_negatives, jnp.float32))
+        if extra.ndim != 2 or extra.shape[1] != q.shape[1]:
+            raise ValueError(f"extra_negatives must be [K, {q.shape[1]}], got {tuple(extra.shape)}")
+        scores = jnp.concatenate([scores, q @ extra.T], axis=1)
+        pad = jnp.zeros((b, extra.shape[0]), bool)
+        is_pos, dropped = jnp.concatenate([is_pos, pad], 1), jnp.concatenate([dropped, pad], 1)
+    logits = jnp.where(dropped, -jnp.inf, scores / temperature)
+    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     pos = jnp.sum(jnp.where(is_pos, scores, 0.0), axis=1)
-    neg = jnp.sum(jnp.where(is_pos, 0.0, scores), axis=1) / (scores.shape[1] - 1)
+    negs = ~is_pos & ~dropped
+    neg = jnp.sum(jnp.where(negs, scores, 0.0), axis=1) / jnp.maximum(jnp.sum(negs, axis=1), 1)
+    n_dropped = jnp.sum(dropped).astype(jnp.float32)
     aux = {
-        "accuracy": jnp.mean(jnp.argmax(scores, axis=1) == labels),
+        "accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
         "pos_score": pos.mean(),
         "neg_score": neg.mean(),
+        "false_negatives": n_dropped if axis_name is None else lax.psum(n_dropped, axis_name),
     }
     return loss, aux
 
 
-def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | None = None):
+def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | None = None, false_negatives=None):
     """Triplet hinge loss `mean(relu(margin - s(q,p+) + s(q,p-)))` over each query's own hard negatives.
 
     Scores are dot products. `q[B,H]`, `p[B*G,H]` with `G = group_size >= 2` (positive first in each group).
-    Only a query's own group enters the loss, so no cross-device communication is needed: `axis_name` is
-    accepted so the train step calls every contrastive loss the same way. The mean over the B*(G-1) triplets
+    Only a query's own group enters the loss, so no cross-device communication is needed: `axis_name` and
+    `false_negatives` (in-batch columns, which this loss never scores) are accepted so the train step calls
+    every contrastive loss the same way. The mean over the B*(G-1) triplets
     is local; the step's pmean of grads then gives the gradient of the global mean.
     Returns `(loss, aux)` with `accuracy` (positive beats every hard negative), `pos_score`, `neg_score`,
     `active` (fraction of triplets inside the margin).
     """
-    del axis_name
+    del axis_name, false_negatives
     _check_group(q, p, group_size)
     if group_size < 2:
         raise ValueError("triplet_margin needs hard negatives: group_size must be >= 2")

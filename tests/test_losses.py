@@ -67,6 +67,61 @@ def test_info_nce_all_gather_over_named_axis_matches_global_batch():
     assert abs(float(local.mean()) - float(whole)) > 1e-3
 
 
+def test_info_nce_false_negative_mask_by_hand():
+    """Two queries, one hard negative each (G = 2): columns [p0+, n0, p1+, n1]. Query 0's hard-negative column n1
+    (drawn for query 1) is labelled relevant to query 0: masking removes exactly that term from its softmax."""
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    p = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [2.0, 0.0]], np.float32)
+    t = 0.5
+    mask = np.zeros((2, 4), bool)
+    mask[0, 3] = True
+    mask[1, 2] = True  # its own positive: ignored, never dropped
+    loss, aux = losses.info_nce(q, p, temperature=t, group_size=2, false_negatives=mask)
+    s = q.astype(np.float64) @ p.T.astype(np.float64) / t
+    by_hand_0 = -(s[0, 0] - np.log(np.exp(s[0, [0, 1, 2]]).sum()))  # column 3 left out
+    by_hand_1 = -(s[1, 2] - np.log(np.exp(s[1]).sum()))
+    np.testing.assert_allclose(loss, (by_hand_0 + by_hand_1) / 2, rtol=1e-6)
+    assert float(aux["false_negatives"]) == 1.0
+    unmasked, aux0 = losses.info_nce(q, p, temperature=t, group_size=2)
+    assert float(aux0["false_negatives"]) == 0.0
+    assert float(unmasked) > float(loss) + 0.5  # n1 scores 2.0 with query 0: the unmasked loss punishes a positive
+    grads = jax.grad(lambda p_: losses.info_nce(q, p_, temperature=t, group_size=2, false_negatives=mask)[0])(p)
+    assert np.isfinite(np.asarray(grads)).all()
+    # n1 gets gradient only from query 1 (q1 = e2): nothing along q0 = e1 flows through the masked pair
+    assert float(np.asarray(grads)[3, 0]) == 0.0 and float(np.asarray(grads)[3, 1]) > 0.0
+    with pytest.raises(ValueError, match="false_negatives mask"):
+        losses.info_nce(q, p, temperature=t, group_size=2, false_negatives=mask[:, :3])
+
+
+def test_info_nce_false_negative_mask_follows_all_gather():
+    """Under a named axis the mask spans the gathered columns; per-shard losses average to the masked global loss."""
+    r = _rng(5)
+    d, b, g, h = 2, 2, 2, 4
+    q = r.normal(size=(d * b, h)).astype(np.float32)
+    p = r.normal(size=(d * b * g, h)).astype(np.float32)
+    mask = r.random((d * b, d * b * g)) < 0.3
+    per_shard, aux = jax.vmap(
+        lambda qs, ps, ms: losses.info_nce(qs, ps, temperature=0.3, group_size=g, axis_name="i",
+                                           false_negatives=ms), axis_name="i"
+    )(q.reshape(d, b, h), p.reshape(d, b * g, h), mask.reshape(d, b, d * b * g))
+    whole, aux_whole = losses.info_nce(q, p, temperature=0.3, group_size=g, false_negatives=mask)
+    np.testing.assert_allclose(per_shard.mean(), whole, rtol=1e-5)
+    np.testing.assert_allclose(aux["false_negatives"], float(aux_whole["false_negatives"]))  # psummed: global count
+
+
+def test_info_nce_extra_negatives_are_appended_without_gradient():
+    r = _rng(6)
+    q, p = r.normal(size=(3, 4)).astype(np.float32), r.normal(size=(6, 4)).astype(np.float32)
+    queue = r.normal(size=(5, 4)).astype(np.float32)
+    loss, _ = losses.info_nce(q, p, temperature=0.2, group_size=2, extra_negatives=queue)
+    s = np.concatenate([q @ p.T, q @ queue.T], 1).astype(np.float64) / 0.2
+    labels = np.arange(3) * 2
+    ref = -(_np_log_softmax(s)[np.arange(3), labels]).mean()
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    g = jax.grad(lambda k: losses.info_nce(q, p, temperature=0.2, group_size=2, extra_negatives=k)[0])(queue)
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
+
+
 def test_triplet_matches_numpy():
     r = _rng(3)
     b, g, h = 3, 4, 5

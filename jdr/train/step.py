@@ -38,7 +38,8 @@ def make_train_step(
     dtype; the losses upcast to float32). `loss_name` is a key of `jdr.losses.CONTRASTIVE` ("info_nce",
     "triplet"), `loss_kwargs` its keyword arguments other than `group_size` / `axis_name` (e.g. temperature).
     `batch` holds this device's int32 `query_ids[B,Lq]`, `query_mask[B,Lq]`, `passage_ids[B*G,Lp]`,
-    `passage_mask[B*G,Lp]`; the group size G is read from the shapes. With `cross_device_negatives` the loss
+    `passage_mask[B*G,Lp]`, and optionally `false_negatives[B, columns]` (bool, see `jdr.losses.info_nce`);
+    the group size G is read from the shapes. With `cross_device_negatives` the loss
     all-gathers passages over `axis_name` (global in-batch negatives); gradients and metrics are `lax.pmean`ed
     over `axis_name` either way, so the update is the gradient of the mean loss over the global batch.
     `rng` is the same base key on every device and every step: the step folds in `state.step` and the device's
@@ -59,6 +60,8 @@ def make_train_step(
         if n_passages % b:
             raise ValueError(f"passage_ids has {n_passages} rows, not a multiple of the {b} queries")
         group_size = n_passages // b
+        # Optional bool [B, columns]: (query, passage) pairs the labels call relevant, kept out of the softmax.
+        masks = {"false_negatives": batch["false_negatives"]} if "false_negatives" in batch else {}
 
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(axis_name))
         q_rng, p_rng = jax.random.split(rng)
@@ -67,7 +70,7 @@ def make_train_step(
         def compute_loss(params):
             q = encode_fn(params, batch["query_ids"], batch["query_mask"], "query", deterministic, q_rng)
             p = encode_fn(params, batch["passage_ids"], batch["passage_mask"], "passage", deterministic, p_rng)
-            return loss_fn(q, p, group_size=group_size, axis_name=loss_axis, **loss_kwargs)
+            return loss_fn(q, p, group_size=group_size, axis_name=loss_axis, **masks, **loss_kwargs)
 
         (loss, aux), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         # See jdr.losses.info_nce: the all_gather transpose already routed every query's gradient to the
