@@ -69,7 +69,7 @@ def paired_test(x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: 
     perm = stats.permutation_test((x, y), _mean_difference, permutation_type="samples", vectorized=True,
                                   n_resamples=resamples, batch=1000, alternative="two-sided",
                                   rng=np.random.default_rng(seed))
-    if np.all(d == d[0]):  # no spread: the t statistic is infinite
+    if np.ptp(d) <= 1e-12 * max(1.0, abs(diff)):  # no spread (up to rounding): the t statistic is infinite
         return {"diff": diff, "diff_ci": (diff, diff), "p_permutation": float(perm.pvalue), "p_t": 0.0}
     t = stats.ttest_rel(x, y)
     ci = t.confidence_interval(confidence)
@@ -222,17 +222,19 @@ def load_run(source: str | Path, *, query_ids=None, doc_ids=None) -> Run:
 def judgments(qrels_path: str | None = None, data: str | None = None, split: str = "test"):
     """Where `jdr compare` gets its judgments -> `(qrels, query_ids, doc_ids, ignore_identical_ids)`.
 
-    `data` (a BEIR dir or name): the qrels of `split`, its queries and corpus ids (runs are checked against them)
+    `data` (a BEIR dir or name): the qrels of `split`, the dataset's query and corpus ids (runs are checked against
+    them; queries of other splits are ignored)
     and BEIR's rule that a doc with the query's own id is ignored — as `jdr evaluate` scores. `qrels_path`: a BEIR
     TSV (`query-id corpus-id score`) or TREC qrels file (`qid 0 docid rel`), no id checks, trec_eval's rules."""
-    from jdr.data.beir import load_beir, load_qrels, resolve_dataset
+    from jdr.data.beir import load_beir, load_qrels, load_queries, resolve_dataset
     from jdr.data.msmarco import load_qrels_trec
 
     if (qrels_path is None) == (data is None):
         raise ValueError("compare: give exactly one of --qrels and --data")
     if data is not None:
-        beir = load_beir(resolve_dataset(data), split)
-        return beir.qrels, beir.queries, beir.corpus.index, True
+        data_dir = resolve_dataset(data)
+        beir = load_beir(data_dir, split)  # its queries are the split's; a run may hold every query of the dataset
+        return beir.qrels, load_queries(data_dir / "queries.jsonl"), beir.corpus.index, True
     path = Path(qrels_path)
     if not path.is_file():
         raise DataError(path, "no such file")
