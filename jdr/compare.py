@@ -254,17 +254,21 @@ def _test_sentence(c: Comparison) -> str:
             f"{c.n_queries} judged queries, a query missing from a run scores 0")
 
 
-def format_markdown(c: Comparison, digits: int = 4) -> str:
+def format_markdown(c: Comparison, digits: int = 4, *, labels: Mapping[str, str] | None = None,
+                    extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """A markdown table, one row per run, cells `mean` + `MARK` where the difference from the baseline is
-    significant after correction; a footnote names the test."""
-    lines = ["| run | " + " | ".join(LABELS.get(m, m) for m in c.metrics) + " |",
-             "|---|" + "---|" * len(c.metrics)]
+    significant after correction; a footnote names the test. `labels`: display names by run name; `extra`:
+    more columns, `{header: {run name: cell}}` (a missing cell is empty)."""
+    labels, extra = labels or {}, extra or {}
+    lines = ["| run | " + " | ".join([LABELS.get(m, m) for m in c.metrics] + list(extra)) + " |",
+             "|---|" + "---|" * (len(c.metrics) + len(extra))]
     for r in c.runs:
-        label = f"{r.name} (baseline)" if r.name == c.baseline else r.name
+        label = labels.get(r.name, r.name) + (" (baseline)" if r.name == c.baseline else "")
         cells = [f"{r.metrics[m]['mean']:.{digits}f}" + (MARK if r.metrics[m].get("significant") else "")
-                 for m in c.metrics]
+                 for m in c.metrics] + [column.get(r.name, "") for column in extra.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append(f"\n{MARK} significantly different from {c.baseline}: {_test_sentence(c)}.")
+    base = labels.get(c.baseline, c.baseline)
+    lines.append(f"\n{MARK} significantly different from {base}: {_test_sentence(c)}.")
     return "\n".join(lines)
 
 
