@@ -137,7 +137,8 @@ class Plan:
                 lines.append(f"      then jdr {shlex.join(self.test_cmd(str(wd), wd, 'BEST_DEV_STEP'))}")
         if self.args.released_model != "none":
             total += self.args.encode_seconds * self.args.eval_max_length / 256 + 30
-            lines.append(f"  [released] jdr {shlex.join(self.test_cmd(self.args.released_model, self.root / 'released'))}")
+            released = self.test_cmd(self.args.released_model, self.root / "released")
+            lines.append(f"  [released] jdr {shlex.join(released)}")
         lines.append(f"  [sparse] jdr {shlex.join(self.sparse_cmd())}")
         lines.append(f"estimated total ~{total / 60:.0f} min (step {self.args.step_seconds:g} s at 32 x 2 x 256 "
                      f"passage tokens, corpus encode {self.args.encode_seconds:g} s at 256 tokens)")
