@@ -164,6 +164,7 @@ def test_cli_errors_name_file_and_line(runs, toy_beir, capsys):
                                                               "--metrics", "ndcg@5"])
 
 
+@pytest.mark.slow  # one tiny `jdr train` (compile-bound: ~45 s alone, ~110 s on a loaded 2-core machine)
 def test_train_workdir_writes_its_test_run(tiny_model, toy_beir, tmp_path, capsys):
     """The end-of-run test evaluation leaves test_run.trec in the workdir; `jdr compare` scores it exactly as the
     run's own final metrics."""
