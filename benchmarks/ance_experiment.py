@@ -64,11 +64,10 @@ def rows_of(config_dir: Path, only: str | None) -> list[str]:
 
 def steps_per_epoch(cfg) -> tuple[int, int]:
     """(steps per epoch, corpus size) of `cfg`'s training data after its dev hold-out."""
-    from jdr.data.beir import load_beir, resolve_dataset
     from jdr.data.groups import GroupIterator
-    from jdr.train.trainer import split_dev
+    from jdr.train.data import load_labeled, split_dev
 
-    data = load_beir(resolve_dataset(cfg.data.dataset), cfg.data.train_split)
+    data = load_labeled(cfg.data.source, cfg)
     train_qids, _ = split_dev(data.qrels, cfg.data.dev_queries, cfg.seed)
     it = GroupIterator(train_qids, {q: data.qrels[q] for q in train_qids}, None,
                        global_batch_size=cfg.train.global_batch_size, num_negatives=0, seed=cfg.seed)

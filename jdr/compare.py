@@ -204,19 +204,9 @@ def run_name(source: str | Path) -> str:
 
 
 def load_run(source: str | Path, *, query_ids=None, doc_ids=None) -> Run:
-    """Read the run of `source` (`run_path`), checking its ids against `query_ids` / `doc_ids` when given; every
-    bad line is a one-line `DataError` naming file:line (a non-UTF-8 byte included)."""
-    path = run_path(source)
-    try:
-        return read_trec_run(path, query_ids=query_ids, doc_ids=doc_ids)
-    except UnicodeDecodeError:
-        for line_no, raw in enumerate(path.read_bytes().splitlines(), 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(path, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})",
-                                line_no) from None
-        raise
+    """Read the run of `source` (`run_path`), checking its ids against `query_ids` / `doc_ids` when given; a bad
+    line (a non-UTF-8 byte included) is a one-line `DataError` naming file:line."""
+    return read_trec_run(run_path(source), query_ids=query_ids, doc_ids=doc_ids)
 
 
 def judgments(qrels_path: str | None = None, data: str | None = None, split: str = "test"):

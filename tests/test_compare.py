@@ -147,7 +147,7 @@ def test_cli_errors_name_file_and_line(runs, toy_beir, capsys):
     assert _error(capsys, ["compare", *qrels, ok, str(bad)]) == f"jdr: error: {bad}:2: expected 6 columns " \
                                                               "(qid Q0 docid rank score tag), got 4"
     bad.write_bytes(b"q0 Q0 rel0 1 2.0 t\nq0 Q0 \xff 2 1.0 t\n")
-    assert _error(capsys, ["compare", *qrels, ok, str(bad)]).startswith(f"jdr: error: {bad}:2: not UTF-8 text")
+    assert _error(capsys, ["compare", *qrels, ok, str(bad)]).startswith(f"jdr: error: {bad}:2: not UTF-8")
     # a query of another split (q0 is a train query) is known and ignored; an unknown one is an error
     bad.write_text("q0 Q0 d0_0 1 2.0 t\nzzz Q0 d0_0 1 2.0 t\n")
     data = ["--data", str(toy_beir), "--split", "test"]
