@@ -240,7 +240,8 @@ def build_results(plan: Plan, records: dict[str, list[dict]]) -> dict:
         for s, run in zip(plan.seeds, fused):
             write_trec_run(plan.root / f"fused_{method}" / f"seed{s}" / TEST_RUN, run, method, digits=10)
         runs[f"fused_{method}"] = fused
-    labels = {**LABELS, "fused_rrf": f"BM25 + {best} (RRF, k 60)", "fused_linear": f"BM25 + {best} (min-max, 1:1)"}
+    labels = {**LABELS, "fused_rrf": f"sparse BM25 + {best} row (RRF, k 60)",
+              "fused_linear": f"sparse BM25 + {best} row (min-max, 1:1)"}
     scores = {name: values(r) for name, r in {**refs, **runs}.items()}
     kw = dict(metrics=METRICS, resamples=plan.args.resamples, seed=0)
     baseline = plan.args.baseline if plan.args.baseline in scores else best

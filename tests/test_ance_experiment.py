@@ -91,7 +91,7 @@ def test_runner_chooses_on_dev_resumes_fuses_and_marks(tmp_path, monkeypatch, ca
     md = (tmp_path / "res.md").read_text()
     assert "| ANCE (BM25 warm start, ANN every epoch) | 1.0000† | 1.0000† | 1.0000 | 1.0000 | 1.5000 | 6 |" in md
     assert "| BM25 negatives (baseline) | 0.6309 | 0.5000 |" in md
-    assert "| BM25 + ance (RRF, k 60) |" in md and "Fused: BM25 + the best dense row by dev NDCG@10 (ance)" in md
+    assert "| sparse BM25 + ance row (RRF, k 60) |" in md and "Fused: BM25 + the best dense row by dev NDCG@10 (ance)" in md
     assert (tmp_path / "runs" / "fused_rrf" / "seed0" / TEST_RUN).is_file()
     record = json.loads((tmp_path / "res.json").read_text())
     assert record["best_dense"] == "ance" and record["comparison"]["baseline"] == "bm25"
