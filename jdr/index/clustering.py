@@ -58,12 +58,13 @@ def _kmeans_split(x: np.ndarray, k: int, metric: str, niter: int, seed: int) -> 
 
 
 def balanced_kmeans(x, list_size: int, *, metric: str = "ip", branching: int = 32, niter: int = 20,
-                    seed: int = 0, chunk: int = 262_144, member_heads: bool = False) -> np.ndarray:
-    """Head vectors [K, d] float32 from `x[N, d]` such that each head's cluster holds at most `list_size` rows.
+                    seed: int = 0, chunk: int = 262_144, member_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`(heads[K, d] float32, labels[N] int64)` for `x[N, d]`: every head's cluster holds at most `list_size` rows.
 
     Top-down: the root and every cluster larger than `list_size` is split by faiss k-means into
     `min(branching, ceil(size / list_size))` parts; a split k-means cannot make (all rows in one part, e.g.
-    duplicates) falls back to an even split in row order. Heads are the leaf means, L2-normalised for "ip".
+    duplicates) falls back to an even split in row order. Heads are the leaf means, L2-normalised for "ip", or
+    with `member_heads` the leaf's row nearest its mean (SPTAG picks data vectors as heads).
     `x` may be a read-only memmap; rows are read in `chunk`-row blocks only at the root."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -71,6 +72,7 @@ def balanced_kmeans(x, list_size: int, *, metric: str = "ip", branching: int = 3
         raise ValueError(f"list_size must be >= 1, got {list_size}")
     n, d = x.shape
     heads: list[np.ndarray] = []
+    labels = np.empty(n, np.int64)
     stack: list[np.ndarray | None] = [None]  # None = all rows (the root is never copied)
     splits = 0
     while stack:
@@ -80,23 +82,24 @@ def balanced_kmeans(x, list_size: int, *, metric: str = "ip", branching: int = 3
             members = np.asarray(x[rows], dtype=np.float32)
             mean = members.mean(0)
             heads.append(members[np.argmin(((members - mean) ** 2).sum(1))] if member_heads else mean)
+            labels[slice(None) if rows is None else rows] = len(heads) - 1
             continue
         k = min(branching, math.ceil(size / list_size))
         if rows is None:
-            labels = _root_labels(x, k, metric, niter, seed, chunk)
+            part = _root_labels(x, k, metric, niter, seed, chunk)
             rows = np.arange(n)
         else:
             with faiss_single_thread():
-                labels = _kmeans_split(np.ascontiguousarray(x[rows], dtype=np.float32), k, metric, niter,
-                                       seed + splits + 1)
+                part = _kmeans_split(np.ascontiguousarray(x[rows], dtype=np.float32), k, metric, niter,
+                                     seed + splits + 1)
         splits += 1
-        order = np.argsort(labels, kind="stable")
-        parts = np.split(rows[order], np.flatnonzero(np.diff(labels[order])) + 1)
+        order = np.argsort(part, kind="stable")
+        parts = np.split(rows[order], np.flatnonzero(np.diff(part[order])) + 1)
         if len(parts) == 1:
             parts = np.array_split(rows, k)
         stack.extend(parts)
     heads_arr = np.stack(heads).astype(np.float32)
-    return _normalize(heads_arr) if metric == "ip" else heads_arr
+    return (_normalize(heads_arr) if metric == "ip" else heads_arr), labels
 
 
 def _root_labels(x, k: int, metric: str, niter: int, seed: int, chunk: int) -> np.ndarray:

@@ -158,7 +158,7 @@ def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: in
                              " normalise them or use metric 'l2'")
     t0 = time.perf_counter()
     if heads is None:
-        heads = balanced_kmeans(x, list_size, metric=metric, branching=branching, niter=niter, seed=seed,
+        heads, _ = balanced_kmeans(x, list_size, metric=metric, branching=branching, niter=niter, seed=seed,
                                 member_heads=member_heads)
     t_heads = time.perf_counter() - t0
     cand_dist, cand_ids = head_cands if head_cands is not None else head_candidates(x, heads, candidates, metric)
