@@ -82,6 +82,8 @@ def _index_args(p):
     g.add_argument("--list-size", type=int, default=1000, help="max vectors per head's cluster (balanced k-means)")
     g.add_argument("--eps1", type=float, default=0.1, help="closure: also list x under c_j if d(x,c_j) <= (1+eps1) d_min")
     g.add_argument("--max-replicas", type=int, default=8, help="max posting lists per vector")
+    g.add_argument("--member-heads", action="store_true",
+                   help="heads = the data vector nearest each centroid (SPTAG), not the centroid itself")
 
 
 def _index(args) -> int:
@@ -93,7 +95,7 @@ def _index(args) -> int:
     emb, ids = load_embeddings(args.embeddings)
     if args.spann:
         index = build_spann(emb, args.output, list_size=args.list_size, eps1=args.eps1,
-                            max_replicas=args.max_replicas, seed=args.seed)
+                            max_replicas=args.max_replicas, member_heads=args.member_heads, seed=args.seed)
         kind = f"SPANN ({index.meta['heads']} heads, duplication {index.meta['stats']['duplication']:.2f})"
     else:
         index = build_index(emb, args.factory, train_sample=args.train_sample, seed=args.seed)
