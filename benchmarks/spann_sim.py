@@ -48,7 +48,7 @@ SETTINGS = {
                  {"eps1": 0.1, "max_replicas": 4, "rng": False}),
                 ("member heads, no duplication", "member", {"max_replicas": 1}),
                 ("member heads, closure+RNG eps1=0.1", "member", {"eps1": 0.1, "max_replicas": 8}),
-                ("member heads, closure+RNG eps1=0.5", "member", {"eps1": 0.5, "max_replicas": 8})],
+                ("member heads, closure+RNG eps1=0.5 R=4", "member", {"eps1": 0.5, "max_replicas": 4})],
     # every vector is a boundary vector: any eps1 admits all candidates, so max_replicas sets the duplication
     "sphere": [("centroid heads, no duplication", "centroid", {"max_replicas": 1}),
                ("centroid heads, closure eps1=0.1 R=2 (no RNG)", "centroid",
@@ -143,6 +143,7 @@ def _table(rows: list[tuple], cols: list, at) -> list[str]:
     """Markdown rows: label, duplication, RAM/disk MB, build s, `at(curve, c)` per column, scanned for 0.9."""
     out = []
     for label, dup, mem, bs, curve in rows:
+        curve = [p for p in curve if p.get("eps2") is None]
         need = scanned_for_recall(curve, 0.9)
         ms = min((p["ms_per_query"] for p in curve if need and p["scanned"] >= need and p["recall"] >= 0.9),
                  default=None)
@@ -176,12 +177,27 @@ def markdown(res: dict) -> str:
                   "Recall@10 at equal vectors scanned per query (interpolated, log scale):", "",
                   head + " | ".join(f"@ {v:,}" for v in b) + " | scanned for R@10=0.9 | ms/q there |",
                   "|---|---|---|---|---|" + "---|" * len(b) + "---|---|"]
-        lines += _table(rows, b, lambda c, v: recall_at_scanned([p for p in c if p.get("eps2") is None], v))
+        lines += _table(rows, b, recall_at_scanned)
         lists = [1, 2, 4, 8, 16, 32, 64]
         lines += ["", "Recall@10 at equal lists read per query (SPANN's cost unit: one disk read per list):", "",
                   head + " | ".join(f"{v} lists" for v in lists) + " | scanned for R@10=0.9 | ms/q there |",
                   "|---|---|---|---|---|" + "---|" * len(lists) + "---|---|"]
         lines += _table(rows, lists, _at_lists)
+        lines += ["", "What duplication buys and costs, against no duplication with the same heads (ΔR@10 > 0: "
+                  "duplication wins):", "",
+                  "| index | duplication | extra disk MB | " + " | ".join(f"ΔR@10 @ {v:,} scanned" for v in b[1:4]) +
+                  " | ΔR@10 @ 2 lists | ΔR@10 @ 8 lists |", "|---|---|---|" + "---|" * 5]
+        for s in r["spann"]:
+            base = next(o for o in r["spann"] if o["head_vectors"] == s["head_vectors"] and o["duplication"] == 1.0
+                        and o["params"]["max_replicas"] == 1)
+            if s is base:
+                continue
+            cur, ref = ([p for p in c["curve"] if p.get("eps2") is None] for c in (s, base))
+            deltas = [(recall_at_scanned(cur, v), recall_at_scanned(ref, v)) for v in b[1:4]]
+            deltas += [(_at_lists(cur, v), _at_lists(ref, v)) for v in (2, 8)]
+            lines.append(f"| {s['label']} | {s['duplication']:.2f} | "
+                         f"{(s['memory']['disk'] - base['memory']['disk']) / 2**20:,.0f} | " +
+                         " | ".join("—" if u is None or v is None else f"{u - v:+.3f}" for u, v in deltas) + " |")
         pruned = [(s["label"], p) for s in r["spann"] for p in s["curve"] if p.get("eps2") is not None]
         if pruned:
             lines += ["", "Query-aware pruning (max_probe 64):", "", "| index | eps2 | lists | scanned | R@10 |",
@@ -213,7 +229,7 @@ def plot(res: dict, path: Path) -> None:
         ax.set_ylabel("recall@10")
         ax.set_title(f"{kind}: {res['args']['n']:,} x {res['args']['d']}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper left")
+        ax.legend(fontsize=6.5, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
