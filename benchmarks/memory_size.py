@@ -2,8 +2,10 @@
 how much boundary duplication does SPANN need to keep recall@10 >= 0.95 as the memory grows (0, 100 k, 1 M)?
 
 Inputs: the MiniLM SciFact embeddings from `jdr encode` (corpus, passage tower; queries, query tower):
-  jdr encode --model minilm --input ../shared/data/scifact/corpus.jsonl --output .cache/scifact_minilm/corpus --tower passage
-  jdr encode --model minilm --input ../shared/data/scifact/queries.jsonl --output .cache/scifact_minilm/queries --tower query
+  jdr encode --model minilm --input ../shared/data/scifact/corpus.jsonl --output .cache/scifact_minilm/corpus \
+      --tower passage
+  jdr encode --model minilm --input ../shared/data/scifact/queries.jsonl --output .cache/scifact_minilm/queries \
+      --tower query
 The augmentation memory is drawn around the corpus embeddings' distribution: a Gaussian mixture fitted to them
 (faiss spherical k-means components; each component a Gaussian with its members' mean and empirical covariance,
 sampled as mean + Z @ centred_members / sqrt(n_c - 1), so no d x d matrix is formed; weights = member fractions;

@@ -7,8 +7,8 @@ queries drawn the same way and their exact top-10 from faiss Flat:
   sphere   uniform on the sphere (the worst case: distances concentrate, every vector is a boundary vector).
 For each, one set of SPANN heads per head-vector kind (balanced hierarchical k-means: leaf means, or the data
 vector nearest each) and one candidate search are shared by the duplication settings (eps1 / max_replicas / RNG
-rule; duplication factor = posting entries / N); each setting is swept over max_probe (and eps2 at max_probe 64). The peer is faiss IVF-Flat with the same number of lists,
-swept over nprobe; both are searched on one thread. Reported: recall@10 against vectors scanned per query, bytes
+rule; duplication factor = posting entries / N); each setting is swept over max_probe (and eps2 at max_probe 64).
+The peer is faiss IVF-Flat with the same number of lists, swept over nprobe; both are searched on one thread. Reported: recall@10 against vectors scanned per query, bytes
 in RAM (heads) and on "disk" (posting lists), build time, ms per query; the answer to "how much recall does
 duplication buy at equal vectors scanned, and what does it cost in storage" is the table at fixed scan budgets.
 
@@ -118,7 +118,8 @@ def run_dataset(kind: str, args, tmp: Path, log) -> dict:
         eps2s = (0.05, 0.1, 0.2) if "RNG eps1=0.1" in label and kind_heads == "member" else ()
         curve = spann_curve(index, q, gt, eps2s=eps2s)
         st = index.meta["stats"]
-        out["spann"].append({"label": label, "head_vectors": kind_heads, "params": index.meta["params"], "duplication": st["duplication"],
+        out["spann"].append({"label": label, "head_vectors": kind_heads, "params": index.meta["params"],
+                             "duplication": st["duplication"],
                              "list_size_max": st["list_size_max"], "list_size_mean": st["list_size_mean"],
                              "memory": index.memory_bytes(), "build_seconds": build_s, "curve": curve})
         log(f"[{kind}] {label}: duplication {st['duplication']:.2f}, build {build_s:.1f}s, " +

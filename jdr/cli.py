@@ -80,7 +80,8 @@ def _index_args(p):
     g = p.add_argument_group("SPANN (instead of --factory; OUTPUT becomes a directory)")
     g.add_argument("--spann", action="store_true", help="build a SPANN index: heads in RAM, posting lists on disk")
     g.add_argument("--list-size", type=int, default=1000, help="max vectors per head's cluster (balanced k-means)")
-    g.add_argument("--eps1", type=float, default=0.1, help="closure: also list x under c_j if d(x,c_j) <= (1+eps1) d_min")
+    g.add_argument("--eps1", type=float, default=0.1,
+                   help="closure: also list x under c_j if d(x,c_j) <= (1+eps1) d(x,c_nearest)")
     g.add_argument("--max-replicas", type=int, default=8, help="max posting lists per vector")
     g.add_argument("--member-heads", action="store_true",
                    help="heads = the data vector nearest each centroid (SPTAG), not the centroid itself")

@@ -137,10 +137,14 @@ class SpannHits(NamedTuple):
 
 def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: int = 1000, eps1: float = 0.1,
                 max_replicas: int = 8, rng: bool = True, posting_limit: int | None = None, candidates: int = 64,
-                branching: int = 32, niter: int = 20, seed: int = 0, member_heads: bool = False, heads: np.ndarray | None = None,
+                branching: int = 32, niter: int = 20, seed: int = 0, member_heads: bool = False,
+                heads: np.ndarray | None = None,
                 head_cands: tuple[np.ndarray, np.ndarray] | None = None) -> "SpannIndex":
     """Build a SPANN index over `x[N, d]` (float32, may be a memmap) into directory `path` and open it.
 
+    Heads are the balanced k-means leaf means, or with `member_heads` the data vector nearest each mean (SPTAG's
+    choice; with mean heads the RNG rule rejects nearly every replica on clustered data, since a mean is nearer
+    its sibling means than any member is).
     `list_size` bounds each head's cluster (balanced k-means); `posting_limit` bounds each list after
     duplication (default `max_replicas * list_size`); `candidates` heads per vector are considered for
     replicas. `heads` and `head_cands` (from `balanced_kmeans` / `head_candidates`) may be passed to reuse
@@ -161,6 +165,8 @@ def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: in
         heads, _ = balanced_kmeans(x, list_size, metric=metric, branching=branching, niter=niter, seed=seed,
                                 member_heads=member_heads)
     t_heads = time.perf_counter() - t0
+    if heads.ndim != 2 or heads.shape[1] != x.shape[1]:
+        raise ValueError(f"heads have shape {heads.shape}, vectors have dimension {x.shape[1]}")
     cand_dist, cand_ids = head_cands if head_cands is not None else head_candidates(x, heads, candidates, metric)
     replicas, rep_dist = select_replicas(cand_dist, cand_ids, head_distances(heads, metric), eps1=eps1,
                                max_replicas=max_replicas, rng=rng)
@@ -173,7 +179,7 @@ def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: in
             "entries": int(len(rows)), "heads": int(len(heads)),
             "params": {"list_size": list_size, "eps1": eps1, "max_replicas": max_replicas, "rng": rng,
                        "posting_limit": limit, "candidates": int(cand_ids.shape[1]), "branching": branching,
-                       "niter": niter, "seed": seed},
+                       "niter": niter, "seed": seed, "member_heads": member_heads},
             "stats": {"duplication": len(rows) / len(x), "list_size_max": int(sizes.max()),
                       "list_size_mean": float(sizes.mean()), "list_size_p99": float(np.percentile(sizes, 99)),
                       "heads_seconds": t_heads}}
@@ -181,7 +187,8 @@ def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: in
         np.save(tmp / "heads.npy", heads)
         np.save(tmp / "offsets.npy", offsets)
         np.save(tmp / "posting_ids.npy", rows.astype(np.int64))
-        post = np.lib.format.open_memmap(tmp / "postings.npy", mode="w+", dtype=np.float32, shape=(len(rows), x.shape[1]))
+        post = np.lib.format.open_memmap(tmp / "postings.npy", mode="w+", dtype=np.float32,
+                                         shape=(len(rows), x.shape[1]))
         for s in range(0, len(rows), 65_536):
             post[s:s + 65_536] = x[rows[s:s + 65_536]]
         post.flush()
