@@ -41,8 +41,9 @@ def _model_args(p, required=True):
 
 
 def _ids_path(index_path) -> Path:
-    """The doc-ids file kept beside an index written by `jdr index`: row i of the index is line i."""
-    return Path(f"{index_path}.ids.txt")
+    from jdr.index.memories import ids_path
+
+    return ids_path(index_path)
 
 
 # -- encode ---------------------------------------------------------------------------------------------------
@@ -76,26 +77,43 @@ def _index_args(p):
     p.add_argument("--output", required=True, help="index file; doc ids go to OUTPUT.ids.txt")
     p.add_argument("--train-sample", type=int, default=None, help="rows to train on (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("SPANN (instead of --factory; OUTPUT becomes a directory)")
+    g.add_argument("--spann", action="store_true", help="build a SPANN index: heads in RAM, posting lists on disk")
+    g.add_argument("--list-size", type=int, default=1000, help="max vectors per head's cluster (balanced k-means)")
+    g.add_argument("--eps1", type=float, default=0.1,
+                   help="closure: also list x under c_j if d(x,c_j) <= (1+eps1) d(x,c_nearest)")
+    g.add_argument("--max-replicas", type=int, default=8, help="max posting lists per vector")
+    g.add_argument("--member-heads", action="store_true",
+                   help="heads = the data vector nearest each centroid (SPTAG), not the centroid itself")
 
 
 def _index(args) -> int:
     from jdr.index.faiss_index import build_index, save_index
+    from jdr.index.spann import build_spann
     from jdr.index.store import load_embeddings
     from jdr.io import atomic_write
 
     emb, ids = load_embeddings(args.embeddings)
-    index = build_index(emb, args.factory, train_sample=args.train_sample, seed=args.seed)
-    save_index(index, args.output)
+    if args.spann:
+        index = build_spann(emb, args.output, list_size=args.list_size, eps1=args.eps1,
+                            max_replicas=args.max_replicas, member_heads=args.member_heads, seed=args.seed)
+        kind = f"SPANN ({index.meta['heads']} heads, duplication {index.meta['stats']['duplication']:.2f})"
+    else:
+        index = build_index(emb, args.factory, train_sample=args.train_sample, seed=args.seed)
+        save_index(index, args.output)
+        kind = args.factory
     with atomic_write(_ids_path(args.output)) as f:
         f.writelines(f"{i}\n" for i in ids)
-    print(f"wrote {args.factory} index of {index.ntotal} vectors to {args.output}")
+    print(f"wrote {kind} index of {index.ntotal} vectors to {args.output}")
     return 0
 
 
 # -- search ---------------------------------------------------------------------------------------------------
 def _search_args(p):
     _model_args(p, required=False)
-    p.add_argument("--index", default=None, help="index file written by `jdr index` (with INDEX.ids.txt)")
+    p.add_argument("--index", default=None, action="append", metavar="[NAME=]INDEX",
+                   help="index written by `jdr index` (with INDEX.ids.txt); repeat to search several memories as "
+                        "one: doc ids become NAME:docid (NAME defaults to the file name up to its first dot)")
     p.add_argument("--queries", default=None, help="BEIR queries.jsonl (with --bm25 --data: default the split's)")
     p.add_argument("--bm25", action="store_true", help="BM25 (bm25s) over --corpus or --data instead of a model")
     p.add_argument("--corpus", default=None, help="with --bm25: BEIR corpus.jsonl")
@@ -108,14 +126,16 @@ def _search_args(p):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists to visit")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW search depth")
+    p.add_argument("--max-probe", type=int, default=None, help="SPANN: most posting lists to read (default 8)")
+    p.add_argument("--eps2", type=float, default=None,
+                   help="SPANN: read list j only if d(q,c_j) <= (1+eps2) d(q,c_nearest) (default: no pruning)")
     p.add_argument("--tag", default="jdr", help="run tag (last TREC column)")
 
 
 def _search(args) -> int:
     from jdr.data.beir import load_queries
-    from jdr.evaluate import search_run, write_trec_run
-    from jdr.index.faiss_index import load_index
-    from jdr.index.store import load_ids
+    from jdr.evaluate import write_trec_run
+    from jdr.index.memories import Memories
     from jdr.models.inference import encode_texts
 
     if args.bm25:
@@ -124,14 +144,18 @@ def _search(args) -> int:
         raise ValueError("search: give --model, --index and --queries (or --bm25 with --data / --corpus)")
     if args.data or args.corpus:
         raise ValueError("search: --data / --corpus are for --bm25; a dense search reads --index")
-    index = load_index(args.index)
-    doc_ids = load_ids(_ids_path(args.index))
+    memories = Memories.load(args.index)
     queries = load_queries(args.queries)
     params, spec, tok = _load_model(args)
     qids = list(queries)
     q_emb = encode_texts(params, spec, tok, [queries[q] for q in qids], tower="query", max_length=args.max_length,
                          batch_size=args.batch_size)
-    run = search_run(q_emb, qids, index, doc_ids, args.top_k, nprobe=args.nprobe, efSearch=args.ef_search)
+    hits = memories.search(q_emb, args.top_k, nprobe=args.nprobe, efSearch=args.ef_search,
+                           max_probe=args.max_probe, eps2=args.eps2)
+    # one memory keeps plain doc ids (runs score against its qrels); several name their memory
+    ids = (memories.qualified_ids(hits) if len(memories.memories) > 1 else
+           [[memories.memories[0].doc_ids[r] for r in rr if r >= 0] for rr in hits.rows])
+    run = {qid: dict(zip(doc, map(float, sc))) for qid, doc, sc in zip(qids, ids, hits.scores)}
     write_trec_run(args.output, run, args.tag)
     print(f"wrote run for {len(run)} queries to {args.output}")
     return 0
