@@ -76,6 +76,11 @@ def train_config() -> ml_collections.ConfigDict:
     # train steps on CPU, where threefry masks cost a third of the step; reproducible on the same backend only).
     c.train.rng_impl = "threefry2x32"
 
+    c.moco = ml_collections.ConfigDict()
+    c.moco.enabled = False  # MoCo (Contriever): passages encoded by a momentum copy of the encoder, past keys queued.
+    c.moco.momentum = 0.999  # EMA factor of the key tower (Contriever: 0.999).
+    c.moco.queue_size = 4096  # Past positive keys scored as extra negatives; a multiple of train.global_batch_size.
+
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 100  # Dev evaluation every N steps (0 = only at the end).
     c.eval.factory = "Flat"  # faiss index for evaluation.
