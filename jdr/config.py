@@ -36,16 +36,40 @@ def train_config() -> ml_collections.ConfigDict:
     c.model.passage_max_length = 256  # Passage tokens; 256 is all-MiniLM-L6-v2's sentence-transformers length.
 
     c.data = ml_collections.ConfigDict()
-    c.data.dataset = "scifact"  # BEIR dir or name ($JDR_DATA/<name>, ../shared/data/<name>, then download).
-    c.data.train_split = "train"  # qrels split the model trains on.
-    c.data.test_split = "test"  # qrels split reported once, at the end (never used for choices).
-    c.data.dev_queries = 100  # Train queries held out (seeded) as the dev split for periodic evaluation; 0 = none.
+    # Training source: "beir" (data.dataset's qrels), "jsonl" (Tevatron JSONL), "triplets" (query/positive/negative
+    # texts), "msmarco" (MS MARCO TSV files), "mixture" (several of these with weights). docs/DESIGN.md: data path.
+    c.data.source = "beir"
+    c.data.dataset = "scifact"  # BEIR dir or name: training data of source=beir; test evaluation for every source.
+    c.data.train_split = "train"  # qrels split the model trains on (source=beir).
+    c.data.test_split = "test"  # qrels split of data.dataset reported once, at the end (never used for choices).
+    c.data.dev_queries = 100  # Training queries held out (seeded) as the dev split for periodic evaluation; 0 = none.
+    c.data.mask_false_negatives = True  # Keep passages labelled relevant to a query out of its in-batch negatives.
+    c.data.pad_queries_to_max = True  # Pad queries to model.query_max_length: one train-step compile per run.
+    c.data.pad_passages_to_max = False  # Pad passages to model.passage_max_length (else the batch's length bucket).
+    c.data.jsonl = ml_collections.ConfigDict()
+    c.data.jsonl.path = ""  # Tevatron JSONL: {"query_id","query","positive_passages":[..],"negative_passages":[..]}.
+    c.data.triplets = ml_collections.ConfigDict()
+    c.data.triplets.path = ""  # .jsonl ({"query"|"anchor","positive","negative"}) or .tsv (query, positive, negative).
+    c.data.msmarco = ml_collections.ConfigDict()
+    c.data.msmarco.collection = ""  # collection.tsv (pid, passage).
+    c.data.msmarco.queries = ""  # queries.train.tsv (qid, query).
+    c.data.msmarco.qrels = ""  # qrels.train.tsv (TREC: qid 0 pid relevance).
+    c.data.msmarco.triples = ""  # Optional qidpidtriples.train.tsv (qid, positive pid, negative pid): `file` negatives.
+    c.data.mixture = ml_collections.ConfigDict()
+    # Members as "kind:path_or_name:weight;..." with kind beir | jsonl | triplets (e.g.
+    # "jsonl:a.jsonl:2;beir:scifact:1"); each member shares this config's model, negatives and batch settings.
+    c.data.mixture.members = ""
+    # Each global batch from one member, drawn by weight (FlagEmbedding's same_dataset_within_batch: in-batch
+    # negatives from another dataset are too easy); False: every batch splits its rows over members by weight.
+    c.data.mixture.same_source_batches = True
 
     c.negatives = ml_collections.ConfigDict()
-    c.negatives.source = "random"  # "none" (in-batch only) | "random" | "gold" | "bm25" | "ann" | "hybrid".
+    # "none" (in-batch only) | "random" | "gold" | "bm25" | "ann" | "file" (the training data's own) | "hybrid".
+    c.negatives.source = "random"
     c.negatives.num = 1  # Hard negatives per query (group size = 1 + num).
     c.negatives.depth = 200  # Negatives are sampled from each source's top-`depth` (ANCE: 200).
     c.negatives.hybrid = "bm25:1,ann:3"  # Per-source counts when source == "hybrid" (sum must equal `num`).
+    c.negatives.warm_start = "bm25"  # Where ANN's share comes from until the first refresh: bm25 | file | random.
     c.negatives.skip_top = 0  # Denoise: drop the top-r candidates of each ranked source (0 = keep all).
     # Denoise: drop candidates the dense teacher scores >= (weakest positive's score - this); None = off.
     c.negatives.denoise_threshold = ml_collections.config_dict.placeholder(float)

@@ -1,4 +1,4 @@
-"""GroupIterator (jdr.data.groups) and the batch builder (jdr.data.batching)."""
+"""GroupIterator (jdr.data.groups) and the batch builder (jdr.data.batching): layout, padding, host rows, masks."""
 
 import json
 from collections import Counter
@@ -6,8 +6,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jdr.data.batching import BatchBuilder, PretokenizedTexts
-from jdr.data.groups import Group, GroupBatch, GroupIterator
+from jdr.data.batching import BatchBuilder, PretokenizedTexts, relevance_mask
+from jdr.data.groups import Group, GroupIterator
+from jdr.data.source import Example
 from jdr.models.testing import build_wordpiece_tokenizer, tiny_vocab
 from jdr.models.tokenize import bucket_length, token_ids
 from jdr.negatives.table import NegativesTable
@@ -83,8 +84,8 @@ def test_unique_in_batch_avoids_repeated_query_and_positive():
     it = make_iter(batch=6, unique_in_batch=True)
     batches = take(it, 3 * it.steps_per_epoch())
     for b in batches:
-        assert len({g.query_id for g in b.global_groups}) == 6
-        assert len({g.positive_id for g in b.global_groups}) == 6
+        assert len({g.query_id for g in b.groups}) == 6
+        assert len({g.positive_id for g in b.groups}) == 6
     epoch0 = [b for b in batches if b.epoch == 0]
     assert max(Counter((g.query_id, g.positive_id) for b in epoch0 for g in b.groups).values()) == 1
     plain = make_iter(batch=6, unique_in_batch=False)
@@ -93,26 +94,16 @@ def test_unique_in_batch_avoids_repeated_query_and_positive():
     assert clashes  # the data does produce clashes, so the check above means something
 
 
-@pytest.mark.parametrize("procs", [2, 4])
-def test_host_shards_partition_the_global_batch(procs):
-    single = take(make_iter(seed=1, batch=8), 7)
-    hosts = [take(make_iter(seed=1, batch=8, process_index=p, process_count=procs), 7) for p in range(procs)]
-    for step, b in enumerate(single):
-        assert [g for h in hosts for g in h[step].groups] == b.groups
-        for h in hosts:
-            assert len(h[step].groups) == 8 // procs and h[step].global_groups == b.global_groups
-
-
 def test_state_restore_mid_epoch_continues_identically():
     ref = make_iter(seed=5)
     take(ref, 3)
     state = ref.state()
     state = json.loads(json.dumps(state))  # it goes into a JSON checkpoint item
     expected = take(ref, 10)  # crosses into epoch 1
-    resumed = make_iter(seed=5, process_index=1, process_count=2)  # restart on another host layout
+    resumed = make_iter(seed=5)
     resumed.restore(state)
     got = take(resumed, 10)
-    assert [b.global_groups for b in got] == [b.global_groups for b in expected]
+    assert [b.groups for b in got] == [b.groups for b in expected]
     with pytest.raises(ValueError, match="seed=5, this iterator has 6"):
         make_iter(seed=6).restore(state)
 
@@ -147,8 +138,6 @@ def test_set_table_changes_subsequent_draws_only():
 
 def test_bad_settings_are_one_line_errors():
     qrels = make_qrels()
-    with pytest.raises(ValueError, match="not divisible by the process count 3"):
-        make_iter(batch=4, process_count=3)
     with pytest.raises(ValueError, match="cannot fill one global batch"):
         make_iter(batch=64)
     with pytest.raises(ValueError, match="needs a negatives table"):
@@ -182,17 +171,35 @@ def test_pretokenized_matches_tokenizer(texts):
         passages.rows(["d1", "nope"], "doc")
 
 
+def examples(batch, queries, passages, qrels=None):
+    """A GroupBatch as the Examples a LabeledSource yields (keys = ids; relevant = the query's positives)."""
+    qrels = qrels or make_qrels()
+    out = []
+    for g in batch.groups:
+        docs = (g.positive_id, *g.negative_ids)
+        out.append(Example(queries.tokens_of(queries.index[g.query_id]),
+                           tuple(passages.tokens_of(passages.index[d]) for d in docs), g.query_id, docs,
+                           frozenset(d for d, r in qrels[g.query_id].items() if r > 0)))
+    return out
+
+
+def builder(devices=1, **kw):
+    return BatchBuilder(query_max_length=8, passage_max_length=24, pad_token_id=0, local_device_count=devices,
+                        **kw)
+
+
 @pytest.mark.parametrize("devices", [1, 2, 4])
 def test_batch_layout_padding_and_masks(texts, devices):
     tok, queries, passages, _, _ = texts
     it = make_iter(seed=0, batch=8, n=3)
     batch = next(it)
-    out = BatchBuilder(queries, passages, local_device_count=devices)(batch)
+    out = builder(devices, pad_queries_to_max=False)(examples(batch, queries, passages))
     per, g = 8 // devices, 4
-    lq = bucket_length(int(queries.lengths[queries.rows([x.query_id for x in batch.global_groups])].max()), 8)
+    lq = bucket_length(int(queries.lengths[queries.rows([x.query_id for x in batch.groups])].max()), 8)
     assert out["query_ids"].shape == out["query_mask"].shape == (devices, per, lq)
     assert out["passage_ids"].shape[:2] == (devices, per * g) and out["passage_ids"].shape[2] in (16, 24)
-    assert all(v.dtype == np.int32 for v in out.values())
+    assert all(v.dtype == np.int32 for k, v in out.items() if k != "false_negatives")
+    assert out["false_negatives"].shape == (devices, per, 8 * g) and out["false_negatives"].dtype == bool
     flat_p = out["passage_ids"].reshape(8 * g, -1)
     flat_m = out["passage_mask"].reshape(8 * g, -1)
     for i, grp in enumerate(batch.groups):
@@ -207,31 +214,75 @@ def test_batch_layout_padding_and_masks(texts, devices):
             assert out["passage_ids"][d, j * g + k, :len(ref)].tolist() == ref.tolist()  # row i*G is the positive
             assert flat_p[i * g + k, :len(ref)].tolist() == ref.tolist()
             assert flat_m[i * g + k].tolist() == [1] * len(ref) + [0] * (flat_m.shape[1] - len(ref))
+    fixed = builder(devices)(examples(batch, queries, passages))  # default: queries padded to the budget
+    assert fixed["query_ids"].shape == (devices, per, 8)
+
+
+@pytest.mark.parametrize("procs", [2, 4])
+def test_host_rows_partition_the_global_batch(texts, procs):
+    _, queries, passages = texts[:3]
+    exs = examples(next(make_iter(seed=1, batch=8)), queries, passages)
+    whole = builder(1)(exs)
+    hosts = [builder(1, process_index=p, process_count=procs)(exs) for p in range(procs)]
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in hosts], axis=1), whole[key])
 
 
 def test_hosts_pad_to_the_same_global_bucket(texts):
     _, queries, passages = texts[:3]
     short = [f"d{i}" for i in range(NUM_DOCS) if passages.lengths[i] <= 10]
     long_ = [f"d{i}" for i in range(NUM_DOCS) if passages.lengths[i] > 16]
-    groups = [Group("q0", short[0], ()), Group("q2", long_[0], ())]
-    host0 = GroupBatch(groups[:1], groups, 0, 0)
-    out = BatchBuilder(queries, passages, local_device_count=1)(host0)
+    exs = [Example(queries.tokens_of(0), (passages.tokens_of(passages.index[short[0]]),), "q0", (short[0],),
+                   frozenset()),
+           Example(queries.tokens_of(1), (passages.tokens_of(passages.index[long_[0]]),), "q2", (long_[0],),
+                   frozenset())]
+    out = builder(1, process_index=0, process_count=2)(exs)
     assert out["passage_ids"].shape == (1, 1, 24)  # from the other host's long passage
     assert out["passage_mask"][0, 0].sum() == passages.lengths[passages.index[short[0]]]
 
 
 def test_batch_not_divisible_by_devices_is_one_line(texts):
     _, queries, passages = texts[:3]
-    batch = next(make_iter(batch=6, n=1, process_index=0, process_count=2))
+    exs = examples(next(make_iter(batch=6, n=1)), queries, passages)
     msg = r"global batch size 6 is not divisible by process_count 2 x local devices 2 = 4"
     with pytest.raises(ValueError, match=msg):
-        BatchBuilder(queries, passages, local_device_count=2)(batch)
+        builder(2, process_index=0, process_count=2)(exs)
+    long_query = [exs[0]._replace(query=np.ones(9, np.int32))] + exs[1:]
+    with pytest.raises(ValueError, match="query of 9 tokens exceeds the query budget of 8"):
+        builder(1)(long_query)
 
 
 def test_batches_are_deterministic(texts):
     _, queries, passages = texts[:3]
-    build = BatchBuilder(queries, passages, local_device_count=2)
-    a = [build(b) for b in take(make_iter(seed=9, n=2), 3)]
-    b = [build(b) for b in take(make_iter(seed=9, n=2), 3)]
+    build = builder(2)
+    a = [build(examples(b, queries, passages)) for b in take(make_iter(seed=9, n=2), 3)]
+    b = [build(examples(b, queries, passages)) for b in take(make_iter(seed=9, n=2), 3)]
     for x, y in zip(a, b):
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def _ex(qkey, keys, relevant):
+    tok = np.array([1, 2], np.int32)
+    return Example(tok, tuple(tok for _ in keys), qkey, tuple(keys), frozenset(relevant))
+
+
+def test_false_negative_mask_by_hand():
+    """Three queries, G = 2. q0's other positive "b" appears as q1's hard negative, q2's positive "c" is also
+    relevant to q0, and q1's own positive "x" repeats as q2's negative (relevant to q1 only)."""
+    exs = [_ex("q0", ["a", "n0"], {"a", "b", "c"}), _ex("q1", ["x", "b"], {"x"}), _ex("q2", ["c", "x"], {"c"})]
+    mask = relevance_mask(exs, 0, 3)
+    expected = np.zeros((3, 6), bool)
+    expected[0, [0, 3, 4]] = True  # own positive (kept by the loss), b (q1's negative), c (q2's positive)
+    expected[1, [2, 5]] = True  # own positive, and x again as q2's negative
+    expected[2, [4]] = True
+    np.testing.assert_array_equal(mask, expected)
+    out = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1,
+                       process_index=1, process_count=3)(exs)
+    np.testing.assert_array_equal(out["false_negatives"][0], expected[1:2])  # host 1 keeps row 1, all columns
+    local = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=3,
+                         cross_device=False)(exs)
+    assert local["false_negatives"].shape == (3, 1, 2)  # each device scores its own two passages
+    np.testing.assert_array_equal(local["false_negatives"][:, 0], [[True, False], [True, False], [True, False]])
+    off = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1,
+                       false_negatives=False)(exs)
+    assert "false_negatives" not in off

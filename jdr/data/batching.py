@@ -1,9 +1,10 @@
-"""Training batches from groups: tokenise every query and passage once, then gather, pad and lay out per device.
+"""Training batches: pre-tokenised text stores, and the builder that turns a global batch of `Example`s into
+this host's padded device-layout arrays plus the false-negative mask.
 
 Tokenising on the fly costs more than a train step on an accelerator; pre-tokenised ragged ids (one flat int32
-array + offsets) are cheap to index. A batch pads to `bucket_length` of the longest text in the GLOBAL batch,
-so every host and every device sees the same shapes (pmap runs one program on all of them) and XLA compiles a
-handful of shapes only.
+array + offsets) are cheap to slice. A batch pads to lengths decided from the GLOBAL batch (queries to the query
+budget, passages to `bucket_length` of the longest passage, or to the budget), so every host and every device
+sees the same shapes (pmap runs one program on all of them) and XLA compiles once or a handful of times.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jdr.data.groups import GroupBatch
+from jdr.data.source import Example
+from jdr.distributed import host_rows
 from jdr.models.tokenize import bucket_length, pad_id, token_ids
 
 
@@ -71,6 +73,10 @@ class PretokenizedTexts:
         except KeyError as e:
             raise ValueError(f"{what} id {e.args[0]!r} was not pre-tokenised") from None
 
+    def tokens_of(self, row: int) -> np.ndarray:
+        """Text `row`'s token ids `[n]` int32 (a view into the store)."""
+        return self.tokens[self.offsets[row]:self.offsets[row + 1]]
+
     def padded(self, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """`(input_ids[len(rows), length], attention_mask[len(rows), length])` int32, right-padded with `pad_id`."""
         lengths = np.minimum(self.lengths[rows], length)
@@ -89,49 +95,94 @@ def check_layout(global_batch_size: int, process_count: int, local_device_count:
                          f"x local devices {local_device_count} = {devices}")
 
 
-class BatchBuilder:
-    """`GroupBatch` -> dict of int32 device-layout arrays for the pmapped train step.
+def pad_tokens(seqs: Sequence[np.ndarray], length: int, pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged int32 token arrays -> `(input_ids[n, length], attention_mask[n, length])` int32, right-padded."""
+    ids = np.full((len(seqs), length), pad_token_id, dtype=np.int32)
+    mask = np.zeros((len(seqs), length), dtype=np.int32)
+    for r, seq in enumerate(seqs):
+        ids[r, :len(seq)] = seq
+        mask[r, :len(seq)] = 1
+    return ids, mask
 
-    Output for a host shard of B groups of G = 1 + n passages over D local devices:
-    `query_ids`, `query_mask`: `[D, B/D, Lq]`; `passage_ids`, `passage_mask`: `[D, B/D * G, Lp]`, where on each
-    device passage row `i*G` is the positive of that device's query i and rows `i*G+1 .. i*G+n` its negatives
-    (the layout `jdr.losses.info_nce` expects). Lq / Lp are `bucket_length` of the longest query / passage in
-    the global batch. Deterministic: a function of the batch only.
+
+class BatchBuilder:
+    """A global batch of `Example`s -> this host's int32 device-layout arrays for the pmapped train step.
+
+    Output for the host's B examples of G passages over D local devices: `query_ids`, `query_mask`: `[D, B/D,
+    Lq]`; `passage_ids`, `passage_mask`: `[D, B/D * G, Lp]`, where on each device passage row `i*G` is the
+    positive of that device's query i and rows `i*G+1 .. i*G+G-1` its negatives (the layout `jdr.losses` expects);
+    with `false_negatives`, also `false_negatives`: bool `[D, B/D, C]` — True where the column's passage key is
+    labelled relevant to the query (`Example.relevant`), C being the global batch's B_global*G passages in
+    all-gather order (`cross_device=True`) or the device's own B/D*G passages. The host's rows are its contiguous
+    slice of the global batch (`jdr.distributed.host_rows`). Lq is the query budget (`pad_queries_to_max`) or
+    `bucket_length` of the longest query in the GLOBAL batch; Lp likewise for passages. Deterministic: a function
+    of the batch only.
     """
 
-    def __init__(self, queries: PretokenizedTexts, passages: PretokenizedTexts, *, local_device_count: int):
+    def __init__(self, *, query_max_length: int, passage_max_length: int, pad_token_id: int,
+                 local_device_count: int, process_index: int = 0, process_count: int = 1,
+                 pad_queries_to_max: bool = True, pad_passages_to_max: bool = False, false_negatives: bool = True,
+                 cross_device: bool = True):
         if local_device_count < 1:
             raise ValueError(f"local_device_count must be >= 1, got {local_device_count}")
-        self.queries = queries
-        self.passages = passages
+        self.query_max_length, self.passage_max_length = query_max_length, passage_max_length
+        self.pad_token_id = pad_token_id
         self.local_device_count = local_device_count
+        self.process_index, self.process_count = process_index, process_count
+        self.pad_queries_to_max, self.pad_passages_to_max = pad_queries_to_max, pad_passages_to_max
+        self.false_negatives, self.cross_device = false_negatives, cross_device
 
-    def __call__(self, batch: GroupBatch) -> dict[str, np.ndarray]:
-        """Arrays for `batch.groups` (this host's shard), padded to the global batch's bucket lengths."""
-        host, world = len(batch.groups), len(batch.global_groups)
-        if not host or world % host:
-            raise ValueError(f"host shard of {host} groups does not divide the global batch of {world}")
-        check_layout(world, world // host, self.local_device_count)
-        groups = len(batch.groups[0].negative_ids) + 1
-        if any(len(g.negative_ids) + 1 != groups for g in batch.global_groups):
-            raise ValueError("groups in one batch carry different numbers of negatives")
-
-        def passage_keys(gs):
-            return [d for g in gs for d in (g.positive_id, *g.negative_ids)]
-
-        q_len = self._bucket(self.queries, [g.query_id for g in batch.global_groups], "query")
-        p_len = self._bucket(self.passages, passage_keys(batch.global_groups), "doc")
-        q_ids, q_mask = self.queries.padded(self.queries.rows([g.query_id for g in batch.groups], "query"), q_len)
-        p_ids, p_mask = self.passages.padded(self.passages.rows(passage_keys(batch.groups), "doc"), p_len)
-        d = self.local_device_count
-        return {
-            "query_ids": q_ids.reshape(d, host // d, q_len),
-            "query_mask": q_mask.reshape(d, host // d, q_len),
-            "passage_ids": p_ids.reshape(d, host // d * groups, p_len),
-            "passage_mask": p_mask.reshape(d, host // d * groups, p_len),
+    def __call__(self, examples: Sequence[Example]) -> dict[str, np.ndarray]:
+        """Arrays for this host's rows of the global batch `examples`."""
+        world = len(examples)
+        check_layout(world, self.process_count, self.local_device_count)
+        group = len(examples[0].passages)
+        if any(len(ex.passages) != group or len(ex.passage_keys) != group for ex in examples):
+            raise ValueError("examples in one batch carry different numbers of passages (or keys)")
+        q_len = self._length([ex.query for ex in examples], self.query_max_length, self.pad_queries_to_max, "query")
+        p_len = self._length([p for ex in examples for p in ex.passages], self.passage_max_length,
+                             self.pad_passages_to_max, "passage")
+        rows = host_rows(world, self.process_index, self.process_count)
+        host = examples[rows]
+        b, d = len(host), self.local_device_count
+        q_ids, q_mask = pad_tokens([ex.query for ex in host], q_len, self.pad_token_id)
+        p_ids, p_mask = pad_tokens([p for ex in host for p in ex.passages], p_len, self.pad_token_id)
+        out = {
+            "query_ids": q_ids.reshape(d, b // d, q_len),
+            "query_mask": q_mask.reshape(d, b // d, q_len),
+            "passage_ids": p_ids.reshape(d, b // d * group, p_len),
+            "passage_mask": p_mask.reshape(d, b // d * group, p_len),
         }
+        if self.false_negatives:
+            mask = relevance_mask(examples, rows.start, b)
+            if not self.cross_device:  # each device scores only its own passages: keep its block of columns
+                per = b // d
+                start = rows.start * group
+                mask = np.stack([mask[i * per:(i + 1) * per, start + i * per * group:start + (i + 1) * per * group]
+                                 for i in range(d)])
+            out["false_negatives"] = mask.reshape(d, b // d, -1)
+        return out
 
     @staticmethod
-    def _bucket(texts: PretokenizedTexts, keys: list[str], what: str) -> int:
-        longest = int(texts.lengths[texts.rows(keys, what)].max())
-        return bucket_length(longest, texts.max_length)
+    def _length(seqs: Sequence[np.ndarray], budget: int, fixed: bool, what: str) -> int:
+        longest = max(len(s) for s in seqs)
+        if longest > budget:
+            raise ValueError(f"a {what} of {longest} tokens exceeds the {what} budget of {budget}: the training "
+                             "source must truncate")
+        return budget if fixed else bucket_length(longest, budget)
+
+
+def relevance_mask(examples: Sequence[Example], first: int, count: int) -> np.ndarray:
+    """bool `[count, B*G]`: for global examples `first .. first+count-1`, which columns of the global batch (example
+    e's passage k is column e*G + k) carry a passage key labelled relevant to the example's query. The own
+    positive is among them (the loss never drops it)."""
+    group = len(examples[0].passages)
+    columns: dict[str, list[int]] = {}
+    for e, ex in enumerate(examples):
+        for k, key in enumerate(ex.passage_keys):
+            columns.setdefault(key, []).append(e * group + k)
+    mask = np.zeros((count, len(examples) * group), dtype=bool)
+    for r in range(count):
+        for key in examples[first + r].relevant:
+            mask[r, columns.get(key, ())] = True
+    return mask

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -11,7 +10,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from jdr.data.errors import DataError
+from jdr.data.errors import DataError, jsonl_records, text_lines
 from jdr.io import atomic_dir
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -48,27 +47,6 @@ class BeirData:
     qrels: dict[str, dict[str, int]]
 
 
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(path, "no such file")
-
-
-def _jsonl_records(path: Path):
-    """Yield `(line_no, dict)` for each non-blank line; bad JSON or a non-object raises DataError."""
-    _require_file(path)
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"bad JSON: {e.msg} (column {e.colno})", line_no) from None
-            if not isinstance(rec, dict):
-                raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", line_no)
-            yield line_no, rec
-
-
 def _record_id(path: Path, line_no: int, rec: dict, seen) -> str:
     rid = rec.get("_id")
     if isinstance(rid, int) and not isinstance(rid, bool):
@@ -94,7 +72,7 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     """Read a BEIR corpus.jsonl (`_id`, optional `title`, `text`) into a `Corpus` in file order."""
     path = Path(path)
     ids, titles, texts, index = [], [], [], {}
-    for line_no, rec in _jsonl_records(path):
+    for line_no, rec in jsonl_records(path):
         did = _record_id(path, line_no, rec, index)
         titles.append(_string_field(path, line_no, rec, "title", required=False))
         texts.append(_string_field(path, line_no, rec, "text", required=True))
@@ -109,7 +87,7 @@ def load_queries(path: str | os.PathLike) -> dict[str, str]:
     """Read a BEIR queries.jsonl (`_id`, `text`) into `{qid: text}` in file order."""
     path = Path(path)
     queries: dict[str, str] = {}
-    for line_no, rec in _jsonl_records(path):
+    for line_no, rec in jsonl_records(path):
         qid = _record_id(path, line_no, rec, queries)
         queries[qid] = _string_field(path, line_no, rec, "text", required=True)
     if not queries:
@@ -123,19 +101,18 @@ def load_qrels(path: str | os.PathLike, corpus_ids=None, query_ids=None) -> dict
     `corpus_ids` / `query_ids` (any container supporting `in`), when given, must contain every id named.
     """
     path = Path(path)
-    _require_file(path)
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if line_no == 1 and cols == QRELS_HEADER:
-                continue
-            if len(cols) != 3:
-                raise DataError(path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}", line_no)
-            qid, did, score = cols
-            add_judgment(qrels, path, line_no, qid, did, score, corpus_ids, query_ids)
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if line_no == 1 and cols == QRELS_HEADER:
+            continue
+        if len(cols) != 3:
+            raise DataError(path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
+                            line_no)
+        qid, did, score = cols
+        add_judgment(qrels, path, line_no, qid, did, score, corpus_ids, query_ids)
     if not qrels:
         raise DataError(path, "no judgments")
     return qrels

@@ -13,9 +13,8 @@ waiting at the end of the epoch are dropped with the incomplete batch. The arran
 
 Determinism: negatives of the row at position `p` (0-based, counted over the epoch's arranged pairs) of epoch
 `e` are drawn with `np.random.default_rng([seed, e, p])`, so they depend neither on the host that draws them nor
-on how many batches were consumed before a restart. Every host draws the whole global batch (cheap: n ids per
-row) so that every host sees the same global token lengths; it yields its own contiguous shard plus the global
-view (see `GroupBatch`).
+on how many batches were consumed before a restart. The iterator yields the whole global batch (cheap: n ids per
+row); the batch builder keeps each host's rows (`jdr.data.batching.BatchBuilder`).
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from collections import deque
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
-
-from jdr.distributed import host_rows
 
 _PERMUTATION_KEY = (0x6A647247,)  # spawn key: keeps the permutation stream apart from the per-row streams
 
@@ -47,15 +44,10 @@ class Group(NamedTuple):
 
 
 class GroupBatch(NamedTuple):
-    """What `GroupIterator` yields per global batch.
-
-    `groups`: this host's contiguous shard (`global_batch_size // process_count` rows, in global order);
-    `global_groups`: the whole global batch, identical on every host (only for shape decisions such as the
-    padded token length, which must agree across hosts); `epoch`, `index`: position of this batch.
-    """
+    """What `GroupIterator` yields per global batch: the `groups` of the whole global batch (identical on every
+    host) and the batch's position (`epoch`, `index`)."""
 
     groups: list[Group]
-    global_groups: list[Group]
     epoch: int
     index: int
 
@@ -72,7 +64,7 @@ class GroupIterator:
 
     def __init__(self, train_qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
                  negatives_sampler: NegativesSampler | None, *, global_batch_size: int, num_negatives: int,
-                 seed: int, process_index: int = 0, process_count: int = 1, unique_in_batch: bool = True):
+                 seed: int, unique_in_batch: bool = True):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         if num_negatives < 0:
@@ -81,7 +73,6 @@ class GroupIterator:
             raise ValueError(f"num_negatives={num_negatives} needs a negatives table")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self._rows = host_rows(global_batch_size, process_index, process_count)
         pairs, skipped = [], 0
         for qid in dict.fromkeys(train_qids):
             positives = sorted(d for d, rel in qrels.get(qid, {}).items() if rel > 0)
@@ -132,7 +123,7 @@ class GroupIterator:
                 "seed": self.seed, "global_batch_size": self.global_batch_size, "num_pairs": len(self.pairs)}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from `state()` of an iterator over the same data and settings (any process count).
+        """Continue from `state()` of an iterator over the same data and settings.
 
         Restore the checkpoint's negatives table (`set_table`) first: a table version that differs from the
         saved one is a ValueError, as is a different seed, global batch size or number of pairs.
@@ -154,7 +145,7 @@ class GroupIterator:
         return self
 
     def __next__(self) -> GroupBatch:
-        """The next global batch: this host's shard and the global view; advances the position."""
+        """The next global batch; advances the position."""
         if self._index >= self.steps_per_epoch():
             self._epoch, self._index = self._epoch + 1, 0
             if not self.steps_per_epoch():
@@ -164,7 +155,7 @@ class GroupIterator:
         start = index * self.global_batch_size
         global_groups = [self._group(epoch, start + r, order[start + r]) for r in range(self.global_batch_size)]
         self._index += 1
-        return GroupBatch(global_groups[self._rows], global_groups, epoch, index)
+        return GroupBatch(global_groups, epoch, index)
 
     def _group(self, epoch: int, position: int, pair: int) -> Group:
         qid, pos = self.pairs[pair]

@@ -6,29 +6,12 @@ import os
 from pathlib import Path
 
 from jdr.data.beir import Corpus, add_judgment
-from jdr.data.errors import DataError, whitespace_rows
-
-
-def _tsv_rows(path: Path, ncols: int, what: str):
-    """Yield `(line_no, columns)` for each non-blank line, requiring exactly `ncols` tab-separated columns."""
-    if not path.is_file():
-        raise DataError(path, "no such file")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != ncols:
-                raise DataError(path, f"expected {ncols} tab-separated columns ({what}), got {len(cols)}", line_no)
-            if any(not c.strip() for c in cols):
-                raise DataError(path, f"empty column ({what})", line_no)
-            yield line_no, cols
+from jdr.data.errors import DataError, tsv_rows, whitespace_rows
 
 
 def _id_text_table(path: Path, kind: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line_no, (rid, text) in _tsv_rows(path, 2, f"{kind} id, text"):
+    for line_no, (rid, text) in tsv_rows(path, 2, f"{kind} id, text"):
         if rid in out:
             raise DataError(path, f"duplicate id {rid!r}", line_no)
         out[rid] = text
@@ -68,7 +51,7 @@ def load_qrels_trec(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
 def load_triples(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     """Read text triples (`query\\tpositive\\tnegative`) as a list of 3-tuples of strings."""
     path = Path(path)
-    rows = [tuple(cols) for _, cols in _tsv_rows(path, 3, "query, positive, negative")]
+    rows = [tuple(cols) for _, cols in tsv_rows(path, 3, "query, positive, negative")]
     if not rows:
         raise DataError(path, "no triples")
     return rows
@@ -78,7 +61,7 @@ def load_id_triples(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
     """Read id triples (`qid\\tpos_pid\\tneg_pid`) as `(qid, pos, neg)` string tuples, checking ids when given."""
     path = Path(path)
     rows = []
-    for line_no, (qid, pos, neg) in _tsv_rows(path, 3, "qid, positive pid, negative pid"):
+    for line_no, (qid, pos, neg) in tsv_rows(path, 3, "qid, positive pid, negative pid"):
         if query_ids is not None and qid not in query_ids:
             raise DataError(path, f"query id {qid!r} is not in the queries file", line_no)
         for pid in (pos, neg):
@@ -88,3 +71,22 @@ def load_id_triples(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
     if not rows:
         raise DataError(path, "no triples")
     return rows
+
+
+def load_msmarco_training(collection: str | os.PathLike, queries: str | os.PathLike, qrels: str | os.PathLike,
+                          triples: str | os.PathLike | None = None):
+    """MS MARCO training files as `LabeledData`: the collection, the judged training queries, their qrels, and —
+    from id triples (`qid, positive pid, negative pid`), when given — each query's negatives in file order as the
+    `file` negatives source (the official triples' BM25 negatives)."""
+    from jdr.data.labeled import FileNegatives, LabeledData
+
+    corpus = load_collection(collection)
+    all_queries = load_queries_tsv(queries)
+    rels = load_qrels_trec(qrels, corpus.index, all_queries)
+    negatives = None
+    if triples:
+        lists: dict[str, dict[int, None]] = {}
+        for qid, _, neg in load_id_triples(triples, corpus.index, all_queries):
+            lists.setdefault(qid, {})[corpus.index[neg]] = None  # ordered set: first occurrence wins
+        negatives = FileNegatives.from_lists({q: list(rows) for q, rows in lists.items()})
+    return LabeledData(corpus, {q: all_queries[q] for q in rels}, rels, negatives, name=str(Path(collection).parent))

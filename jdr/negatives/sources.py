@@ -1,4 +1,5 @@
-"""Negative sources -> a `NegativesTable`: random, gold (other queries' positives), bm25, ann, hybrid mixes.
+"""Negative sources -> a `NegativesTable`: random, gold (other queries' positives), bm25, ann, the negatives that
+came with the training data (`file`), and hybrid mixes.
 
 `build_table` is the one entry point: a source is a name with a per-query count, a hybrid is several names
 with counts ({"bm25": 1, "ann": 3}). Every ranked source goes through the same positive filter and the same
@@ -15,7 +16,7 @@ import numpy as np
 from jdr.negatives.denoise import dense_scores, denoise, positive_scores
 from jdr.negatives.table import RANDOM, NegativesTable, clean_candidates, positives_csr
 
-SOURCES = (RANDOM, "gold", "bm25", "ann")
+SOURCES = (RANDOM, "gold", "bm25", "ann", "file")
 
 
 def parse_counts(spec: str) -> dict[str, int]:
@@ -66,14 +67,17 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
                 qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str] | None = None, *, depth: int,
                 seed: int = 0, query_emb: np.ndarray | None = None, passage_emb: np.ndarray | None = None,
                 factory: str = "Flat", nprobe: int | None = None, skip_top: int = 0,
-                denoise_threshold: float | None = None, version: int = 0, created_step: int = 0) -> NegativesTable:
+                denoise_threshold: float | None = None, version: int = 0, created_step: int = 0,
+                file_rows: np.ndarray | None = None) -> NegativesTable:
     """Mine every source named in `counts` for the training queries `qids` (default `sorted(qrels)`) and build
     the table sampling `counts[name]` negatives per query from each source's top-`depth`.
 
     `corpus` has `ids` and `passage(i)` (jdr.data.beir.Corpus). `ann` needs `query_emb[Q, d]` (aligned with
     `qids`) and `passage_emb[N, d]` (corpus rows); so does `denoise_threshold`, which drops bm25/ann candidates
     whose dense score is `>= positive score - denoise_threshold`. `skip_top` drops each ranked (bm25/ann) list's
-    first r non-positive candidates. Seconds per source land in `table.timings` as `<source>_s`.
+    first r non-positive candidates. `file` needs `file_rows[Q, K]`: the ranked corpus rows that came with the
+    training data (aligned with `qids`, -1 padded), filtered and denoised like any ranked source. Seconds per
+    source land in `table.timings` as `<source>_s`.
     """
     qids = sorted(qrels) if qids is None else list(qids)
     corpus_index = getattr(corpus, "index", None) or {d: i for i, d in enumerate(corpus.ids)}
@@ -83,6 +87,9 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
     dense = query_emb is not None and passage_emb is not None
     if ("ann" in counts or denoise_threshold is not None) and not dense:
         raise ValueError("negatives: source 'ann' and denoise_threshold need query and passage embeddings")
+    if "file" in counts and file_rows is None:
+        raise ValueError("negatives: source 'file' needs negatives that came with the training data (Tevatron "
+                         "negative_passages, triplets, MS MARCO triples); this data has none")
     if dense and (len(query_emb) != len(qids) or len(passage_emb) != len(corpus.ids)):
         raise ValueError(f"negatives: embeddings [{len(query_emb)}], [{len(passage_emb)}] do not match "
                          f"{len(qids)} queries and {len(corpus.ids)} passages")
@@ -93,8 +100,12 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
         t0 = time.perf_counter()
         if name == "gold":
             candidates[name] = gold_candidates(qids, qrels, corpus_index, k, seed)
-        elif name in ("bm25", "ann"):
-            if name == "bm25":
+        elif name in ("bm25", "ann", "file"):
+            if name == "file":
+                rows = np.asarray(file_rows)
+                if rows.ndim != 2 or rows.shape[0] != len(qids):
+                    raise ValueError(f"negatives: file rows must be [{len(qids)}, K], got shape {rows.shape}")
+            elif name == "bm25":
                 from jdr.negatives.bm25 import bm25_candidates  # bm25s is imported only when used
 
                 _, rows = bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))],

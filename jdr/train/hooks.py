@@ -13,6 +13,7 @@ import numpy as np
 
 from jdr.config import to_dict
 from jdr.data.beir import BeirData, Corpus
+from jdr.data.labeled import LabeledData
 from jdr.evaluate import evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
 from jdr.train.step import unreplicate
@@ -30,14 +31,12 @@ def host_state(state) -> Any:
     return unreplicate(state)
 
 
-def dev_split(data: BeirData, dev_qids: list[str], corpus_sample: int, seed: int) -> BeirData | None:
+def dev_split(dev: LabeledData | None, corpus_sample: int, seed: int) -> BeirData | None:
     """The dev queries with their qrels over the full corpus, or — with `corpus_sample` N > 0 — over the dev
     positives plus N seeded random documents (a cheap proxy when encoding the full corpus per eval is too slow)."""
-    if not dev_qids:
+    if dev is None:
         return None
-    qrels = {q: data.qrels[q] for q in dev_qids}
-    queries = {q: data.queries[q] for q in dev_qids}
-    corpus = data.corpus
+    qrels, queries, corpus = dev.qrels, dev.queries, dev.corpus
     if corpus_sample > 0:
         keep = {corpus.index[d] for rel in qrels.values() for d in rel}
         rest = np.setdiff1d(np.arange(len(corpus)), np.fromiter(keep, int))
@@ -60,7 +59,8 @@ class Hooks:
 def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
     """Wire logging, negatives refresh, dev evaluation and checkpointing for `run` (a `trainer.Run`)."""
     cfg, primary = run.cfg, jax.process_index() == 0
-    dev = dev_split(run.data, run.dev_qids, cfg.eval.corpus_sample, cfg.seed)
+    dev = dev_split(run.training.dev, cfg.eval.corpus_sample, cfg.seed)
+    labeled = run.training.labeled
     eval_kwargs = dict(factory=cfg.eval.factory, batch_size=cfg.eval.batch_size, k=100)
     hooks: list = []
 
@@ -70,7 +70,7 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
     hooks.append(FunctionHook(cfg.log.every, log_metrics, name="log"))
 
     refresh = None
-    if cfg.negatives.refresh_every > 0 and run.table is not None:
+    if cfg.negatives.refresh_every > 0 and labeled is not None and labeled.table is not None:
         refresh = _refresh_hook(run)
 
         class _Poll:
@@ -104,8 +104,9 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
             if table is not None:
                 _swap(run, table, refresh, writer, loop.step)
         metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} or None
-        ckpt.save(loop.step, host_state(loop.state), iterator_state=run.iterator.state(), rng=rng,
-                  config=to_dict(cfg), negatives=None if run.table is None else run.table.to_arrays(),
+        table = None if labeled is None else labeled.table
+        ckpt.save(loop.step, host_state(loop.state), iterator_state=run.source.state(), rng=rng,
+                  config=to_dict(cfg), negatives=None if table is None else table.to_arrays(),
                   metrics=metrics)
         loop.eval_metrics = {}
 
@@ -141,8 +142,7 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
 
 
 def _swap(run, table, refresh, writer, step: int) -> None:
-    run.table = table
-    run.iterator.set_table(table)
+    run.training.labeled.set_table(table)
     writer.write(step, refresh.history[-1].metrics(), prefix="negatives")
 
 
@@ -151,10 +151,11 @@ def _refresh_hook(run):
     from jdr.distributed import encode_sharded
     from jdr.models.inference import encode_texts
     from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
-    from jdr.train.trainer import _negative_counts
+    from jdr.train.data import negative_counts
 
     cfg = run.cfg.negatives
-    passages = run.data.corpus.passages()
+    labeled = run.training.labeled
+    passages = labeled.data.corpus.passages()
     kw = dict(batch_size=cfg.refresh_batch_size, progress=False)
 
     def encode_corpus(params):
@@ -166,13 +167,13 @@ def _refresh_hook(run):
         return encode_sharded(local, passages) if cfg.refresh_mode == "sync" else local(passages)
 
     def encode_queries(params, qids):
-        return encode_texts(params, run.spec, run.tokenizer, [run.data.queries[q] for q in qids], tower="query", **kw)
+        return encode_texts(params, run.spec, run.tokenizer, [labeled.data.queries[q] for q in qids], tower="query",
+                            **kw)
 
     refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
                                    refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
                                    denoise_threshold=cfg.denoise_threshold, seed=run.cfg.seed,
-                                   counts=_negative_counts(run.cfg))
-    train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
-    build = ann_build_fn(encode_corpus, encode_queries, run.data.corpus, run.train_qids, train_qrels, refresh_cfg,
-                         initial=run.table)
-    return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=run.table.version)
+                                   counts=negative_counts(run.cfg))
+    build = ann_build_fn(encode_corpus, encode_queries, labeled.data.corpus, labeled.train_qids, labeled.train_qrels,
+                         refresh_cfg, initial=labeled.table)
+    return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=labeled.table.version)

@@ -15,9 +15,8 @@ import jax
 import numpy as np
 
 from jdr.config import ConfigError, to_dict
-from jdr.data.batching import BatchBuilder, PretokenizedTexts, check_layout
-from jdr.data.beir import BeirData, load_beir, resolve_dataset
-from jdr.data.groups import GroupIterator
+from jdr.data.batching import BatchBuilder, check_layout
+from jdr.data.source import TrainingSource
 from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
@@ -25,6 +24,7 @@ from jdr.train.checkpoint import Checkpointer
 from jdr.train.loop import MetricsWriter, run_loop, write_json
 from jdr.train.optim import make_optimizer
 from jdr.train.state import TrainState
+from jdr.train.data import SOURCE_KINDS, TrainingData, build_training_data, negative_counts
 from jdr.train.step import check_finite, make_train_step, pmap_train_step, replicate
 from jdr.train.workdir import CHECKPOINT_DIR, save_encoder_description
 
@@ -41,24 +41,13 @@ class Run:
     spec: encoder_lib.EncoderSpec
     tokenizer: Any
     model_dir: Path
-    data: BeirData
-    train_qids: list[str]
-    dev_qids: list[str]
-    table: Any
-    iterator: GroupIterator
+    training: TrainingData
     batches: BatchBuilder
 
-
-def split_dev(qids, n_dev: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of the training queries into (train, dev); dev is used for periodic evaluation only."""
-    qids = sorted(qids)
-    if n_dev <= 0:
-        return qids, []
-    if n_dev >= len(qids):
-        raise ConfigError(f"data.dev_queries={n_dev} leaves no training queries out of {len(qids)}")
-    perm = np.random.default_rng([seed, 0xDE5]).permutation(len(qids))
-    dev = set(qids[i] for i in perm[:n_dev])
-    return [q for q in qids if q not in dev], sorted(dev)
+    @property
+    def source(self) -> TrainingSource:
+        """The stream of global batches the loop draws from."""
+        return self.training.source
 
 
 def resolve_model(path: str) -> Path:
@@ -79,6 +68,8 @@ def _validate(cfg) -> None:
         (cfg.negatives.refresh_every >= 0, "negatives.refresh_every must be >= 0"),
         (cfg.train.loss != "triplet" or cfg.negatives.num >= 1, "train.loss=triplet needs negatives.num >= 1"),
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
+        (cfg.data.source in SOURCE_KINDS, f"data.source must be one of {', '.join(SOURCE_KINDS)}, "
+                                          f"got {cfg.data.source!r}"),
     ]
     if cfg.moco.enabled:
         checks += [
@@ -94,31 +85,13 @@ def _validate(cfg) -> None:
     check_layout(cfg.train.global_batch_size, jax.process_count(), jax.local_device_count())
 
 
-def _negative_counts(cfg) -> dict[str, int]:
-    """The target per-source counts, and the warm-start counts used until the first ANN refresh."""
-    from jdr.negatives.sources import source_counts
-
-    if cfg.negatives.source == "none" or cfg.negatives.num == 0:
-        return {}
-    return source_counts(cfg.negatives.source, cfg.negatives.num, cfg.negatives.hybrid)
-
-
-def warm_start_counts(counts: dict[str, int]) -> dict[str, int]:
-    """ANCE warm start: until the first refresh, ANN's share of the negatives comes from BM25."""
-    if "ann" not in counts:
-        return counts
-    out = {k: v for k, v in counts.items() if k != "ann"}
-    out["bm25"] = out.get("bm25", 0) + counts["ann"]
-    return out
-
-
 def prepare(cfg, workdir) -> Run:
-    """Validate the config, load encoder and data, build the negatives table and the data iterator."""
+    """Validate the config, load the encoder and the training data, build the source and the batch builder."""
     from jdr.models.hf import load
-    from jdr.negatives.sources import build_table
+    from jdr.models.tokenize import pad_id
 
     _validate(cfg)
-    counts = _negative_counts(cfg)
+    counts = negative_counts(cfg)
     if "ann" in counts and cfg.negatives.refresh_every == 0:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
     workdir = Path(workdir)
@@ -126,22 +99,15 @@ def prepare(cfg, workdir) -> Run:
     params, spec, tokenizer = load(model_dir, tied=cfg.model.tied, dtype=cfg.model.dtype,
                                    query_max_length=cfg.model.query_max_length,
                                    passage_max_length=cfg.model.passage_max_length)
-    data = load_beir(resolve_dataset(cfg.data.dataset), split=cfg.data.train_split)
-    train_qids, dev_qids = split_dev(data.qrels, cfg.data.dev_queries, cfg.seed)
-    train_qrels = {q: data.qrels[q] for q in train_qids}
-    table = None
-    if counts:
-        table = build_table(warm_start_counts(counts), data.corpus, data.queries, train_qrels, train_qids,
-                            depth=cfg.negatives.depth, seed=cfg.seed, skip_top=cfg.negatives.skip_top)
-    iterator = GroupIterator(train_qids, train_qrels, table, global_batch_size=cfg.train.global_batch_size,
-                             num_negatives=cfg.negatives.num, seed=cfg.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count())
-    queries = PretokenizedTexts.from_texts(tokenizer, train_qids, [data.queries[q] for q in train_qids],
-                                           spec.query_max_length)
-    passages = PretokenizedTexts.from_texts(tokenizer, data.corpus.ids, data.corpus.passages(),
-                                            spec.passage_max_length)
-    batches = BatchBuilder(queries, passages, local_device_count=jax.local_device_count())
-    return Run(cfg, workdir, params, spec, tokenizer, model_dir, data, train_qids, dev_qids, table, iterator, batches)
+    training = build_training_data(cfg, tokenizer, spec)
+    batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
+                           pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           pad_queries_to_max=cfg.data.pad_queries_to_max,
+                           pad_passages_to_max=cfg.data.pad_passages_to_max,
+                           false_negatives=cfg.data.mask_false_negatives and cfg.train.loss == "info_nce",
+                           cross_device=cfg.train.cross_device_negatives)
+    return Run(cfg, workdir, params, spec, tokenizer, model_dir, training, batches)
 
 
 def _encode_fn(spec):
@@ -163,7 +129,8 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
-                         dev_queries=run.dev_qids, num_train_queries=len(run.train_qids))
+                         dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
+                         data=run.training.describe())
         save_encoder_description(workdir, run.spec, run.model_dir)
 
     tx, lr_at = make_optimizer(
@@ -185,13 +152,13 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         state, extras = ckpt.restore(abstract_state=state)
         start_step = int(state.step) // cfg.train.grad_accum_steps
         rng = extras["rng"]
-        if extras.get("negatives") is not None:  # the table first: the iterator state names its version
+        labeled = run.training.labeled
+        if extras.get("negatives") is not None:  # the table first: the source state names its version
             from jdr.negatives.table import NegativesTable
 
-            train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
-            run.table = NegativesTable.from_arrays(extras["negatives"], run.data.corpus.ids, train_qrels)
-            run.iterator.set_table(run.table)
-        run.iterator.restore(extras["iterator_state"])
+            labeled.set_table(NegativesTable.from_arrays(extras["negatives"], labeled.data.corpus.ids,
+                                                         labeled.train_qrels))
+        run.source.restore(extras["iterator_state"])
         log.info("resumed from step %d", start_step)
 
     if cfg.moco.enabled:
@@ -211,7 +178,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     micro = cfg.train.grad_accum_steps
 
     def next_batch(step):
-        return run.batches(next(run.iterator))
+        return run.batches(run.source.next_batch())
 
     def step_once(state, batch, step):
         return step_fn(state, batch, rng)

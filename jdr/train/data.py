@@ -1,0 +1,176 @@
+"""From the config's `data` and `negatives` sections to the training source the trainer consumes.
+
+Everything that can be wrong with the data files or these config sections fails here, in one line, before any
+compile: a missing file, a bad row, an unknown source kind, a `file` negatives source on data without negatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from jdr.config import ConfigError
+from jdr.data.labeled import LabeledData, LabeledSource
+from jdr.data.mixture import MixtureSource, split_rows
+from jdr.data.source import TrainingSource
+
+SOURCE_KINDS = ("beir", "jsonl", "triplets", "msmarco", "mixture")
+MEMBER_KINDS = ("beir", "jsonl", "triplets")
+WARM_STARTS = ("bm25", "file", "random")
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What a run trains on. `source`: the stream of global batches. `labeled`: the single labelled source the
+    ANCE refresh re-mines and the dev split comes from (for a mixture, its first member); `dev`: the held-out
+    dev queries with their qrels over that source's corpus (None when `data.dev_queries` is 0)."""
+
+    source: TrainingSource
+    labeled: LabeledSource | None
+    dev: LabeledData | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source.describe(), "dev_queries": 0 if self.dev is None else len(self.dev.qrels)}
+
+
+def split_dev(qids, n_dev: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of the training queries into (train, dev); dev is used for periodic evaluation only."""
+    qids = sorted(qids)
+    if n_dev <= 0:
+        return qids, []
+    if n_dev >= len(qids):
+        raise ConfigError(f"data.dev_queries={n_dev} leaves no training queries out of {len(qids)}")
+    perm = np.random.default_rng([seed, 0xDE5]).permutation(len(qids))
+    dev = set(qids[i] for i in perm[:n_dev])
+    return [q for q in qids if q not in dev], sorted(dev)
+
+
+def negative_counts(cfg) -> dict[str, int]:
+    """The target per-source negatives counts of the config (`{}`: in-batch negatives only)."""
+    from jdr.negatives.sources import source_counts
+
+    if cfg.negatives.source == "none" or cfg.negatives.num == 0:
+        return {}
+    try:
+        return source_counts(cfg.negatives.source, cfg.negatives.num, cfg.negatives.hybrid)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def warm_start_counts(counts: dict[str, int], warm_start: str = "bm25") -> dict[str, int]:
+    """ANCE warm start: until the first refresh, ANN's share of the negatives comes from `warm_start`."""
+    if warm_start not in WARM_STARTS:
+        raise ConfigError(f"negatives.warm_start must be one of {', '.join(WARM_STARTS)}, got {warm_start!r}")
+    if "ann" not in counts:
+        return counts
+    out = {k: v for k, v in counts.items() if k != "ann"}
+    out[warm_start] = out.get(warm_start, 0) + counts["ann"]
+    return out
+
+
+def load_labeled(kind: str, cfg, where: str = "") -> LabeledData:
+    """Read the labelled data of source `kind` (`where`: the path or dataset name; default from the config)."""
+    if kind == "beir":
+        from jdr.data.beir import load_beir, resolve_dataset
+
+        name = where or cfg.data.dataset
+        beir = load_beir(resolve_dataset(name), split=cfg.data.train_split)
+        return LabeledData(beir.corpus, beir.queries, beir.qrels, None, name=str(name))
+    if kind == "jsonl":
+        from jdr.data.tevatron import load_tevatron
+
+        return load_tevatron(_path(where or cfg.data.jsonl.path, "data.jsonl.path"))
+    if kind == "triplets":
+        from jdr.data.triplets import load_triplets
+
+        return load_triplets(_path(where or cfg.data.triplets.path, "data.triplets.path"))
+    if kind == "msmarco":
+        from jdr.data.msmarco import load_msmarco_training
+
+        m = cfg.data.msmarco
+        return load_msmarco_training(_path(m.collection, "data.msmarco.collection"),
+                                     _path(m.queries, "data.msmarco.queries"), _path(m.qrels, "data.msmarco.qrels"),
+                                     m.triples or None)
+    raise ConfigError(f"data.source must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
+
+
+def _path(value: str, key: str) -> str:
+    if not value:
+        raise ConfigError(f"{key} is empty: set it to the training file")
+    return value
+
+
+def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size: int, n_dev: int,
+                   key_prefix: str = "") -> tuple[LabeledSource, LabeledData | None]:
+    """The source over `data` (dev queries held out) with its initial negatives table, and the dev split."""
+    from jdr.negatives.sources import build_table
+
+    train_qids, dev_qids = split_dev(data.qrels, n_dev, cfg.seed)
+    train_qrels = {q: data.qrels[q] for q in train_qids}
+    counts = negative_counts(cfg)
+    table = None
+    if counts:
+        file_rows = None if data.negatives is None else data.negatives.ranked_rows(train_qids)
+        try:
+            table = build_table(warm_start_counts(counts, cfg.negatives.warm_start), data.corpus, data.queries,
+                                train_qrels, train_qids, depth=cfg.negatives.depth, seed=cfg.seed,
+                                skip_top=cfg.negatives.skip_top, file_rows=file_rows)
+        except ValueError as e:
+            raise ConfigError(f"{data.name}: {e}") from None
+    source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,
+                           passage_max_length=spec.passage_max_length, global_batch_size=global_batch_size,
+                           num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix)
+    dev = None
+    if dev_qids:
+        dev = LabeledData(data.corpus, {q: data.queries[q] for q in dev_qids}, {q: data.qrels[q] for q in dev_qids},
+                          None, name=f"{data.name} (dev)")
+    return source, dev
+
+
+def parse_members(spec: str) -> list[tuple[str, str, float]]:
+    """`"jsonl:a.jsonl:2;beir:scifact:1"` -> `[("jsonl", "a.jsonl", 2.0), ("beir", "scifact", 1.0)]`."""
+    members = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        kind, sep, rest = part.partition(":")
+        where, sep2, weight = rest.rpartition(":")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = float("nan")
+        if not sep or not sep2 or kind not in MEMBER_KINDS or not where or not w > 0:
+            raise ConfigError(f"data.mixture.members: bad member {part!r}; expected 'kind:path_or_name:weight' with "
+                              f"kind in {list(MEMBER_KINDS)} and a positive weight")
+        members.append((kind, where, w))
+    if not members:
+        raise ConfigError("data.mixture.members is empty: name at least one 'kind:path_or_name:weight'")
+    return members
+
+
+def build_training_data(cfg, tokenizer, spec) -> TrainingData:
+    """Load the data the config names and build the run's training source (see `TrainingData`)."""
+    batch = cfg.train.global_batch_size
+    if cfg.data.source != "mixture":
+        data = load_labeled(cfg.data.source, cfg)
+        source, dev = labeled_source(data, cfg, tokenizer, spec, global_batch_size=batch, n_dev=cfg.data.dev_queries)
+        return TrainingData(source, source, dev)
+    members = parse_members(cfg.data.mixture.members)
+    same = cfg.data.mixture.same_source_batches
+    try:
+        rows = [batch] * len(members) if same else split_rows(batch, [w for _, _, w in members])
+    except ValueError as e:
+        raise ConfigError(f"data.mixture: {e}") from None
+    built, first_dev = [], None
+    for i, ((kind, where, weight), n) in enumerate(zip(members, rows)):
+        name = f"{i}.{kind}"
+        data = load_labeled(kind, cfg, where)
+        source, dev = labeled_source(data, cfg, tokenizer, spec, global_batch_size=n,
+                                     n_dev=cfg.data.dev_queries if i == 0 else 0, key_prefix=f"{name}/")
+        built.append((name, source, weight))
+        first_dev = first_dev if i else dev
+    if cfg.negatives.refresh_every:
+        raise ConfigError("negatives.refresh_every: the ANCE refresh re-mines one labelled source; a mixture has "
+                          "several (train each alone, or mine negatives offline with `jdr mine`)")
+    mixture = MixtureSource(built, global_batch_size=batch, seed=cfg.seed, same_source_batches=same)
+    return TrainingData(mixture, built[0][1], first_dev)
