@@ -126,7 +126,7 @@ def test_crop_spans_lie_inside_their_chunk_within_the_ratio_bounds(toy):
         (qs, ql), (ks, kl) = gen.crop_spans(int(length), np.random.default_rng([3, 1, p]))
         assert ex.query[1:-1].tolist() == chunk[qs:qs + ql]
         assert ex.passages[0][1:-1].tolist() == chunk[ks:ks + kl]
-        assert ex.passage_keys == (corpus.ids[doc],) == ex.relevant_keys
+        assert ex.passage_keys == (corpus.ids[doc],) and ex.relevant == {corpus.ids[doc]}
 
 
 # -- ICT ------------------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_dropout_title_and_bm25_pairs(toy):
     bm25 = BM25Pairs(corpus, titles, texts, query_unit="both", passage_max_length=512)
     for ex in bm25.examples(1, 0, range(bm25.epoch_size(1, 0))):
         source = ex.query_key.split("#")[0]
-        assert ex.passage_keys[0] != source and ex.relevant_keys == (ex.passage_keys[0], source)
+        assert ex.passage_keys[0] != source and ex.relevant == {ex.passage_keys[0], source}
         assert ex.passages[0][1:-1].tolist() == corpus.passage(corpus.ids.index(ex.passage_keys[0])).tolist()
     with pytest.raises(ValueError, match="query_unit"):
         BM25Pairs(corpus, titles, texts, query_unit="abstract")

@@ -10,36 +10,27 @@ that draws it nor on how many were drawn before a restart. Resume state is just 
 Views are content tokens until the end: augmentations (`augment.py`) apply to content, then the tokenizer's
 special tokens are added and the view truncated to `query_max_length` / `passage_max_length`.
 
-Keys (for in-batch false-negative masking): `passage_keys[0]` is the id of the document the positive came from;
-`relevant_keys` are the keys of every document known to be relevant to the query (the positive's first), so a
-trainer can mask any other in-batch passage carrying one of them; `query_key` names the example's query.
+Examples are the training seam's `jdr.data.source.Example`s with one passage, the positive (`PairSource` adds
+negatives). Keys (for in-batch false-negative masking): `passage_keys[0]` is the id of the document the positive
+came from; `relevant` holds every document known to be relevant to the query (the positive's, and for BM25
+pairs the query's own source document), so the batch builder masks any other in-batch passage carrying one of
+them; `query_key` names the example's query.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from jdr.data.selfsup.augment import Augmentation, apply_augmentations
+from jdr.data.source import Example
 from jdr.data.selfsup.tokens import CorpusTokens
-
-
-class PairExample(NamedTuple):
-    """One training example: `query` and `passages[0]` (the positive) are int32 token ids with special tokens;
-    further passages would be negatives (these generators make none: hard negatives come from the negatives
-    layer like any source's)."""
-
-    query: np.ndarray
-    passages: tuple[np.ndarray, ...]
-    query_key: str
-    passage_keys: tuple[str, ...]
-    relevant_keys: tuple[str, ...]
 
 
 class PairGenerator:
     """Base class: subclasses define `_plan(rng) -> items [M, k] int64` (unshuffled) and
-    `example(item, rng) -> PairExample`; the base shuffles the plan per epoch and draws examples by position.
+    `example(item, rng) -> Example`; the base shuffles the plan per epoch and draws examples by position.
 
     `query_augment` / `passage_augment`: augmentations applied to that view (see `augment.py`).
     """
@@ -64,7 +55,7 @@ class PairGenerator:
     def _plan(self, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
-    def example(self, item: np.ndarray, rng: np.random.Generator) -> PairExample:
+    def example(self, item: np.ndarray, rng: np.random.Generator) -> Example:
         """The example of one plan row `item`, with its random choices drawn from `rng`."""
         raise NotImplementedError
 
@@ -93,7 +84,7 @@ class PairGenerator:
         """Examples in `epoch` (the same for every epoch except for cropping, whose chunk grid moves)."""
         return len(self.epoch_plan(seed, epoch))
 
-    def examples(self, seed: int, epoch: int, positions: Sequence[int]) -> list[PairExample]:
+    def examples(self, seed: int, epoch: int, positions: Sequence[int]) -> list[Example]:
         """The examples at `positions` of `epoch` (a host's rows of a global batch: `range(start, stop)`)."""
         plan = self.epoch_plan(seed, epoch)
         out = []
@@ -112,10 +103,10 @@ class PairGenerator:
         return (self.special.wrap(query, self.query_max_length),
                 self.special.wrap(passage, self.passage_max_length))
 
-    def _pair(self, query, passage, rng, query_key: str, doc: int, also_relevant: Sequence[str] = ()) -> PairExample:
+    def _pair(self, query, passage, rng, query_key: str, doc: int, also_relevant: Sequence[str] = ()) -> Example:
         q, p = self._views(query, passage, rng)
         doc_id = self.corpus.ids[doc]
-        return PairExample(q, (p,), query_key, (doc_id,), (doc_id, *also_relevant))
+        return Example(q, (p,), query_key, (doc_id,), frozenset((doc_id, *also_relevant)))
 
 
 def ragged_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

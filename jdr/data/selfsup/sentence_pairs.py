@@ -77,7 +77,7 @@ class BM25Pairs(PairGenerator):
     Why not the source document: a sentence's own document is its BM25 top hit almost always and contains it
     verbatim, so it would teach copy detection (ICT covers the source document without the sentence); the
     best other document is the lexical neighbour the notes' "query and top-k BM25 passages" means. The source
-    is listed in `relevant_keys` beside the positive, so a trainer masks it when it lands in the same batch.
+    is listed in `relevant` beside the positive, so a trainer masks it when it lands in the same batch.
     A unit whose only matches are its own document (score 0 elsewhere) is skipped. Queries retrieved once, at
     construction. Keys: the positive's document id.
     """

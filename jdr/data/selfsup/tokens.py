@@ -8,6 +8,7 @@ augmentation are slices and index arithmetic, not Python strings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -150,6 +151,11 @@ class CorpusTokens:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Document id -> row."""
+        return {d: i for i, d in enumerate(self.ids)}
 
     def title(self, i: int) -> np.ndarray:
         return self.titles[self.title_offsets[i]:self.title_offsets[i + 1]]
