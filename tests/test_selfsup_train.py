@@ -122,3 +122,54 @@ def test_pair_source_batches_resume_and_negatives(tmp_path):
     with pytest.raises(ValueError, match="cannot fill one global batch"):
         PairSource(CropPairs(tokens, chunk_length=24), global_batch_size=10_000, seed=0)
     assert jax.device_count() == 8  # the trainer tests above ran on the 8 fake devices
+
+
+# The SciFact zero-label rows proposed in the README: each must load and validate (no compile, no data read).
+SCIFACT_ROWS = {
+    "crop": [],
+    "crop+moco": ["moco.enabled=true", "moco.queue_size=1024", "moco.momentum=0.99"],
+    "ict": ["data.selfsup.pairs=ict", "model.query_max_length=64"],
+    "ict+moco": ["data.selfsup.pairs=ict", "model.query_max_length=64", "moco.enabled=true", "moco.queue_size=1024",
+                 "moco.momentum=0.99"],
+    "simcse": ["data.selfsup.pairs=dropout"],
+    "mirror": ["data.selfsup.pairs=dropout", "data.selfsup.query_augment=span:5"],
+    "esimcse": ["data.selfsup.pairs=dropout", "data.selfsup.passage_augment=repeat:0.32"],
+    "title": ["data.selfsup.pairs=title", "model.query_max_length=64"],
+    "bm25": ["data.selfsup.pairs=bm25", "data.selfsup.query_unit=both", "model.query_max_length=64"],
+}
+
+
+@pytest.mark.parametrize("row", sorted(SCIFACT_ROWS))
+def test_scifact_selfsup_rows_are_valid_configs(row):
+    from jdr.train.trainer import _validate
+
+    cfg = load_config("configs/scifact_selfsup.py", SCIFACT_ROWS[row])
+    _validate(cfg)
+    assert cfg.data.source == "selfsup" and cfg.data.dev_queries == 0 and cfg.train.steps == 100
+
+
+def test_dropout_views_get_two_different_masks():
+    """SimCSE's positive pair is the same text under two dropout masks: the step must draw different dropout keys
+    for the query and the passage encode (it splits one key per step and device into two)."""
+    import jax.numpy as jnp
+    import optax
+    from test_train_step import _batch, _shard
+
+    from jdr.train.state import TrainState
+    from jdr.train.step import make_train_step, replicate
+
+    h = 256
+
+    def mask_only(params, ids, mask, tower, deterministic, rng):  # the embedding IS the dropout mask
+        keep = jnp.ones((ids.shape[0], h)) if deterministic else jax.random.bernoulli(rng, 0.5, (ids.shape[0], h))
+        return keep.astype(jnp.float32) + 0.0 * params["w"]
+
+    batch = _batch(0, 4, 1)
+    batch["passage_ids"], batch["passage_mask"] = batch["query_ids"], batch["query_mask"]  # the same text twice
+    params, tx = {"w": jnp.zeros(())}, optax.sgd(0.0)
+    step = jax.pmap(make_train_step(mask_only, loss_name="info_nce", loss_kwargs={"temperature": 1.0}, tx=tx),
+                    axis_name="batch", in_axes=(0, 0, None), devices=jax.local_devices()[:1])
+    _, metrics = step(replicate(TrainState.create(params, tx), jax.local_devices()[:1]), _shard(batch, 1),
+                      jax.random.key(0))
+    # One shared mask would give q == p and q.p = |q|^2 ~ h/2; independent masks overlap on ~h/4 units.
+    assert abs(float(metrics["pos_score"][0]) - h / 4) < 0.15 * h / 4, float(metrics["pos_score"][0])
