@@ -14,6 +14,10 @@ waited). Each refresh is divided by the same run's final test evaluation (a full
 model, length and batch size, plus 300 test queries and an exact search): the bare-encode reference measured in
 the same process, with no extra CPU time. `--measure-encode` also times a bare corpus encode of the base model in
 this process, for a second ratio (run it on an idle machine).
+
+When every workdir holds the `test_run.trec` of its final test evaluation (runs made after issue 16; for older
+ones: `jdr evaluate --model RUN --data scifact --run-output RUN/test_run.trec`), the NDCG@10 / MRR@10 / R@100 cells
+carry `jdr compare`'s significance mark against the first run (paired randomization test, Holm-corrected).
 """
 
 from __future__ import annotations
@@ -66,10 +70,26 @@ def measure_bare_encode(batch_size: int = 128) -> float:
     return time.perf_counter() - t0
 
 
-def format_table(rows: list[dict], bare_encode_s: float | None) -> str:
+def significance(workdirs: list[Path]) -> tuple[dict[str, dict[str, str]], str] | None:
+    """`jdr compare` of the workdirs' test runs against the first -> ({run: {metric: mark}}, footnote), or None
+    when a workdir has no test_run.trec."""
+    from jdr.compare import MARK, compare_runs, format_markdown, judgments, load_run, run_path
+    from jdr.evaluate import TEST_RUN
+
+    if not all((w / TEST_RUN).is_file() for w in workdirs):
+        return None
+    dataset = json.loads((workdirs[0] / "run.json").read_text())["config"]["data"]
+    qrels, query_ids, doc_ids, identical = judgments(data=dataset["dataset"], split=dataset["test_split"])
+    runs = {w.name: load_run(run_path(w), query_ids=query_ids, doc_ids=doc_ids) for w in workdirs}
+    c = compare_runs(qrels, runs, ignore_identical_ids=identical, metrics=("ndcg@10", "mrr@10", "recall@100"))
+    marks = {r.name: {m: MARK if e.get("significant") else "" for m, e in r.metrics.items()} for r in c.runs}
+    return marks, format_markdown(c).splitlines()[-1]
+
+
+def format_table(rows: list[dict], bare_encode_s: float | None, marks: dict | None = None) -> str:
     """Markdown: one row per run. Refresh cost per refresh = encode + index + mine; "/ test encode" divides the
     whole refresh (the loop's wait in sync mode) by the same run's final test evaluation; "/ bare encode" by a
-    separately measured bare corpus encode, when given."""
+    separately measured bare corpus encode, when given. `marks`: {run: {metric: significance mark}}."""
     lines = ["| negatives | steps | NDCG@10 | MRR@10 | R@100 | refreshes (skipped) | encode s | index s | mine s "
              "| loop waited s | refresh / test encode (same run) | refresh / bare encode |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -79,8 +99,10 @@ def format_table(rows: list[dict], bare_encode_s: float | None) -> str:
         ratio = f"{per / bare_encode_s:.2f}x" if bare_encode_s and r["refreshes"] else "-"
         same_run = (" / ".join(f"{s / r['test_eval_s']:.2f}x" for s in r["refresh_s"])
                     if r["refreshes"] and r.get("test_eval_s") else "-")
-        lines.append(f"| {r['negatives']} | {r['steps']} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | "
-                     f"{r['recall@100']:.4f} | {r['refreshes']} ({r['skipped']}) | {r['encode_s']:.0f} | "
+        m = (marks or {}).get(r["run"], {})
+        lines.append(f"| {r['negatives']} | {r['steps']} | {r['ndcg@10']:.4f}{m.get('ndcg@10', '')} | "
+                     f"{r['mrr@10']:.4f}{m.get('mrr@10', '')} | {r['recall@100']:.4f}{m.get('recall@100', '')} | "
+                     f"{r['refreshes']} ({r['skipped']}) | {r['encode_s']:.0f} | "
                      f"{r['index_s']:.1f} | {r['mine_s']:.1f} | {r['loop_wait_s']:.2f} | {same_run} | {ratio} |")
     if bare_encode_s:
         lines.append(f"\nBare corpus encode of the base model (same machine): {bare_encode_s:.0f} s.")
@@ -96,7 +118,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = [_row(Path(r)) for r in args.runs]
     bare = measure_bare_encode() if args.measure_encode else args.baseline_encode_seconds
-    table = format_table(rows, bare)
+    marks = significance([Path(r) for r in args.runs])
+    table = format_table(rows, bare, marks and marks[0])
+    if marks:
+        table += "\n\n" + marks[1]
     print(table)
     if args.out:
         with atomic_write(args.out) as f:

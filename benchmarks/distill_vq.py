@@ -5,12 +5,21 @@ Inputs come from a Distill-VQ config (`data` section: the BEIR dataset and the `
 the train split (no labels used; plus `data.pseudo_queries`) and everything is measured on the test split. For each
 code size B bytes (M = B sub-spaces of K = 256 codewords) it reports, per method (and per nprobe for IVF):
   dense-R@10 / dense-R@100 — fraction of the exact dense (Flat) top-k the compressed index returns in its top-k;
-  NDCG@10 / R@100 vs qrels  — `jdr.evaluate.compute_metrics` of the compressed index's top-1000 run;
+  NDCG@10 / R@100 vs qrels  — `jdr.evaluate.per_query_metrics` of the compressed index's top-1000 run;
   train_s                   — faiss training (+ Distill-VQ's distillation) wall time.
 
   python benchmarks/distill_vq.py --config configs/scifact_vq16.py --bytes 48,16,8 --nlist 256 --nprobe 16,64 \
       --cache .cache/vq_faiss --out benchmarks/results/distill_vq.json
   python benchmarks/distill_vq.py --random   # smoke test on random embeddings (seconds)
+
+Significance (`jdr.compare`): every row carries the 95 % t interval of its mean NDCG@10 over the test queries, and
+every Distill-VQ row a paired comparison with the faiss index it started from (same bytes, method and nprobe; the
+query-encoder row with faiss OPQ+PQ): the NDCG@10 and R@100 differences with their 95 % intervals, two-sided
+paired randomization tests, Holm-corrected over all those comparisons; `†` marks p < 0.05 after correction.
+
+`--ablation` (benchmarks/distill_vq_ablation.py) instead tunes on a dev split carved from the train queries: what
+the paper's ablation says matters (joint IVF+PQ training, candidate count, ListNet vs KL, temperature), one factor
+at a time, chooses on dev, and reads test once for the chosen configuration against faiss and the base config.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ import numpy as np
 
 from jdr.config import apply_overrides, load_config, to_dict
 from jdr.data.beir import load_beir
-from jdr.evaluate import compute_metrics, search_run
+from jdr.compare import MARK, adjust_pvalues, mean_ci, paired_test
+from jdr.evaluate import per_query_metrics, search_run
 from jdr.index.faiss_index import build_index, load_index, save_index, search
 from jdr.io import atomic_write
 from jdr.vq.cli import load_teacher
@@ -54,24 +64,54 @@ def _random_inputs(seed: int = 0):
     return docs, doc_ids, tr.astype(np.float32), te.astype(np.float32), test_ids, qrels
 
 
-def _evaluate(index, name, nlist, nprobe, test_q, test_ids, doc_ids, qrels, dense_rows, train_s):
-    """One result row. `test_q` are the student's query embeddings; `dense_rows` the teacher's exact top-100."""
+def evaluate_row(index, name, nlist, nprobe, test_q, test_ids, doc_ids, qrels, dense_rows, train_s):
+    """One result row and its per-query NDCG@10 / R@100 ({metric: [n] in `qrels` order}, for the paired tests).
+    `test_q` are the student's query embeddings; `dense_rows` the teacher's exact top-100."""
     probe = min(nprobe, nlist) if nlist else None
     run = search_run(test_q, test_ids, index, doc_ids, 1000, nprobe=probe)
     rows = search(index, test_q, 100, nprobe=probe)[1]
-    m = compute_metrics(qrels, run)
+    per_query = {m: np.array(list(v.values())) for m, v in
+                 per_query_metrics(qrels, run, metrics=("ndcg@10", "recall@100")).items()}
+    lo, hi = mean_ci(per_query["ndcg@10"])
     return {
         "method": name,
         "nprobe": probe or "-",
         "dense_r@10": teacher_recall(rows, dense_rows, 10),
         "dense_r@100": teacher_recall(rows, dense_rows, 100),
-        "ndcg@10": m["ndcg@10"],
-        "r@100": m["recall@100"],
+        "ndcg@10": float(per_query["ndcg@10"].mean()),
+        "ndcg@10 95% CI": f"[{lo:.3f}, {hi:.3f}]",
+        "r@100": float(per_query["recall@100"].mean()),
         "train_s": train_s,
-    }
+    }, per_query
 
 
-def _faiss_index(docs, factory, seed, cache):
+def add_significance(results: list[dict], per_query: list[dict], resamples: int = 10_000) -> None:
+    """Annotate each Distill-VQ row of `results` (aligned with `per_query`) with its paired comparison against
+    the faiss row it started from: `vs faiss` (display) and `significance` (numbers), Holm-corrected over all."""
+    where = {(r["bytes"], r["method"], r["nprobe"]): i for i, r in enumerate(results)}
+    family = []
+    for i, r in enumerate(results):
+        if not r["method"].startswith("jdr Distill-VQ"):
+            continue
+        base = "faiss " + ("OPQ+PQ" if "query encoder" in r["method"] else r["method"].split()[-1])
+        j = where.get((r["bytes"], base, r["nprobe"]))
+        if j is None:
+            continue
+        r["significance"] = {"baseline": base}
+        for m in ("ndcg@10", "recall@100"):
+            test = paired_test(per_query[i][m], per_query[j][m], resamples=resamples)
+            r["significance"][m] = test
+            family.append((r, m, test))
+    for (r, m, test), p_adj in zip(family, adjust_pvalues([t["p_permutation"] for _, _, t in family], "holm")):
+        test["p_adjusted"], test["significant"] = float(p_adj), bool(p_adj < 0.05)
+    for r in results:
+        if "significance" in r:
+            t = r["significance"]["ndcg@10"]
+            r["vs faiss (NDCG@10)"] = (f"{t['diff']:+.3f} [{t['diff_ci'][0]:+.3f}, {t['diff_ci'][1]:+.3f}] "
+                                      f"p {t['p_adjusted']:.3g}" + (MARK if t["significant"] else ""))
+
+
+def trained_faiss_index(docs, factory, seed, cache):
     """Train (or read from `cache`) the faiss index of `factory` -> (index, training seconds)."""
     path = Path(cache) / f"{factory}.s{seed}.faiss" if cache else None
     if path is not None and path.is_file():
@@ -95,14 +135,16 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
     faiss baselines (a subset of FAISS_METHODS); Distill-VQ runs from each OPQ one picked."""
     d = docs.shape[1]
     dense_rows = search(build_index(docs, "Flat"), test_q, 100)[1]
-    results = [_evaluate(build_index(docs, "Flat"), "Flat (teacher)", 0, 0, test_q, test_ids, doc_ids, qrels,
-                         dense_rows, 0.0) | {"bytes": 4 * d}]
+    results, per_query = [], []
 
     def emit(index, name, nl, train_s, b, queries=test_q):
         for probe in (sorted({min(p, nl) for p in nprobes}) if nl else [0]):
-            results.append(_evaluate(index, name, nl, probe, queries, test_ids, doc_ids, qrels, dense_rows, train_s)
-                           | {"bytes": b})
+            row, values = evaluate_row(index, name, nl, probe, queries, test_ids, doc_ids, qrels, dense_rows, train_s)
+            results.append(row | {"bytes": b})
+            per_query.append(values)
             print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+
+    emit(build_index(docs, "Flat"), "Flat (teacher)", 0, 0.0, 4 * d)
 
     for b in code_bytes:
         inits = {}
@@ -110,7 +152,7 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
             if name not in methods:
                 continue
             spec = VQSpec(d=d, M=b, K=256, nlist=nl, opq=opq)
-            index, train_s = _faiss_index(docs, spec.factory(), cfg.seed, cache)
+            index, train_s = trained_faiss_index(docs, spec.factory(), cfg.seed, cache)
             emit(index, f"faiss {name}", nl, train_s, b)
             if opq:
                 inits[name] = (spec, index, train_s)
@@ -134,15 +176,20 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
             train_s = faiss_s + time.time() - t0
             emit(export_faiss(res.vq, docs), "jdr Distill-VQ + query encoder OPQ+PQ", 0, train_s, b,
                  queries=res.query_tower.embed(texts[1]))
+    add_significance(results, per_query)
     return results
 
 
 def format_table(results) -> str:
-    """Markdown table of result rows."""
-    cols = ["bytes", "method", "nprobe", "dense_r@10", "dense_r@100", "ndcg@10", "r@100", "train_s"]
+    """Markdown table of result rows; `†` marks a difference significant after correction."""
+    cols = ["bytes", "method", "nprobe", "dense_r@10", "dense_r@100", "ndcg@10", "ndcg@10 95% CI", "r@100",
+            "vs faiss (NDCG@10)", "train_s"]
+    if any("vs config (NDCG@10)" in r for r in results):  # the ablation's dev-chosen rows
+        cols.insert(-1, "vs config (NDCG@10)")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
-        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                       for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -157,7 +204,17 @@ def _load(cfg):
     print(f"{len(teacher.doc_ids)} docs, {len(train_ids)} train queries + {len(train_q) - len(train_ids)} "
           f"pseudo-queries, {len(test_ids)} test queries", file=sys.stderr)
     inputs = teacher.doc_emb, teacher.doc_ids, train_q, teacher.queries(test_ids), test_ids, test.qrels
-    return inputs, teacher, (train_ids, test_ids)
+    return inputs, teacher, (train_ids, test_ids), data_dir
+
+
+def _dev_inputs(cfg, teacher, data_dir, n_dev: int):
+    """--ablation: (train-minus-dev query embeddings (+ pseudo-queries), dev embeddings, dev ids, dev qrels)."""
+    from jdr.vq.cli import split_queries
+
+    data = load_beir(data_dir, cfg.data.train_split)
+    train_ids, dev_ids = split_queries(data, n_dev, cfg.seed)
+    train_q = np.concatenate([teacher.queries(train_ids), teacher.pseudo_queries()])
+    return train_q, teacher.queries(dev_ids), dev_ids, {q: data.qrels[q] for q in dev_ids}
 
 
 def main(argv=None) -> int:
@@ -174,7 +231,12 @@ def main(argv=None) -> int:
                    help="add Distill-VQ + query encoder (OPQ+PQ; lr train.encoder_lr; needs no pseudo-queries)")
     p.add_argument("--methods", default=",".join(FAISS_METHODS),
                    help="faiss baselines to run, comma-separated (Distill-VQ starts from the OPQ ones)")
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--ablation", action="store_true", help="dev-set ablation, then the dev-chosen config on test "
+                   "(benchmarks/distill_vq_ablation.py); --methods picks OPQ+PQ and/or OPQ+IVFPQ")
+    p.add_argument("--dev-queries", type=int, default=None, help="--ablation: train queries held out as dev "
+                   "(default: the config's data.dev_queries, else 100)")
+    p.add_argument("--no-test", action="store_true", help="--ablation: stop after the dev choice")
+    p.add_argument("--out", help="write the results as JSON here (and, with --ablation, markdown beside it)")
     p.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (0 = faiss's default)")
     a = p.parse_args(argv)
     if a.threads:
@@ -197,12 +259,15 @@ def main(argv=None) -> int:
     else:
         if not a.config:
             p.error("--config is required (or use --random)")
-        (docs, doc_ids, train_q, test_q, test_ids, qrels), teacher, (train_ids, test_ids) = _load(cfg)
+        (docs, doc_ids, train_q, test_q, test_ids, qrels), teacher, (train_ids, test_ids), data_dir = _load(cfg)
         if a.query_encoder:
             if cfg.data.pseudo_queries != "none":
                 p.error("--query-encoder: pseudo-queries have no text; set data.pseudo_queries=none")
             tower, texts = teacher.query_tower(), (teacher.texts(train_ids), teacher.texts(test_ids))
         code_bytes = [int(b) for b in a.bytes.split(",")]
+    if a.ablation:
+        return _ablation(a, cfg, docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes, methods,
+                         None if a.random else (teacher, data_dir))
     results = run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes=code_bytes, nlist=a.nlist,
                             nprobes=[int(x) for x in a.nprobe.split(",")], cfg=cfg, cache=a.cache,
                             distill=not a.faiss_only, tower=tower, texts=texts, methods=methods)
@@ -211,6 +276,32 @@ def main(argv=None) -> int:
         with atomic_write(a.out) as f:
             json.dump({"command": " ".join(["python", "benchmarks/distill_vq.py", *sys.argv[1:]]),
                        "config": to_dict(cfg), "results": results}, f, indent=2)
+    return 0
+
+
+def _ablation(a, cfg, docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes, methods, teacher) -> int:
+    from distill_vq_ablation import format_ablation, random_dev_split, run_ablation
+
+    if a.query_encoder:
+        raise SystemExit("--ablation tunes the index only: drop --query-encoder")
+    methods = tuple(m for m in methods if m.startswith("OPQ"))  # Distill-VQ starts from the OPQ indexes
+    if teacher is None:
+        inputs = random_dev_split(train_q, docs, a.dev_queries or 60)
+    else:
+        inputs = _dev_inputs(cfg, *teacher, a.dev_queries or cfg.data.dev_queries or 100)
+    out = run_ablation(docs, doc_ids, *inputs, train_q, test_q, test_ids, qrels, code_bytes=code_bytes,
+                       nlist=a.nlist, nprobes=[int(x) for x in a.nprobe.split(",")], cfg=cfg, cache=a.cache,
+                       methods=methods or ("OPQ+PQ",), test=not a.no_test)
+    command = " ".join(["python", "benchmarks/distill_vq.py", *sys.argv[1:]])
+    text = f"Command: `{command}`\n\nDev ({len(inputs[2])} held-out train queries):\n\n{format_ablation(out)}"
+    if "test" in out:
+        text += "\n\nTest (read once; trained on all train queries):\n\n" + format_table(out["test"])
+    print(text)
+    if a.out:
+        with atomic_write(a.out) as f:
+            json.dump({"command": command, "config": to_dict(cfg), **out}, f, indent=2)
+        with atomic_write(Path(a.out).with_suffix(".md")) as f:
+            f.write(f"# Distill-VQ ablation on dev\n\n{text}\n")
     return 0
 
 

@@ -35,8 +35,8 @@ def _load_model(args, query_max_length=None, passage_max_length=None):
 MODEL_HELP = "HF/sentence-transformers dir, hub name, 'minilm', or a `jdr train` workdir"
 
 
-def _model_args(p):
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+def _model_args(p, required=True):
+    p.add_argument("--model", required=required, help=MODEL_HELP)
     p.add_argument("--step", type=int, default=None, help="checkpoint step when --model is a workdir (default: latest)")
 
 
@@ -94,9 +94,14 @@ def _index(args) -> int:
 
 # -- search ---------------------------------------------------------------------------------------------------
 def _search_args(p):
-    _model_args(p)
-    p.add_argument("--index", required=True, help="index file written by `jdr index` (with INDEX.ids.txt)")
-    p.add_argument("--queries", required=True, help="BEIR queries.jsonl")
+    _model_args(p, required=False)
+    p.add_argument("--index", default=None, help="index file written by `jdr index` (with INDEX.ids.txt)")
+    p.add_argument("--queries", default=None, help="BEIR queries.jsonl (with --bm25 --data: default the split's)")
+    p.add_argument("--bm25", action="store_true", help="BM25 (bm25s) over --corpus or --data instead of a model")
+    p.add_argument("--corpus", default=None, help="with --bm25: BEIR corpus.jsonl")
+    p.add_argument("--data", default=None, help="with --bm25: BEIR dataset dir or name (its corpus and the "
+                                                "queries of --split)")
+    p.add_argument("--split", default="test", help="with --bm25 --data: the qrels split whose queries to search")
     p.add_argument("--top-k", type=int, default=1000)
     p.add_argument("--output", required=True, help="TREC run file")
     p.add_argument("--max-length", type=int, default=None, help="query token limit (default: the model's)")
@@ -113,6 +118,12 @@ def _search(args) -> int:
     from jdr.index.store import load_ids
     from jdr.models.inference import encode_texts
 
+    if args.bm25:
+        return _search_bm25(args)
+    if args.model is None or args.index is None or args.queries is None:
+        raise ValueError("search: give --model, --index and --queries (or --bm25 with --data / --corpus)")
+    if args.data or args.corpus:
+        raise ValueError("search: --data / --corpus are for --bm25; a dense search reads --index")
     index = load_index(args.index)
     doc_ids = load_ids(_ids_path(args.index))
     queries = load_queries(args.queries)
@@ -123,6 +134,30 @@ def _search(args) -> int:
     run = search_run(q_emb, qids, index, doc_ids, args.top_k, nprobe=args.nprobe, efSearch=args.ef_search)
     write_trec_run(args.output, run, args.tag)
     print(f"wrote run for {len(run)} queries to {args.output}")
+    return 0
+
+
+def _search_bm25(args) -> int:
+    """`jdr search --bm25`: jdr's one BM25 set-up (jdr.negatives.bm25) over a BEIR corpus -> TREC run."""
+    from jdr.data.beir import load_beir, load_corpus, load_queries, resolve_dataset
+    from jdr.evaluate import bm25_run, write_trec_run
+
+    if args.model or args.index:
+        raise ValueError("search: --bm25 takes no --model / --index")
+    if bool(args.data) == bool(args.corpus):
+        raise ValueError("search --bm25: give exactly one of --data (a BEIR dataset) and --corpus (corpus.jsonl)")
+    if args.data:
+        data = load_beir(resolve_dataset(args.data), args.split)
+        corpus, queries = data.corpus, data.queries
+    else:
+        if not args.queries:
+            raise ValueError("search --bm25 --corpus: give --queries too")
+        corpus = load_corpus(args.corpus)
+    if args.queries:
+        queries = load_queries(args.queries)
+    run = bm25_run(corpus, queries, args.top_k)
+    write_trec_run(args.output, run, args.tag if args.tag != "jdr" else "bm25")
+    print(f"wrote BM25 run for {len(run)} queries over {len(corpus)} docs to {args.output}")
     return 0
 
 
@@ -162,6 +197,81 @@ def _evaluate(args) -> int:
     return 0
 
 
+# -- compare / fuse -------------------------------------------------------------------------------------------
+RUNS_HELP = "TREC run files or `jdr train` workdirs (their test_run.trec)"
+
+
+def _compare_args(p):
+    p.add_argument("runs", nargs="+", help=RUNS_HELP + "; the first is the baseline unless --baseline")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--qrels", help="qrels file: BEIR TSV (query-id corpus-id score) or TREC (qid 0 docid rel)")
+    where.add_argument("--data", help="BEIR dataset dir or name: qrels of --split; run ids checked against it")
+    p.add_argument("--split", default="test")
+    p.add_argument("--names", default=None, help="comma-separated run names (default: file stem / workdir name)")
+    p.add_argument("--baseline", default=None, help="name of the baseline run (default: the first)")
+    p.add_argument("--metrics", default="ndcg@10,mrr@10,recall@100,recall@1000", help="from ndcg@10, mrr@10, "
+                   "recall@100, recall@1000, map")
+    p.add_argument("--test", choices=("permutation", "t"), default="permutation",
+                   help="test whose corrected p-values decide significance (both are reported)")
+    p.add_argument("--correction", choices=("holm", "bh", "by", "none"), default="holm",
+                   help="multiple-comparison correction over runs x metrics")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--resamples", type=int, default=10_000, help="randomization test resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomization test")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object")
+    out.add_argument("--markdown", action="store_true", help="print a markdown table with significance marks")
+
+
+def _compare(args) -> int:
+    from jdr import compare
+
+    names = args.names.split(",") if args.names else [compare.run_name(r) for r in args.runs]
+    if len(names) != len(args.runs):
+        raise ValueError(f"compare: {len(names)} --names for {len(args.runs)} runs")
+    if len(set(names)) != len(names):
+        raise ValueError(f"compare: run names {names} repeat; give --names")
+    qrels, query_ids, doc_ids, identical = compare.judgments(args.qrels, args.data, args.split)
+    runs = {n: compare.load_run(r, query_ids=query_ids, doc_ids=doc_ids) for n, r in zip(names, args.runs)}
+    info = {n: {"source": str(compare.run_path(r))} for n, r in zip(names, args.runs)}
+    c = compare.compare_runs(qrels, runs, ignore_identical_ids=identical, metrics=args.metrics.split(","),
+                             info=info, baseline=args.baseline, test=args.test, correction=args.correction,
+                             alpha=args.alpha, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        print(json.dumps({"qrels": args.qrels or f"{args.data}:{args.split}", **c.to_dict()}, indent=1))
+    else:
+        print(compare.format_markdown(c) if args.markdown else compare.format_text(c))
+    return 0
+
+
+def _fuse_args(p):
+    p.add_argument("runs", nargs="+", help=RUNS_HELP)
+    p.add_argument("--method", choices=("rrf", "linear"), default="rrf")
+    p.add_argument("--k", type=float, default=60.0, help="RRF constant: score = sum w / (k + rank)")
+    p.add_argument("--weights", default=None, help="comma-separated, one per run (default: all 1)")
+    p.add_argument("--norm", choices=("minmax", "zscore"), default="minmax", help="linear: per-query score norm")
+    p.add_argument("--depth", type=int, default=None, help="fuse each run's top DEPTH docs (default: all)")
+    p.add_argument("--top-k", type=int, default=1000, help="docs kept per query")
+    p.add_argument("--output", required=True, help="TREC run file")
+    p.add_argument("--tag", default=None, help="run tag (default: the method)")
+
+
+def _fuse(args) -> int:
+    from jdr.compare import load_run
+    from jdr.evaluate import write_trec_run
+    from jdr.fusion import fuse
+
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        raise ValueError(f"fuse: --weights {args.weights!r} must be comma-separated numbers") from None
+    run = fuse([load_run(r) for r in args.runs], args.method, k=args.k, weights=weights, norm=args.norm,
+               depth=args.depth, top_k=args.top_k)
+    write_trec_run(args.output, run, args.tag or args.method, digits=10)
+    print(f"wrote {args.method} fusion of {len(args.runs)} runs ({len(run)} queries) to {args.output}")
+    return 0
+
+
 # -- train / export -------------------------------------------------------------------------------------------
 def _train_args(p):
     p.add_argument("--config", default=None, help="config file (configs/*.py); overrides: --config.train.lr=2e-5")
@@ -198,59 +308,6 @@ def _export(args) -> int:
     return 0
 
 
-# -- whiten ---------------------------------------------------------------------------------------------------
-def _whiten_args(p):
-    _model_args(p)
-    p.add_argument("--data", required=True, help="BEIR dataset dir or name whose corpus the whitening is fit on")
-    p.add_argument("--output", required=True, help="HF + sentence-transformers model dir to write (Dense module)")
-    p.add_argument("--dim", type=int, default=None, help="keep the k leading whitened directions (default: all)")
-    p.add_argument("--eps", type=float, default=1e-8, help="added to the covariance spectrum before 1/sqrt")
-    p.add_argument("--sample", type=int, default=0, help="fit on N seeded random docs (0 = the whole corpus)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--embeddings", default=None,
-                   help="fit on this `jdr encode` store of the corpus (same model, passage tower) instead of encoding")
-    p.add_argument("--max-length", type=int, default=None, help="passage token limit (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=64)
-
-
-def _whiten(args) -> int:
-    import numpy as np
-
-    from jdr.data.beir import load_corpus, resolve_dataset
-    from jdr.index.store import load_embeddings
-    from jdr.models.hf import export
-    from jdr.models.inference import encode_texts
-    from jdr.models.whitening import add_whitening, fit_whitening
-    from jdr.run_info import write_run_record
-
-    corpus = load_corpus(resolve_dataset(args.data) / "corpus.jsonl")
-    params, spec, tok = _load_model(args)
-    rows = np.arange(len(corpus.ids))
-    if 0 < args.sample < len(rows):
-        rows = np.sort(np.random.default_rng(args.seed).choice(rows, args.sample, replace=False))
-    if args.embeddings:
-        emb, ids = load_embeddings(args.embeddings)
-        index = {d: i for i, d in enumerate(ids)}
-        missing = [corpus.ids[r] for r in rows if corpus.ids[r] not in index]
-        if missing:
-            raise ValueError(f"{args.embeddings}: no embedding for doc {missing[0]!r} ({len(missing)} missing)")
-        emb = np.asarray(emb)[[index[corpus.ids[r]] for r in rows]]
-    else:
-        passages = corpus.passages()
-        emb = encode_texts(params, spec, tok, [passages[r] for r in rows], tower="passage",
-                           max_length=args.max_length, batch_size=args.batch_size)
-    whitening = fit_whitening(emb, dim=args.dim, eps=args.eps)
-    params, spec = add_whitening(params, spec, whitening)
-    export(params, spec, tok, args.output)
-    summary = {"output": str(args.output), "fit_docs": int(len(rows)), "dim_in": int(whitening.kernel.shape[0]),
-               "dim_out": int(whitening.kernel.shape[1]), "eps": args.eps,
-               "top_singular_values": [float(v) for v in whitening.singular_values[:5]]}
-    write_run_record(args.output, {k: v for k, v in vars(args).items() if not k.startswith("_")}, args.seed,
-                     name="whitening.json", **summary)
-    print(json.dumps(summary))
-    return 0
-
-
 COMMANDS: dict[str, Command] = {
     "train": Command("train a dense retriever from a config (resumes from the workdir)", _train_args, _train),
     "export": Command("write a training workdir's encoder as an HF + sentence-transformers dir", _export_args,
@@ -259,10 +316,14 @@ COMMANDS: dict[str, Command] = {
                   lambda args: _vq().run(args)),
     "encode": Command("encode a jsonl file into an embedding store", _encode_args, _encode),
     "index": Command("build a faiss index over an embedding store", _index_args, _index),
-    "search": Command("search an index with a model's query embeddings, write a TREC run", _search_args, _search),
+    "search": Command("search an index with a model's query embeddings (or BM25), write a TREC run",
+                      _search_args, _search),
     "evaluate": Command("retrieve over a BEIR split and print nDCG@10 / MRR@10 / recall", _evaluate_args, _evaluate),
+    "compare": Command("per-query significance tests and CIs of runs against a baseline run", _compare_args,
+                       _compare),
+    "fuse": Command("fuse runs: reciprocal rank fusion or normalised linear fusion", _fuse_args, _fuse),
     "whiten": Command("fit whitening on a corpus's embeddings and export the model with it (ST Dense + Normalize)",
-                      _whiten_args, _whiten),
+                      lambda p: _whiten().add_arguments(p), lambda args: _whiten().run(args)),
 }
 
 
@@ -270,6 +331,12 @@ def _vq():
     from jdr.vq import cli
 
     return cli
+
+
+def _whiten():
+    from jdr import whiten
+
+    return whiten
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import numpy as np
 from jdr.config import to_dict
 from jdr.data.beir import BeirData, Corpus
 from jdr.data.labeled import LabeledData
-from jdr.evaluate import evaluate_model
+from jdr.evaluate import TEST_RUN, evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
 from jdr.train.step import unreplicate
 
@@ -133,7 +133,9 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
             t0 = time.perf_counter()
             final.update({f"test/{k}": v for k, v in evaluate_model(params, run.spec, run.tokenizer, test,
                                                                     factory=cfg.eval.factory,
-                                                                    batch_size=cfg.eval.batch_size, k=1000)})
+                                                                    batch_size=cfg.eval.batch_size, k=1000,
+                                                                    run_output=run.workdir / TEST_RUN if primary
+                                                                    else None)})  # the run, for `jdr compare`
             final["test/eval_seconds"] = time.perf_counter() - t0
             writer.write(loop.step, {k[5:]: v for k, v in final.items() if k.startswith("test/")}, prefix="test")
         return final
