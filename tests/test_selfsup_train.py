@@ -121,7 +121,6 @@ def test_pair_source_batches_resume_and_negatives(tmp_path):
         c.restore({**b.state(), "generator": "ict"})
     with pytest.raises(ValueError, match="cannot fill one global batch"):
         PairSource(CropPairs(tokens, chunk_length=24), global_batch_size=10_000, seed=0)
-    assert jax.device_count() == 8  # the trainer tests above ran on the 8 fake devices
 
 
 # The SciFact zero-label rows proposed in the README: each must load and validate (no compile, no data read).

@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from jdr.data.selfsup.augment import Augmentation, apply_augmentations
-from jdr.data.source import Example
 from jdr.data.selfsup.tokens import CorpusTokens
+from jdr.data.source import Example
 
 
 class PairGenerator:
