@@ -346,6 +346,8 @@ COMMANDS: dict[str, Command] = {
     "compare": Command("per-query significance tests and CIs of runs against a baseline run", _compare_args,
                        _compare),
     "fuse": Command("fuse runs: reciprocal rank fusion or normalised linear fusion", _fuse_args, _fuse),
+    "whiten": Command("fit whitening on a corpus's embeddings and export the model with it (ST Dense + Normalize)",
+                      lambda p: _whiten().add_arguments(p), lambda args: _whiten().run(args)),
 }
 
 
@@ -353,6 +355,12 @@ def _vq():
     from jdr.vq import cli
 
     return cli
+
+
+def _whiten():
+    from jdr import whiten
+
+    return whiten
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,8 @@ def train_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     # Training source: "beir" (data.dataset's qrels), "jsonl" (Tevatron JSONL), "triplets" (query/positive/negative
-    # texts), "msmarco" (MS MARCO TSV files), "mixture" (several of these with weights). docs/DESIGN.md: data path.
+    # texts), "msmarco" (MS MARCO TSV files), "mixture" (several of these with weights), "selfsup" (pairs made from
+    # data.dataset's corpus alone, see data.selfsup). docs/DESIGN.md: data path.
     c.data.source = "beir"
     c.data.dataset = "scifact"  # BEIR dir or name: training data of source=beir; test evaluation for every source.
     c.data.train_split = "train"  # qrels split the model trains on (source=beir).
@@ -62,6 +63,17 @@ def train_config() -> ml_collections.ConfigDict:
     # Each global batch from one member, drawn by weight (FlagEmbedding's same_dataset_within_batch: in-batch
     # negatives from another dataset are too easy); False: every batch splits its rows over members by weight.
     c.data.mixture.same_source_batches = True
+    # source=selfsup: positive pairs from data.dataset's raw corpus, no queries or qrels (docs/DESIGN.md: selfsup).
+    c.data.selfsup = ml_collections.ConfigDict()
+    c.data.selfsup.pairs = "crop"  # "crop" (Contriever) | "ict" | "dropout" (SimCSE) | "title" | "bm25".
+    c.data.selfsup.chunk_length = 256  # crop: chunk size in tokens; the grid moves every epoch.
+    c.data.selfsup.ratio_min = 0.05  # crop: shortest crop as a fraction of its chunk.
+    c.data.selfsup.ratio_max = 0.5  # crop: longest crop as a fraction of its chunk.
+    c.data.selfsup.remove_prob = 0.9  # ict: how often the query sentence is cut out of its key (ORQA: 0.9).
+    c.data.selfsup.query_unit = "sentence"  # bm25: pseudo-query is a "sentence", the "title" or "both".
+    c.data.selfsup.min_query_tokens = 5  # ict / bm25: shortest sentence usable as a query.
+    c.data.selfsup.query_augment = ""  # Token augmentations of the query view, e.g. "delete:0.1" or "span:5".
+    c.data.selfsup.passage_augment = ""  # ... and of the positive view (kinds: delete replace mask shuffle span repeat).
 
     c.negatives = ml_collections.ConfigDict()
     # "none" (in-batch only) | "random" | "gold" | "bm25" | "ann" | "file" (the training data's own) | "hybrid".
@@ -99,6 +111,11 @@ def train_config() -> ml_collections.ConfigDict:
     # PRNG for dropout: "threefry2x32" (same bits on every backend) or "rbg" (XLA's RngBitGenerator: ~15 % faster
     # train steps on CPU, where threefry masks cost a third of the step; reproducible on the same backend only).
     c.train.rng_impl = "threefry2x32"
+
+    c.moco = ml_collections.ConfigDict()
+    c.moco.enabled = False  # MoCo (Contriever): passages encoded by a momentum copy of the encoder, past keys queued.
+    c.moco.momentum = 0.999  # EMA factor of the key tower (Contriever: 0.999).
+    c.moco.queue_size = 4096  # Past positive keys scored as extra negatives; a multiple of train.global_batch_size.
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 100  # Dev evaluation every N steps (0 = only at the end).

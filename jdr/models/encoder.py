@@ -11,6 +11,7 @@ from jdr.models.bert import BertConfig, BertModel
 from jdr.models.pooling import POOLING_MODES, l2_normalize, pool
 
 TOWERS = ("query", "passage")
+DENSE_ACTIVATIONS = {None: None, "identity": lambda x: x, "tanh": jnp.tanh}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -20,6 +21,10 @@ class EncoderSpec:
 
     `tied=True`: params are `{"shared": bert_params}`; `tied=False`: `{"query": ..., "passage": ...}`.
     `dtype` is the compute dtype ("float32" | "bfloat16"); params are always float32.
+    `dense`: activation of a sentence-transformers `Dense` module after pooling ("identity" | "tanh"), None for
+    none; its weights are `params["dense"] = {"kernel": [H, k], "bias": [k]}`, shared by both towers.
+    `normalize_before_dense`: an ST `Normalize` module sits before the Dense (a whitened normalised model:
+    Pooling, Normalize, Dense, Normalize); `normalize` is always the last step.
     """
 
     bert: BertConfig
@@ -30,8 +35,14 @@ class EncoderSpec:
     tied: bool = True
     dtype: str = "float32"
     model_type: str = "bert"
+    dense: str | None = None
+    normalize_before_dense: bool = False
 
     def __post_init__(self):
+        if self.dense not in DENSE_ACTIVATIONS:
+            raise ValueError(f"dense: activation must be one of {sorted(DENSE_ACTIVATIONS, key=str)}, got {self.dense!r}")
+        if self.normalize_before_dense and self.dense is None:
+            raise ValueError("normalize_before_dense needs a dense layer")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling: unknown mode {self.pooling!r} (known: {', '.join(POOLING_MODES)})")
         if self.dtype not in DTYPES:
@@ -80,7 +91,8 @@ def init_params(spec: EncoderSpec, rng: jax.Array) -> dict:
 def encode(params, spec: EncoderSpec, input_ids, attention_mask, *, tower: str, deterministic: bool = True, rng=None):
     """Embed token arrays `input_ids[B,L]`, `attention_mask[B,L]` (int32) with `tower` -> float32 [B,H].
 
-    BERT, then `spec.pooling` over unmasked tokens, then L2-normalise if `spec.normalize`. Pure; jit with `spec`,
+    BERT, then `spec.pooling` over unmasked tokens, then the Dense layer if `spec.dense` (H becomes its width),
+    then L2-normalise if `spec.normalize`. Pure; jit with `spec`,
     `tower` and `deterministic` static. `rng` (dropout key) is required when `deterministic=False`.
     """
     if not deterministic and rng is None:
@@ -90,4 +102,13 @@ def encode(params, spec: EncoderSpec, input_ids, attention_mask, *, tower: str, 
         {"params": tower_params(params, spec, tower)}, input_ids, attention_mask, deterministic=deterministic, rngs=rngs
     )
     out = pool(hidden, attention_mask, spec.pooling)
+    if spec.dense is not None:
+        if spec.normalize_before_dense:
+            out = l2_normalize(out)
+        out = DENSE_ACTIVATIONS[spec.dense](out @ params["dense"]["kernel"] + params["dense"]["bias"])
     return l2_normalize(out) if spec.normalize else out
+
+
+def embedding_dim(params, spec: EncoderSpec) -> int:
+    """Width of the embeddings `encode` returns: the Dense layer's output, else the hidden size."""
+    return int(params["dense"]["kernel"].shape[1]) if spec.dense is not None else spec.bert.hidden_size

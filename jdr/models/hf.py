@@ -147,15 +147,27 @@ def _param_names(cfg: BertConfig) -> dict[tuple, tuple[str, bool]]:
     return names
 
 
-def _st_settings(d: Path, cfg: BertConfig) -> tuple[str, bool, int]:
-    """(pooling, normalize, max_length) from sentence-transformers files; plain HF: ("cls", False, min(512, table))."""
+# Module sequences after Pooling that an EncoderSpec expresses: (normalize_before_dense, dense, normalize).
+_ST_TAILS = {(): (False, False, False), ("Normalize",): (False, False, True), ("Dense",): (False, True, False),
+             ("Dense", "Normalize"): (False, True, True), ("Normalize", "Dense"): (True, True, False),
+             ("Normalize", "Dense", "Normalize"): (True, True, True)}
+_ST_ACTIVATIONS = {"Identity": "identity", "Tanh": "tanh"}
+_ACTIVATION_CLASSES = {"identity": "torch.nn.modules.linear.Identity", "tanh": "torch.nn.modules.activation.Tanh"}
+
+
+def _st_settings(d: Path, cfg: BertConfig) -> tuple[str, bool, int, bool, Path | None]:
+    """(pooling, normalize, max_length, normalize_before_dense, Dense module dir or None) from sentence-transformers
+    files; plain HF: ("cls", False, min(512, table), False, None)."""
     pooling, normalize, max_len = "cls", False, min(512, cfg.max_length)
+    before_dense, dense_dir, tail = False, None, []
     if (d / "modules.json").exists():
         modules = _read_json(d / "modules.json")
         for m in modules:
             kind = str(m.get("type", "")).rsplit(".", 1)[-1]
-            if kind == "Normalize":
-                normalize = True
+            if kind in ("Normalize", "Dense"):
+                tail.append(kind)
+                if kind == "Dense":
+                    dense_dir = d / m.get("path", "")
             elif kind == "Pooling":
                 pc_path = d / m.get("path", "1_Pooling") / "config.json"
                 pc = _read_json(pc_path)
@@ -166,9 +178,41 @@ def _st_settings(d: Path, cfg: BertConfig) -> tuple[str, bool, int]:
                 pooling = modes[0]
             elif kind not in ("Transformer",):
                 raise DataError(d / "modules.json", f"unsupported sentence-transformers module {m.get('type')!r}")
+        if tuple(tail) not in _ST_TAILS:
+            raise DataError(d / "modules.json", f"unsupported module order after Pooling: {tail} (jdr reads "
+                            "[Normalize,] [Dense,] [Normalize])")
+        before_dense, _, normalize = _ST_TAILS[tuple(tail)]
     if (d / "sentence_bert_config.json").exists():
         max_len = int(_read_json(d / "sentence_bert_config.json").get("max_seq_length") or max_len)
-    return pooling, normalize, min(max_len, cfg.max_length)
+    return pooling, normalize, min(max_len, cfg.max_length), before_dense, dense_dir
+
+
+def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
+    """An ST Dense module dir (config.json + model.safetensors) -> ({"kernel": [in, out], "bias": [out]}, activation)."""
+    cfg_path = dense_dir / "config.json"
+    cfg = _read_json(cfg_path)
+    activation = str(cfg.get("activation_function", "torch.nn.modules.activation.Tanh")).rsplit(".", 1)[-1]
+    if activation not in _ST_ACTIVATIONS:
+        raise DataError(cfg_path, f"Dense activation {cfg.get('activation_function')!r} not supported "
+                        f"(jdr reads {', '.join(_ST_ACTIVATIONS)})")
+    if cfg.get("use_residual"):
+        raise DataError(cfg_path, "Dense with use_residual is not supported")
+    if int(cfg.get("in_features", -1)) != in_features:
+        raise DataError(cfg_path, f"in_features {cfg.get('in_features')} != the pooled width {in_features}")
+    weights_path = dense_dir / "model.safetensors"
+    if not weights_path.exists():
+        raise DataError(dense_dir, "no model.safetensors (only safetensors Dense weights are read)")
+    tensors = load_file(str(weights_path))
+    out = int(cfg.get("out_features", -1))
+    weight = tensors.get("linear.weight")
+    if weight is None or weight.shape != (out, in_features):
+        raise DataError(weights_path, f"need linear.weight [{out}, {in_features}], got "
+                        f"{None if weight is None else list(weight.shape)}")
+    bias = tensors.get("linear.bias", np.zeros(out, np.float32)) if cfg.get("bias", True) else np.zeros(out, np.float32)
+    if bias.shape != (out,) or set(tensors) - {"linear.weight", "linear.bias"}:
+        raise DataError(weights_path, f"unexpected tensors {sorted(tensors)} for Dense({in_features} -> {out})")
+    return {"kernel": np.ascontiguousarray(weight.T, np.float32), "bias": bias.astype(np.float32)}, \
+        _ST_ACTIVATIONS[activation]
 
 
 def load_tokenizer(d: Path) -> Tokenizer:
@@ -210,12 +254,17 @@ def load(
     except (ValueError, TypeError) as e:
         raise DataError(d / "config.json", str(e)) from None
     tree = jax_tree(_hf_to_tree(tensors, cfg, d / "model.safetensors"))
-    pooling, normalize, max_len = _st_settings(d, cfg)
+    pooling, normalize, max_len, before_dense, dense_dir = _st_settings(d, cfg)
+    dense, activation = _read_dense(dense_dir, cfg.hidden_size) if dense_dir is not None else (None, None)
     spec = EncoderSpec(
         bert=cfg, pooling=pooling, normalize=normalize, query_max_length=query_max_length or max_len,
         passage_max_length=passage_max_length or max_len, tied=tied, dtype=dtype, model_type=model_type,
+        dense=activation, normalize_before_dense=before_dense,
     )
-    return make_params(tree, tied), spec, load_tokenizer(d)
+    params = make_params(tree, tied)
+    if dense is not None:
+        params["dense"] = jax_tree(dense)
+    return params, spec, load_tokenizer(d)
 
 
 def jax_tree(tree: dict) -> dict:
@@ -257,18 +306,35 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
             for name in _TOKENIZER_FILES:
                 if (src / name).exists():
                     shutil.copyfile(src / name, tmp / name)
-        write_st_files(tmp, spec.bert.hidden_size, spec.pooling, spec.normalize, max_len)
+        dense = None
+        if spec.dense is not None:
+            dense = (np.asarray(params["dense"]["kernel"], np.float32), np.asarray(params["dense"]["bias"], np.float32),
+                     spec.dense, spec.normalize_before_dense)
+        write_st_files(tmp, spec.bert.hidden_size, spec.pooling, spec.normalize, max_len, dense=dense)
     return out_dir
 
 
-def write_st_files(out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int) -> None:
-    """sentence-transformers module files: modules.json, 1_Pooling/config.json, sentence_bert_config.json."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+def write_st_files(out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int, *,
+                   dense: tuple | None = None) -> None:
+    """sentence-transformers module files: modules.json, 1_Pooling/config.json, sentence_bert_config.json, and
+    with `dense = (kernel [H, k], bias [k], activation, normalize_before)` a `Dense` module dir (config.json +
+    model.safetensors with `linear.weight [k, H]`, `linear.bias`, as ST's Dense saves them)."""
+    kinds = ["Transformer", "Pooling"]
+    if dense is not None:
+        kinds += ["Normalize"] * bool(dense[3]) + ["Dense"]
+    kinds += ["Normalize"] * bool(normalize)
+    modules = []
+    for i, kind in enumerate(kinds):
+        path = "" if kind == "Transformer" else f"{i}_{kind}"
+        modules.append({"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"})
+        if kind == "Dense":
+            kernel, bias, activation, _ = dense
+            (out / path).mkdir()
+            (out / path / "config.json").write_text(json.dumps(
+                {"in_features": int(kernel.shape[0]), "out_features": int(kernel.shape[1]), "bias": True,
+                 "activation_function": _ACTIVATION_CLASSES[activation]}, indent=2))
+            save_file({"linear.weight": np.ascontiguousarray(kernel.T, np.float32),
+                       "linear.bias": np.ascontiguousarray(bias, np.float32)}, str(out / path / "model.safetensors"))
     (out / "modules.json").write_text(json.dumps(modules, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
     pool_cfg = {"word_embedding_dimension": hidden_size, **{k: pooling == m for k, m in _ST_POOLING.items()},

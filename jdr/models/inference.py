@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jdr.models.encoder import EncoderSpec, encode
+from jdr.models.encoder import EncoderSpec, embedding_dim, encode
 from jdr.models.tokenize import bucket_length, pad, pad_id, token_ids
 
 
@@ -42,7 +42,7 @@ def encode_texts(
     ids = token_ids(tokenizer, texts, max_length)
     # Longest first: the biggest shapes (and any out-of-memory) come at the start, not after an hour.
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    out = np.zeros((len(ids), spec.bert.hidden_size), np.float32)
+    out = np.zeros((len(ids), embedding_dim(params, spec)), np.float32)
     pid = pad_id(tokenizer)
     # Tied towers are the same function: one compilation serves queries and passages.
     jit_tower = "query" if spec.tied else tower

@@ -6,6 +6,7 @@ Everything that can be wrong with the config or the data is checked in `prepare`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,14 @@ def _validate(cfg) -> None:
         (cfg.data.source in SOURCE_KINDS, f"data.source must be one of {', '.join(SOURCE_KINDS)}, "
                                           f"got {cfg.data.source!r}"),
     ]
+    if cfg.moco.enabled:
+        checks += [
+            (cfg.train.loss == "info_nce", "moco.enabled needs train.loss=info_nce"),
+            (cfg.model.tied, "moco.enabled needs model.tied=True (the key tower is a momentum copy of the one tower)"),
+            (0.0 <= cfg.moco.momentum < 1.0, f"moco.momentum must be in [0, 1), got {cfg.moco.momentum}"),
+            (cfg.moco.queue_size > 0 and cfg.moco.queue_size % cfg.train.global_batch_size == 0,
+             f"moco.queue_size {cfg.moco.queue_size} must be a positive multiple of train.global_batch_size"),
+        ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -128,7 +137,13 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
         schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
         eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
-    state = TrainState.create(run.params, tx)
+    if cfg.moco.enabled:
+        from jdr.train.moco import MocoState
+
+        state = MocoState.create(run.params, tx, queue_size=cfg.moco.queue_size,
+                                 dim=encoder_lib.embedding_dim(run.params, run.spec), seed=cfg.seed)
+    else:
+        state = TrainState.create(run.params, tx)
     rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep, keep_best_metric=f"dev/{cfg.eval.metric}",
                         async_save=cfg.checkpoint.async_save)
@@ -146,7 +161,13 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         run.source.restore(extras["iterator_state"])
         log.info("resumed from step %d", start_step)
 
-    step_fn = pmap_train_step(make_train_step(
+    if cfg.moco.enabled:
+        from jdr.train.moco import make_moco_train_step
+
+        make_step = functools.partial(make_moco_train_step, momentum=cfg.moco.momentum)
+    else:
+        make_step = make_train_step
+    step_fn = pmap_train_step(make_step(
         _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
         cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
         loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
