@@ -5,6 +5,7 @@ Everything that can be wrong with the config or the data is checked in `prepare`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -17,6 +18,7 @@ from jdr.config import ConfigError, to_dict
 from jdr.data.batching import BatchBuilder, PretokenizedTexts, check_layout
 from jdr.data.beir import BeirData, load_beir, resolve_dataset
 from jdr.data.groups import GroupIterator
+from jdr.io import as_path
 from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
@@ -143,14 +145,47 @@ def _encode_fn(spec):
     return encode_fn
 
 
-def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
-    """Train per `cfg` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
+# A temperature below this is sized for cosine scores in [-1, 1] (sentence-transformers 0.05, Contriever 0.05);
+# DPR / Tevatron train raw dot products at 1.0.
+COSINE_SIZED_TEMPERATURE = 0.5
 
-    `stop_at` ends the process after that step as a preemption would (tests of exact resume use it): hooks that
-    are due run, the end-of-training work (export, test evaluation) does not.
+
+def check_temperature(cfg, spec) -> str | None:
+    """The warning for an unnormalised dot product trained at a cosine-sized temperature (the softmax saturates:
+    BERT CLS dot products run to the hundreds), or None."""
+    if cfg.train.loss != "info_nce" or spec.normalize or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE:
+        return None
+    return (f"train.temperature={cfg.train.temperature} is sized for cosine scores, but the encoder scores with an "
+            f"unnormalised dot product ({spec.pooling} pooling, model.normalize=False): the softmax saturates. Set "
+            f"model.normalize=True, or train.temperature=1.0 as DPR/Tevatron do for dot products")
+
+
+def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Train per `cfg` in `workdir` (local or gs://; resuming from its latest checkpoint) and return the final
+    metrics. Writes `timing.json` (where the time went, peak host memory) at the end, on preemption and on failure.
+
+    A preemption notice (SIGTERM) saves a checkpoint of the step every process reached and returns
+    `{"step", "stopped": True, "preempted": True}` (`jdr train` then exits with `preemption.EXIT_RESTART`).
+    `stop_at` ends the run after that step as a crash would, without the preemption checkpoint (tests of exact
+    resume use it): hooks that are due run, the end-of-training work (export, test evaluation) does not.
     """
-    run = prepare(cfg, workdir)
-    workdir, primary = run.workdir, jax.process_index() == 0
+    from jdr.models.hf import with_settings
+    from jdr.train.preemption import PreemptionWatch
+    from jdr.train.timing import PhaseTimer
+
+    workdir = as_path(workdir)  # an unsupported URI is one line, before any work
+    timer = PhaseTimer().watch_compiles()
+    try:
+        with timer.phase("setup"):
+            run = prepare(cfg, workdir)
+    except BaseException:
+        timer.close()
+        raise
+    run.workdir, primary = workdir, jax.process_index() == 0
+    run.spec = with_settings(run.spec, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    warning = check_temperature(cfg, run.spec)
+    if warning:
+        log.warning(warning)
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
@@ -163,53 +198,89 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
     state = TrainState.create(run.params, tx)
     rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep, keep_best_metric=f"dev/{cfg.eval.metric}",
-                        async_save=cfg.checkpoint.async_save)
-    start_step = 0
-    if ckpt.latest_step() is not None:
-        state, extras = ckpt.restore(abstract_state=state)
-        start_step = int(state.step) // cfg.train.grad_accum_steps
-        rng = extras["rng"]
-        if extras.get("negatives") is not None:  # the table first: the iterator state names its version
-            from jdr.negatives.table import NegativesTable
-
-            train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
-            run.table = NegativesTable.from_arrays(extras["negatives"], run.data.corpus.ids, train_qrels)
-            run.iterator.set_table(run.table)
-        run.iterator.restore(extras["iterator_state"])
-        log.info("resumed from step %d", start_step)
-
-    step_fn = pmap_train_step(make_train_step(
-        _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
-        cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
-        loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                     else {"margin": cfg.train.margin})))
-    state = replicate(state)
-    writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary)
-    hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng)
     micro = cfg.train.grad_accum_steps
+    # Ask orbax to rank checkpoints only when the run has dev scores to rank them by.
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save,
+                        keep_best_metric=f"dev/{cfg.eval.metric}" if run.dev_qids else None)
+    writer = hooks = loop = None
+    result: dict = {}
+    try:
+        start_step = 0
+        if ckpt.latest_step() is not None:
+            with timer.phase("restore"):
+                state, extras = ckpt.restore(abstract_state=state)
+            if int(state.step) % micro:  # checkpoints are taken between optimizer steps only
+                raise ValueError(f"{ckpt.directory}: checkpoint at micro-step {int(state.step)} is not a whole "
+                                 f"number of train.grad_accum_steps={micro}")
+            start_step = int(state.step) // micro
+            rng = extras["rng"]
+            if extras.get("negatives") is not None:  # the table first: the iterator state names its version
+                from jdr.negatives.table import NegativesTable
 
-    def next_batch(step):
-        return run.batches(next(run.iterator))
+                train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
+                run.table = NegativesTable.from_arrays(extras["negatives"], run.data.corpus.ids, train_qrels)
+                run.iterator.set_table(run.table)
+            run.iterator.restore(extras["iterator_state"])
+            log.info("resumed from step %d", start_step)
 
-    def step_once(state, batch, step):
-        return step_fn(state, batch, rng)
+        step_fn = pmap_train_step(make_train_step(
+            _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
+            cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
+            loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
+                         else {"margin": cfg.train.margin})))
+        state = replicate(state)
+        writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
+        watch = PreemptionWatch()
+        hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer)
 
-    loop = run_loop(
-        state, start_step * micro, cfg.train.steps * micro, next_batch, step_once, hooks.all,
-        examples_per_step=cfg.train.global_batch_size, progress=progress and primary,
-        on_metrics=lambda step, m: {k: float(np.mean(jax.device_get(v))) for k, v in m.items()},
-        check_loss=check_finite, stop_at=None if stop_at is None else stop_at * micro)
-    ckpt.wait()
-    if loop.step < cfg.train.steps * micro:
+        def next_batch(step):
+            return run.batches(next(run.iterator))
+
+        def step_once(state, batch, step):
+            return step_fn(state, batch, rng)
+
+        try:
+            loop = run_loop(
+                state, start_step, cfg.train.steps, next_batch, step_once, hooks.all, accum=micro,
+                examples_per_step=cfg.train.global_batch_size, progress=progress and primary, timer=timer,
+                on_metrics=lambda step, m: {k: float(np.mean(jax.device_get(v))) for k, v in m.items()},
+                check_loss=check_finite, stop_at=stop_at)
+        finally:
+            watch.close()
+        with timer.phase("checkpoint_wait"):
+            ckpt.wait()
+        if loop.step < cfg.train.steps:
+            result = {"step": loop.step, "stopped": True, "preempted": loop.stop == "preempted"}
+        else:
+            result = hooks.finish(loop)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the save in flight still lands; its own error must not hide this
+            ckpt.close()
+        raise
+    else:
         ckpt.close()
-        writer.close()
-        return {"step": loop.step, "stopped": True}
-    final = hooks.finish(loop)
-    ckpt.close()
-    writer.close()
-    if primary:
-        write_json(workdir / "final_metrics.json", final)
-    return final
+    finally:
+        if writer is not None:
+            writer.close()
+        timing = timer.summary(steps=None if loop is None else loop.step, stopped=loop is None or bool(loop.stop),
+                               refresh=_refresh_seconds(hooks))
+        timer.close()
+        if primary:
+            write_json(workdir / "timing.json", timing)
+    result["peak_host_memory_mib"] = timing["peak_host_memory_mib"]
+    if primary and not result.get("stopped"):
+        write_json(workdir / "final_metrics.json", result)
+    return result
 
 
+def _refresh_seconds(hooks) -> dict | None:
+    """The refresh builds' own encode / index / mine seconds (in a background thread when async)."""
+    refresh = None if hooks is None else hooks.refresh
+    if refresh is None:
+        return None
+    out = {"mode": refresh.mode, "builds": len(refresh.history), "skipped": len(refresh.skipped_steps),
+           "loop_wait_seconds": round(sum(r.wait_seconds for r in refresh.history), 3),
+           "build_seconds": round(sum(r.build_seconds for r in refresh.history), 3)}
+    for key in ("encode_s", "index_s", "mine_s"):
+        out[key.replace("_s", "_seconds")] = round(sum(r.timings.get(key, 0.0) for r in refresh.history), 3)
+    return out
