@@ -206,7 +206,7 @@ def load(
     checkpoint) -> (params, spec, tokenizer).
 
     Pooling, normalisation and max length come from the sentence-transformers files when present (modules.json,
-    1_Pooling/config.json, sentence_bert_config.json; the query length from jdr's own `jdr_encoder.json`), else
+    1_Pooling/config.json, sentence_bert_config.json; both lengths from jdr's own `jdr_encoder.json`), else
     cls / none / 512; a workdir keeps its trained encoder's. `pooling` ("cls" | "mean" | "max") and `normalize`
     override them. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree,
     "passage": copy}`; `dtype` is the compute dtype.
@@ -231,12 +231,14 @@ def load(
         raise DataError(d / "config.json", str(e)) from None
     tree = jax_tree(_hf_to_tree(tensors, cfg, d / "model.safetensors"))
     st_pooling, st_normalize, max_len = _st_settings(d, cfg)
-    query_len = max_len
-    if (d / JDR_ENCODER_FILE).exists():
-        query_len = int(_read_json(d / JDR_ENCODER_FILE).get("query_max_length") or max_len)
+    query_len = passage_len = max_len
+    if (d / JDR_ENCODER_FILE).exists():  # a jdr export: both budgets (ST's max_seq_length is the tower's own)
+        recorded = _read_json(d / JDR_ENCODER_FILE)
+        query_len = min(int(recorded.get("query_max_length") or max_len), cfg.max_length)
+        passage_len = min(int(recorded.get("passage_max_length") or max_len), cfg.max_length)
     spec = EncoderSpec(
         bert=cfg, pooling=st_pooling, normalize=st_normalize, query_max_length=query_max_length or query_len,
-        passage_max_length=passage_max_length or max_len, tied=tied, dtype=dtype, model_type=model_type,
+        passage_max_length=passage_max_length or passage_len, tied=tied, dtype=dtype, model_type=model_type,
     )
     return make_params(tree, tied), with_settings(spec, pooling=pooling, normalize=normalize), load_tokenizer(d)
 

@@ -49,15 +49,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message is one line naming the step and the way on."""
 
 
-class _NoUnrankedStepWarning(logging.Filter):
-    """A checkpoint step without a dev score of that same step is saved without metrics on purpose (ranking it by
-    an older score would pick the wrong best); orbax's BestN policy skips it but logs a warning for each."""
+class _ExpectedOrbaxWarnings(logging.Filter):
+    """Warnings orbax logs for what jdr does on purpose: a step without a dev score of its own is saved without
+    metrics (ranking it by an older score would pick the wrong best; BestN skips it but warns at each such step),
+    and readers open the directory read-only (orbax warns at each open)."""
+
+    EXPECTED = ("Requested `tracked_metric`; did not provide metrics", "Given directory is read only")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Requested `tracked_metric`; did not provide metrics")
+        return not record.getMessage().startswith(self.EXPECTED)
 
 
-logging.getLogger("absl").addFilter(_NoUnrankedStepWarning())
+logging.getLogger("absl").addFilter(_ExpectedOrbaxWarnings())
 
 
 class Checkpointer:
@@ -98,6 +101,7 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
             create=not read_only,
+            save_interval_steps=0 if read_only else 1,
         )
         # Handlers named up front so a fresh manager can read item metadata (restore_params needs the tree).
         handlers = {"state": ocp.PyTreeCheckpointHandler(), "arrays": ocp.StandardCheckpointHandler(),
@@ -173,7 +177,7 @@ class Checkpointer:
             negatives = None
             if meta["negatives"] is not None:
                 negatives = _join_unstorable(_to_numpy(arrays.get("negatives", {})), meta["negatives"])
-            metrics = self._manager.metrics(step)
+            metrics = self.metrics(step)
         extras = {"step": int(meta["step"]), "iterator_state": meta["iterator_state"], "rng": rng,
                   "config": meta["config"], "negatives": negatives, "metrics": metrics}
         return restored.state, extras
@@ -194,11 +198,15 @@ class Checkpointer:
             _check_digests(restored.state, meta)
         return restored.state["params"]
 
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """The eval metrics saved with `step` (only a step with a dev score of its own has them), or None."""
+        return self._manager.metrics(step)
+
     def best_step(self, metric: str, mode: str = "max") -> int:
         """The complete step whose saved metrics hold the best `metric` (`mode` "max" or "min").
 
         Only steps saved with a dev score of their own step have metrics; none is a FileNotFoundError."""
-        scored = {s: m[metric] for s in self.all_steps() if (m := self._manager.metrics(s)) and metric in m}
+        scored = {s: m[metric] for s in self.all_steps() if (m := self.metrics(s)) and metric in m}
         if not scored:
             raise FileNotFoundError(f"no checkpoint in {self.directory} has a {metric!r} score "
                                     f"(steps {self.all_steps()}); dev evaluation must run at a checkpoint step")
