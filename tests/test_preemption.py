@@ -32,6 +32,18 @@ def _command(workdir: Path, model: Path, data: Path) -> list[str]:
             "--config.export.at_end=false", "--config.log.every=1", "--config.log.tensorboard=false"]
 
 
+def _run(workdir: Path, model: Path, data: Path, n: int, logs: Path) -> None:
+    """An uninterrupted (or resumed) run to the end: in this process for one process, else as `n` workers."""
+    if n == 1:
+        from jdr.config import load_config
+        from jdr.train.trainer import train
+
+        overrides = [a[len("--config."):] for a in _command(workdir, model, data) if a.startswith("--config.")]
+        assert train(load_config(TINY, overrides), workdir, progress=False)["step"] == STEPS
+        return
+    _run_workers([(_command(workdir, model, data), env) for env in _envs(n)], logs)
+
+
 def _envs(n: int) -> list[dict]:
     if n == 1:
         return [_worker_env(8)]
@@ -84,7 +96,7 @@ def test_sigterm_saves_the_same_step_everywhere_and_resumes_exactly(tiny_model, 
     at, target = rng.randint(3, STEPS // 2), rng.randrange(n)
     note = f"SIGTERM to process {target} of {n} at step {at}"
     straight, preempted = tmp_path / "straight", tmp_path / "preempted"
-    _run_workers([(_command(straight, tiny_model, toy_beir), env) for env in _envs(n)], tmp_path)
+    _run(straight, tiny_model, toy_beir, n, tmp_path)
 
     saved = _preempt(preempted, tiny_model, toy_beir, n, at, target, tmp_path)
     assert len(set(saved)) == 1, f"{note}: processes saved different steps {saved}"
@@ -94,7 +106,7 @@ def test_sigterm_saves_the_same_step_everywhere_and_resumes_exactly(tiny_model, 
     timing = (preempted / "timing.json").read_text()
     assert '"stopped": true' in timing
 
-    _run_workers([(_command(preempted, tiny_model, toy_beir), env) for env in _envs(n)], tmp_path)
+    _run(preempted, tiny_model, toy_beir, n, tmp_path)  # the same command again: resumes
     (sa, a), (sb, b) = _leaves(straight), _leaves(preempted)
     assert sa == sb == STEPS, note
     for x, y in zip(a, b):

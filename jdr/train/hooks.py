@@ -15,6 +15,7 @@ import numpy as np
 
 from jdr.config import to_dict
 from jdr.data.beir import BeirData, Corpus
+from jdr.distributed import sync
 from jdr.evaluate import evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
 from jdr.train.step import unreplicate
@@ -141,6 +142,7 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None) -> Hooks
                 if saved["step"] != loop.step:
                     checkpoint(loop, last=False)
                 ckpt.wait()
+                sync("preemption_checkpoint_saved")  # no process exits while another still writes its part
                 loop.stop = "preempted"
 
         hooks.append(_Preemption())
