@@ -145,6 +145,16 @@ class RefreshHook:
             return None
         return self._collect(self._last_step)
 
+    def totals(self) -> dict:
+        """Summed over the delivered refreshes: the builds' encode / index / mine seconds (in a background thread
+        when async), the loop's wait for them, and how many were built and skipped."""
+        out = {"mode": self.mode, "builds": len(self.history), "skipped": len(self.skipped_steps),
+               "loop_wait_seconds": round(sum(r.wait_seconds for r in self.history), 3),
+               "build_seconds": round(sum(r.build_seconds for r in self.history), 3)}
+        for key in ("encode_s", "index_s", "mine_s"):
+            out[key[:-2] + "_seconds"] = round(sum(r.timings.get(key, 0.0) for r in self.history), 3)
+        return out
+
     def _swap_now(self, step: int) -> bool:
         """Whether the in-flight build is collected at `step`: process 0's thread decides for every host."""
         from jdr.distributed import broadcast_from_primary

@@ -262,8 +262,10 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     finally:
         if writer is not None:
             writer.close()
-        timing = timer.summary(steps=None if loop is None else loop.step, stopped=loop is None or bool(loop.stop),
-                               refresh=_refresh_seconds(hooks))
+        refresh = None if hooks is None or hooks.refresh is None else hooks.refresh.totals()
+        timing = timer.summary(steps=None if loop is None else loop.step, refresh=refresh,
+                               stopped=loop is None or loop.step < cfg.train.steps,
+                               preempted=loop is not None and loop.stop == "preempted")
         timer.close()
         if primary:
             write_json(workdir / "timing.json", timing)
@@ -271,16 +273,3 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     if primary and not result.get("stopped"):
         write_json(workdir / "final_metrics.json", result)
     return result
-
-
-def _refresh_seconds(hooks) -> dict | None:
-    """The refresh builds' own encode / index / mine seconds (in a background thread when async)."""
-    refresh = None if hooks is None else hooks.refresh
-    if refresh is None:
-        return None
-    out = {"mode": refresh.mode, "builds": len(refresh.history), "skipped": len(refresh.skipped_steps),
-           "loop_wait_seconds": round(sum(r.wait_seconds for r in refresh.history), 3),
-           "build_seconds": round(sum(r.build_seconds for r in refresh.history), 3)}
-    for key in ("encode_s", "index_s", "mine_s"):
-        out[key.replace("_s", "_seconds")] = round(sum(r.timings.get(key, 0.0) for r in refresh.history), 3)
-    return out
