@@ -178,60 +178,62 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     try:
         with timer.phase("setup"):
             run = prepare(cfg, workdir)
+            run.workdir, primary = workdir, jax.process_index() == 0
+            run.spec = with_settings(run.spec, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+            warning = check_temperature(cfg, run.spec)
+            if warning:
+                log.warning(warning)
+            if primary:
+                workdir.mkdir(parents=True, exist_ok=True)
+                write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
+                                 dev_queries=run.dev_qids, num_train_queries=len(run.train_qids))
+                save_encoder_description(workdir, run.spec, run.model_dir)
+
+            tx, lr_at = make_optimizer(
+                lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
+                schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
+                eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
+            state = TrainState.create(run.params, tx)
+            rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
+            micro = cfg.train.grad_accum_steps
+            # Ask orbax to rank checkpoints only when the run has dev scores to rank them by.
+            ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save,
+                                keep_best_metric=f"dev/{cfg.eval.metric}" if run.dev_qids else None)
     except BaseException:
         timer.close()
         raise
-    run.workdir, primary = workdir, jax.process_index() == 0
-    run.spec = with_settings(run.spec, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
-    warning = check_temperature(cfg, run.spec)
-    if warning:
-        log.warning(warning)
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
-                         dev_queries=run.dev_qids, num_train_queries=len(run.train_qids))
-        save_encoder_description(workdir, run.spec, run.model_dir)
-
-    tx, lr_at = make_optimizer(
-        lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
-        schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
-        eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
-    state = TrainState.create(run.params, tx)
-    rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
-    micro = cfg.train.grad_accum_steps
-    # Ask orbax to rank checkpoints only when the run has dev scores to rank them by.
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save,
-                        keep_best_metric=f"dev/{cfg.eval.metric}" if run.dev_qids else None)
     writer = hooks = loop = None
     result: dict = {}
     try:
-        start_step = 0
-        if ckpt.latest_step() is not None:
-            with timer.phase("restore"):
-                state, extras = ckpt.restore(abstract_state=state)
-            if int(state.step) % micro:  # checkpoints are taken between optimizer steps only
-                raise ValueError(f"{ckpt.directory}: checkpoint at micro-step {int(state.step)} is not a whole "
-                                 f"number of train.grad_accum_steps={micro}")
-            start_step = int(state.step) // micro
-            rng = extras["rng"]
-            if extras.get("negatives") is not None:  # the table first: the iterator state names its version
-                from jdr.negatives.table import NegativesTable
+        with timer.phase("setup"):
+            start_step = 0
+            if ckpt.latest_step() is not None:
+                with timer.phase("restore"):
+                    state, extras = ckpt.restore(abstract_state=state)
+                if int(state.step) % micro:  # checkpoints are taken between optimizer steps only
+                    raise ValueError(f"{ckpt.directory}: checkpoint at micro-step {int(state.step)} is not a whole "
+                                     f"number of train.grad_accum_steps={micro}")
+                start_step = int(state.step) // micro
+                rng = extras["rng"]
+                if extras.get("negatives") is not None:  # the table first: the iterator state names its version
+                    from jdr.negatives.table import NegativesTable
 
-                train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
-                run.table = NegativesTable.from_arrays(extras["negatives"], run.data.corpus.ids, train_qrels)
-                run.iterator.set_table(run.table)
-            run.iterator.restore(extras["iterator_state"])
-            log.info("resumed from step %d", start_step)
+                    train_qrels = {q: run.data.qrels[q] for q in run.train_qids}
+                    run.table = NegativesTable.from_arrays(extras["negatives"], run.data.corpus.ids, train_qrels)
+                    run.iterator.set_table(run.table)
+                run.iterator.restore(extras["iterator_state"])
+                log.info("resumed from step %d", start_step)
 
-        step_fn = pmap_train_step(make_train_step(
-            _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
-            cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
-            loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                         else {"margin": cfg.train.margin})))
-        state = replicate(state)
-        writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
-        watch = PreemptionWatch()
-        hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer)
+            step_fn = pmap_train_step(make_train_step(
+                _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
+                cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
+                loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
+                             else {"margin": cfg.train.margin})))
+            state = replicate(state)
+            writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
+            watch = PreemptionWatch()
+            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer)
 
         def next_batch(step):
             return run.batches(next(run.iterator))
