@@ -195,6 +195,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         old = node[parts[-1]]
         if isinstance(old, ml_collections.ConfigDict):
             raise ConfigError(f"config key {key!r} is a section; set one of its fields")
+        if old is None and node.get_ref(parts[-1]).get_type() is bool:
+            old = False  # an unset bool placeholder (model.normalize) takes true/false like any bool
         try:
             with node.unlocked():
                 node[parts[-1]] = _coerce(key, old, _parse_value(text))

@@ -201,3 +201,8 @@ def test_temperature_warning_only_for_unnormalised_dot_products(tiny_model, toy_
     assert "saturates" in check_temperature(cfg, dot)
     cfg.train.temperature = 1.0
     assert check_temperature(cfg, dot) is None
+    # the unset placeholders mean "the checkpoint's own"; set, they take what any field takes
+    assert cfg.model.pooling is None and cfg.model.normalize is None
+    assert _cfg(tiny_model, toy_beir, "model.normalize=false", "model.pooling=max").model.normalize is False
+    with pytest.raises(ConfigError, match="model.normalize"):
+        _cfg(tiny_model, toy_beir, "model.normalize=mean")
