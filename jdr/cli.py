@@ -17,17 +17,22 @@ class Command(NamedTuple):
 
 def _load_model(args, query_max_length=None, passage_max_length=None):
     """`--model`: an HF/sentence-transformers dir, a hub name, `minilm` (the installed all-MiniLM-L6-v2), or a
-    `jdr train` workdir (its latest checkpoint, or `--step N`)."""
+    `jdr train` workdir (its latest checkpoint, `--step N` or `--step best`). Says on stderr which checkpoint
+    and token budgets it uses."""
     import dataclasses
 
     from jdr.models import hf
     from jdr.train.workdir import is_workdir, load_workdir
 
     if is_workdir(args.model):
-        params, spec, tok, _ = load_workdir(args.model, step=getattr(args, "step", None))
+        step_arg = getattr(args, "step", None)
+        params, spec, tok, step = load_workdir(args.model, step=step_arg)
         lengths = {k: v for k, v in (("query_max_length", query_max_length),
                                      ("passage_max_length", passage_max_length)) if v}
-        return params, dataclasses.replace(spec, **lengths), tok
+        spec = dataclasses.replace(spec, **lengths)
+        print(f"{args.model}: checkpoint step {step} ({step_arg or 'latest'}), query {spec.query_max_length} / "
+              f"passage {spec.passage_max_length} tokens", file=sys.stderr)
+        return params, spec, tok
     model = hf.find_minilm() if str(args.model) == "minilm" else args.model
     return hf.load(model, query_max_length=query_max_length, passage_max_length=passage_max_length)
 
@@ -35,9 +40,23 @@ def _load_model(args, query_max_length=None, passage_max_length=None):
 MODEL_HELP = "HF/sentence-transformers dir, hub name, 'minilm', or a `jdr train` workdir"
 
 
+def _step(text: str) -> int | str:
+    """`--step`: a step number, `latest` or `best`."""
+    if text in ("latest", "best"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step number, 'latest' or 'best', got {text!r}") from None
+
+
+STEP_HELP = ("checkpoint when --model is a workdir: a step, 'latest' (default) or 'best' (best dev score saved "
+             "with a checkpoint)")
+
+
 def _model_args(p, required=True):
     p.add_argument("--model", required=required, help=MODEL_HELP)
-    p.add_argument("--step", type=int, default=None, help="checkpoint step when --model is a workdir (default: latest)")
+    p.add_argument("--step", type=_step, default=None, help=STEP_HELP)
 
 
 def _ids_path(index_path) -> Path:
@@ -205,9 +224,8 @@ def _evaluate(args) -> int:
     from jdr.evaluate import compute_metrics, retrieve, write_trec_run
 
     data = load_beir(resolve_dataset(args.data), args.split)
-    params, spec, tok = _load_model(args)
+    params, spec, tok = _load_model(args, query_max_length=args.query_max_length, passage_max_length=args.max_length)
     run = retrieve(params, spec, tok, data.corpus, data.queries, factory=args.factory, k=args.top_k,
-                   query_max_length=args.query_max_length, passage_max_length=args.max_length,
                    batch_size=args.batch_size, progress=True)
     if args.run_output:
         write_trec_run(args.run_output, run)
@@ -215,7 +233,8 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.data} ({args.split}, {len(data.queries)} queries, {len(data.corpus)} docs)")
+        print(f"{args.data} ({args.split}, {len(data.queries)} queries, {len(data.corpus)} docs; query "
+              f"{spec.query_max_length} / passage {spec.passage_max_length} tokens)")
         for name, value in metrics.items():
             print(f"  {name:<12} {value:.4f}")
     return 0
@@ -306,29 +325,41 @@ def _train_args(p):
 def _train(args) -> int:
     from jdr.config import load_config
     from jdr.distributed import initialize
+    from jdr.train.preemption import EXIT_RESTART
     from jdr.train.trainer import train
 
     cfg = load_config(args.config, args.config_overrides)
     initialize()
     final = train(cfg, args.workdir, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}, indent=1))
+    if final.get("preempted"):
+        print(f"jdr: preempted: checkpoint of step {final['step']} saved; rerun the same command to resume "
+              f"(exit code {EXIT_RESTART})", file=sys.stderr)
+        return EXIT_RESTART
     return 0
 
 
 def _export_args(p):
     p.add_argument("--workdir", required=True, help="`jdr train` workdir")
-    p.add_argument("--output", required=True, help="HF + sentence-transformers model dir to write")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--tower", choices=("query", "passage"), default="query", help="tower to export if untied")
+    p.add_argument("--output", required=True,
+                   help="HF + sentence-transformers model dir to write (untied towers: OUTPUT/query, OUTPUT/passage)")
+    p.add_argument("--step", type=_step, default=None, help="checkpoint: a step, 'latest' (default) or 'best'")
+    p.add_argument("--tower", choices=("query", "passage"), default=None,
+                   help="export only this tower of an untied encoder (default: both)")
 
 
 def _export(args) -> int:
-    from jdr.models.hf import export
-    from jdr.train.workdir import ENCODER_DIR, load_workdir
+    from jdr.models.hf import export, export_encoder
+    from jdr.train.workdir import load_workdir
 
-    params, spec, _, step = load_workdir(args.workdir, step=args.step)
-    export(params, spec, Path(args.workdir) / ENCODER_DIR, args.output, tower=args.tower)
-    print(f"exported step {step} ({args.tower} tower) to {args.output}")
+    params, spec, tokenizer, step = load_workdir(args.workdir, step=args.step)
+    source = args.workdir  # its encoder/ holds the tokenizer files
+    if args.tower and not spec.tied:
+        written = [export(params, spec, source, args.output, tower=args.tower)]
+    else:
+        written = export_encoder(params, spec, source, args.output)
+    print(f"exported step {step} to {', '.join(map(str, written))} (query {spec.query_max_length} / passage "
+          f"{spec.passage_max_length} tokens)")
     return 0
 
 
@@ -392,9 +423,26 @@ def main(argv=None) -> int:
     try:
         return args._run(args)
     except (ValueError, FileNotFoundError) as e:  # DataError and ConfigError are ValueErrors
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"jdr: error: {msg}", file=sys.stderr)
+        print(f"jdr: error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not isinstance(e, _run_failures()):
+            raise
+        print(f"jdr: error: {_first_line(e)}", file=sys.stderr)  # the run failed; its checkpoints are intact
+        return 1
+
+
+def _run_failures() -> tuple[type, ...]:
+    """Errors that end a run with one line: a failed refresh, checkpoint, or a non-finite loss (imported only
+    when something failed: they pull in jax)."""
+    from jdr.negatives.refresh import RefreshError
+    from jdr.train.checkpoint import CheckpointError
+
+    return RefreshError, CheckpointError, FloatingPointError
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 if __name__ == "__main__":

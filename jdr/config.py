@@ -34,6 +34,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params and optimizer stay float32).
     c.model.query_max_length = 64  # Query tokens, [CLS]/[SEP] included.
     c.model.passage_max_length = 256  # Passage tokens; 256 is all-MiniLM-L6-v2's sentence-transformers length.
+    # Pooling "cls" | "mean" | "max"; None = the checkpoint's own (sentence-transformers files; plain HF: "cls").
+    c.model.pooling = ml_collections.config_dict.placeholder(str)
+    # L2-normalise embeddings (cosine scores); None = the checkpoint's own (ST's Normalize module; plain HF: False).
+    c.model.normalize = ml_collections.config_dict.placeholder(bool)
 
     c.data = ml_collections.ConfigDict()
     # Training source: "beir" (data.dataset's qrels), "jsonl" (Tevatron JSONL), "triplets" (query/positive/negative
@@ -86,7 +90,11 @@ def train_config() -> ml_collections.ConfigDict:
     # Denoise: drop candidates the dense teacher scores >= (weakest positive's score - this); None = off.
     c.negatives.denoise_threshold = ml_collections.config_dict.placeholder(float)
     c.negatives.refresh_every = 0  # ANCE: re-encode corpus, rebuild index, mine ANN negatives every N steps (0 = never).
-    c.negatives.refresh_mode = "async"  # "async" (background thread, ANCE) or "sync" (bit-reproducible).
+    # "sync" (the loop waits for each refresh) or "async" (a background thread, ANCE's design). Sync by default
+    # because it is what a user expects of a seeded run: the same negatives at the same step, and a resumed run
+    # bit-identical to an uninterrupted one. Async's swap step depends on thread timing; it pays off only where the
+    # encode has hardware of its own (accelerators), never on a CPU that the step loop already fills.
+    c.negatives.refresh_mode = "sync"
     c.negatives.refresh_fraction = 1.0  # Fraction of training queries re-mined per refresh (rest keep old rows).
     c.negatives.refresh_factory = "Flat"  # faiss index_factory string for the refresh index.
     c.negatives.refresh_batch_size = 128  # Encoding batch size during a refresh.
@@ -95,7 +103,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.steps = 300  # Optimizer steps.
     c.train.global_batch_size = 32  # Queries per step over all devices and hosts.
     c.train.loss = "info_nce"  # "info_nce" (softmax over in-batch + hard negatives) | "triplet".
-    c.train.temperature = 0.05  # InfoNCE temperature (scores / t); ST's MultipleNegativesRankingLoss uses 0.05.
+    # InfoNCE temperature (scores / t); ST's MultipleNegativesRankingLoss uses 0.05 on cosine scores. Dot products
+    # of unnormalised embeddings need ~1.0 (DPR, Tevatron): the trainer warns below 0.5 without model.normalize.
+    c.train.temperature = 0.05
     c.train.margin = 0.2  # Triplet margin.
     c.train.cross_device_negatives = True  # all_gather passages so each query sees the global batch.
     c.train.lr = 2e-5  # Peak learning rate.
@@ -118,15 +128,15 @@ def train_config() -> ml_collections.ConfigDict:
     c.moco.queue_size = 4096  # Past positive keys scored as extra negatives; a multiple of train.global_batch_size.
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.every = 100  # Dev evaluation every N steps (0 = only at the end).
+    c.eval.every = 100  # Dev evaluation every N optimizer steps (0 = only at the end); top 100 retrieved.
     c.eval.factory = "Flat"  # faiss index for evaluation.
     c.eval.batch_size = 128  # Encoding batch size for evaluation.
     c.eval.corpus_sample = 0  # Dev eval over dev positives + N seeded random docs (0 = full corpus; a CPU proxy).
-    c.eval.metric = "ndcg@10"  # Dev metric that picks the best checkpoint.
+    c.eval.metric = "ndcg@10"  # Dev metric that picks the best checkpoint (steps with a dev score of their own).
     c.eval.final_test = True  # Evaluate the final model on `data.test_split`.
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 100  # Save every N steps (and at the end).
+    c.checkpoint.every = 100  # Save every N optimizer steps (and at the end, and on a preemption notice).
     c.checkpoint.keep = 2  # Keep the last N checkpoints (plus the best by `eval.metric`).
     c.checkpoint.async_save = True  # orbax async save: training continues while the files are written.
 
@@ -226,6 +236,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         old = node[parts[-1]]
         if isinstance(old, ml_collections.ConfigDict):
             raise ConfigError(f"config key {key!r} is a section; set one of its fields")
+        if old is None and node.get_ref(parts[-1]).get_type() is bool:
+            old = False  # an unset bool placeholder (model.normalize) takes true/false like any bool
         try:
             with node.unlocked():
                 node[parts[-1]] = _coerce(key, old, _parse_value(text))

@@ -199,6 +199,48 @@ def sync(name: str) -> None:
         _distributed_client().wait_at_barrier(f"jdr/{name}/{next(_barrier_count)}", _BARRIER_TIMEOUT_MS)
 
 
+def broadcast_from_primary(name: str, value: str) -> str:
+    """Process 0's `value` on every process: how one decision (e.g. "swap the refreshed negatives now") is made
+    once and followed everywhere. `name` must be unique per call and the same on every process (include the step).
+    Coordination-service key-value store, not a device collective (see `sync`)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    client, key = _distributed_client(), f"jdr/{name}"
+    if is_primary():
+        client.key_value_set(key, value)
+        return value
+    return client.blocking_key_value_get(key, _BARRIER_TIMEOUT_MS)
+
+
+def raise_if_any_failed(name: str, error: BaseException | None, exc_type: type = RuntimeError) -> None:
+    """Agree on the outcome of work every process did on its own: each publishes whether it failed, and if any
+    did, every other process raises `exc_type("process P: <its error>")`, so no process goes
+    on alone into a collective the others never reach. The failing process raises its own error (as `exc_type`,
+    chained); one process alone just does that."""
+    import jax
+
+    failed: list[tuple[int, str]] = []
+    if jax.process_count() > 1:
+        client, index = _distributed_client(), jax.process_index()
+        client.key_value_set(f"jdr/{name}/{index}", "" if error is None else _one_line(error))
+        others = [p for p in range(jax.process_count()) if p != index]
+        failed = [(p, m) for p in others if (m := client.blocking_key_value_get(f"jdr/{name}/{p}",
+                                                                                 _BARRIER_TIMEOUT_MS))]
+    if isinstance(error, exc_type):
+        raise error
+    if error is not None:
+        raise exc_type(_one_line(error)) from error
+    if failed:
+        raise exc_type(f"process {failed[0][0]}: {failed[0][1]}")
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def use_coordination_barriers() -> None:
     """Make orbax's own barriers coordination-service barriers too (its absl flag; same reason as `sync`)."""
     from absl import flags
@@ -226,7 +268,7 @@ def encode_sharded(encode_fn: Callable[[Sequence[str]], np.ndarray], texts: Sequ
 
     `encode_fn(texts) -> np.ndarray[n, d]` runs on local devices only (e.g. `jdr.models.inference.encode_texts`).
     Every process holds the whole result afterwards; only `is_primary()` should write it. Shards are padded to
-    equal length for the gather, then trimmed.
+    equal length for the gather, then trimmed. A process whose share fails makes every process raise.
     """
     import jax
 
@@ -235,9 +277,14 @@ def encode_sharded(encode_fn: Callable[[Sequence[str]], np.ndarray], texts: Sequ
         return np.asarray(encode_fn(texts))
     if len(texts) < count:
         raise ValueError(f"cannot shard {len(texts)} texts over {count} processes")
-    local = np.asarray(encode_fn(texts[shard_rows(len(texts), index, count)]))
-    if local.ndim != 2:
-        raise ValueError(f"encode_fn must return [n, d] rows, got shape {local.shape}")
+    error = local = None
+    try:
+        local = np.asarray(encode_fn(texts[shard_rows(len(texts), index, count)]))
+        if local.ndim != 2:
+            raise ValueError(f"encode_fn must return [n, d] rows, got shape {local.shape}")
+    except Exception as e:  # every process must learn of it before the gather, or the others wait there forever
+        error = e
+    raise_if_any_failed(f"encode_sharded/{next(_barrier_count)}", error)
     longest = shard_rows(len(texts), 0, count).stop
     padded = np.zeros((longest, local.shape[1]), local.dtype)
     padded[: len(local)] = local

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from jdr.io import atomic_write
+from jdr.io import as_path, atomic_write
 
 PACKAGES = (
     "jdr", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "faiss-cpu", "numpy", "tokenizers",
@@ -62,9 +62,9 @@ def run_record(config: dict, seed: int, **extra) -> dict:
     }
 
 
-def write_run_record(directory: str | Path, config: dict, seed: int, name: str = "run.json", **extra) -> Path:
-    """Write `run_record(...)` as JSON in `directory` (atomically) and return its path."""
-    path = Path(directory) / name
+def write_run_record(directory, config: dict, seed: int, name: str = "run.json", **extra):
+    """Write `run_record(...)` as JSON in `directory` (local or gs://, atomically) and return its path."""
+    path = as_path(directory) / name
     with atomic_write(path) as f:
         json.dump(run_record(config, seed, **extra), f, indent=2, sort_keys=True)
     return path

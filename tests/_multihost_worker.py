@@ -6,6 +6,9 @@ feeding only this process's `host_rows` of each global batch, then encodes a sma
 Writes `<out>/process_<i>.npz`: final params (flattened, '/'-joined keys), per-step losses, the pmap axis index of
 each local device, and the embeddings.
 
+With `--refresh-protocol`, it instead polls an async `RefreshHook` whose builds take a different time on each
+process (and fail on process 1 in a second round) and writes what each process did to `<out>/refresh_<i>.json`.
+
 XLA_FLAGS (fake CPU device count) must be set by the parent before this starts.
 """
 
@@ -38,20 +41,69 @@ def corpus(n: int) -> list[str]:
     return _texts(np.random.default_rng(7), n)
 
 
+def refresh_protocol(out: Path) -> None:
+    """Async refresh decisions on several hosts: swaps, skips and failures must be the same on every process."""
+    import json
+    import time
+
+    import jax
+
+    from jdr.data.beir import Corpus
+    from jdr.negatives import RefreshError, RefreshHook, build_table
+
+    pid = jax.process_index()
+    ids = [f"d{i}" for i in range(30)]
+    corpus = Corpus(ids, [""] * 30, [f"text {i}" for i in range(30)], {d: i for i, d in enumerate(ids)})
+    base = build_table({"random": 2}, corpus, {}, {f"q{i}": {f"d{i}": 1} for i in range(8)}, depth=5)
+
+    def build(params, step, fail=False):
+        time.sleep(0.05 if pid == 0 else 1.0)  # process 1's copy is much slower: its own timing must not matter
+        if fail and pid == 1:
+            raise MemoryError("out of memory encoding the corpus")
+        rows = np.stack([np.random.default_rng(step).permutation(30)[:6] for _ in base.qids])
+        return base.replace_candidates("ann", rows, counts={"ann": 2})
+
+    record = {"swapped": [], "failure": None}
+    hook = RefreshHook(3, build, mode="async")
+    for step in range(1, 25):
+        table = hook.on_step(step, {"w": np.zeros(2)})
+        if table is not None:
+            record["swapped"].append([step, table.version, table.created_step])
+        time.sleep(0.1)
+    if hook.finish() is not None:
+        record["swapped"].append(["finish", hook.history[-1].version, hook.history[-1].started_step])
+    record["skipped"] = hook.skipped_steps
+    failing = RefreshHook(2, lambda p, s: build(p, s, fail=True), mode="async")
+    try:
+        for step in range(1, 30):
+            failing.on_step(step, {"w": np.zeros(2)})
+            time.sleep(0.1)
+        failing.finish()
+    except RefreshError as e:
+        record["failure"] = [step, str(e)]
+    with open(out / f"refresh_{pid}.json", "w") as f:
+        json.dump(record, f)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model-dir", required=True, help="a jdr.models.testing.write_tiny_model dir")
+    ap.add_argument("--model-dir", help="a jdr.models.testing.write_tiny_model dir (not with --refresh-protocol)")
     ap.add_argument("--coordinator", default=None)
     ap.add_argument("--num-processes", type=int, default=1)
     ap.add_argument("--process-id", type=int, default=0)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--corpus", type=int, default=13)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--refresh-protocol", action="store_true", help="test the async refresh decisions instead")
     args = ap.parse_args(argv)
 
     from jdr import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.refresh_protocol:
+        refresh_protocol(Path(args.out))
+        distributed.sync("worker_done")
+        return 0
 
     import jax
     from flax import traverse_util

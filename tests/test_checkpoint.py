@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jdr.negatives.table import NegativesTable
-from jdr.train.checkpoint import Checkpointer
+from jdr.train.checkpoint import CheckpointError, Checkpointer
 from jdr.train.state import TrainState
 
 
@@ -160,3 +160,63 @@ def test_empty_directory(tmp_path):
             ckpt.restore(abstract_state=make_state())
     with pytest.raises(ValueError, match="best_mode must be 'max' or 'min'"):
         Checkpointer(tmp_path, best_mode="best")
+
+
+def _in_flight(root):
+    """What a trainer's saves look like while they are written: orbax's temp dir for a local step, and a step dir
+    without its commit marker (orbax writes gs:// steps in place)."""
+    tmp = root / "4.orbax-checkpoint-tmp-1700000000"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "junk").write_text("x")
+    (root / "5" / "state").mkdir(parents=True)
+    return [tmp / "state" / "junk", root / "5" / "state"]
+
+
+def test_a_reader_leaves_saves_in_flight_intact(tmp_path):
+    state = make_state()
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(3, state, rng=jax.random.key(3), **EXTRAS)
+    in_flight = _in_flight(tmp_path)
+    with Checkpointer(tmp_path, read_only=True) as reader:
+        assert reader.all_steps() == [3]
+        assert_tree_identical(reader.restore_params(), jax.device_get(state.params))
+        with pytest.raises(CheckpointError, match="read-only"):
+            reader.save(6, state, rng=jax.random.key(6), **EXTRAS)
+    assert all(p.exists() for p in in_flight)
+    assert not any(p.name.startswith("incomplete.") for p in tmp_path.iterdir())
+
+
+def test_load_workdir_is_a_reader(tmp_path, tiny_model):
+    """`jdr evaluate --model WORKDIR` while the run trains must not touch the trainer's save in flight."""
+    from jdr.models.hf import load
+    from jdr.train.workdir import load_workdir, save_encoder_description
+
+    params, spec, _ = load(tiny_model)
+    save_encoder_description(tmp_path, spec, tiny_model)
+    with Checkpointer(tmp_path / "checkpoints", async_save=False) as ckpt:
+        ckpt.save(3, TrainState.create(params, optax.sgd(0.1)), rng=jax.random.key(0), **EXTRAS)
+    in_flight = _in_flight(tmp_path / "checkpoints")
+    got, _, _, step = load_workdir(tmp_path)
+    assert step == 3 and all(p.exists() for p in in_flight)
+    assert_tree_identical(got, params)
+
+
+def test_a_damaged_array_fails_its_crc(tmp_path):
+    """Bytes that still decode but differ from what was saved are an error naming the array, not new weights."""
+    import orbax.checkpoint as ocp
+
+    state = make_state()
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, rng=jax.random.key(1), **EXTRAS)
+        ckpt.save(2, state, rng=jax.random.key(2), **EXTRAS)
+    # rewrite step 2's arrays through orbax itself with one value changed: the files are valid, the weights not
+    bad = jax.tree.map(np.array, state)  # a copy
+    bad.params["dense"]["kernel"][0, 0] += 1.0
+    (tmp_path / "2" / "state").rename(tmp_path / "state.orig")
+    ocp.PyTreeCheckpointer().save(tmp_path / "2" / "state", bad)
+    reader = Checkpointer(tmp_path, read_only=True)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*/2 cannot be read \(ValueError: array "
+                                              r"params/dense/kernel does not match the CRC32.*resume from step 1"):
+        reader.restore(2, abstract_state=state)
+    assert_tree_identical(reader.restore(1, abstract_state=state)[0], jax.device_get(state))
+    reader.close()

@@ -224,3 +224,24 @@ def test_two_process_jdr_train_checkpoints_and_resumes_on_one_process(tiny_model
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     _, p4 = _leaves(multi, step=4)
     assert not np.allclose(p4[0], pr[0])  # the resumed run trained past step 4
+
+
+def test_async_refresh_is_decided_once_for_every_process(tmp_path):
+    """Two processes whose refresh builds take very different times swap in the same tables at the same steps and
+    skip the same refreshes (process 0 decides); a build that fails on process 1 raises on both, at the same step."""
+    import json
+
+    port, out = _free_port(), tmp_path / "out"
+    out.mkdir()
+    _run_workers([([sys.executable, str(WORKER), "--refresh-protocol", "--coordinator", f"localhost:{port}",
+                    "--num-processes", "2", "--process-id", str(i), "--out", str(out)], _worker_env(1))
+                  for i in range(2)], tmp_path)
+    p0, p1 = (json.loads((out / f"refresh_{i}.json").read_text()) for i in range(2))
+    assert p0["swapped"] and p0["swapped"] == p1["swapped"] and p0["skipped"] == p1["skipped"]
+    # process 0's own build takes 0.05 s: it swaps at the first poll after the build started, and so does process 1
+    assert [s[0] - s[2] for s in p0["swapped"] if s[0] != "finish"] == [1] * len(
+        [s for s in p0["swapped"] if s[0] != "finish"])
+    (step0, message0), (step1, message1) = p0["failure"], p1["failure"]
+    assert step0 == step1 == 3
+    assert message1.startswith("negatives refresh for step 2 failed: MemoryError: out of memory")
+    assert message0 == f"process 1: {message1}"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,8 +73,81 @@ def test_train_launches_detached_on_every_worker():
                      "--", "--config.train.lr=2e-5")
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod1"] and "--worker=all" in ssh
     remote = next(a for a in ssh if a.startswith("--command="))[len("--command="):]
-    assert "JDR_DISTRIBUTED=auto nohup ~/jdr-venv/bin/jdr train --config configs/tiny.py --workdir gs://bkt/run1 " \
-           "--config.train.lr=2e-5 > ~/jdr-train.log 2>&1 < /dev/null &" in remote
+    assert "JDR_DISTRIBUTED=auto nohup tpu_scripts/run_restarting.sh ~/jdr-venv/bin/jdr train --config " \
+           "configs/tiny.py --workdir gs://bkt/run1 --config.train.lr=2e-5 > ~/jdr-train.log 2>&1 < /dev/null &" \
+        in remote
+
+
+def _fake_jdr(bin_dir: Path, exits: list[int]) -> Path:
+    """A `jdr` on PATH that logs its argv and exits with the next of `exits` (its count kept in a file)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "jdr"
+    codes = " ".join(map(str, exits))
+    script.write_text(f"""#!/usr/bin/env bash
+dir="$(dirname "$0")"
+n=$(cat "$dir/calls" 2>/dev/null || echo 0)
+echo $((n + 1)) > "$dir/calls"
+echo "${{JDR_PROCESS_ID:-0}} $*" >> "$dir/argv"
+codes=({codes})
+exit "${{codes[$n]}}"
+""")
+    script.chmod(0o755)
+    return script
+
+
+def _calls(bin_dir: Path) -> int:
+    return int((bin_dir / "calls").read_text())
+
+
+def test_run_restarting_reruns_on_exit_75_only(tmp_path):
+    jdr = _fake_jdr(tmp_path / "bin", [75, 75, 0])
+    r = subprocess.run(["bash", str(SCRIPTS / "run_restarting.sh"), str(jdr), "train", "--workdir", "w"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and _calls(tmp_path / "bin") == 3, r.stderr
+    assert r.stderr.count("preempted (exit 75, checkpoint saved)") == 2
+    jdr = _fake_jdr(tmp_path / "bin2", [75, 3, 0])
+    r = subprocess.run(["bash", str(SCRIPTS / "run_restarting.sh"), str(jdr)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 3 and _calls(tmp_path / "bin2") == 2  # a failure is not retried
+    jdr = _fake_jdr(tmp_path / "bin3", [75] * 5)
+    r = subprocess.run(["bash", str(SCRIPTS / "run_restarting.sh"), str(jdr)], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "JDR_MAX_RESTARTS": "2"})
+    assert r.returncode == 75 and _calls(tmp_path / "bin3") == 3 and "giving up" in r.stderr
+
+
+def test_run_restarting_passes_its_own_sigterm_on_and_does_not_rerun(tmp_path):
+    """The machine going down signals the wrapper: jdr gets the SIGTERM, saves, and the wrapper exits 75."""
+    child = tmp_path / "child.sh"
+    child.write_text("#!/usr/bin/env bash\necho run >> \"$0.calls\"\n"
+                     "trap 'echo saved >> \"$0.calls\"; exit 75' TERM\nsleep 30 & wait\n")
+    child.chmod(0o755)
+    proc = subprocess.Popen(["bash", str(SCRIPTS / "run_restarting.sh"), str(child)], stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 30
+    while not Path(f"{child}.calls").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 75
+    assert Path(f"{child}.calls").read_text().split() == ["run", "saved"]
+
+
+def test_tpu_workers_rerun_jdr_after_a_preemption(tmp_path):
+    """The remote command tpu_pod_train.sh sends, run here in a fake worker home: jdr exits 75 and is rerun."""
+    (ssh,) = dry_run("tpu_pod_train.sh", *TPU_FLAGS, "--config", "configs/tiny.py", "--workdir", "gs://bkt/run1")
+    remote = next(a for a in ssh if a.startswith("--command="))[len("--command="):]
+    home = tmp_path / "home"
+    shutil.copytree(SCRIPTS, home / "jdr" / "tpu_scripts")
+    _fake_jdr(home / "jdr-venv" / "bin", [75, 0])
+    r = subprocess.run(["bash", "-c", remote], env={"HOME": str(home), "PATH": os.environ["PATH"]},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 30  # detached (nohup ... &): wait for the second run
+    while (not (home / "jdr-venv" / "bin" / "calls").exists() or _calls(home / "jdr-venv" / "bin") < 2) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _calls(home / "jdr-venv" / "bin") == 2
+    argv = (home / "jdr-venv" / "bin" / "argv").read_text().splitlines()
+    assert argv == ["0 train --config configs/tiny.py --workdir gs://bkt/run1"] * 2
 
 
 def test_logs_and_delete():
@@ -89,8 +164,16 @@ def test_gpu_single_host():
     (cmd,) = dry_run("gpu_single_host.sh", "--workdir", "runs/a", "--config", "configs/tiny.py", "--",
                      "--config.train.batch_size=64")
     assert cmd[:2] == ["env", "JDR_DISTRIBUTED=off"]
+    assert cmd[cmd.index("jdr") - 1] == str(SCRIPTS / "run_restarting.sh")
     assert cmd[cmd.index("jdr"):] == ["jdr", "train", "--config", "configs/tiny.py", "--workdir", "runs/a",
                                       "--config.train.batch_size=64"]
+
+
+def test_gpu_single_host_reruns_a_preempted_jdr(tmp_path):
+    _fake_jdr(tmp_path / "bin", [75, 0])
+    r = subprocess.run(["bash", str(SCRIPTS / "gpu_single_host.sh"), "--workdir", "runs/a"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert r.returncode == 0 and _calls(tmp_path / "bin") == 2, r.stderr
 
 
 def test_gpu_slurm_sets_coordinator_from_first_node():
@@ -105,6 +188,44 @@ def test_gpu_slurm_sets_coordinator_from_first_node():
         assert coordinator == f"JDR_COORDINATOR={expected_coordinator}"
     assert srun[srun.index("jdr"):] == ["jdr", "train", "--config", "configs/default.py", "--workdir",
                                         "/shared/runs/b"]
+    text = (SCRIPTS / "gpu_slurm.sbatch").read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=TERM@120" in text
+
+
+def _fake_slurm(bin_dir: Path) -> None:
+    """`srun` that runs its command once per task (SLURM_PROCID 0..SLURM_NNODES-1) here, `scontrol` that logs."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "srun").write_text("""#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done
+rc=0
+for ((i = 0; i < SLURM_NNODES; i++)); do
+  SLURM_NTASKS="$SLURM_NNODES" SLURM_PROCID=$i "$@" || rc=$?
+done
+exit "$rc"
+""")
+    (bin_dir / "scontrol").write_text("""#!/usr/bin/env bash
+if [[ "$1" == show ]]; then echo node1; echo node2; exit 0; fi
+echo "$*" >> "$(dirname "$0")/scontrol.log"
+""")
+    for name in ("srun", "scontrol"):
+        (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("exits,requeued,code", [([75, 75], True, 75), ([0, 0], False, 0), ([0, 3], False, 3)])
+def test_gpu_slurm_requeues_a_preempted_job(tmp_path, exits, requeued, code):
+    bin_dir = tmp_path / "bin"
+    _fake_slurm(bin_dir)
+    _fake_jdr(bin_dir, exits)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("JDR_", "SLURM_"))},
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2",
+           "SLURM_JOB_ID": "77", "TMPDIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(SCRIPTS / "gpu_slurm.sbatch"), "--workdir", "/shared/runs/b"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == code, r.stderr
+    assert _calls(bin_dir) == 2  # one jdr per task
+    assert (bin_dir / "scontrol.log").exists() == requeued
+    if requeued:
+        assert (bin_dir / "scontrol.log").read_text().split() == ["requeue", "77"]
 
 
 def test_gpu_slurm_needs_a_nodelist():

@@ -133,3 +133,16 @@ def test_query_encoder_variant_exports_and_evaluates_with_its_tower(tiny_model, 
     assert rc == 0 and out["queries"] == 8 and 0.0 <= out["ndcg@10"] <= 1.0
     with pytest.raises(ValueError, match="pseudo-queries have no query text"):
         _vq(["train", "--workdir", str(tmp_path / "bad")], over + ["data.pseudo_queries=doc"])
+
+
+def test_faiss_uses_every_core_unless_told():
+    """`jdr vq` leaves faiss at its own default (all cores); --threads N pins it."""
+    from jdr.cli import build_parser
+
+    for sub in ("train", "evaluate"):
+        args = build_parser().parse_args(["vq", sub, "--workdir", "w"])
+        assert args.threads == 0
+        assert build_parser().parse_args(["vq", sub, "--workdir", "w", "--threads", "1"]).threads == 1
+    before = faiss.omp_get_max_threads()
+    cli._set_threads(0)
+    assert faiss.omp_get_max_threads() == before

@@ -35,6 +35,11 @@ JDR_LINES=100
 JDR_FOLLOW=1
 JDR_EXTRA_ARGS=()
 
+# `jdr train` exits with this after saving a preemption checkpoint: "run me again" (jdr.train.preemption).
+JDR_EXIT_RESTART=75
+# The wrapper that reruns jdr on that exit code (on TPU workers: tpu_scripts/run_restarting.sh inside ~/jdr).
+JDR_RUN_RESTARTING="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/run_restarting.sh"
+
 # Paths on the TPU workers (home directory of the ssh user).
 JDR_REMOTE_REPO="jdr"
 JDR_REMOTE_VENV="jdr-venv"

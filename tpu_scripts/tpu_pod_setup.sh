@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install jdr on every worker of a TPU VM: a venv with jax[tpu] and the repo (pip install -e).
+# Install jdr on every worker of a TPU VM: a venv with jax[tpu], gcsfs and the repo (pip install -e).
 #
 # Usage: tpu_pod_setup.sh --zone Z [--project P] [--tpu-name N] [--repo-url URL [--repo-ref main]]
 #          [--jax-version 0.10.2] [--dry-run]
@@ -24,11 +24,12 @@ else
   fetch="rm -rf $JDR_REMOTE_REPO && mkdir $JDR_REMOTE_REPO && tar -xzf jdr-src.tar.gz -C $JDR_REMOTE_REPO"
 fi
 
-# python3-venv is missing from the base TPU image; libtpu comes with the jax[tpu] extra.
+# python3-venv is missing from the base TPU image; libtpu comes with the jax[tpu] extra; gcsfs lets jdr (etils.epath)
+# write the gs:// workdir (orbax's checkpoint arrays go through tensorstore's own GCS driver).
 tpu_ssh "set -euo pipefail; cd ~; $fetch; \
 (python3 -m venv $JDR_REMOTE_VENV || (sudo apt-get update -q && sudo apt-get install -y -q python3-venv \
 && python3 -m venv $JDR_REMOTE_VENV)); \
 $JDR_REMOTE_VENV/bin/pip install -q -U pip; \
-$JDR_REMOTE_VENV/bin/pip install -q $(quote "jax[tpu]==$JDR_JAX_VERSION"); \
+$JDR_REMOTE_VENV/bin/pip install -q $(quote "jax[tpu]==$JDR_JAX_VERSION") gcsfs; \
 $JDR_REMOTE_VENV/bin/pip install -q -e $JDR_REMOTE_REPO; \
 $JDR_REMOTE_VENV/bin/python -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"

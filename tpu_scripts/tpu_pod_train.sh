@@ -5,6 +5,8 @@
 #          [--project P] [--dry-run] [-- --config.train.lr=2e-5 ...]
 # JDR_DISTRIBUTED=auto makes jdr.distributed.initialize let jax find the pod's other workers. The workdir must be
 # a gs:// path every worker can reach: checkpoints and exports are written there (by process 0 where shared).
+# Each worker runs jdr under tpu_scripts/run_restarting.sh: on a preemption notice (SIGTERM) every worker saves
+# the same step and exits 75, and is started again to resume (a deleted spot VM needs create/setup/train again).
 
 set -euo pipefail
 # shellcheck source=tpu_scripts/_common.sh
@@ -16,5 +18,6 @@ if [[ "$JDR_WORKDIR" != gs://* ]]; then
 fi
 
 set_train_argv
-tpu_ssh "cd ~/$JDR_REMOTE_REPO && JDR_DISTRIBUTED=auto nohup ~/$JDR_REMOTE_VENV/bin/jdr $(quote "${TRAIN_ARGV[@]}") \
+tpu_ssh "cd ~/$JDR_REMOTE_REPO && JDR_DISTRIBUTED=auto nohup tpu_scripts/run_restarting.sh ~/$JDR_REMOTE_VENV/bin/jdr \
+$(quote "${TRAIN_ARGV[@]}") \
 > ~/$JDR_REMOTE_LOG 2>&1 < /dev/null & echo \"started jdr train on \$(hostname), log ~/$JDR_REMOTE_LOG\""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 
 import jax
@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 
 from jdr.data.errors import DataError
-from jdr.io import atomic_dir
+from jdr.io import as_path, atomic_dir
 from jdr.models.bert import BertConfig, BertModel
 from jdr.models.encoder import EncoderSpec, make_params, tower_params
 
@@ -27,6 +27,9 @@ _SKIPPED_PREFIXES = ("cls.", "lm_head.")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                     "vocab.json", "merges.txt", "sentencepiece.bpe.model", "added_tokens.json")
 _ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+# What jdr writes beside an export that sentence-transformers has no field for (its one max_seq_length is the
+# passage budget): the query budget, so `jdr` reloads both.
+JDR_ENCODER_FILE = "jdr_encoder.json"
 
 
 def find_minilm() -> Path:
@@ -215,15 +218,22 @@ def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
         _ST_ACTIVATIONS[activation]
 
 
-def load_tokenizer(d: Path) -> Tokenizer:
-    """`tokenizer.json` of a model dir, with its own padding and truncation switched off (jdr sets both)."""
-    path = d / "tokenizer.json"
+def load_tokenizer(d) -> Tokenizer:
+    """`tokenizer.json` of a model dir (local or gs://), with its own padding and truncation switched off (jdr sets
+    both)."""
+    path = as_path(d) / "tokenizer.json"
     if not path.exists():
         raise DataError(d, "no tokenizer.json (jdr needs a fast tokenizer file)")
-    tok = Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_str(path.read_text())
     tok.no_padding()
     tok.no_truncation()
     return tok
+
+
+def with_settings(spec: EncoderSpec, *, pooling: str | None = None, normalize: bool | None = None) -> EncoderSpec:
+    """`spec` with pooling / normalisation replaced where given (None keeps the checkpoint's own)."""
+    changes = {k: v for k, v in (("pooling", pooling), ("normalize", normalize)) if v is not None}
+    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 def load(
@@ -233,13 +243,23 @@ def load(
     dtype: str = "float32",
     query_max_length: int | None = None,
     passage_max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
 ) -> tuple[dict, EncoderSpec, Tokenizer]:
-    """Load a BERT/RoBERTa (optionally sentence-transformers) model dir or hub id -> (params, spec, tokenizer).
+    """Load a BERT/RoBERTa (optionally sentence-transformers) model dir, hub id, or `jdr train` workdir (its latest
+    checkpoint) -> (params, spec, tokenizer).
 
     Pooling, normalisation and max length come from the sentence-transformers files when present (modules.json,
-    1_Pooling/config.json, sentence_bert_config.json), else cls / none / 512. Params are float32 jax
-    arrays, `{"shared": tree}` when `tied`, else `{"query": tree, "passage": copy}`; `dtype` is the compute dtype.
+    1_Pooling/config.json, sentence_bert_config.json; both lengths from jdr's own `jdr_encoder.json`), else
+    cls / none / 512; a workdir keeps its trained encoder's. `pooling` ("cls" | "mean" | "max") and `normalize`
+    override them. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree,
+    "passage": copy}`; `dtype` is the compute dtype.
     """
+    from jdr.train.workdir import is_workdir
+
+    if is_workdir(model_dir_or_hub_name):
+        return _load_workdir(model_dir_or_hub_name, tied=tied, dtype=dtype, pooling=pooling, normalize=normalize,
+                             query_max_length=query_max_length, passage_max_length=passage_max_length)
     d = resolve_model_dir(model_dir_or_hub_name)
     hf_cfg = _read_json(d / "config.json") if (d / "config.json").exists() else None
     if hf_cfg is None:
@@ -254,17 +274,40 @@ def load(
     except (ValueError, TypeError) as e:
         raise DataError(d / "config.json", str(e)) from None
     tree = jax_tree(_hf_to_tree(tensors, cfg, d / "model.safetensors"))
-    pooling, normalize, max_len, before_dense, dense_dir = _st_settings(d, cfg)
+    st_pooling, st_normalize, max_len, before_dense, dense_dir = _st_settings(d, cfg)
     dense, activation = _read_dense(dense_dir, cfg.hidden_size) if dense_dir is not None else (None, None)
+    query_len = passage_len = max_len
+    if (d / JDR_ENCODER_FILE).exists():  # a jdr export: both budgets (ST's max_seq_length is the tower's own)
+        recorded = _read_json(d / JDR_ENCODER_FILE)
+        query_len = min(int(recorded.get("query_max_length") or max_len), cfg.max_length)
+        passage_len = min(int(recorded.get("passage_max_length") or max_len), cfg.max_length)
     spec = EncoderSpec(
-        bert=cfg, pooling=pooling, normalize=normalize, query_max_length=query_max_length or max_len,
-        passage_max_length=passage_max_length or max_len, tied=tied, dtype=dtype, model_type=model_type,
+        bert=cfg, pooling=st_pooling, normalize=st_normalize, query_max_length=query_max_length or query_len,
+        passage_max_length=passage_max_length or passage_len, tied=tied, dtype=dtype, model_type=model_type,
         dense=activation, normalize_before_dense=before_dense,
     )
     params = make_params(tree, tied)
     if dense is not None:
         params["dense"] = jax_tree(dense)
-    return params, spec, load_tokenizer(d)
+    return params, with_settings(spec, pooling=pooling, normalize=normalize), load_tokenizer(d)
+
+
+def _load_workdir(workdir, *, tied: bool, dtype: str, pooling, normalize, query_max_length, passage_max_length):
+    """A `jdr train` workdir's latest trained encoder as a starting point (`model.path=<workdir>`)."""
+    from jdr.train.workdir import load_workdir
+
+    params, spec, tokenizer, step = load_workdir(workdir, dtype=dtype)
+    if tied and not spec.tied:
+        raise DataError(workdir, "its encoder has untied query/passage towers; load it with model.tied=False")
+    if not tied and spec.tied:
+        untied = make_params(params["shared"], False)
+        if "dense" in params:
+            untied["dense"] = params["dense"]
+        params = untied
+    lengths = {k: v for k, v in (("query_max_length", query_max_length),
+                                 ("passage_max_length", passage_max_length)) if v}
+    spec = dataclasses.replace(spec, tied=tied, **lengths)
+    return params, with_settings(spec, pooling=pooling, normalize=normalize), tokenizer
 
 
 def jax_tree(tree: dict) -> dict:
@@ -272,14 +315,17 @@ def jax_tree(tree: dict) -> dict:
     return unflatten_dict({k: jnp.asarray(v) for k, v in flatten_dict(tree).items()})
 
 
-def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLike, *, tower: str = "query") -> Path:
-    """Write `tower` as an HF + sentence-transformers model dir at `out_dir` (atomically) -> Path.
+def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLike, *, tower: str = "query"):
+    """Write `tower` as an HF + sentence-transformers model dir at `out_dir` (local or gs://, atomically) -> path.
 
-    `tokenizer` is a `tokenizers.Tokenizer` or a model dir whose tokenizer files are copied. `load(out_dir)` gives
-    back the same params and embeddings; sentence-transformers and transformers can load it too. The ST max length
-    is the larger of the two towers' budgets (ST has a single one).
+    `tokenizer` is a `tokenizers.Tokenizer`, or a model dir or `jdr train` workdir whose tokenizer files are copied.
+    `load(out_dir)` gives back the same params and embeddings; sentence-transformers and transformers can load it
+    too. sentence-transformers has one max length: the passage budget for a tied encoder or a passage tower, the
+    query budget for a query tower of an untied one; `jdr_encoder.json` records both budgets for jdr.
     """
-    out_dir = Path(out_dir)
+    from jdr.train.workdir import tokenizer_files_dir
+
+    out_dir = as_path(out_dir)
     flat = flatten_dict(tower_params(params, spec, tower))
     names = _param_names(spec.bert)
     if set(flat) != set(names):
@@ -289,7 +335,7 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
     for key, (hf, transpose) in names.items():
         a = np.asarray(flat[key], dtype=np.float32)
         tensors[hf] = np.ascontiguousarray(a.T if transpose else a)
-    max_len = max(spec.query_max_length, spec.passage_max_length)
+    max_len = spec.query_max_length if (tower == "query" and not spec.tied) else spec.passage_max_length
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(spec.bert.to_hf_dict(spec.model_type), indent=2))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -300,18 +346,30 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
                 json.dumps({"tokenizer_class": cls, "model_max_length": spec.bert.max_length})
             )
         else:
-            src = Path(tokenizer)
+            src = as_path(tokenizer_files_dir(tokenizer))
             if not (src / "tokenizer.json").exists():
                 raise DataError(src, "no tokenizer.json to export")
             for name in _TOKENIZER_FILES:
                 if (src / name).exists():
-                    shutil.copyfile(src / name, tmp / name)
+                    (tmp / name).write_bytes((src / name).read_bytes())
         dense = None
         if spec.dense is not None:
             dense = (np.asarray(params["dense"]["kernel"], np.float32), np.asarray(params["dense"]["bias"], np.float32),
                      spec.dense, spec.normalize_before_dense)
         write_st_files(tmp, spec.bert.hidden_size, spec.pooling, spec.normalize, max_len, dense=dense)
+        (tmp / JDR_ENCODER_FILE).write_text(json.dumps(
+            {"tower": "shared" if spec.tied else tower, "query_max_length": spec.query_max_length,
+             "passage_max_length": spec.passage_max_length}, indent=2))
     return out_dir
+
+
+def export_encoder(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLike) -> list:
+    """The whole encoder: `out_dir` itself when tied, `out_dir/query` and `out_dir/passage` (one
+    sentence-transformers dir per tower) when untied. Returns the written dirs."""
+    out_dir = as_path(out_dir)
+    if spec.tied:
+        return [export(params, spec, tokenizer, out_dir)]
+    return [export(params, spec, tokenizer, out_dir / t, tower=t) for t in ("query", "passage")]
 
 
 def write_st_files(out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int, *,

@@ -6,6 +6,12 @@ params while training continues on the previous table (ANCE's design), and a lat
 finished table; the loop swaps its reference between steps, so the swap is atomic. One build at a time: a
 refresh that falls due while the previous one still runs is SKIPPED (logged, counted in `skipped_steps`), so
 training never stalls on a slow build; the running build's table is delivered as usual.
+
+Multi-host: every host builds its own copy, but no host decides alone. Whether a finished async build is swapped
+in at a step is process 0's call (its thread's state, broadcast through the coordination service's key-value
+store; the others wait for their own build to finish and swap at the same step), so every host trains on the
+same table from the same step and skips the same refreshes. A build that fails on any host raises `RefreshError`
+on every host (`jdr.distributed.raise_if_any_failed`).
 """
 
 from __future__ import annotations
@@ -105,13 +111,18 @@ class RefreshHook:
         or None."""
         self._last_step = step
         out = None
-        if self._job is not None and not self._job.thread.is_alive():
-            out = self._collect(step, wait=0.0)
+        if self._job is not None and self._swap_now(step):
+            out = self._collect(step)
         if step > 0 and step % self.every == 0:
             fetch = params if callable(params) else (lambda: params)
             if self.mode == "sync":
                 t0 = time.perf_counter()
-                table = self._build(fetch(), step)
+                table, error = None, None
+                try:
+                    table = self.build_fn(fetch(), step)
+                except Exception as e:
+                    error = e
+                self._agree(step, table, error)
                 elapsed = time.perf_counter() - t0
                 out = self._deliver(table, step, step, elapsed, elapsed)
             elif self._job is not None:
@@ -128,32 +139,51 @@ class RefreshHook:
 
     def finish(self) -> NegativesTable | None:
         """Wait for an in-flight build and return its table (None if none): call before a checkpoint or at the
-        end of training for sync semantics. Raises `RefreshError` if the build failed."""
+        end of training for sync semantics (every host, at the same step). Raises `RefreshError` if the build
+        failed on any host."""
         if self._job is None:
             return None
-        t0 = time.perf_counter()
-        self._job.thread.join()
-        return self._collect(self._last_step, wait=time.perf_counter() - t0)
+        return self._collect(self._last_step)
 
-    def _build(self, params, step: int) -> NegativesTable:
-        try:
-            return self.build_fn(params, step)
-        except Exception as e:
-            raise RefreshError(f"negatives refresh for step {step} failed: {type(e).__name__}: {e}") from e
+    def totals(self) -> dict:
+        """Summed over the delivered refreshes: the builds' encode / index / mine seconds (in a background thread
+        when async), the loop's wait for them, and how many were built and skipped."""
+        out = {"mode": self.mode, "builds": len(self.history), "skipped": len(self.skipped_steps),
+               "loop_wait_seconds": round(sum(r.wait_seconds for r in self.history), 3),
+               "build_seconds": round(sum(r.build_seconds for r in self.history), 3)}
+        for key in ("encode_s", "index_s", "mine_s"):
+            out[key[:-2] + "_seconds"] = round(sum(r.timings.get(key, 0.0) for r in self.history), 3)
+        return out
 
-    def _collect(self, step: int, wait: float) -> NegativesTable:
+    def _swap_now(self, step: int) -> bool:
+        """Whether the in-flight build is collected at `step`: process 0's thread decides for every host."""
+        from jdr.distributed import broadcast_from_primary
+
+        done = not self._job.thread.is_alive()
+        return broadcast_from_primary(f"negatives_refresh/{self._job.step}/poll/{step}", "swap" if done else "") \
+            == "swap"
+
+    def _agree(self, started: int, table, error: BaseException | None) -> None:
+        """Raise `RefreshError` on every host if the build from step `started` failed (or is unusable) on any."""
+        from jdr.distributed import raise_if_any_failed
+
+        if error is not None:
+            wrapped = RefreshError(f"negatives refresh for step {started} failed: {type(error).__name__}: {error}")
+            wrapped.__cause__ = error
+            error = wrapped
+        else:
+            error = _invalid(table, started)
+        raise_if_any_failed(f"negatives_refresh/{started}/{self.version}", error, RefreshError)
+
+    def _collect(self, step: int) -> NegativesTable:
         job, self._job = self._job, None
-        if job.error is not None:
-            raise RefreshError(f"negatives refresh for step {job.step} failed: "
-                               f"{type(job.error).__name__}: {job.error}") from job.error
+        t0 = time.perf_counter()
+        job.thread.join()  # done already on process 0; another host may still be finishing its copy
+        wait = time.perf_counter() - t0
+        self._agree(job.step, job.table, job.error)
         return self._deliver(job.table, job.step, step, job.wait_seconds + wait, job.build_seconds)
 
     def _deliver(self, table, started: int, swapped: int, wait: float, build_s: float) -> NegativesTable:
-        if not isinstance(table, NegativesTable):
-            raise RefreshError(f"negatives refresh for step {started} failed: the build returned "
-                               f"{type(table).__name__}, not a NegativesTable")
-        if not table.candidates or not any((c >= 0).any() for c in table.candidates.values()):
-            raise RefreshError(f"negatives refresh for step {started} failed: the new table has no candidates")
         self.version += 1
         table = dataclasses.replace(table, version=self.version, created_step=started)
         rec = RefreshRecord(self.version, started, swapped, swapped - started, wait, build_s,
@@ -163,6 +193,16 @@ class RefreshHook:
                  "loop waited %.2fs", rec.version, table.source, started, swapped, rec.age_steps, build_s,
                  ", ".join(f"{k} {v:.1f}s" for k, v in rec.timings.items()), wait)
         return table
+
+
+def _invalid(table, started: int) -> RefreshError | None:
+    """Why a build's result cannot be swapped in, or None."""
+    if not isinstance(table, NegativesTable):
+        return RefreshError(f"negatives refresh for step {started} failed: the build returned "
+                            f"{type(table).__name__}, not a NegativesTable")
+    if not table.candidates or not any((c >= 0).any() for c in table.candidates.values()):
+        return RefreshError(f"negatives refresh for step {started} failed: the new table has no candidates")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +246,9 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
     qids = list(initial.qids)
     chunks = math.ceil(1.0 / cfg.refresh_fraction)
     part = np.random.default_rng(cfg.seed).permutation(len(qids)) % chunks  # seeded partition of the queries
-    state = {"table": initial, "round": 0}
+    # The rotation round is the previous table's version (the warm start is v0, each refresh adds one), so it is
+    # checkpointed with the table and a resumed run re-mines the same queries as an uninterrupted one.
+    state = {"table": initial}
     max_pos = int(np.diff(initial.pos_offsets).max(initial=0))
     k = min(cfg.depth + cfg.skip_top + max_pos, len(initial.corpus_ids))
 
@@ -214,7 +256,7 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
         prev: NegativesTable = state["table"]
         mask = None
         if chunks > 1 and "ann" in prev.candidates:
-            mask = part == state["round"] % chunks
+            mask = part == prev.version % chunks
         sel = np.arange(len(qids)) if mask is None else np.flatnonzero(mask)
         t0 = time.perf_counter()
         p_emb = np.asarray(encode_corpus_fn(params), dtype=np.float32)
@@ -238,7 +280,7 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
         timings = {"encode_s": t1 - t0, "index_s": t2 - t1, "mine_s": time.perf_counter() - t2}
         table = prev.replace_candidates("ann", rows, mask, counts=counts, version=prev.version + 1,
                                         created_step=step, timings=timings)
-        state["table"], state["round"] = table, state["round"] + 1
+        state["table"] = table
         return table
 
     return build

@@ -3,8 +3,10 @@ evaluate on the dev split, checkpoint — and, once at the end, export and the t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import re
 import time
 from typing import Any, Callable
 
@@ -14,6 +16,7 @@ import numpy as np
 from jdr.config import to_dict
 from jdr.data.beir import BeirData, Corpus
 from jdr.data.labeled import LabeledData
+from jdr.distributed import sync
 from jdr.evaluate import TEST_RUN, evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
 from jdr.train.step import unreplicate
@@ -50,19 +53,32 @@ def dev_split(dev: LabeledData | None, corpus_sample: int, seed: int) -> BeirDat
 
 @dataclasses.dataclass
 class Hooks:
-    """The run's hooks in call order, and what happens once after the last step."""
+    """The run's hooks in call order, what happens once after the last step, and the refresh hook (or None)."""
 
     all: list
     finish: Callable[[LoopState], dict]
+    refresh: Any = None
 
 
-def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
-    """Wire logging, negatives refresh, dev evaluation and checkpointing for `run` (a `trainer.Run`)."""
+DEV_TOP_K = 100  # dev evaluation retrieves this deep: metrics cut deeper (recall@1000) would be wrong, not logged
+
+
+def within_depth(name: str, k: int) -> bool:
+    """Whether metric `name` (e.g. "recall@1000", "ndcg@10", "map") can be computed from a top-`k` run."""
+    cutoff = re.search(r"@(\d+)$", name)
+    return cutoff is None or int(cutoff.group(1)) <= k
+
+
+def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None) -> Hooks:
+    """Wire logging, negatives refresh, dev evaluation, checkpointing and the preemption check for `run` (a
+    `trainer.Run`). `preemption`: a `jdr.train.preemption.PreemptionWatch`, checked after every step; when it
+    fires, every process saves a checkpoint of that step and the loop stops (`loop.stop = "preempted"`)."""
     cfg, primary = run.cfg, jax.process_index() == 0
     dev = dev_split(run.training.dev, cfg.eval.corpus_sample, cfg.seed)
     labeled = run.training.labeled
-    eval_kwargs = dict(factory=cfg.eval.factory, batch_size=cfg.eval.batch_size, k=100)
+    eval_kwargs = dict(factory=cfg.eval.factory, batch_size=cfg.eval.batch_size, k=DEV_TOP_K)
     hooks: list = []
+    saved = {"step": None}
 
     def log_metrics(loop: LoopState, last: bool) -> None:
         writer.write(loop.step, {**loop.metrics, "examples_per_second": loop.examples_per_second})
@@ -74,11 +90,12 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
         refresh = _refresh_hook(run)
 
         class _Poll:
-            every, needs_metrics, at_end = 1, False, False
+            every, needs_metrics, at_end, name = 1, False, False, "refresh"
 
             def __call__(self, loop: LoopState, *, last: bool) -> None:
                 if last:  # a table mined now would never be trained on
                     return
+                # loop.state is read only when a refresh starts: polling costs no device sync
                 table = refresh.on_step(loop.step, lambda: host_params(loop.state))
                 if table is not None:
                     _swap(run, table, refresh, writer, loop.step)
@@ -90,9 +107,10 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
             return
         t0 = time.perf_counter()
         params = host_params(loop.state)
-        loop.eval_metrics = {f"dev/{k}": v for k, v in evaluate_model(params, run.spec, run.tokenizer, dev,
-                                                                        **eval_kwargs)}
+        scores = evaluate_model(params, run.spec, run.tokenizer, dev, **eval_kwargs)
+        loop.eval_metrics = {f"dev/{k}": v for k, v in scores if within_depth(k, DEV_TOP_K)}
         loop.eval_metrics["dev/eval_seconds"] = time.perf_counter() - t0
+        loop.eval_step = loop.step
         writer.write(loop.step, {k[4:]: v for k, v in loop.eval_metrics.items()}, prefix="dev")
         log.info("step %d dev %s", loop.step, {k: round(v, 4) for k, v in loop.eval_metrics.items()})
 
@@ -103,14 +121,35 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
             table = refresh.finish()  # sync semantics: nothing in flight may be lost by a restart
             if table is not None:
                 _swap(run, table, refresh, writer, loop.step)
-        metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} or None
+        # Rank a checkpoint only by a dev score of its own step: an older one would pick the wrong best.
+        fresh = loop.eval_step == loop.step
+        metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} if fresh else {}
         table = None if labeled is None else labeled.table
         ckpt.save(loop.step, host_state(loop.state), iterator_state=run.source.state(), rng=rng,
                   config=to_dict(cfg), negatives=None if table is None else table.to_arrays(),
-                  metrics=metrics)
-        loop.eval_metrics = {}
+                  metrics=metrics or None)
+        saved["step"] = loop.step
 
     hooks.append(FunctionHook(cfg.checkpoint.every, checkpoint, name="checkpoint"))
+
+    if preemption is not None:
+        class _Preemption:
+            every, needs_metrics, at_end, name = 1, False, False, "preemption"
+
+            def __call__(self, loop: LoopState, *, last: bool) -> None:
+                if last or not preemption.reached(loop.step):  # every process asks at every step, in step
+                    return
+                log.warning("preemption notice: saving a checkpoint of step %d and stopping", loop.step)
+                if saved["step"] != loop.step:
+                    checkpoint(loop, last=False)
+                ckpt.wait()
+                sync("preemption_checkpoint_saved")  # no process exits while another still writes its part
+                loop.stop = "preempted"
+
+        hooks.append(_Preemption())
+
+    def phase(name: str):
+        return timer.phase(name) if timer is not None else contextlib.nullcontext()
 
     def finish(loop: LoopState) -> dict:
         if refresh is not None and refresh.finish() is not None:  # in flight at the end: record, never train on
@@ -121,26 +160,24 @@ def build_hooks(run, ckpt, writer, *, rng) -> Hooks:
             final["negatives/skipped_steps"] = list(refresh.skipped_steps)
         params = host_params(loop.state)
         if primary and cfg.export.at_end:
-            from jdr.models.hf import export
+            from jdr.models.hf import export_encoder
 
-            export(params, run.spec, run.model_dir, run.workdir / "export", tower="query")
-            if not run.spec.tied:
-                export(params, run.spec, run.model_dir, run.workdir / "export_passage", tower="passage")
+            with phase("export"):
+                export_encoder(params, run.spec, run.model_dir, run.workdir / "export")
         if cfg.eval.final_test:
             from jdr.data.beir import load_beir, resolve_dataset
 
             test = load_beir(resolve_dataset(cfg.data.dataset), split=cfg.data.test_split)
             t0 = time.perf_counter()
-            final.update({f"test/{k}": v for k, v in evaluate_model(params, run.spec, run.tokenizer, test,
-                                                                    factory=cfg.eval.factory,
-                                                                    batch_size=cfg.eval.batch_size, k=1000,
-                                                                    run_output=run.workdir / TEST_RUN if primary
-                                                                    else None)})  # the run, for `jdr compare`
+            with phase("test_eval"):  # the run file is for `jdr compare`
+                final.update({f"test/{k}": v for k, v in evaluate_model(
+                    params, run.spec, run.tokenizer, test, factory=cfg.eval.factory, batch_size=cfg.eval.batch_size,
+                    k=1000, run_output=run.workdir / TEST_RUN if primary else None)})
             final["test/eval_seconds"] = time.perf_counter() - t0
             writer.write(loop.step, {k[5:]: v for k, v in final.items() if k.startswith("test/")}, prefix="test")
         return final
 
-    return Hooks(hooks, finish)
+    return Hooks(hooks, finish, refresh)
 
 
 def _swap(run, table, refresh, writer, step: int) -> None:

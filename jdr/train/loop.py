@@ -1,33 +1,64 @@
-"""The training loop: run the compiled step, call hooks every N steps. Periodic work lives in hooks, not here."""
+"""The training loop: run the compiled step, call hooks every N steps. Periodic work lives in hooks, not here.
+
+Steps are optimizer steps. With gradient accumulation one step is `accum` calls of the compiled step (micro-steps,
+optax.MultiSteps applies the update on the last); hooks, logs and checkpoints happen only between optimizer steps,
+so a checkpoint never holds a partial accumulation and every cadence (`checkpoint.every`, `eval.every`, ...) counts
+optimizer steps.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from jdr.io import atomic_write
+from jdr.io import as_path, atomic_write, is_local
 
 
 @dataclasses.dataclass
 class LoopState:
-    """What hooks may read and update between steps. `state` is the replicated TrainState."""
+    """What hooks may read and update between steps.
+
+    `step`: optimizer steps done. `state`: the replicated TrainState — reading it first checks the loss of the step
+    that produced it (a device sync), so a hook that never reads it costs the loop nothing and no hook ever sees
+    parameters a non-finite loss produced. A hook sets `stop` (e.g. "preempted") to end the loop after this step.
+    """
 
     step: int
-    state: Any
+    raw_state: Any
     metrics: dict[str, float]
     examples_per_second: float = 0.0
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    eval_step: int | None = None  # the step `eval_metrics` were computed at
+    stop: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pending_check: Callable[[], None] | None = None
+
+    @property
+    def state(self) -> Any:
+        self.check()
+        return self.raw_state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.raw_state = value
+
+    def check(self) -> None:
+        """Run the pending non-finite-loss check (blocks until the step is done), once."""
+        check, self.pending_check = self.pending_check, None
+        if check is not None:
+            check()
 
 
 class Hook(Protocol):
-    """Periodic work. `every` = 0 means the hook runs only at the last step (when `at_end`)."""
+    """Periodic work. `every` = 0 means the hook runs only at the last step (when `at_end`). Optional attributes:
+    `needs_metrics` (default True: the step's metrics are fetched to the host first), `at_end`, `name`."""
 
     every: int
 
@@ -42,6 +73,7 @@ class FunctionHook:
     fn: Callable[..., None]
     at_end: bool = True
     name: str = ""
+    needs_metrics: bool = True
 
     def __call__(self, loop: LoopState, *, last: bool) -> None:
         self.fn(loop, last=last)
@@ -56,24 +88,57 @@ def due(hook, step: int, last: bool) -> bool:
 
 
 class MetricsWriter:
-    """Appends metrics as JSON lines (one per logged step) and, optionally, TensorBoard scalars."""
+    """Appends metrics as JSON lines (one per logged step) and, optionally, TensorBoard scalars.
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    `resume_step`: the step a resumed run restarts from; records of later steps (logged before the preemption,
+    after the last checkpoint) are dropped so every step appears once, and TensorBoard purges them likewise. On a
+    cloud workdir (no append on object storage) the file is rewritten whole at each write, atomically.
+    """
+
+    def __init__(self, workdir, tensorboard: bool = True, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+        workdir = as_path(workdir)
+        self.path = workdir / "metrics.jsonl"
+        self._lines: list[str] = []
         self._tb = None
-        if enabled and tensorboard:
+        if not enabled:
+            return
+        self._keep_until(resume_step)
+        if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            if not is_local(workdir):
+                _use_epath_event_files(str(workdir).split("://", 1)[0])
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def _keep_until(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash mid-append
+                continue
+        self._lines = keep
+        if keep != lines:
+            with atomic_write(self.path) as f:
+                f.writelines(x + "\n" for x in keep)
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}})
+        self._lines.append(line)
+        if is_local(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        else:
+            with atomic_write(self.path) as f:
+                f.writelines(x + "\n" for x in self._lines)
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
@@ -82,6 +147,39 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class _EpathEventFile:
+    """A TensorBoard event file on object storage: kept in memory, re-uploaded whole (atomically) on flush."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = as_path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        with atomic_write(self.path, "wb") as f:
+            f.write(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathEventFiles:
+    """tensorboardX writer factory for cloud URIs through `etils.epath` (its own needs google-cloud-storage)."""
+
+    def open(self, path: str) -> _EpathEventFile:
+        return _EpathEventFile(path)
+
+    def directory_check(self, path: str) -> None:  # object storage has no directories to create
+        pass
+
+
+def _use_epath_event_files(scheme: str) -> None:
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(scheme, _EpathEventFiles())
 
 
 def run_loop(
@@ -93,42 +191,55 @@ def run_loop(
     hooks: Iterable,
     *,
     examples_per_step: int,
+    accum: int = 1,
     on_metrics: Callable[[int, dict], dict] | None = None,
     check_loss: Callable[[int, Any], None] | None = None,
     stop_at: int | None = None,
     progress: bool = True,
+    timer=None,
 ) -> LoopState:
-    """Run steps `start_step+1 .. total_steps` (or only up to `stop_at`, as a preemption would).
+    """Run optimizer steps `start_step+1 .. total_steps` (or only up to `stop_at`, as a crash would), each
+    `accum` micro-steps, then the hooks due at that step; a hook setting `loop.stop` ends the loop early.
 
-    `next_batch(step)` gives the device batch for the step; `step_fn(state, batch, step)` runs the compiled
-    train step and returns (state, device metrics); `on_metrics(step, metrics)` turns device metrics into host
-    floats. `check_loss(step, device_loss)` raises on a non-finite loss; it is called for step t right after step
-    t+1 is dispatched, so the host never stalls the device yet no hook (checkpoint, export) ever runs on
-    parameters a non-finite loss produced. Hooks run after the step, in order; a hook with `needs_metrics =
-    False` (e.g. a refresh poll every step) does not force a device sync.
+    `next_batch(step)` gives the device batch for a micro-step of `step`; `step_fn(state, batch, step)` runs the
+    compiled train step and returns (state, device metrics); `on_metrics(step, metrics)` turns device metrics into
+    host floats. `check_loss(step, device_loss)` raises on a non-finite loss. It runs for each micro-step right
+    after the next one is dispatched (so the host never stalls the device), and before any hook reads
+    `loop.state`; a step where no hook reads the state or needs metrics (e.g. only a refresh poll is due) never
+    waits for the device. `timer` (a `timing.PhaseTimer`) gets "data", "train_step" and "hook/<name>" phases.
     """
     hooks = list(hooks)
-    loop = LoopState(step=start_step, state=state, metrics={})
+    phase = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
+    loop = LoopState(step=start_step, raw_state=state, metrics={})
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="train", dynamic_ncols=True)
     window_start, window_examples = time.perf_counter(), 0
-    pending = None  # (step, device loss) awaiting its finiteness check
+    pending = None  # (step, device loss) of the last micro-step, awaiting its finiteness check
     end = total_steps if stop_at is None else min(stop_at, total_steps)
+
+    def check_pending() -> None:
+        nonlocal pending
+        if pending is not None and check_loss is not None:
+            with phase("train_step"):  # the wait is the device finishing the step
+                check_loss(*pending)
+        pending = None
+
     for step in range(start_step + 1, end + 1):
-        batch = next_batch(step)
-        loop.state, device_metrics = step_fn(loop.state, batch, step)
+        for _ in range(accum):
+            with phase("data"):
+                batch = next_batch(step)
+            with phase("train_step"):
+                loop.raw_state, device_metrics = step_fn(loop.raw_state, batch, step)
+            check_pending()  # the previous micro-step's loss, while this one runs
+            pending = (step, device_metrics["loss"])
         loop.step = step
+        loop.pending_check = check_pending
         window_examples += examples_per_step
         last = step == total_steps
         due_hooks = [h for h in hooks if due(h, step, last)]
-        if check_loss is not None:
-            if pending is not None:
-                check_loss(*pending)
-            pending = (step, device_metrics["loss"])
-            if due_hooks or last:  # hooks see only parameters whose loss was checked
-                check_loss(*pending)
-                pending = None
         if on_metrics is not None and (last or any(getattr(h, "needs_metrics", True) for h in due_hooks)):
-            loop.metrics = on_metrics(step, device_metrics)  # blocks on the device: only when someone reads it
+            loop.check()  # never show or log metrics of a step whose loss is not finite
+            with phase("train_step"):
+                loop.metrics = on_metrics(step, device_metrics)
             elapsed = time.perf_counter() - window_start
             loop.examples_per_second = window_examples / max(elapsed, 1e-9)
             window_start, window_examples = time.perf_counter(), 0
@@ -138,13 +249,17 @@ def run_loop(
                 ex_s=f"{loop.examples_per_second:.1f}",
             )
         for hook in due_hooks:
-            hook(loop, last=last)
+            with phase(f"hook/{getattr(hook, 'name', '') or type(hook).__name__}"):
+                hook(loop, last=last)
         bar.update(1)
+        if loop.stop:
+            break
+    loop.check()  # the caller gets checked parameters
     bar.close()
     return loop
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write a JSON file atomically."""
+def write_json(path, obj: Any) -> None:
+    """Write a JSON file atomically (local path or cloud URI)."""
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=True)

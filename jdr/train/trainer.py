@@ -5,8 +5,8 @@ Everything that can be wrong with the config or the data is checked in `prepare`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 from jdr.config import ConfigError, to_dict
 from jdr.data.batching import BatchBuilder, check_layout
 from jdr.data.source import TrainingSource
+from jdr.io import as_path
 from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
@@ -94,7 +95,7 @@ def prepare(cfg, workdir) -> Run:
     counts = negative_counts(cfg)
     if "ann" in counts and cfg.negatives.refresh_every == 0:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     model_dir = resolve_model(cfg.model.path)
     params, spec, tokenizer = load(model_dir, tied=cfg.model.tied, dtype=cfg.model.dtype,
                                    query_max_length=cfg.model.query_max_length,
@@ -118,86 +119,153 @@ def _encode_fn(spec):
     return encode_fn
 
 
-def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
-    """Train per `cfg` in `workdir` (resuming from its latest checkpoint) and return the final metrics.
+# A temperature below this is sized for cosine scores in [-1, 1] (sentence-transformers 0.05, Contriever 0.05);
+# DPR / Tevatron train raw dot products at 1.0.
+COSINE_SIZED_TEMPERATURE = 0.5
 
-    `stop_at` ends the process after that step as a preemption would (tests of exact resume use it): hooks that
-    are due run, the end-of-training work (export, test evaluation) does not.
-    """
-    run = prepare(cfg, workdir)
-    workdir, primary = run.workdir, jax.process_index() == 0
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
-                         dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
-                         data=run.training.describe())
-        save_encoder_description(workdir, run.spec, run.model_dir)
 
-    tx, lr_at = make_optimizer(
-        lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
-        schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
-        eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
+def check_temperature(cfg, spec) -> str | None:
+    """The warning for an unnormalised dot product trained at a cosine-sized temperature (the softmax saturates:
+    BERT CLS dot products run to the hundreds), or None."""
+    if cfg.train.loss != "info_nce" or spec.normalize or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE:
+        return None
+    return (f"train.temperature={cfg.train.temperature} is sized for cosine scores, but the encoder scores with an "
+            f"unnormalised dot product ({spec.pooling} pooling, model.normalize=False): the softmax saturates. Set "
+            f"model.normalize=True, or train.temperature=1.0 as DPR/Tevatron do for dot products")
+
+
+def _initial_state(cfg, run, tx):
+    """The unreplicated train state the run starts from (MoCo adds its key tower and queue)."""
     if cfg.moco.enabled:
         from jdr.train.moco import MocoState
 
-        state = MocoState.create(run.params, tx, queue_size=cfg.moco.queue_size,
-                                 dim=encoder_lib.embedding_dim(run.params, run.spec), seed=cfg.seed)
-    else:
-        state = TrainState.create(run.params, tx)
-    rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep, keep_best_metric=f"dev/{cfg.eval.metric}",
-                        async_save=cfg.checkpoint.async_save)
-    start_step = 0
-    if ckpt.latest_step() is not None:
-        state, extras = ckpt.restore(abstract_state=state)
-        start_step = int(state.step) // cfg.train.grad_accum_steps
-        rng = extras["rng"]
-        labeled = run.training.labeled
-        if extras.get("negatives") is not None:  # the table first: the source state names its version
-            from jdr.negatives.table import NegativesTable
+        return MocoState.create(run.params, tx, queue_size=cfg.moco.queue_size,
+                                dim=encoder_lib.embedding_dim(run.params, run.spec), seed=cfg.seed)
+    return TrainState.create(run.params, tx)
 
-            labeled.set_table(NegativesTable.from_arrays(extras["negatives"], labeled.data.corpus.ids,
-                                                         labeled.train_qrels))
-        run.source.restore(extras["iterator_state"])
-        log.info("resumed from step %d", start_step)
 
+def _make_step(cfg, run, tx, lr_at):
+    """The per-device train step the config asks for (plain contrastive, or MoCo), before pmap."""
+    kwargs = dict(loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
+                  cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
+                  loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
+                               else {"margin": cfg.train.margin}))
     if cfg.moco.enabled:
         from jdr.train.moco import make_moco_train_step
 
-        make_step = functools.partial(make_moco_train_step, momentum=cfg.moco.momentum)
+        return make_moco_train_step(_encode_fn(run.spec), momentum=cfg.moco.momentum, **kwargs)
+    return make_train_step(_encode_fn(run.spec), **kwargs)
+
+
+def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Train per `cfg` in `workdir` (local or gs://; resuming from its latest checkpoint) and return the final
+    metrics. Writes `timing.json` (where the time went, peak host memory) at the end, on preemption and on failure.
+
+    A preemption notice (SIGTERM) saves a checkpoint of the step every process reached and returns
+    `{"step", "stopped": True, "preempted": True}` (`jdr train` then exits with `preemption.EXIT_RESTART`).
+    `stop_at` ends the run after that step as a crash would, without the preemption checkpoint (tests of exact
+    resume use it): hooks that are due run, the end-of-training work (export, test evaluation) does not.
+    """
+    from jdr.models.hf import with_settings
+    from jdr.train.preemption import PreemptionWatch
+    from jdr.train.timing import PhaseTimer
+
+    workdir = as_path(workdir)  # an unsupported URI is one line, before any work
+    timer = PhaseTimer().watch_compiles()
+    try:
+        with timer.phase("setup"):
+            run = prepare(cfg, workdir)
+            run.workdir, primary = workdir, jax.process_index() == 0
+            run.spec = with_settings(run.spec, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+            warning = check_temperature(cfg, run.spec)
+            if warning:
+                log.warning(warning)
+            if primary:
+                workdir.mkdir(parents=True, exist_ok=True)
+                write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
+                                 dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
+                                 data=run.training.describe())
+                save_encoder_description(workdir, run.spec, run.model_dir)
+
+            tx, lr_at = make_optimizer(
+                lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
+                schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
+                eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
+            state = _initial_state(cfg, run, tx)
+            rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
+            micro = cfg.train.grad_accum_steps
+            # Ask orbax to rank checkpoints only when the run has dev scores to rank them by.
+            ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save,
+                                keep_best_metric=f"dev/{cfg.eval.metric}" if run.training.dev else None)
+    except BaseException:
+        timer.close()
+        raise
+    writer = hooks = loop = None
+    result: dict = {}
+    try:
+        with timer.phase("setup"):
+            start_step = 0
+            if ckpt.latest_step() is not None:
+                with timer.phase("restore"):
+                    state, extras = ckpt.restore(abstract_state=state)
+                if int(state.step) % micro:  # checkpoints are taken between optimizer steps only
+                    raise ValueError(f"{ckpt.directory}: checkpoint at micro-step {int(state.step)} is not a whole "
+                                     f"number of train.grad_accum_steps={micro}")
+                start_step = int(state.step) // micro
+                rng = extras["rng"]
+                labeled = run.training.labeled
+                if extras.get("negatives") is not None:  # the table first: the source state names its version
+                    from jdr.negatives.table import NegativesTable
+
+                    labeled.set_table(NegativesTable.from_arrays(extras["negatives"], labeled.data.corpus.ids,
+                                                                 labeled.train_qrels))
+                run.source.restore(extras["iterator_state"])
+                log.info("resumed from step %d", start_step)
+
+            step_fn = pmap_train_step(_make_step(cfg, run, tx, lr_at))
+            state = replicate(state)
+            writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
+            watch = PreemptionWatch()
+            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer)
+
+        def next_batch(step):
+            return run.batches(run.source.next_batch())
+
+        def step_once(state, batch, step):
+            return step_fn(state, batch, rng)
+
+        try:
+            loop = run_loop(
+                state, start_step, cfg.train.steps, next_batch, step_once, hooks.all, accum=micro,
+                examples_per_step=cfg.train.global_batch_size, progress=progress and primary, timer=timer,
+                on_metrics=lambda step, m: {k: float(np.mean(jax.device_get(v))) for k, v in m.items()},
+                check_loss=check_finite, stop_at=stop_at)
+        finally:
+            watch.close()
+        with timer.phase("checkpoint_wait"):
+            ckpt.wait()
+        if loop.step < cfg.train.steps:
+            result = {"step": loop.step, "stopped": True, "preempted": loop.stop == "preempted"}
+        else:
+            result = hooks.finish(loop)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the save in flight still lands; its own error must not hide this
+            ckpt.close()
+        raise
     else:
-        make_step = make_train_step
-    step_fn = pmap_train_step(make_step(
-        _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
-        cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
-        loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                     else {"margin": cfg.train.margin})))
-    state = replicate(state)
-    writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary)
-    hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng)
-    micro = cfg.train.grad_accum_steps
-
-    def next_batch(step):
-        return run.batches(run.source.next_batch())
-
-    def step_once(state, batch, step):
-        return step_fn(state, batch, rng)
-
-    loop = run_loop(
-        state, start_step * micro, cfg.train.steps * micro, next_batch, step_once, hooks.all,
-        examples_per_step=cfg.train.global_batch_size, progress=progress and primary,
-        on_metrics=lambda step, m: {k: float(np.mean(jax.device_get(v))) for k, v in m.items()},
-        check_loss=check_finite, stop_at=None if stop_at is None else stop_at * micro)
-    ckpt.wait()
-    if loop.step < cfg.train.steps * micro:
         ckpt.close()
-        writer.close()
-        return {"step": loop.step, "stopped": True}
-    final = hooks.finish(loop)
-    ckpt.close()
-    writer.close()
-    if primary:
-        write_json(workdir / "final_metrics.json", final)
-    return final
-
-
+    finally:
+        if writer is not None:
+            writer.close()
+        refresh = None if hooks is None or hooks.refresh is None else hooks.refresh.totals()
+        timing = timer.summary(steps=None if loop is None else loop.step, refresh=refresh,
+                               stopped=loop is None or loop.step < cfg.train.steps,
+                               preempted=loop is not None and loop.stop == "preempted")
+        timer.close()
+        if primary:
+            write_json(workdir / "timing.json", timing)
+    result["peak_host_memory_mib"] = timing["peak_host_memory_mib"]
+    if primary and not result.get("stopped"):
+        write_json(workdir / "final_metrics.json", result)
+    return result

@@ -1,27 +1,35 @@
 """A training workdir as a model source: the encoder's static description is stored beside the checkpoints, so
-`jdr encode / evaluate / export` can restore a trained encoder from the workdir alone.
+`jdr encode / evaluate / export` (and `model.path=<workdir>`) can restore a trained encoder from the workdir alone.
 
-Layout: `run.json` (config, seed, versions, commit), `encoder/` (spec.json + tokenizer.json), `checkpoints/`
-(orbax), `metrics.jsonl`, `tensorboard/`, `export/` (HF + sentence-transformers dir at the end).
+Layout: `run.json` (config, seed, versions, commit), `encoder/` (spec.json + tokenizer files), `checkpoints/`
+(orbax), `metrics.jsonl`, `tensorboard/`, `timing.json`, `final_metrics.json`, `export/` (HF + sentence-transformers
+dir at the end; `export/query` + `export/passage` for untied towers). A workdir may be local or gs://.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 
-from jdr.io import atomic_dir
+from jdr.io import as_path, atomic_dir
 
 ENCODER_DIR = "encoder"
 CHECKPOINT_DIR = "checkpoints"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def is_workdir(path) -> bool:
     """Whether `path` is a jdr training workdir (has an encoder description and a checkpoint dir)."""
-    p = Path(path)
-    return (p / ENCODER_DIR / "spec.json").is_file() and (p / CHECKPOINT_DIR).is_dir()
+    try:
+        p = as_path(path)
+    except ValueError:
+        return False
+    return (p / ENCODER_DIR / "spec.json").exists() and (p / CHECKPOINT_DIR).is_dir()
+
+
+def tokenizer_files_dir(model_dir):
+    """Where a model source keeps its tokenizer files: `<workdir>/encoder` for a workdir, else the dir itself."""
+    return as_path(model_dir) / ENCODER_DIR if is_workdir(model_dir) else as_path(model_dir)
 
 
 def spec_to_dict(spec) -> dict:
@@ -39,32 +47,48 @@ def spec_from_dict(d: dict):
 
 
 def save_encoder_description(workdir, spec, model_dir) -> None:
-    """Write `encoder/spec.json` and copy the tokenizer (and ST files) from `model_dir` into the workdir."""
-    with atomic_dir(Path(workdir) / ENCODER_DIR) as tmp:
+    """Write `encoder/spec.json` and copy the tokenizer files of `model_dir` (a model dir or a workdir)."""
+    src = tokenizer_files_dir(model_dir)
+    with atomic_dir(as_path(workdir) / ENCODER_DIR) as tmp:
         (tmp / "spec.json").write_text(json.dumps(spec_to_dict(spec), indent=2, sort_keys=True))
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-            if (Path(model_dir) / name).is_file():
-                shutil.copy2(Path(model_dir) / name, tmp / name)
+        for name in _TOKENIZER_FILES:
+            if (src / name).exists():
+                (tmp / name).write_bytes((src / name).read_bytes())
 
 
-def load_workdir(workdir, *, step: int | None = None, dtype: str | None = None):
-    """Restore `(params, spec, tokenizer, step)` from a training workdir's latest (or given) checkpoint."""
+def resolve_step(ckpt, workdir, step) -> int:
+    """`step` (an int, "latest"/None, or "best": the best dev score of the run's `eval.metric` saved with a
+    checkpoint) of a workdir's checkpoints -> the step."""
+    if step is None or step == "latest":
+        found = ckpt.latest_step()
+        if found is None:
+            raise FileNotFoundError(f"{workdir}: no complete checkpoint in {ckpt.directory}")
+        return found
+    if step == "best":
+        record = as_path(workdir) / "run.json"
+        metric = json.loads(record.read_text())["config"]["eval"]["metric"] if record.exists() else "ndcg@10"
+        return ckpt.best_step(f"dev/{metric}")
+    return int(step)
+
+
+def load_workdir(workdir, *, step: int | str | None = None, dtype: str | None = None):
+    """Restore `(params, spec, tokenizer, step)` from a training workdir's latest, best (`step="best"`: the best
+    dev score saved with a checkpoint) or given checkpoint. Read-only: it never touches a save the trainer has
+    in flight."""
     import jax
     import numpy as np
 
     from jdr.models.hf import load_tokenizer
     from jdr.train.checkpoint import Checkpointer
 
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     spec = spec_from_dict(json.loads((workdir / ENCODER_DIR / "spec.json").read_text()))
     if dtype is not None:
         spec = dataclasses.replace(spec, dtype=dtype)
     tokenizer = load_tokenizer(workdir / ENCODER_DIR)
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, async_save=False)
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, read_only=True)
     try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint in {workdir / CHECKPOINT_DIR}")
+        step = resolve_step(ckpt, workdir, step)
         params = ckpt.restore_params(step)
     finally:
         ckpt.close()

@@ -309,7 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--flat", action="store_true", help="also report the exact Flat teacher")
     for p in (t, e):
         p.add_argument("--json", action="store_true", help="print one JSON object")
-        p.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (0 = faiss's default)")
+        # Default 0: faiss's own default, every core (k-means and PQ training dominate `jdr vq`). Pass 1 where
+        # other jobs share the cores (OpenMP threads that compete spin and slow everything down).
+        p.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (default 0: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
