@@ -314,3 +314,16 @@ def test_mixture_refuses_refresh(tiny_model, toy_beir, files, tmp_path):
     over = [*source_overrides("mixture", files, toy_beir), "negatives.refresh_every=2"]
     with pytest.raises(ConfigError, match="a mixture has several"):
         prepare(cfg_for(tiny_model, toy_beir, *over), tmp_path / "w")
+
+
+def test_passage_view_tokenises_like_the_joined_list(files, tiny_model):
+    from jdr.data.batching import PretokenizedTexts
+    from jdr.models.hf import load_tokenizer
+
+    corpus = load_tevatron(files["train.jsonl"]).corpus
+    view = corpus.passage_view()
+    assert len(view) == len(corpus) and view[2:5] == corpus.passages()[2:5] and view[-1] == corpus.passage(-1)
+    tok = load_tokenizer(tiny_model)
+    a = PretokenizedTexts.from_texts(tok, corpus.ids, view, 32, chunk=7)
+    b = PretokenizedTexts.from_texts(tok, corpus.ids, corpus.passages(), 32)
+    assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.offsets, b.offsets)

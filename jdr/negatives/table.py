@@ -197,8 +197,9 @@ class NegativesTable:
         if corpus_index is None:
             corpus_index = {d: i for i, d in enumerate(corpus_ids)}
         offsets, pos = positives_csr(qids, qrels, corpus_index)
-        width = lambda c: max(depth, np.shape(c)[1])  # noqa: E731 - keep any extra stored depth
-        cleaned = {k: clean_candidates(c, offsets, pos, width(c)) for k, c in candidates.items()}
+        # each source keeps its own width: extra stored depth is kept, a narrower list (a file's 8 negatives under
+        # depth 200) is not padded to `depth` (-1 columns cost 4 bytes a query each and sample nothing)
+        cleaned = {k: clean_candidates(c, offsets, pos, max(1, np.shape(c)[1])) for k, c in candidates.items()}
         return cls(qids, corpus_ids, offsets, pos, cleaned, counts, depth, version, source or _default_source(counts),
                    created_step, timings)
 
