@@ -188,3 +188,13 @@ def test_mined_file_trains_on_exactly_the_bm25_table_groups(tiny_model, toy_beir
         assert xa.keys() == xb.keys()
         for key in xa:
             np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
+
+
+def test_scifact_jsonl_config_is_the_bm25_config_on_the_mined_file():
+    from jdr.config import to_dict
+
+    a, b = to_dict(load_config("configs/scifact_bm25.py")), to_dict(load_config("configs/scifact_bm25_jsonl.py"))
+    assert b["data"].pop("source") == "jsonl" and a["data"].pop("source") == "beir"
+    assert b["data"].pop("jsonl")["path"] and a["data"].pop("jsonl")["path"] == ""
+    assert b["negatives"].pop("source") == "file" and a["negatives"].pop("source") == "bm25"
+    assert a == b and b["negatives"]["depth"] == 200 and b["negatives"]["num"] == 1
