@@ -327,3 +327,14 @@ def test_passage_view_tokenises_like_the_joined_list(files, tiny_model):
     a = PretokenizedTexts.from_texts(tok, corpus.ids, view, 32, chunk=7)
     b = PretokenizedTexts.from_texts(tok, corpus.ids, corpus.passages(), 32)
     assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.offsets, b.offsets)
+
+
+def test_file_negatives_table_holds_only_what_it_can_sample(tiny_model, toy_beir, files, tmp_path):
+    """3 file negatives a query: under depth 10 the table is not padded to 10 columns; under depth 1 it keeps
+    depth + max positives (1) = 2 columns, not the whole list (MS MARCO's triples list ~1000 a query)."""
+    wide = _run(tiny_model, toy_beir, files, "jsonl", tmp_path).source.table
+    assert wide.candidates["file"].shape == (28, 3)
+    narrow = _run(tiny_model, toy_beir, files, "jsonl", tmp_path, "negatives.depth=1").source.table
+    assert narrow.candidates["file"].shape == (28, 2)
+    q = narrow.qids[0]
+    assert narrow.ranked(q, "file") == wide.ranked(q, "file")[:2]

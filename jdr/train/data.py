@@ -117,7 +117,10 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
     counts = negative_counts(cfg)
     table = None
     if counts:
-        file_rows = None if data.negatives is None else data.negatives.ranked_rows(train_qids)
+        file_rows = None
+        if data.negatives is not None:  # only what the table can sample: MS MARCO's triples list ~1000 a query
+            max_pos = max(sum(r > 0 for r in train_qrels[q].values()) for q in train_qids)
+            file_rows = data.negatives.ranked_rows(train_qids, cfg.negatives.depth + cfg.negatives.skip_top + max_pos)
         try:
             table = build_table(warm_start_counts(counts, cfg.negatives.warm_start), data.corpus, data.queries,
                                 train_qrels, train_qids, depth=cfg.negatives.depth, seed=cfg.seed,
