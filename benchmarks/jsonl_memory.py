@@ -118,7 +118,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def measure(path: Path, out: Path, label: str, jdr_root: str | None) -> dict:
+def measure(path: Path, out: Path, label: str, jdr_root: str | None, note: str = "") -> dict:
     env = dict(os.environ)
     root = jdr_root or str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -128,7 +128,7 @@ def measure(path: Path, out: Path, label: str, jdr_root: str | None) -> dict:
     lines = result["queries"]
     base = result["stages"][0]["rss"]
     peak = max(s["peak_rss"] for s in result["stages"])
-    result.update(label=label, jdr_root=root, file=str(path), file_bytes=path.stat().st_size, cpu=cpu_model(),
+    result.update(label=label, note=note, jdr_root=root, file=str(path), file_bytes=path.stat().st_size, cpu=cpu_model(),
                   conditions="shared 2-core machine under load (other jobs running): times are not results",
                   peak_above_baseline=peak - base, bytes_per_line=(peak - base) / lines,
                   bytes_per_passage=(peak - base) / result["passages"])
@@ -153,6 +153,7 @@ def render(runs: list[dict]) -> str:
         for s in r["stages"]:
             lines.append(f"| {r['label']} | {s['stage']} | {s['seconds']:.0f} | {s['rss'] / gb:.2f} | "
                          f"{s['peak_rss'] / gb:.2f} |")
+    lines += [""] + [f"`{r['label']}`: {r['note']}" + "  " for r in runs if r.get("note")]
     lines += ["", "| code | peak above baseline (GiB) | bytes / line | bytes / unique passage |", "|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['label']} | {r['peak_above_baseline'] / gb:.2f} | {r['bytes_per_line']:.0f} | "
@@ -173,13 +174,14 @@ def main() -> None:
     m.add_argument("--out", default="benchmarks/results/jsonl_memory")
     m.add_argument("--label", default="this tree")
     m.add_argument("--jdr-root", default=None, help="import jdr from this tree instead (a before/after pair)")
+    m.add_argument("--note", default="", help="what the measured code is (printed under the table)")
     c = sub.add_parser("child")
     c.add_argument("--file", required=True)
     args = ap.parse_args()
     if args.cmd == "generate":
         print(json.dumps(generate(Path(args.out), args.lines, args.pool, args.seed)))
     elif args.cmd == "measure":
-        r = measure(Path(args.file), Path(args.out), args.label, args.jdr_root)
+        r = measure(Path(args.file), Path(args.out), args.label, args.jdr_root, args.note)
         print(json.dumps({k: v for k, v in r.items() if k != "stages"}))
     else:
         child(args.file)
