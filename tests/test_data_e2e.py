@@ -27,7 +27,7 @@ def _logged(workdir, key):
     return {r["step"]: r[key] for r in lines if key in r}
 
 
-@pytest.mark.slow  # three tiny runs sharing one compile: 106 s on the loaded 2-core machine
+@pytest.mark.slow  # three tiny runs sharing one compile: 53-106 s on the loaded 2-core machine
 def test_mine_then_train_from_the_file_resumes_exactly(tiny_model, toy_beir, tmp_path, capsys):
     mined = tmp_path / "train.jsonl"
     assert main(["mine", "--data", str(toy_beir), "--depth", "10", "--num", "3", "--output", str(mined)]) == 0
@@ -48,7 +48,7 @@ def test_mine_then_train_from_the_file_resumes_exactly(tiny_model, toy_beir, tmp
     assert sorted(_logged(straight, "train/false_negatives")) == list(range(1, 8))  # logged every step
 
 
-@pytest.mark.slow  # two compiles (with and without the mask input): 145 s on the loaded 2-core machine
+@pytest.mark.slow  # two compiles (with and without the mask input): 60-145 s on the loaded 2-core machine
 def test_false_negative_mask_reaches_the_loss_and_the_log(tiny_model, tmp_path):
     """Topics whose every document is relevant to every query of the topic: batches are full of false
     negatives. The count logged per step equals the mask the batch builder computed for that step's batch; with
