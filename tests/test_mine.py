@@ -102,6 +102,19 @@ def test_sampling_is_seeded_in_rank_order_and_num_zero_keeps_all():
     assert summary["short_queries"] == 1
 
 
+def test_hybrid_draws_each_source_in_order_without_repeats():
+    scorer = FakeScorer()
+    mined = mine_negatives(hand_corpus(), QUERIES, QRELS, MineSettings({"bm25": 2, "ann": 2}, depth=5, seed=1),
+                           scorer=scorer, progress=False)
+    assert scorer.asked == [[0, 1, 2, 3, 4, 5]]  # ANN embeds the whole corpus once; no second call for BM25
+    for negs in mined.negatives:
+        docs = [r for r, _, _, _ in negs]
+        assert len(docs) == len(set(docs))  # a doc BM25 drew is not drawn again by ANN
+        assert [src for _, _, _, src in negs] == ["bm25"] * 2 + ["ann"] * (len(negs) - 2)
+    # both sources rank the same docs: ANN meets BM25's picks again and takes the rest (q2 has exactly 4)
+    assert mined.stats["repeated_across_sources"] > 0 and [len(n) for n in mined.negatives] == [4, 4, 4]
+
+
 def test_settings_errors():
     with pytest.raises(ValueError, match="0 <= start < end <= --depth 200"):
         MineSettings({"bm25": 1}, sample_range=(10, 300))
