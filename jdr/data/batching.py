@@ -10,6 +10,7 @@ sees the same shapes (pmap runs one program on all of them) and XLA compiles onc
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from functools import cached_property
 from typing import Sequence
 
@@ -39,15 +40,18 @@ class PretokenizedTexts:
     @classmethod
     def from_texts(cls, tokenizer, ids: Sequence[str], texts: Sequence[str], max_length: int, *,
                    chunk: int = 8192) -> "PretokenizedTexts":
-        """Tokenise `texts` (a `tokenizers.Tokenizer`, truncation at `max_length`) in chunks of `chunk` texts."""
+        """Tokenise `texts` (a `tokenizers.Tokenizer`, truncation at `max_length`) in chunks of `chunk` texts.
+        `texts` is any sequence supporting `len` and slices (e.g. `jdr.data.beir.PassageView`: the corpus is
+        never joined into one list)."""
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
         lengths = np.zeros(len(texts), dtype=np.int64)
-        parts = []
+        parts = []  # one flat array per chunk: a million small arrays would cost ~100 bytes of header each
         for start in range(0, len(texts), chunk):
             seqs = token_ids(tokenizer, texts[start:start + chunk], max_length)
             lengths[start:start + len(seqs)] = [len(s) for s in seqs]
-            parts.extend(np.asarray(s, dtype=np.int32) for s in seqs)
+            count = int(lengths[start:start + len(seqs)].sum())
+            parts.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=count))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)

@@ -9,6 +9,7 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 from jdr.data.errors import DataError, jsonl_records, text_lines
 from jdr.io import atomic_dir
@@ -36,6 +37,26 @@ class Corpus:
     def passages(self) -> list[str]:
         """All rows joined as in `passage`, in row order."""
         return [self.passage(i) for i in range(len(self.ids))]
+
+    def passage_view(self) -> "PassageView":
+        """The rows joined as in `passage`, computed on access: a sequence for tokenising a big corpus in chunks
+        without a second copy of every text."""
+        return PassageView(self)
+
+
+class PassageView(Sequence[str]):
+    """Read-only sequence of `corpus.passage(i)`; a slice is a list of joined passages."""
+
+    def __init__(self, corpus: Corpus):
+        self.corpus = corpus
+
+    def __len__(self) -> int:
+        return len(self.corpus.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.corpus.passage(j) for j in range(*i.indices(len(self)))]
+        return self.corpus.passage(range(len(self))[i])
 
 
 @dataclasses.dataclass(frozen=True)

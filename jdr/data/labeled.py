@@ -100,10 +100,8 @@ class LabeledSource(TrainingSource):
         self.key_prefix = key_prefix
         self.query_tokens = PretokenizedTexts.from_texts(
             tokenizer, self.train_qids, [data.queries[q] for q in self.train_qids], query_max_length)
-        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, data.corpus.ids, data.corpus.passages(),
+        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, data.corpus.ids, data.corpus.passage_view(),
                                                            passage_max_length)
-        self._relevant = {q: frozenset(key_prefix + d for d, rel in rels.items() if rel > 0)
-                          for q, rels in self.train_qrels.items()}
 
     @property
     def table(self) -> NegativesSampler | None:
@@ -124,8 +122,12 @@ class LabeledSource(TrainingSource):
             out.append(Example(self.query_tokens.tokens_of(q_row),
                                tuple(self.passage_tokens.tokens_of(r) for r in p_rows),
                                self.key_prefix + g.query_id, tuple(self.key_prefix + d for d in docs),
-                               self._relevant[g.query_id]))
+                               self.relevant(g.query_id)))
         return out
+
+    def relevant(self, qid: str) -> frozenset[str]:
+        """The keys of `qid`'s positives (built per batch: a set per query of a 1 M-query file would cost ~200 MB)."""
+        return frozenset(self.key_prefix + d for d, rel in self.train_qrels[qid].items() if rel > 0)
 
     def state(self) -> dict[str, Any]:
         return {"kind": "labeled", "name": self.data.name, **self.iterator.state()}

@@ -29,8 +29,8 @@ def split_rows(total: int, weights: Sequence[float]) -> list[int]:
         raise ValueError(f"a batch of {total} rows cannot hold {len(w)} mixture members")
     share = w / w.sum() * total
     rows = np.maximum(np.floor(share).astype(int), 1)
-    while rows.sum() > total:  # the floor of 1 overshot: take back from the largest
-        rows[np.argmax(rows - share)] -= 1
+    while rows.sum() > total:  # the floor of 1 overshot: take back from the most over-served member above 1
+        rows[np.argmax(np.where(rows > 1, rows - share, -np.inf))] -= 1
     order = np.argsort(-(share - rows), kind="stable")
     for i in order[: total - rows.sum()]:
         rows[i] += 1

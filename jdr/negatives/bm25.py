@@ -12,8 +12,10 @@ def bm25_candidates(passages: Sequence[str], query_texts: Sequence[str], k: int,
                     b: float = 0.75, stopwords: str = "en") -> tuple[np.ndarray, np.ndarray]:
     """Index `passages[N]` (BEIR `title + " " + text`) and retrieve the top-`k` for each of `query_texts[Q]`.
 
-    Returns `(scores[Q, k] float32, rows[Q, k] int64)`, best first. Docs sharing no term with the query (score 0)
-    are -1: they are not hard negatives, and the table tops such a list up with random docs. `k` is clipped to N.
+    Returns `(scores[Q, k] float32, rows[Q, k] int64)`, best first, equal scores in row order, so the top-k is a
+    prefix of the top-(k+m) (bm25s selects with `jax.lax.top_k`, lower index first on ties): `jdr mine` and the
+    training table, which ask for different k, rank the same. Docs sharing no term with the query (score 0) are
+    -1: they are not hard negatives, and the table tops such a list up with random docs. `k` is clipped to N.
     """
     if not len(passages):
         raise ValueError("bm25: the corpus is empty")
@@ -27,6 +29,8 @@ def bm25_candidates(passages: Sequence[str], query_texts: Sequence[str], k: int,
     rows, scores = retriever.retrieve(q_tokens, k=kk, show_progress=False)
     rows = np.asarray(rows, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float32)
+    order = np.lexsort((rows, -scores))  # per query: score descending, then row ascending
+    rows, scores = np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
     rows[scores <= 0] = -1
     if kk < k:
         pad = ((0, 0), (0, k - kk))

@@ -32,18 +32,35 @@ def denoise(rows: np.ndarray, *, skip_top: int = 0, scores: np.ndarray | None = 
         scores = np.asarray(scores, dtype=np.float32)
         if scores.shape != rows.shape:
             raise ValueError(f"denoise: scores shape {scores.shape} differs from candidates shape {rows.shape}")
-        limit = threshold
-        if reference is not None:
-            reference = np.asarray(reference, dtype=np.float32)
-            if reference.shape != (rows.shape[0],):
-                raise ValueError(f"denoise: reference must be [{rows.shape[0]}], got shape {reference.shape}")
-            limit = reference[:, None] - threshold
-        with np.errstate(invalid="ignore"):  # NaN reference or score compares False: kept
-            keep &= ~(scores >= limit)
+        keep &= ~near_positive(scores, threshold, reference)
     perm = np.argsort(~keep, axis=1, kind="stable")
     out = np.take_along_axis(rows, perm, axis=1).copy()
     out[~np.take_along_axis(keep, perm, axis=1)] = -1
     return out
+
+
+def _reference(scores: np.ndarray, reference) -> np.ndarray:
+    reference = np.asarray(reference, dtype=np.float32)
+    if reference.shape != (scores.shape[0],):
+        raise ValueError(f"denoise: reference must be [{scores.shape[0]}], got shape {reference.shape}")
+    return reference[:, None]
+
+
+def near_positive(scores: np.ndarray, threshold: float, reference: np.ndarray | None = None) -> np.ndarray:
+    """bool `[Q, K]`: candidates scoring `>= reference[q] - threshold` (the margin rule; sentence-transformers'
+    `absolute_margin`), or `>= threshold` without a reference. NaN scores or references compare False (kept)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    limit = threshold if reference is None else _reference(scores, reference) - threshold
+    with np.errstate(invalid="ignore"):
+        return scores >= limit
+
+
+def above_ratio(scores: np.ndarray, ratio: float, reference: np.ndarray) -> np.ndarray:
+    """bool `[Q, K]`: candidates scoring `> ratio * reference[q]` (the fraction rule; sentence-transformers'
+    `relative_margin` m is `ratio = 1 - m`). NaN scores or references compare False (kept)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        return scores > ratio * _reference(scores, reference)
 
 
 def dense_scores(query_emb: np.ndarray, passage_emb: np.ndarray, rows: np.ndarray) -> np.ndarray:

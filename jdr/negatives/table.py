@@ -79,17 +79,25 @@ def _check_rows(name: str, rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: 
             raise ValueError(f"candidates[{name!r}] holds a positive; build tables with NegativesTable.create")
 
 
-def clean_candidates(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray, depth: int) -> np.ndarray:
+def clean_candidates(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray, depth: int,
+                     values: np.ndarray | None = None):
     """Ranked rows `[Q, K]` -> `[Q, depth]` int32: positives, -1 and repeats removed, order kept, -1 padded.
 
     Every source passes its raw ranking through here, so "positives never included" has one implementation.
-    Search K = depth + max positives per query to still have `depth` candidates after the filter.
+    Search K = depth + max positives per query to still have `depth` candidates after the filter. With
+    `values[Q, K]` (e.g. the retriever's scores, aligned with `rows`), returns `(rows, values[Q, depth])`, the
+    values moved with their rows (NaN where a row is -1).
     """
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[0] != len(pos_offsets) - 1:
         raise ValueError(f"candidate rows must be [num_queries={len(pos_offsets) - 1}, K], got shape {rows.shape}")
     rows = rows.astype(np.int64, copy=False)
     out = np.full((rows.shape[0], depth), -1, dtype=np.int32)
+    if values is not None:
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != rows.shape:
+            raise ValueError(f"candidate values {values.shape} are not aligned with rows {rows.shape}")
+        out_values = np.full((rows.shape[0], depth), np.nan, dtype=np.float32)
     _, max_pos, block = _blocks(rows, pos_offsets)
     for start in range(0, rows.shape[0], block):
         r = rows[start:start + block]
@@ -104,9 +112,13 @@ def clean_candidates(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.nda
         keep &= unique
         perm = np.argsort(~keep, axis=1, kind="stable")[:, :depth]
         kept = np.take_along_axis(r, perm, axis=1)
-        kept[~np.take_along_axis(keep, perm, axis=1)] = -1
+        kept_mask = np.take_along_axis(keep, perm, axis=1)
+        kept[~kept_mask] = -1
         out[start:start + len(r), :kept.shape[1]] = kept
-    return out
+        if values is not None:
+            v = np.take_along_axis(values[start:start + len(r)], perm, axis=1)
+            out_values[start:start + len(r), :v.shape[1]] = np.where(kept_mask, v, np.nan)
+    return out if values is None else (out, out_values)
 
 
 def _frozen(a: np.ndarray, dtype) -> np.ndarray:
@@ -185,8 +197,9 @@ class NegativesTable:
         if corpus_index is None:
             corpus_index = {d: i for i, d in enumerate(corpus_ids)}
         offsets, pos = positives_csr(qids, qrels, corpus_index)
-        width = lambda c: max(depth, np.shape(c)[1])  # noqa: E731 - keep any extra stored depth
-        cleaned = {k: clean_candidates(c, offsets, pos, width(c)) for k, c in candidates.items()}
+        # each source keeps its own width: extra stored depth is kept, a narrower list (a file's 8 negatives under
+        # depth 200) is not padded to `depth` (-1 columns cost 4 bytes a query each and sample nothing)
+        cleaned = {k: clean_candidates(c, offsets, pos, max(1, np.shape(c)[1])) for k, c in candidates.items()}
         return cls(qids, corpus_ids, offsets, pos, cleaned, counts, depth, version, source or _default_source(counts),
                    created_step, timings)
 

@@ -36,7 +36,10 @@ class TrainingData:
 
 
 def split_dev(qids, n_dev: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of the training queries into (train, dev); dev is used for periodic evaluation only."""
+    """Seeded split of the training queries into (train, dev); dev is used for periodic evaluation only.
+
+    A function of the sorted query ids and the seed alone, so two readers of the same queries (a BEIR dir and the
+    `jdr mine` JSONL written from it) hold out the same dev queries."""
     qids = sorted(qids)
     if n_dev <= 0:
         return qids, []
@@ -107,12 +110,17 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
     """The source over `data` (dev queries held out) with its initial negatives table, and the dev split."""
     from jdr.negatives.sources import build_table
 
-    train_qids, dev_qids = split_dev(data.qrels, n_dev, cfg.seed)
+    # queries without a positive judgment are neither trained on nor held out (a Tevatron file cannot hold them)
+    judged = [q for q, rels in data.qrels.items() if any(r > 0 for r in rels.values())]
+    train_qids, dev_qids = split_dev(judged, n_dev, cfg.seed)
     train_qrels = {q: data.qrels[q] for q in train_qids}
     counts = negative_counts(cfg)
     table = None
     if counts:
-        file_rows = None if data.negatives is None else data.negatives.ranked_rows(train_qids)
+        file_rows = None
+        if data.negatives is not None:  # only what the table can sample: MS MARCO's triples list ~1000 a query
+            max_pos = max(sum(r > 0 for r in train_qrels[q].values()) for q in train_qids)
+            file_rows = data.negatives.ranked_rows(train_qids, cfg.negatives.depth + cfg.negatives.skip_top + max_pos)
         try:
             table = build_table(warm_start_counts(counts, cfg.negatives.warm_start), data.corpus, data.queries,
                                 train_qrels, train_qids, depth=cfg.negatives.depth, seed=cfg.seed,

@@ -1,0 +1,72 @@
+"""The data path through the real trainer (tiny model, 8 fake devices): `jdr mine` -> `jdr train` on the mined
+JSONL with exact mid-epoch resume, and the in-batch false-negative mask reaching the loss and the logs."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jdr.cli import main
+from jdr.config import load_config
+from jdr.data.testing import write_topic_beir
+from jdr.train.trainer import prepare, train
+from jdr.train.workdir import load_workdir
+
+QUICK = ["eval.every=0", "eval.final_test=false", "export.at_end=false", "train.global_batch_size=8",
+         "log.every=1", "log.tensorboard=false"]
+
+
+def _params(workdir):
+    _, _, _, step = load_workdir(workdir)
+    return step, jax.tree_util.tree_leaves(load_workdir(workdir)[0])
+
+
+def _logged(workdir, key):
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in lines if key in r}
+
+
+@pytest.mark.slow  # three tiny runs sharing one compile: 53-106 s on the loaded 2-core machine
+def test_mine_then_train_from_the_file_resumes_exactly(tiny_model, toy_beir, tmp_path, capsys):
+    mined = tmp_path / "train.jsonl"
+    assert main(["mine", "--data", str(toy_beir), "--depth", "10", "--num", "3", "--output", str(mined)]) == 0
+    cfg = ["data.source=jsonl", f"data.jsonl.path={mined}", "negatives.source=file", "negatives.depth=3",
+           "train.steps=7", "checkpoint.every=2"]
+    over = [f"model.path={tiny_model}", f"data.dataset={toy_beir}", *QUICK, *cfg]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    final = train(load_config("configs/tiny.py", over), straight, progress=False)
+    assert final["step"] == 7 and np.isfinite(final["train/loss"])
+    record = json.loads((straight / "run.json").read_text())
+    assert record["data"]["source"]["name"] == str(mined) and record["data"]["source"]["train_queries"] == 28
+    # 28 training pairs / 8 = 3 batches an epoch: the stop at step 4 is inside epoch 1
+    assert train(load_config("configs/tiny.py", over), resumed, progress=False, stop_at=4)["stopped"]
+    train(load_config("configs/tiny.py", over), resumed, progress=False)  # a new process would start like this
+    (sa, a), (sb, b) = _params(straight), _params(resumed)
+    assert sa == sb == 7
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+    assert sorted(_logged(straight, "train/false_negatives")) == list(range(1, 8))  # logged every step
+
+
+@pytest.mark.slow  # two compiles (with and without the mask input): 60-145 s on the loaded 2-core machine
+def test_false_negative_mask_reaches_the_loss_and_the_log(tiny_model, tmp_path):
+    """Topics whose every document is relevant to every query of the topic: batches are full of false
+    negatives. The count logged per step equals the mask the batch builder computed for that step's batch; with
+    the mask off nothing is dropped and the first step's loss (same params, batch, dropout) is higher."""
+    data = tmp_path / "topics"
+    write_topic_beir(data, topics=3, docs_per_topic=(5, 7), train_queries_per_topic=4, test_queries_per_topic=1)
+    over = [f"model.path={tiny_model}", f"data.dataset={data}", *QUICK, "train.steps=2", "checkpoint.every=0",
+            "data.dev_queries=0", "negatives.source=random"]
+    cfg = load_config("configs/tiny.py", over)
+    run = prepare(cfg, tmp_path / "probe")
+    expected = {}
+    for step in range(1, 3):  # the same batches the run will draw
+        fn = run.batches(run.source.next_batch())["false_negatives"]
+        expected[step] = float(fn.sum() - fn.shape[0] * fn.shape[1])  # the own positives are never dropped
+    assert min(expected.values()) > 0
+    masked, plain = tmp_path / "masked", tmp_path / "plain"
+    train(cfg, masked, progress=False)
+    train(load_config("configs/tiny.py", [*over, "data.mask_false_negatives=false"]), plain, progress=False)
+    assert _logged(masked, "train/false_negatives") == expected
+    assert set(_logged(plain, "train/false_negatives").values()) == {0.0}
+    assert _logged(masked, "train/loss")[1] < _logged(plain, "train/loss")[1]
