@@ -290,7 +290,7 @@ def test_mixture_keys_never_link_members(tiny_model, toy_beir, files, tmp_path):
 
 # -- config errors: one line, before any compile, nothing written -------------------------------------------------
 @pytest.mark.parametrize("overrides, pattern", [
-    (["data.source=parquet"], "data.source must be one of beir, jsonl, triplets, msmarco, mixture, got 'parquet'"),
+    (["data.source=parquet"], "data.source must be one of beir, jsonl, triplets, msmarco, mixture, selfsup, got 'parquet'"),
     (["data.source=jsonl"], "data.jsonl.path is empty"),
     (["data.source=triplets"], "data.triplets.path is empty"),
     (["data.source=msmarco"], "data.msmarco.collection is empty"),
