@@ -7,9 +7,9 @@ import json
 
 
 def add_arguments(p):
-    from jdr.cli import _model_args
+    from jdr.cli.common import model_args
 
-    _model_args(p)
+    model_args(p)
     p.add_argument("--data", required=True, help="BEIR dataset dir or name whose corpus the whitening is fit on")
     p.add_argument("--output", required=True, help="HF + sentence-transformers model dir to write (Dense module)")
     p.add_argument("--dim", type=int, default=None, help="keep the k leading whitened directions (default: all)")
@@ -30,11 +30,11 @@ def run(args) -> int:
     from jdr.models.hf import export
     from jdr.models.inference import encode_texts
     from jdr.models.whitening import add_whitening, fit_whitening
-    from jdr.cli import _load_model
+    from jdr.cli.common import load_model
     from jdr.run_info import write_run_record
 
     corpus = load_corpus(resolve_dataset(args.data) / "corpus.jsonl")
-    params, spec, tok = _load_model(args)
+    params, spec, tok = load_model(args)
     rows = np.arange(len(corpus.ids))
     if 0 < args.sample < len(rows):
         rows = np.sort(np.random.default_rng(args.seed).choice(rows, args.sample, replace=False))

@@ -1,0 +1,58 @@
+"""What the subcommands share: `--model` / `--step` arguments and loading a model from any of the places a user
+names (HF / sentence-transformers dir, hub name, `minilm`, a `jdr train` workdir)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+def load_model(args, query_max_length=None, passage_max_length=None):
+    """`--model`: an HF/sentence-transformers dir, a hub name, `minilm` (the installed all-MiniLM-L6-v2), or a
+    `jdr train` workdir (its latest checkpoint, `--step N` or `--step best`). Says on stderr which checkpoint
+    and token budgets it uses."""
+    import dataclasses
+
+    from jdr.models import hf
+    from jdr.train.workdir import is_workdir, load_workdir
+
+    if is_workdir(args.model):
+        step_arg = getattr(args, "step", None)
+        params, spec, tok, step = load_workdir(args.model, step=step_arg)
+        lengths = {k: v for k, v in (("query_max_length", query_max_length),
+                                     ("passage_max_length", passage_max_length)) if v}
+        spec = dataclasses.replace(spec, **lengths)
+        print(f"{args.model}: checkpoint step {step} ({step_arg or 'latest'}), query {spec.query_max_length} / "
+              f"passage {spec.passage_max_length} tokens", file=sys.stderr)
+        return params, spec, tok
+    model = hf.find_minilm() if str(args.model) == "minilm" else args.model
+    return hf.load(model, query_max_length=query_max_length, passage_max_length=passage_max_length)
+
+
+MODEL_HELP = "HF/sentence-transformers dir, hub name, 'minilm', or a `jdr train` workdir"
+
+
+def parse_step(text: str) -> int | str:
+    """`--step`: a step number, `latest` or `best`."""
+    if text in ("latest", "best"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step number, 'latest' or 'best', got {text!r}") from None
+
+
+STEP_HELP = ("checkpoint when --model is a workdir: a step, 'latest' (default) or 'best' (best dev score saved "
+             "with a checkpoint)")
+
+
+def model_args(p, required=True):
+    p.add_argument("--model", required=required, help=MODEL_HELP)
+    p.add_argument("--step", type=parse_step, default=None, help=STEP_HELP)
+
+
+def ids_path(index_path) -> Path:
+    """The doc-ids file kept beside an index (`jdr.index.memories.ids_path`)."""
+    from jdr.index.memories import ids_path as memory_ids_path
+
+    return memory_ids_path(index_path)

@@ -1,0 +1,30 @@
+"""`jdr export`: a training workdir's encoder as HF + sentence-transformers dirs."""
+
+from __future__ import annotations
+
+
+from jdr.cli.common import parse_step
+
+
+def add_arguments(p):
+    p.add_argument("--workdir", required=True, help="`jdr train` workdir")
+    p.add_argument("--output", required=True,
+                   help="HF + sentence-transformers model dir to write (untied towers: OUTPUT/query, OUTPUT/passage)")
+    p.add_argument("--step", type=parse_step, default=None, help="checkpoint: a step, 'latest' (default) or 'best'")
+    p.add_argument("--tower", choices=("query", "passage"), default=None,
+                   help="export only this tower of an untied encoder (default: both)")
+
+
+def run(args) -> int:
+    from jdr.models.hf import export, export_encoder
+    from jdr.train.workdir import load_workdir
+
+    params, spec, tokenizer, step = load_workdir(args.workdir, step=args.step)
+    source = args.workdir  # its encoder/ holds the tokenizer files
+    if args.tower and not spec.tied:
+        written = [export(params, spec, source, args.output, tower=args.tower)]
+    else:
+        written = export_encoder(params, spec, source, args.output)
+    print(f"exported step {step} to {', '.join(map(str, written))} (query {spec.query_max_length} / passage "
+          f"{spec.passage_max_length} tokens)")
+    return 0

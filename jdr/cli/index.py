@@ -1,0 +1,43 @@
+"""`jdr index`: a faiss (index_factory) or SPANN index over an embedding store."""
+
+from __future__ import annotations
+
+
+from jdr.cli.common import ids_path
+
+
+def add_arguments(p):
+    p.add_argument("--embeddings", required=True, help="embedding store dir written by `jdr encode`")
+    p.add_argument("--factory", default="Flat", help='faiss factory string, e.g. "Flat", "IVF1024,PQ32", "HNSW32"')
+    p.add_argument("--output", required=True, help="index file; doc ids go to OUTPUT.ids.txt")
+    p.add_argument("--train-sample", type=int, default=None, help="rows to train on (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("SPANN (instead of --factory; OUTPUT becomes a directory)")
+    g.add_argument("--spann", action="store_true", help="build a SPANN index: heads in RAM, posting lists on disk")
+    g.add_argument("--list-size", type=int, default=1000, help="max vectors per head's cluster (balanced k-means)")
+    g.add_argument("--eps1", type=float, default=0.1,
+                   help="closure: also list x under c_j if d(x,c_j) <= (1+eps1) d(x,c_nearest)")
+    g.add_argument("--max-replicas", type=int, default=8, help="max posting lists per vector")
+    g.add_argument("--member-heads", action="store_true",
+                   help="heads = the data vector nearest each centroid (SPTAG), not the centroid itself")
+
+
+def run(args) -> int:
+    from jdr.index.faiss_index import build_index, save_index
+    from jdr.index.spann import build_spann
+    from jdr.index.store import load_embeddings
+    from jdr.io import atomic_write
+
+    emb, ids = load_embeddings(args.embeddings)
+    if args.spann:
+        index = build_spann(emb, args.output, list_size=args.list_size, eps1=args.eps1,
+                            max_replicas=args.max_replicas, member_heads=args.member_heads, seed=args.seed)
+        kind = f"SPANN ({index.meta['heads']} heads, duplication {index.meta['stats']['duplication']:.2f})"
+    else:
+        index = build_index(emb, args.factory, train_sample=args.train_sample, seed=args.seed)
+        save_index(index, args.output)
+        kind = args.factory
+    with atomic_write(ids_path(args.output)) as f:
+        f.writelines(f"{i}\n" for i in ids)
+    print(f"wrote {kind} index of {index.ntotal} vectors to {args.output}")
+    return 0
