@@ -210,3 +210,38 @@ def test_chunk_config_errors():
         check_grad_cache_chunk(-1, 6, 2)
     with pytest.raises(ValueError, match="must be >= 1"):
         chunked_encoder(lambda *a: None, 0)
+
+
+def _train_cfg(tiny_model, toy_beir, *overrides):
+    from jdr.config import load_config
+
+    return load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=3",
+                                           "checkpoint.every=0", "eval.every=0", "eval.final_test=false",
+                                           "export.at_end=false", "log.every=1", "log.tensorboard=false", *overrides])
+
+
+def test_jdr_train_with_grad_cache_and_hardest_in_batch(tiny_model, toy_beir, tmp_path):
+    """The config keys reach the real trainer: GradCache chunks of 1 row and EBR's k = 2 on 8 devices."""
+    import json
+
+    from jdr.train.trainer import train
+
+    final = train(_train_cfg(tiny_model, toy_beir, "train.grad_cache_chunk=1", "train.hard_in_batch_k=2"),
+                  tmp_path / "run", progress=False)
+    assert final["step"] == 3
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train/loss"]) and "train/hard_in_batch_loss" in r for r in logged if "train/loss" in r)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.grad_cache_chunk=3", "train.grad_cache_chunk=3 does not divide the 4 passage rows per device"),
+    ("train.hard_in_batch_k=31", "train.hard_in_batch_k=31 exceeds the 30 in-batch passages of other queries"),
+    ("ltre.enabled=true", "ltre.enabled: jdr train does not run LTRe yet"),
+])
+def test_train_config_errors_before_compile(tiny_model, toy_beir, tmp_path, override, message):
+    from jdr.config import ConfigError
+    from jdr.train.trainer import train
+
+    with pytest.raises(ConfigError, match=message):
+        train(_train_cfg(tiny_model, toy_beir, override), tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()

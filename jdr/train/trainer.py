@@ -6,6 +6,7 @@ Everything that can be wrong with the config or the data is checked in `prepare`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
 from jdr.train.checkpoint import Checkpointer
+from jdr.train.grad_cache import check_grad_cache_chunk, make_grad_cache_step
+from jdr.train.ltre import check_ltre_config
 from jdr.train.loop import MetricsWriter, run_loop, write_json
 from jdr.train.optim import make_optimizer
 from jdr.train.state import TrainState
@@ -78,11 +81,29 @@ def _validate(cfg) -> None:
         (cfg.negatives.refresh_every >= 0, "negatives.refresh_every must be >= 0"),
         (cfg.train.loss != "triplet" or cfg.negatives.num >= 1, "train.loss=triplet needs negatives.num >= 1"),
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
+        (not cfg.ltre.enabled, "ltre.enabled: jdr train does not run LTRe yet (jdr.train.ltre builds its step)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     check_layout(cfg.train.global_batch_size, jax.process_count(), jax.local_device_count())
+    per_device = cfg.train.global_batch_size // (jax.process_count() * jax.local_device_count())
+    try:
+        check_grad_cache_chunk(cfg.train.grad_cache_chunk, per_device, 1 + cfg.negatives.num)
+        check_hard_in_batch(cfg, per_device)
+        check_ltre_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_hard_in_batch(cfg, per_device: int) -> None:
+    """EBR keys: k >= 0, weight >= 0, and k no more than the in-batch passages of other queries' groups."""
+    k, group = cfg.train.hard_in_batch_k, 1 + cfg.negatives.num
+    queries = cfg.train.global_batch_size if cfg.train.cross_device_negatives else per_device
+    if k < 0 or cfg.train.hard_in_batch_weight < 0:
+        raise ValueError("train.hard_in_batch_k and train.hard_in_batch_weight must be >= 0")
+    if k > (queries - 1) * group:
+        raise ValueError(f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of other queries")
 
 
 def _negative_counts(cfg) -> dict[str, int]:
@@ -179,11 +200,16 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         run.iterator.restore(extras["iterator_state"])
         log.info("resumed from step %d", start_step)
 
-    step_fn = pmap_train_step(make_train_step(
+    loss_kwargs = ({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
+                   else {"margin": cfg.train.margin})
+    if cfg.train.hard_in_batch_k:
+        loss_kwargs.update(hard_in_batch_k=cfg.train.hard_in_batch_k, hard_in_batch_weight=cfg.train.hard_in_batch_weight,
+                           hard_in_batch_margin=cfg.train.margin)
+    build_step = (functools.partial(make_grad_cache_step, chunk=cfg.train.grad_cache_chunk)
+                  if cfg.train.grad_cache_chunk else make_train_step)
+    step_fn = pmap_train_step(build_step(
         _encode_fn(run.spec), loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
-        cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
-        loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                     else {"margin": cfg.train.margin})))
+        cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout, loss_kwargs=loss_kwargs))
     state = replicate(state)
     writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary)
     hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng)
