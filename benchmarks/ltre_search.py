@@ -110,13 +110,15 @@ def main() -> None:
             for m, r_ in runs.items()}
     result = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "args": vars(args),
               "devices": n_dev, "modes": rows,
-              "host_over_callback_seconds_per_step": rows["host"]["seconds_per_step"] / rows["callback"]["seconds_per_step"]}
+              "host_over_callback_seconds_per_step":
+                  rows["host"]["seconds_per_step"] / rows["callback"]["seconds_per_step"]}
     lines = ["# LTRe search placement: in-step callback vs host between steps", "",
              f"CPU: {result['cpu']} ({result['cpu_count']} cores, load average at the end "
              f"{result['load_avg'][0]:.1f} — under load: only the ratio is indicative); MiniLM query tower, batch "
              f"{args.batch} x {args.query_len} tokens, {args.docs} docs, top {args.top_k}, {args.rounds} alternating "
              f"rounds x {args.steps} steps per mode.", "",
-             "| search | s/step | host blocked in the step call (s/step) | faiss search + gather (s/step) | compile + 1st step (s) |",
+             "| search | s/step | host blocked in the step call (s/step) | faiss search + gather (s/step) "
+             "| compile + 1st step (s) |",
              "|---|---|---|---|---|"]
     for m, row in rows.items():
         lines.append(f"| {m} | {row['seconds_per_step']:.2f} | {row['host_blocked_per_step']:.2f} | "

@@ -39,7 +39,8 @@ def reconstruct_all(index: faiss.Index) -> np.ndarray:
     try:
         return np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
     except RuntimeError as e:
-        raise ValueError(f"this faiss index cannot reconstruct its vectors: {str(e).strip().splitlines()[-1]}") from None
+        reason = str(e).strip().splitlines()[-1]
+        raise ValueError(f"this faiss index cannot reconstruct its vectors: {reason}") from None
 
 
 @dataclasses.dataclass
@@ -56,7 +57,8 @@ class FixedIndex:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         n, d = self.index.ntotal, self.index.d
         if self.vectors.shape != (n, d) or len(self.ids) != n:
-            raise ValueError(f"FixedIndex: index holds {n} x {d}, vectors are {self.vectors.shape}, {len(self.ids)} ids")
+            raise ValueError(f"FixedIndex: index holds {n} x {d}, vectors are {self.vectors.shape}, "
+                             f"{len(self.ids)} ids")
         if self.index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("FixedIndex: the index must rank by inner product (the loss scores q . vector)")
         if self.nprobe:
@@ -107,7 +109,8 @@ class FixedIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         pos = np.asarray(positive_rows, np.int64)
         if q.ndim != 2 or q.shape[1] != self.index.d or pos.ndim != 2 or pos.shape[0] != q.shape[0]:
-            raise ValueError(f"candidates: queries {q.shape} / positive_rows {pos.shape} do not fit a {self.index.d}-d index")
+            raise ValueError(f"candidates: queries {q.shape} / positive_rows {pos.shape} do not fit a "
+                             f"{self.index.d}-d index")
         _, rows = self.index.search(q, k)  # [B, k], -1 where the index returns fewer than k
         filled = pos >= 0
         hit = (rows[:, :, None] == pos[:, None, :]) & filled[:, None, :]  # [B, k, P]

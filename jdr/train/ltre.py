@@ -191,7 +191,8 @@ def check_ltre_config(cfg) -> None:
     if not ltre.enabled:
         return
     checks = [
-        (not cfg.model.tied, "ltre.enabled needs model.tied=False (the query tower trains, the passage tower is frozen)"),
+        (not cfg.model.tied, "ltre.enabled needs model.tied=False (the query tower trains, the passage tower is "
+                             "frozen)"),
         (ltre.top_k >= 1, f"ltre.top_k must be >= 1, got {ltre.top_k}"),
         (ltre.max_positives >= 1, f"ltre.max_positives must be >= 1, got {ltre.max_positives}"),
         (ltre.loss in RETRIEVAL, f"ltre.loss must be one of {', '.join(RETRIEVAL)}, got {ltre.loss!r}"),

@@ -103,7 +103,8 @@ def check_hard_in_batch(cfg, per_device: int) -> None:
     if k < 0 or cfg.train.hard_in_batch_weight < 0:
         raise ValueError("train.hard_in_batch_k and train.hard_in_batch_weight must be >= 0")
     if k > (queries - 1) * group:
-        raise ValueError(f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of other queries")
+        raise ValueError(f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of "
+                         "other queries")
 
 
 def _negative_counts(cfg) -> dict[str, int]:
@@ -203,8 +204,8 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     loss_kwargs = ({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
                    else {"margin": cfg.train.margin})
     if cfg.train.hard_in_batch_k:
-        loss_kwargs.update(hard_in_batch_k=cfg.train.hard_in_batch_k, hard_in_batch_weight=cfg.train.hard_in_batch_weight,
-                           hard_in_batch_margin=cfg.train.margin)
+        loss_kwargs.update(hard_in_batch_k=cfg.train.hard_in_batch_k,
+                           hard_in_batch_weight=cfg.train.hard_in_batch_weight, hard_in_batch_margin=cfg.train.margin)
     build_step = (functools.partial(make_grad_cache_step, chunk=cfg.train.grad_cache_chunk)
                   if cfg.train.grad_cache_chunk else make_train_step)
     step_fn = pmap_train_step(build_step(
