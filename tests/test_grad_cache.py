@@ -199,18 +199,15 @@ def _temp_bytes(step_fn, params, batch):
 
 
 def test_memory_is_bounded_by_the_chunk(tiny):
-    """XLA's memory analysis: GradCache's temporaries stay near one chunk's while the batch grows 4x, a fraction of
-    what the plain step keeps for the big batch (the compiled programs only; nothing runs)."""
+    """XLA's memory analysis of the compiled steps (nothing runs): GradCache with chunks of 4 rows at a 16x bigger
+    batch needs about the temporaries of the plain step at a 4-query batch (its peak: the kept last chunk plus one
+    recomputed chunk per tower) — not 16x (the plain step at 64 queries needs ~19x; tiny BERT, 64-token passages)."""
     params, _, encode_fn = tiny
     plain = make_train_step(encode_fn, tx=GRAD_PROBE, **INFO_NCE)
     cached = make_grad_cache_step(encode_fn, chunk=4, tx=GRAD_PROBE, **INFO_NCE)
-    small, big = _batch(4, 16, 2, lq=16, lp=64), _batch(4, 64, 2, lq=16, lp=64)
-    plain_big = _temp_bytes(plain, params, big)
-    gc_small, gc_big = _temp_bytes(cached, params, small), _temp_bytes(cached, params, big)
-    assert gc_big < 0.25 * plain_big, (gc_big, plain_big)
-    # 4x the batch: GradCache adds only the embeddings and the loss's [B, columns] scores, ~nothing next to the
-    # activations the plain step keeps.
-    assert gc_big - gc_small < 0.1 * plain_big, (gc_small, gc_big, plain_big)
+    one_chunk = _temp_bytes(plain, params, _batch(4, 4, 2, lq=16, lp=64))
+    big = _temp_bytes(cached, params, _batch(4, 64, 2, lq=16, lp=64))
+    assert big < 1.5 * one_chunk, (big, one_chunk)
 
 
 def test_chunk_config_errors():
