@@ -72,7 +72,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.grad_clip_norm = 1.0  # Global-norm gradient clipping (0 = off).
     c.train.grad_accum_steps = 1  # Micro-steps accumulated per optimizer step (optax.MultiSteps).
     # GradCache: encode each tower in chunks of this many rows per device (no activations kept, recomputed with the
-    # same dropout keys in the backward pass): the exact full-batch gradient in memory of ~one chunk. 0 = off.
+    # same dropout keys in the backward pass): the exact full-batch gradient, activations of ~2 chunks. 0 = off.
     c.train.grad_cache_chunk = 0
     # Facebook EBR online hard negatives: each query's k highest-scoring in-batch passages of other queries' groups
     # (known positives excluded) add a triplet hinge with margin `train.margin` to the loss. 0 = off (EBR: <= 2).
@@ -93,7 +93,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.ltre.factory = "Flat"  # faiss factory for the index built from embeddings (search only; scores stay exact).
     c.ltre.nprobe = 0  # IVF probes at search time (0 = faiss default).
     c.ltre.top_k = 200  # Documents retrieved per query per step; positives the search missed are appended (ADORE).
-    c.ltre.max_positives = 4  # Positive slots per query in a batch; a query with more is an error naming it.
+    c.ltre.max_positives = 8  # Positive slots per query in a batch (SciFact train: up to 5); more is an error.
     c.ltre.loss = "lambdarank"  # "lambdarank" (ADORE pairwise, |1/rank_i - 1/rank_j|) | "listwise" (train.temperature).
     c.ltre.metric_cut = 0  # lambdarank: 1/rank counts as 0 beyond this rank (ADORE's metric_cut; 0 = no cut).
     c.ltre.search = "callback"  # "callback": faiss search inside the step (jax.pure_callback) | "host": between steps.
