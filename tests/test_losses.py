@@ -261,3 +261,37 @@ def test_hardest_in_batch_over_named_axis_matches_global_batch():
     np.testing.assert_allclose(per_shard.mean(), whole, rtol=1e-5)
     with pytest.raises(ValueError, match="hard_in_batch_k=15 exceeds the 14 in-batch candidates"):
         losses.info_nce(q, p, temperature=0.3, group_size=g, hard_in_batch_k=15)
+
+
+def _softplus(x):
+    return float(np.log1p(np.exp(x)))
+
+
+def test_lambdarank_pairwise_by_hand():
+    """Query 0: list scores [2, 1, 3, 0], only column 2 (rank 3) relevant: pairs (2, j) weighted by
+    |1/3 - 1/rank_j| on softplus(s_j - s_2); query 1 has no relevant candidate and adds 0 to the mean over 2."""
+    scores = np.array([[2.0, 1.0, 3.0, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32)
+    relevant = np.array([[0, 0, 1, 0], [0, 0, 0, 0]], bool)
+    valid = np.ones((2, 4), bool)
+    sp = [_softplus(-1.0), _softplus(-2.0), _softplus(-3.0)]
+    loss, aux = losses.lambdarank_pairwise(scores, relevant, valid)
+    np.testing.assert_allclose(loss, (2 / 3 * sp[0] + 1 / 6 * sp[1] + 1 / 12 * sp[2]) / 3 / 2, rtol=1e-5)
+    np.testing.assert_allclose(aux["pairs"], 1.5)
+    cut, _ = losses.lambdarank_pairwise(scores, relevant, valid, metric_cut=2)  # 1/rank = 0 from rank 3 on
+    np.testing.assert_allclose(cut, (1.0 * sp[0] + 0.5 * sp[1] + 0.0 * sp[2]) / 3 / 2, rtol=1e-5)
+    valid[0, 3] = False  # an empty slot forms no pair
+    masked, _ = losses.lambdarank_pairwise(scores, relevant, valid)
+    np.testing.assert_allclose(masked, (2 / 3 * sp[0] + 1 / 6 * sp[1]) / 2 / 2, rtol=1e-5)
+    # Raising the relevant score lowers the loss: the gradient on it is negative.
+    assert float(jax.grad(lambda s: losses.lambdarank_pairwise(s, relevant, valid)[0])(scores)[0, 2]) < 0
+
+
+def test_listwise_softmax_by_hand():
+    """-log of the softmax mass on the relevant candidates of the valid ones (two relevant, one empty slot)."""
+    scores = np.array([[1.0, 2.0, 0.5, 9.0]], np.float32)
+    relevant = np.array([[1, 0, 1, 0]], bool)
+    valid = np.array([[1, 1, 1, 0]], bool)
+    e = np.exp(np.array([1.0, 2.0, 0.5]) / 0.5)
+    loss, aux = losses.listwise_softmax(scores, relevant, valid, temperature=0.5)
+    np.testing.assert_allclose(loss, -np.log((e[0] + e[2]) / e.sum()), rtol=1e-5)
+    np.testing.assert_allclose(aux["relevant_mass"], (e[0] + e[2]) / e.sum(), rtol=1e-5)
