@@ -106,7 +106,7 @@ def train_config() -> ml_collections.ConfigDict:
     # InfoNCE temperature (scores / t); ST's MultipleNegativesRankingLoss uses 0.05 on cosine scores. Dot products
     # of unnormalised embeddings need ~1.0 (DPR, Tevatron): the trainer warns below 0.5 without model.normalize.
     c.train.temperature = 0.05
-    c.train.margin = 0.2  # Triplet margin.
+    c.train.margin = 0.2  # Triplet margin (also the margin of the EBR hard_in_batch hinge).
     c.train.cross_device_negatives = True  # all_gather passages so each query sees the global batch.
     c.train.lr = 2e-5  # Peak learning rate.
     c.train.schedule = "linear"  # Decay after warmup: "linear" | "cosine" | "constant".
@@ -117,6 +117,13 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.eps = 1e-6  # Adam epsilon.
     c.train.grad_clip_norm = 1.0  # Global-norm gradient clipping (0 = off).
     c.train.grad_accum_steps = 1  # Micro-steps accumulated per optimizer step (optax.MultiSteps).
+    # GradCache: encode each tower in chunks of this many rows per device (no activations kept, recomputed with the
+    # same dropout keys in the backward pass): the exact full-batch gradient, activations of ~2 chunks. 0 = off.
+    c.train.grad_cache_chunk = 0
+    # Facebook EBR online hard negatives: each query's k highest-scoring in-batch passages of other queries' groups
+    # (known positives excluded) add a triplet hinge with margin `train.margin` to the loss. 0 = off (EBR: <= 2).
+    c.train.hard_in_batch_k = 0
+    c.train.hard_in_batch_weight = 1.0  # Weight of that hinge term, added to the info_nce / triplet loss.
     c.train.dropout = True  # Dropout on during training (the checkpoint's own rates).
     # PRNG for dropout: "threefry2x32" (same bits on every backend) or "rbg" (XLA's RngBitGenerator: ~15 % faster
     # train steps on CPU, where threefry masks cost a third of the step; reproducible on the same backend only).
@@ -126,6 +133,21 @@ def train_config() -> ml_collections.ConfigDict:
     c.moco.enabled = False  # MoCo (Contriever): passages encoded by a momentum copy of the encoder, past keys queued.
     c.moco.momentum = 0.999  # EMA factor of the key tower (Contriever: 0.999).
     c.moco.queue_size = 4096  # Past positive keys scored as extra negatives; a multiple of train.global_batch_size.
+
+    # LTRe / ADORE: train only the query tower by full retrieval over a fixed index of the frozen passage tower.
+    c.ltre = ml_collections.ConfigDict()
+    c.ltre.enabled = False  # Replaces sampled negatives and the contrastive loss; needs model.tied=False.
+    # faiss index file (`jdr index`, or `jdr vq train`'s index.faiss; ids in INDEX.ids.txt): the loss scores the
+    # index's reconstructions (JPQ). "" = index the corpus as encoded by the frozen passage tower (exact vectors).
+    c.ltre.index = ""
+    c.ltre.embeddings = ""  # A `jdr encode --tower passage` store of the corpus, instead of encoding it ("" = encode).
+    c.ltre.factory = "Flat"  # faiss factory for the index built from embeddings (search only; scores stay exact).
+    c.ltre.nprobe = 0  # IVF probes at search time (0 = faiss default).
+    c.ltre.top_k = 200  # Documents retrieved per query per step; positives the search missed are appended (ADORE).
+    c.ltre.max_positives = 8  # Positive slots per query in a batch (SciFact train: up to 5); more is an error.
+    c.ltre.loss = "lambdarank"  # "lambdarank" (ADORE pairwise, |1/rank_i - 1/rank_j|) | "listwise" (train.temperature).
+    c.ltre.metric_cut = 0  # lambdarank: 1/rank counts as 0 beyond this rank (ADORE's metric_cut; 0 = no cut).
+    c.ltre.search = "callback"  # "callback": faiss search inside the step (jax.pure_callback) | "host": between steps.
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 100  # Dev evaluation every N optimizer steps (0 = only at the end); top 100 retrieved.

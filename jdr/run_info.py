@@ -43,6 +43,17 @@ def git_commit(repo: Path | None = None) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU model name (/proc/cpuinfo's `model name`; platform's processor string elsewhere), for benchmarks."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_record(config: dict, seed: int, **extra) -> dict:
     """The record itself: config, seed, versions, commit, host, devices, start time."""
     import jax

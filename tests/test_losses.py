@@ -203,3 +203,95 @@ def test_distillation_shape_errors():
         losses.listnet(s, t[:, :3])
     with pytest.raises(ValueError, match="mask shape"):
         losses.kl_distill(s, t, mask=np.ones((3, 2), bool))
+
+
+def _ebr_toy():
+    """Two queries, one hard negative each (G = 2): columns [p0+, n0, p1+, n1]; scores written out below."""
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.6], [0.7, 0.0]], np.float32)
+    # s(q0, .) = [0.9, 0.2, 0.3, 0.7]    s(q1, .) = [0.1, 0.8, 0.6, 0.0]
+    return q, p
+
+
+@pytest.mark.parametrize("k,mask_q0_n1,term,active", [
+    # q0's in-batch candidates are q1's group {p1+ 0.3, n1 0.7}; q1's are {p0+ 0.1, n0 0.8}. Margin 0.5.
+    (1, False, (0.3 + 0.7) / 2, 1.0),       # q0: n1 -> relu(.5-.9+.7)=.3; q1: n0 -> relu(.5-.6+.8)=.7
+    (2, False, (0.3 + 0.0 + 0.7 + 0.0) / 4, 0.5),  # 2nd choices p1 (relu(.5-.9+.3)=0), p0 (relu(.5-.6+.1)=0)
+    (1, True, (0.0 + 0.7) / 2, 0.5),        # n1 labelled relevant to q0: its hardest is p1 -> 0
+])
+def test_hardest_in_batch_by_hand(k, mask_q0_n1, term, active):
+    q, p = _ebr_toy()
+    mask = np.zeros((2, 4), bool)
+    mask[0, 3] = mask_q0_n1
+    kw = dict(temperature=0.5, group_size=2, false_negatives=mask)
+    base, _ = losses.info_nce(q, p, **kw)
+    total, aux = losses.info_nce(q, p, **kw, hard_in_batch_k=k, hard_in_batch_weight=2.0, hard_in_batch_margin=0.5)
+    np.testing.assert_allclose(aux["hard_in_batch_loss"], term, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(aux["hard_in_batch_active"], active, rtol=1e-6)
+    np.testing.assert_allclose(total, base + 2.0 * term, rtol=1e-6)
+    trip, trip_aux = losses.triplet_margin(q, p, group_size=2, margin=0.5, false_negatives=mask,
+                                           hard_in_batch_k=k, hard_in_batch_weight=2.0, hard_in_batch_margin=0.5)
+    np.testing.assert_allclose(trip, 0.0 + 2.0 * term, rtol=1e-6, atol=1e-7)  # own triplets: both outside margin
+    assert float(trip_aux["active"]) == 0.0
+
+
+def test_hardest_in_batch_gradient_by_hand():
+    """k = 1: the term is (relu(.5-s(q0,p0)+s(q0,n1)) + relu(.5-s(q1,p1)+s(q1,n0))) / 2, so its gradient w.r.t.
+    q0 is (n1 - p0) / 2 and w.r.t. q1 is (n0 - p1) / 2; the selection itself carries no gradient."""
+    q, p = _ebr_toy()
+
+    def extra(q):
+        with_term = losses.info_nce(q, p, temperature=0.5, group_size=2, hard_in_batch_k=1, hard_in_batch_margin=0.5)
+        return with_term[0] - losses.info_nce(q, p, temperature=0.5, group_size=2)[0]
+
+    np.testing.assert_allclose(jax.grad(extra)(q), [(p[3] - p[0]) / 2, (p[1] - p[2]) / 2], rtol=1e-5, atol=1e-6)
+
+
+def test_hardest_in_batch_over_named_axis_matches_global_batch():
+    """Gathered over 4 shards, the per-shard terms average to the term of the whole batch (fixed B*k denominator)."""
+    r = _rng(5)
+    d, b, g, h = 4, 2, 2, 6
+    q = r.normal(size=(d * b, h)).astype(np.float32)
+    p = r.normal(size=(d * b * g, h)).astype(np.float32)
+    kw = dict(temperature=0.3, group_size=g, hard_in_batch_k=3, hard_in_batch_margin=1.0)
+    per_shard = jax.vmap(lambda qs, ps: losses.info_nce(qs, ps, axis_name="i", **kw)[1]["hard_in_batch_loss"],
+                         axis_name="i")(q.reshape(d, b, h), p.reshape(d, b * g, h))
+    whole = losses.info_nce(q, p, **kw)[1]["hard_in_batch_loss"]
+    assert float(whole) > 0
+    np.testing.assert_allclose(per_shard.mean(), whole, rtol=1e-5)
+    with pytest.raises(ValueError, match="hard_in_batch_k=15 exceeds the 14 in-batch candidates"):
+        losses.info_nce(q, p, temperature=0.3, group_size=g, hard_in_batch_k=15)
+
+
+def _softplus(x):
+    return float(np.log1p(np.exp(x)))
+
+
+def test_lambdarank_pairwise_by_hand():
+    """Query 0: list scores [2, 1, 3, 0], only column 2 (rank 3) relevant: pairs (2, j) weighted by
+    |1/3 - 1/rank_j| on softplus(s_j - s_2); query 1 has no relevant candidate and adds 0 to the mean over 2."""
+    scores = np.array([[2.0, 1.0, 3.0, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32)
+    relevant = np.array([[0, 0, 1, 0], [0, 0, 0, 0]], bool)
+    valid = np.ones((2, 4), bool)
+    sp = [_softplus(-1.0), _softplus(-2.0), _softplus(-3.0)]
+    loss, aux = losses.lambdarank_pairwise(scores, relevant, valid)
+    np.testing.assert_allclose(loss, (2 / 3 * sp[0] + 1 / 6 * sp[1] + 1 / 12 * sp[2]) / 3 / 2, rtol=1e-5)
+    np.testing.assert_allclose(aux["pairs"], 1.5)
+    cut, _ = losses.lambdarank_pairwise(scores, relevant, valid, metric_cut=2)  # 1/rank = 0 from rank 3 on
+    np.testing.assert_allclose(cut, (1.0 * sp[0] + 0.5 * sp[1] + 0.0 * sp[2]) / 3 / 2, rtol=1e-5)
+    valid[0, 3] = False  # an empty slot forms no pair
+    masked, _ = losses.lambdarank_pairwise(scores, relevant, valid)
+    np.testing.assert_allclose(masked, (2 / 3 * sp[0] + 1 / 6 * sp[1]) / 2 / 2, rtol=1e-5)
+    # Raising the relevant score lowers the loss: the gradient on it is negative.
+    assert float(jax.grad(lambda s: losses.lambdarank_pairwise(s, relevant, valid)[0])(scores)[0, 2]) < 0
+
+
+def test_listwise_softmax_by_hand():
+    """-log of the softmax mass on the relevant candidates of the valid ones (two relevant, one empty slot)."""
+    scores = np.array([[1.0, 2.0, 0.5, 9.0]], np.float32)
+    relevant = np.array([[1, 0, 1, 0]], bool)
+    valid = np.array([[1, 1, 1, 0]], bool)
+    e = np.exp(np.array([1.0, 2.0, 0.5]) / 0.5)
+    loss, aux = losses.listwise_softmax(scores, relevant, valid, temperature=0.5)
+    np.testing.assert_allclose(loss, -np.log((e[0] + e[2]) / e.sum()), rtol=1e-5)
+    np.testing.assert_allclose(aux["relevant_mass"], (e[0] + e[2]) / e.sum(), rtol=1e-5)

@@ -22,6 +22,8 @@ from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
 from jdr.train.checkpoint import Checkpointer
+from jdr.train.grad_cache import check_grad_cache_chunk, make_grad_cache_step
+from jdr.train.ltre import check_ltre_config
 from jdr.train.loop import MetricsWriter, run_loop, write_json
 from jdr.train.optim import make_optimizer
 from jdr.train.state import TrainState
@@ -71,6 +73,8 @@ def _validate(cfg) -> None:
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
         (cfg.data.source in SOURCE_KINDS, f"data.source must be one of {', '.join(SOURCE_KINDS)}, "
                                           f"got {cfg.data.source!r}"),
+        (not (cfg.moco.enabled and cfg.train.grad_cache_chunk), "moco.enabled and train.grad_cache_chunk: "
+                                                                 "GradCache runs the plain contrastive step only"),
     ]
     if cfg.moco.enabled:
         checks += [
@@ -84,6 +88,24 @@ def _validate(cfg) -> None:
         if not ok:
             raise ConfigError(message)
     check_layout(cfg.train.global_batch_size, jax.process_count(), jax.local_device_count())
+    per_device = cfg.train.global_batch_size // (jax.process_count() * jax.local_device_count())
+    try:
+        check_grad_cache_chunk(cfg.train.grad_cache_chunk, per_device, 1 + cfg.negatives.num)
+        check_hard_in_batch(cfg, per_device)
+        check_ltre_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_hard_in_batch(cfg, per_device: int) -> None:
+    """EBR keys: k >= 0, weight >= 0, and k no more than the in-batch passages of other queries' groups."""
+    k, group = cfg.train.hard_in_batch_k, 1 + cfg.negatives.num
+    queries = cfg.train.global_batch_size if cfg.train.cross_device_negatives else per_device
+    if k < 0 or cfg.train.hard_in_batch_weight < 0:
+        raise ValueError("train.hard_in_batch_k and train.hard_in_batch_weight must be >= 0")
+    if k > (queries - 1) * group:
+        raise ValueError(f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of "
+                         "other queries")
 
 
 def prepare(cfg, workdir) -> Run:
@@ -145,15 +167,20 @@ def _initial_state(cfg, run, tx):
 
 
 def _make_step(cfg, run, tx, lr_at):
-    """The per-device train step the config asks for (plain contrastive, or MoCo), before pmap."""
-    kwargs = dict(loss_name=cfg.train.loss, tx=tx, lr_at=lr_at,
-                  cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout,
-                  loss_kwargs=({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                               else {"margin": cfg.train.margin}))
+    """The per-device train step the config asks for (plain contrastive, GradCache, or MoCo), before pmap."""
+    loss_kwargs = ({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
+                   else {"margin": cfg.train.margin})
+    if cfg.train.hard_in_batch_k:
+        loss_kwargs.update(hard_in_batch_k=cfg.train.hard_in_batch_k,
+                           hard_in_batch_weight=cfg.train.hard_in_batch_weight, hard_in_batch_margin=cfg.train.margin)
+    kwargs = dict(loss_name=cfg.train.loss, tx=tx, lr_at=lr_at, loss_kwargs=loss_kwargs,
+                  cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout)
     if cfg.moco.enabled:
         from jdr.train.moco import make_moco_train_step
 
         return make_moco_train_step(_encode_fn(run.spec), momentum=cfg.moco.momentum, **kwargs)
+    if cfg.train.grad_cache_chunk:
+        return make_grad_cache_step(_encode_fn(run.spec), chunk=cfg.train.grad_cache_chunk, **kwargs)
     return make_train_step(_encode_fn(run.spec), **kwargs)
 
 

@@ -1,0 +1,216 @@
+"""LTRe / ADORE (Zhan et al. 2020, 2021): learn to retrieve against a fixed index. Documents were encoded once by
+a frozen passage tower into a `jdr.index.fixed.FixedIndex`; only the query tower trains (untied towers). Each step
+embeds the batch's queries with the current query tower, searches the index for the top-k, appends the positives
+the search missed, and differentiates a ranking loss over that retrieved list (`jdr.losses.RETRIEVAL`: ADORE's
+LambdaRank-weighted pairwise loss, or a listwise softmax). No negatives are sampled: the whole corpus competes.
+
+Where the search runs (`search=`); both compute the same update (tests/test_ltre.py):
+  * "callback" (default): inside the compiled step through `jax.pure_callback` on the step's own (detached) query
+    embeddings — one query forward per step.
+  * "host": between steps — a separate compiled forward embeds the queries with the same parameters and dropout
+    key, the host searches, and the step receives the candidate arrays in its batch: a second query forward per
+    step and a device->host wait before each step, but no host callback in the compiled program (for runtimes
+    where callbacks are slow or unsupported).
+  Measured (benchmarks/results/ltre_search.md, MiniLM, batch 32 x 64 tokens, 5 183 docs, top 200, alternating in
+  one process, 2-core CPU under load): callback 5.9 s/step, host 7.9 s/step (1.33x) — the search itself takes
+  0.03-0.06 s, the difference is the second forward. On this CPU backend neither mode overlaps the host with the
+  device: a program holding a host callback runs synchronously in the dispatching thread, and host mode blocks on
+  the embeddings, which wait for the previous step. So callback keeps the loop busier: more steps per second.
+
+Per batch the step needs (per device, leading device axis when pmapped): `query_ids[B, Lq]`, `query_mask[B, Lq]`
+int32 and `positive_rows[B, P]` int32 — each query's positive documents as index rows, -1 padded
+(`FixedIndex.positive_rows`), P = `ltre.max_positives`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jdr.index.fixed import CANDIDATE_KEYS, FixedIndex
+from jdr.losses import RETRIEVAL
+from jdr.train.state import TrainState
+from jdr.train.step import EncodeFn, pmap_train_step
+
+__all__ = ["SEARCH_MODES", "query_key", "freeze_passage_tower", "make_ltre_step", "make_query_embedder",
+           "pmap_ltre_step", "build_fixed_index", "check_ltre_config"]
+
+SEARCH_MODES = ("callback", "host")
+LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
+
+
+def query_key(rng: jax.Array, step, axis_name: str) -> jax.Array:
+    """The dropout key of a step's query encode: `make_train_step`'s derivation (fold in the step and the device's
+    axis index, split, first half). The host-search embedder uses it too, so the searched embedding is exactly the
+    one the loss differentiates."""
+    rng = jax.random.fold_in(jax.random.fold_in(rng, step), lax.axis_index(axis_name))
+    return jax.random.split(rng)[0]
+
+
+def freeze_passage_tower(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` for the "query" subtree of untied params, `optax.set_to_zero` for "passage" (no update, no weight
+    decay, no optimizer state): the passage tower that encoded the index stays bit-identical."""
+
+    def labels(params):
+        if set(params) != {"query", "passage"}:
+            raise ValueError(f"LTRe trains the query tower of untied params (model.tied=False); got {sorted(params)}")
+        return {"query": "train", "passage": "frozen"}
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _retrieval_metrics(relevant, top_k: int) -> dict:
+    """MRR@10 and recall@top_k of the index's own ranking (appended positives do not count as found)."""
+    found = relevant[:, :top_k]
+    first = jnp.argmax(found, axis=1)
+    hit10 = jnp.any(found[:, :10], axis=1)
+    return {"retrieved_mrr@10": jnp.mean(jnp.where(hit10, 1.0 / (first + 1.0), 0.0)),
+            f"retrieved_recall@{top_k}": jnp.mean(jnp.any(found, axis=1).astype(jnp.float32))}
+
+
+def make_ltre_step(encode_fn: EncodeFn, *, index: FixedIndex | None, top_k: int, loss_name: str, loss_kwargs: dict,
+                   tx: optax.GradientTransformation, search: str = "callback", lr_at: Callable | None = None,
+                   axis_name: str = "batch", dropout: bool = True) -> Callable:
+    """Build the per-device `train_step(state, batch, rng) -> (state, metrics)` of LTRe (pmap over `axis_name`).
+
+    `batch`: `query_ids`, `query_mask`, `positive_rows` (see the module docstring); with `search="host"` also the
+    `CANDIDATE_KEYS` arrays of `FixedIndex.candidates` (then `index` may be None). `loss_name` is a key of
+    `jdr.losses.RETRIEVAL`, `loss_kwargs` its keyword arguments (`metric_cut` / `temperature`). `tx` should come
+    from `freeze_passage_tower`. Scores are `q . cand_emb` in float32. Metrics: loss, the loss's aux values,
+    `retrieved_mrr@10`, `retrieved_recall@{top_k}`, `grad_norm`, `lr` — pmeaned over devices.
+    """
+    if loss_name not in RETRIEVAL:
+        raise ValueError(f"ltre.loss: {loss_name!r} is not one of {', '.join(RETRIEVAL)}")
+    if search not in SEARCH_MODES:
+        raise ValueError(f"ltre.search: {search!r} is not one of {', '.join(SEARCH_MODES)}")
+    if search == "callback" and index is None:
+        raise ValueError("make_ltre_step: search='callback' needs the FixedIndex")
+    loss_fn = RETRIEVAL[loss_name]
+
+    def search_in_step(q, positive_rows):
+        b, slots = positive_rows.shape
+        c = top_k + slots
+        shapes = {"cand_emb": jax.ShapeDtypeStruct((b, c, q.shape[1]), jnp.float32),
+                  "cand_relevant": jax.ShapeDtypeStruct((b, c), jnp.bool_),
+                  "cand_valid": jax.ShapeDtypeStruct((b, c), jnp.bool_)}
+        return jax.pure_callback(lambda qs, pos: index.candidates(qs, pos, top_k), shapes, q, positive_rows)
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        needed = LTRE_BATCH_KEYS + (CANDIDATE_KEYS if search == "host" else ())
+        missing = [k for k in needed if k not in batch]
+        if missing:
+            raise ValueError(f"LTRe batch is missing {', '.join(missing)}")
+        key = query_key(rng, state.step, axis_name)
+        q, pull_back = jax.vjp(
+            lambda params: encode_fn(params, batch["query_ids"], batch["query_mask"], "query", not dropout, key),
+            state.params)
+        cands = {k: batch[k] for k in CANDIDATE_KEYS} if search == "host" else search_in_step(q, batch["positive_rows"])
+
+        def list_loss(q):
+            scores = jnp.einsum("bh,bch->bc", q.astype(jnp.float32), cands["cand_emb"])
+            return loss_fn(scores, cands["cand_relevant"], cands["cand_valid"], **loss_kwargs)
+
+        (loss, aux), dq = jax.value_and_grad(list_loss, has_aux=True)(q)
+        grads = lax.pmean(pull_back(dq)[0], axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = lax.pmean({"loss": loss, **aux, **_retrieval_metrics(cands["cand_relevant"], top_k)}, axis_name)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        if lr_at is not None:
+            metrics["lr"] = jnp.asarray(lr_at(state.step), jnp.float32)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_query_embedder(encode_fn: EncodeFn, *, axis_name: str = "batch", dropout: bool = True) -> Callable:
+    """Per-device `embed(state, batch, rng) -> q[B, H]`: the query embedding the step at `state.step` will
+    differentiate (same parameters, same dropout key), for searching on the host between steps."""
+
+    def embed(state: TrainState, batch: dict, rng: jax.Array):
+        key = query_key(rng, state.step, axis_name)
+        return encode_fn(state.params, batch["query_ids"], batch["query_mask"], "query", not dropout, key)
+
+    return embed
+
+
+def pmap_ltre_step(encode_fn: EncodeFn, *, index: FixedIndex, top_k: int, search: str = "callback",
+                   axis_name: str = "batch", dropout: bool = True, **step_kwargs) -> Callable:
+    """The LTRe step as the training loop calls it: `step(state, batch, rng) -> (state, metrics)` over the local
+    devices (state replicated and donated, batch with a leading device axis, one rng), whichever `search` mode.
+    `step_kwargs` go to `make_ltre_step` (loss_name, loss_kwargs, tx, lr_at)."""
+    step = pmap_train_step(make_ltre_step(encode_fn, index=index, top_k=top_k, search=search, axis_name=axis_name,
+                                          dropout=dropout, **step_kwargs), axis_name)
+    if search == "callback":
+        return step
+    embed = jax.pmap(make_query_embedder(encode_fn, axis_name=axis_name, dropout=dropout), axis_name=axis_name,
+                     in_axes=(0, 0, None))
+
+    def search_then_step(state, batch, rng):
+        queries = {k: batch[k] for k in ("query_ids", "query_mask")}
+        q = np.asarray(embed(state, queries, rng))  # [devices, B, H]; blocks until the embeddings exist
+        per_device = [index.candidates(q[d], np.asarray(batch["positive_rows"][d]), top_k) for d in range(len(q))]
+        cands = {k: np.stack([c[k] for c in per_device]) for k in CANDIDATE_KEYS}
+        return step(state, {**batch, **cands}, rng)
+
+    return search_then_step
+
+
+def build_fixed_index(ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: int = 128,
+                      progress: bool = True) -> FixedIndex:
+    """The fixed index of an `ltre` config section: `ltre.index` (a faiss file; reconstructions scored), else the
+    `ltre.embeddings` store, else the corpus encoded now by the frozen passage tower of `params` (both indexed with
+    `ltre.factory`, exact vectors scored). `corpus` is a `jdr.data.beir.Corpus`; its ids must match the index's."""
+    from jdr.data.errors import DataError
+    from jdr.index.store import load_embeddings
+    from jdr.models.inference import encode_texts
+
+    nprobe = ltre_cfg.nprobe or None
+    if ltre_cfg.index:
+        index = FixedIndex.load(ltre_cfg.index, nprobe=nprobe)
+        where = Path(f"{ltre_cfg.index}.ids.txt")
+    else:
+        if ltre_cfg.embeddings:
+            emb, ids = load_embeddings(ltre_cfg.embeddings)
+            where = Path(ltre_cfg.embeddings) / "ids.txt"
+        else:
+            emb = encode_texts(params, spec, tokenizer, corpus.passages(), tower="passage", batch_size=batch_size,
+                               progress=progress)
+            ids, where = list(corpus.ids), Path("corpus")
+        index = FixedIndex.from_embeddings(emb, ids, factory=ltre_cfg.factory, nprobe=nprobe)
+    if len(index.ids) != len(corpus.ids) or set(index.ids) != set(corpus.ids):
+        raise DataError(where, f"the index's {len(index.ids)} doc ids are not the corpus's {len(corpus.ids)} ids")
+    return index
+
+
+def check_ltre_config(cfg) -> None:
+    """One-line `ValueError`s, before anything is compiled, for an `ltre` section that cannot run."""
+    ltre = cfg.ltre
+    if not ltre.enabled:
+        return
+    checks = [
+        (not cfg.model.tied, "ltre.enabled needs model.tied=False (the query tower trains, the passage tower is "
+                             "frozen)"),
+        (ltre.top_k >= 1, f"ltre.top_k must be >= 1, got {ltre.top_k}"),
+        (ltre.max_positives >= 1, f"ltre.max_positives must be >= 1, got {ltre.max_positives}"),
+        (ltre.loss in RETRIEVAL, f"ltre.loss must be one of {', '.join(RETRIEVAL)}, got {ltre.loss!r}"),
+        (ltre.search in SEARCH_MODES, f"ltre.search must be one of {', '.join(SEARCH_MODES)}, got {ltre.search!r}"),
+        (ltre.metric_cut >= 0, f"ltre.metric_cut must be >= 0 (0 = no cut), got {ltre.metric_cut}"),
+        (ltre.nprobe >= 0, f"ltre.nprobe must be >= 0 (0 = faiss default), got {ltre.nprobe}"),
+        (not ltre.index or not ltre.embeddings, "ltre.index and ltre.embeddings are exclusive: set one"),
+        (cfg.train.grad_cache_chunk == 0, "ltre.enabled encodes no passages: set train.grad_cache_chunk=0"),
+        (cfg.train.hard_in_batch_k == 0, "ltre.enabled has no in-batch passages: set train.hard_in_batch_k=0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    for key in ("index", "embeddings"):
+        path = getattr(ltre, key)
+        if path and not Path(path).exists():
+            raise ValueError(f"ltre.{key}: {path} does not exist")
