@@ -1,7 +1,8 @@
 """ANCE table, LTRe row: train only the query tower of all-MiniLM-L6-v2 by full retrieval over a fixed exact index
 of SciFact (the released model's passage embeddings), ADORE's lambdarank loss over the top-200 + missed positives.
 Same model, data, steps, batch, lr and lengths as configs/scifact_{rand,bm25,ance}.py; no sampled negatives.
-Runs once `jdr train` feeds `jdr.train.ltre` (the training-source data path); until then `jdr train` refuses it.
+The training source gives the queries and their positives (as rows of the fixed index); the final test evaluation
+encodes the corpus with the (unchanged) passage tower, i.e. searches the same exact index.
 """
 
 from jdr.config import sibling

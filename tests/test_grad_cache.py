@@ -248,7 +248,7 @@ def test_jdr_train_with_grad_cache_and_hardest_in_batch(tiny_model, toy_beir, tm
 @pytest.mark.parametrize("override,message", [
     ("train.grad_cache_chunk=3", "train.grad_cache_chunk=3 does not divide the 4 passage rows per device"),
     ("train.hard_in_batch_k=31", "train.hard_in_batch_k=31 exceeds the 30 in-batch passages of other queries"),
-    ("ltre.enabled=true", "ltre.enabled: jdr train does not run LTRe yet"),
+    ("ltre.enabled=true", "ltre.enabled needs model.tied=False"),
 ])
 def test_train_config_errors_before_compile(tiny_model, toy_beir, tmp_path, override, message):
     from jdr.config import ConfigError

@@ -146,6 +146,7 @@ def _cfg(**ltre):
     cfg = train_config()
     with cfg.unlocked():
         cfg.model.tied = False
+        cfg.negatives.source = "none"
         cfg.ltre.enabled = True
         for k, v in ltre.items():
             cfg.ltre[k] = v
@@ -167,3 +168,34 @@ def test_ltre_config_errors(change, message):
         cfg.model.tied = True
     with pytest.raises(ValueError, match="needs model.tied=False"):
         check_ltre_config(cfg)
+    cfg = _cfg()
+    with cfg.unlocked():
+        cfg.negatives.source = "bm25"
+    with pytest.raises(ValueError, match="set negatives.num=0"):
+        check_ltre_config(cfg)
+
+
+def test_jdr_train_runs_ltre_with_the_passage_tower_fixed(tiny_model, toy_beir, tmp_path):
+    """`jdr train` with `ltre.enabled`: the training source's queries and qrels feed the LTRe step (positives as index
+    rows), the query tower moves, the passage tower (which encoded the index) ends bit-identical."""
+    import json
+
+    from jdr.config import load_config
+    from jdr.models.hf import load
+    from jdr.train.trainer import train
+    from jdr.train.workdir import load_workdir
+
+    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=4",
+                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
+                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
+                                          "checkpoint.every=2", "eval.every=0", "eval.final_test=false",
+                                          "export.at_end=false", "log.every=1", "log.tensorboard=false"])
+    final = train(cfg, tmp_path / "run", progress=False)
+    assert final["step"] == 4
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train/loss"]) and "train/retrieved_mrr@10" in r for r in logged if "train/loss" in r)
+    params, spec, _, _ = load_workdir(tmp_path / "run")
+    start, _, _ = load(tiny_model, tied=False)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params, start)
+    assert max(jax.tree.leaves(moved["passage"])) == 0.0
+    assert max(jax.tree.leaves(moved["query"])) > 0.0

@@ -206,6 +206,11 @@ def check_ltre_config(cfg) -> None:
         (not ltre.index or not ltre.embeddings, "ltre.index and ltre.embeddings are exclusive: set one"),
         (cfg.train.grad_cache_chunk == 0, "ltre.enabled encodes no passages: set train.grad_cache_chunk=0"),
         (cfg.train.hard_in_batch_k == 0, "ltre.enabled has no in-batch passages: set train.hard_in_batch_k=0"),
+        (cfg.negatives.source == "none" or cfg.negatives.num == 0, "ltre.enabled scores the retrieved list, not "
+                                                                   "sampled negatives: set negatives.num=0"),
+        (cfg.data.source not in ("mixture", "selfsup"), "ltre.enabled needs one labelled training source (its "
+                                                        "qrels name the positives in the index)"),
+        (not cfg.moco.enabled, "ltre.enabled and moco.enabled exclude each other"),
     ]
     for ok, message in checks:
         if not ok:
@@ -214,3 +219,24 @@ def check_ltre_config(cfg) -> None:
         path = getattr(ltre, key)
         if path and not Path(path).exists():
             raise ValueError(f"ltre.{key}: {path} does not exist")
+
+
+class RetrievalBatches:
+    """The LTRe batch of a global batch of `jdr.data.source.Example`s: this host's `query_ids` / `query_mask`
+    (from the run's `BatchBuilder`) and `positive_rows [D, B/D, max_positives]` — the index rows of every passage
+    key the example's labels call relevant (`Example.relevant`: a labelled source's doc ids). Passages are not
+    encoded: the step scores the fixed index."""
+
+    def __init__(self, builder, index: FixedIndex, max_positives: int):
+        self.builder, self.index, self.max_positives = builder, index, max_positives
+
+    def __call__(self, examples) -> dict[str, np.ndarray]:
+        from jdr.distributed import host_rows
+
+        arrays = self.builder(examples)
+        host = examples[host_rows(len(examples), self.builder.process_index, self.builder.process_count)]
+        rows = self.index.positive_rows([sorted(ex.relevant) for ex in host], self.max_positives,
+                                        where="training qrels")
+        d, per = arrays["query_ids"].shape[:2]
+        return {"query_ids": arrays["query_ids"], "query_mask": arrays["query_mask"],
+                "positive_rows": rows.reshape(d, per, self.max_positives)}

@@ -128,7 +128,8 @@ def prepare(cfg, workdir) -> Run:
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            pad_queries_to_max=cfg.data.pad_queries_to_max,
                            pad_passages_to_max=cfg.data.pad_passages_to_max,
-                           false_negatives=cfg.data.mask_false_negatives and cfg.train.loss == "info_nce",
+                           false_negatives=(cfg.data.mask_false_negatives and cfg.train.loss == "info_nce"
+                                            and not cfg.ltre.enabled),
                            cross_device=cfg.train.cross_device_negatives)
     return Run(cfg, workdir, params, spec, tokenizer, model_dir, training, batches)
 
@@ -166,8 +167,15 @@ def _initial_state(cfg, run, tx):
     return TrainState.create(run.params, tx)
 
 
-def _make_step(cfg, run, tx, lr_at):
-    """The per-device train step the config asks for (plain contrastive, GradCache, or MoCo), before pmap."""
+def _make_step(cfg, run, tx, lr_at, index=None):
+    """The pmapped train step the config asks for: plain contrastive, GradCache, MoCo, or LTRe (over `index`)."""
+    if cfg.ltre.enabled:
+        from jdr.train.ltre import pmap_ltre_step
+
+        return pmap_ltre_step(_encode_fn(run.spec), index=index, top_k=cfg.ltre.top_k, search=cfg.ltre.search,
+                              loss_name=cfg.ltre.loss, tx=tx, lr_at=lr_at, dropout=cfg.train.dropout,
+                              loss_kwargs=({"metric_cut": cfg.ltre.metric_cut} if cfg.ltre.loss == "lambdarank"
+                                           else {"temperature": cfg.train.temperature}))
     loss_kwargs = ({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
                    else {"margin": cfg.train.margin})
     if cfg.train.hard_in_batch_k:
@@ -178,10 +186,23 @@ def _make_step(cfg, run, tx, lr_at):
     if cfg.moco.enabled:
         from jdr.train.moco import make_moco_train_step
 
-        return make_moco_train_step(_encode_fn(run.spec), momentum=cfg.moco.momentum, **kwargs)
+        return pmap_train_step(make_moco_train_step(_encode_fn(run.spec), momentum=cfg.moco.momentum, **kwargs))
     if cfg.train.grad_cache_chunk:
-        return make_grad_cache_step(_encode_fn(run.spec), chunk=cfg.train.grad_cache_chunk, **kwargs)
-    return make_train_step(_encode_fn(run.spec), **kwargs)
+        return pmap_train_step(make_grad_cache_step(_encode_fn(run.spec), chunk=cfg.train.grad_cache_chunk,
+                                                    **kwargs))
+    return pmap_train_step(make_train_step(_encode_fn(run.spec), **kwargs))
+
+
+def _fixed_index(cfg, run, *, progress: bool):
+    """LTRe's fixed index (None otherwise); the run's batches become retrieval batches over it."""
+    if not cfg.ltre.enabled:
+        return None
+    from jdr.train.ltre import RetrievalBatches, build_fixed_index
+
+    index = build_fixed_index(cfg.ltre, run.params, run.spec, run.tokenizer, run.training.labeled.data.corpus,
+                              batch_size=cfg.eval.batch_size, progress=progress)
+    run.batches = RetrievalBatches(run.batches, index, cfg.ltre.max_positives)
+    return index
 
 
 def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
@@ -218,6 +239,10 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
                 schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
                 eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
+            if cfg.ltre.enabled:  # only the query tower trains: the passage tower encoded the fixed index
+                from jdr.train.ltre import freeze_passage_tower
+
+                tx = freeze_passage_tower(tx)
             state = _initial_state(cfg, run, tx)
             rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
             micro = cfg.train.grad_accum_steps
@@ -250,7 +275,8 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 run.source.restore(extras["iterator_state"])
                 log.info("resumed from step %d", start_step)
 
-            step_fn = pmap_train_step(_make_step(cfg, run, tx, lr_at))
+            index = _fixed_index(cfg, run, progress=progress and primary)
+            step_fn = _make_step(cfg, run, tx, lr_at, index)
             state = replicate(state)
             writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
             watch = PreemptionWatch()
