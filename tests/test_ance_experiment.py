@@ -14,7 +14,8 @@ from jdr.evaluate import TEST_RUN, write_trec_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "ance_exp"
-ROWS = ("random", "bm25", "ance", "hybrid", "denoised")
+ROWS = ("random", "bm25", "ance", "hybrid", "denoised", "ltre")
+NEGATIVE_ROWS = ROWS[:-1]  # rows that differ only in their negatives section
 
 
 def _runner():
@@ -27,12 +28,19 @@ def _runner():
 def test_rows_differ_only_in_negatives():
     base = to_dict(load_config(CONFIGS / "base.py"))
     negatives = {}
-    for row in ROWS:
+    for row in NEGATIVE_ROWS:
         cfg = to_dict(load_config(CONFIGS / f"{row}.py"))
         negatives[row] = json.dumps(cfg.pop("negatives"), sort_keys=True)
         assert cfg == {k: v for k, v in base.items() if k != "negatives"}, row
-    assert len(set(negatives.values())) == len(ROWS)
+    assert len(set(negatives.values())) == len(NEGATIVE_ROWS)
     assert base["model"]["passage_max_length"] == 128 and base["negatives"]["num"] == 3
+    # LTRe replaces sampled negatives by retrieval over a fixed index: it also unties the towers, turns on its own
+    # section and keeps passages at the test length (the index is built once; no passage is encoded in training)
+    ltre = to_dict(load_config(CONFIGS / "ltre.py"))
+    assert ltre.pop("ltre")["enabled"] and ltre["negatives"]["num"] == 0
+    assert ltre["model"] == {**base["model"], "tied": False, "passage_max_length": 256}
+    assert {k: v for k, v in ltre.items() if k not in ("negatives", "model")} == {
+        k: v for k, v in base.items() if k not in ("negatives", "model", "ltre")}
     assert not base["eval"]["final_test"]  # the runner tests at 256 tokens
 
 
@@ -74,7 +82,7 @@ def test_runner_chooses_on_dev_resumes_fuses_and_marks(tmp_path, monkeypatch, ca
     data = write_toy_beir(tmp_path / "toy", n_test=24)
     runner = _runner()
     calls = []
-    quality = {"random": 0, "bm25": 0, "ance": 1, "hybrid": 0, "denoised": 0, "sparse": 0, "released": 0}
+    quality = {"random": 0, "bm25": 0, "ance": 1, "hybrid": 0, "denoised": 0, "ltre": 0, "sparse": 0, "released": 0}
     monkeypatch.setattr(runner, "jdr", _fake_jdr(calls, quality, load_beir(data, "test").qrels))
     args = ["--set", f"data.dataset={data}", "--set", "data.dev_queries=4", "--set", "train.global_batch_size=8",
             "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "res"), "--released-model", "tiny"]
