@@ -59,7 +59,7 @@ def child_jdr(args) -> dict:
         times.append(time.perf_counter() - start)
     # FLOPs of one pass: per batch, the compiled bucket's cost.
     lengths = sorted((len(s) for s in token_ids(tok, texts, args.max_length)), reverse=True)
-    fn, replicated = inference._compiled(tuple(jax.local_devices()), spec, "query")
+    fn, replicated, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
     placed = jax.device_put(params, replicated)
     rows = -(-args.batch // jax.local_device_count()) * jax.local_device_count()
     flops = 0.0

@@ -300,7 +300,7 @@ def test_encode_compiles_each_bucket_once_per_process(tiny):
     from jdr.models import inference
 
     encode_texts(params, spec, tok, TEXTS, progress=False)
-    fn, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
+    fn, _, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
     before = fn._cache_size()
     encode_texts(jax.tree.map(np.asarray, params), spec, tok, TEXTS[::-1], progress=False)
     encode_texts(params, spec, tok, TEXTS, tower="query", progress=False)

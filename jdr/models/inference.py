@@ -16,7 +16,7 @@ from jdr.models.tokenize import bucket_length, pad_id, pad_ragged, ragged, token
 
 @functools.lru_cache(maxsize=None)
 def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
-    """`(encode_fn, params_sharding)` for a 1-D "batch" mesh over `devices`: params replicated, rows sharded.
+    """`(encode_fn, params_sharding, rows_sharding)` for a 1-D "batch" mesh over `devices`: params replicated, rows sharded.
 
     One jitted function per (devices, spec, tower) for the life of the process, so each bucket length compiles
     once and every later `encode_*` call (an ANCE refresh, the final evaluation) reuses it. Pure data parallel:
@@ -29,7 +29,7 @@ def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
     def run(params, input_ids, attention_mask):
         return encode(params, spec, input_ids, attention_mask, tower=tower)
 
-    return jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated
+    return jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
 
 
 def check_max_length(spec: EncoderSpec, max_length: int) -> int:
@@ -80,7 +80,7 @@ def encode_token_ids(
     devices = tuple(devices or jax.local_devices())
     rows_per_batch = -(-batch_size // len(devices)) * len(devices)
     # Tied towers are the same function: one compilation serves queries and passages.
-    fn, replicated = _compiled(devices, spec, "query" if spec.tied else tower)
+    fn, replicated, sharded_rows = _compiled(devices, spec, "query" if spec.tied else tower)
     params = jax.device_put(params, replicated)
     # Longest first: the biggest shapes (and any out-of-memory) come at the start, not after an hour.
     order = np.argsort(-lengths, kind="stable")
@@ -90,7 +90,8 @@ def encode_token_ids(
         rows = order[start : start + rows_per_batch]
         length = bucket_length(int(lengths[rows[0]]), max_length)
         ids, mask = pad_ragged(tokens, offsets, rows, length, pad_token_id, n_rows=rows_per_batch)
-        emb = fn(params, ids, mask)
+        # Placed explicitly: jit refuses host numpy inputs with a sharding once there are several processes.
+        emb = fn(params, *jax.device_put((ids, mask), sharded_rows))
         if pending is not None:
             out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
         pending = (rows, emb)
