@@ -1,31 +1,31 @@
 """Train-step throughput: jdr's compiled InfoNCE step vs sentence-transformers' MultipleNegativesRankingLoss.
 
 Same model (all-MiniLM-L6-v2), same random token batch (queries x `--query-len`, 1 + `--negatives` passages x
-`--passage-len`, no padding), AdamW, one process. Reports examples/s for each, their ratio, and jdr's achieved
-FLOP/s (XLA's cost analysis of the compiled step / step time) against a measured float32 matmul peak.
+`--passage-len`, no padding), AdamW. Three sides, each in its own child process, alternating for `--repeats`
+rounds: jdr with dropout, jdr without dropout, sentence-transformers (dropout on, as it trains). Prints
+examples/s of each, jdr / ST, the dropout cost (1 - time without / time with), jdr's achieved FLOP/s (XLA's cost
+analysis of the compiled step / step time) against a float32 matmul peak measured in the same run, the CPU model
+and each child's peak RSS; writes benchmarks/results/train_step.{json,md}.
 
-    python benchmarks/train_step.py                    # batch 32, 1 hard negative, 64 / 256 tokens
-    python benchmarks/train_step.py --steps 1 --batch 4  # smoke run
+    python benchmarks/train_step.py                              # batch 32, 1 hard negative, 64 / 256 tokens
+    python benchmarks/train_step.py --steps 1 --batch 4 --repeats 1  # smoke run
 
-torch and sentence-transformers are benchmark-only (`pip install torch==2.13.0 sentence-transformers`), never
-jdr dependencies; without them only the jdr half runs.
+torch and sentence-transformers are benchmark-only (`pip install --no-deps -r benchmarks/requirements-bench.txt`,
+or `--st-python` pointing at a venv that has them), never jdr dependencies; without them only jdr runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jdr.models import encoder as enc
-from jdr.models import hf
-from jdr.train.optim import make_optimizer
-from jdr.train.state import TrainState
-from jdr.train.step import make_train_step, pmap_train_step, replicate
+from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child
 
 
 def random_batch(args, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -46,15 +46,16 @@ def time_calls(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def matmul_peak(n: int = 2048, steps: int = 5) -> float:
-    """Measured float32 FLOP/s of an n x n x n `jnp.dot` on the default device."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    return 2 * n**3 / time_calls(lambda: dot(a, a).block_until_ready(), steps)
-
-
 def bench_jdr(args, model_dir, batch) -> dict:
     """examples/s and achieved FLOP/s of the pmapped jdr step (data-parallel over local devices)."""
+    import jax
+
+    from jdr.models import encoder as enc
+    from jdr.models import hf
+    from jdr.train.optim import make_optimizer
+    from jdr.train.state import TrainState
+    from jdr.train.step import make_train_step, pmap_train_step, replicate
+
     params, spec, _ = hf.load(model_dir, query_max_length=args.query_len, passage_max_length=args.passage_len)
 
     def encode_fn(p, ids, mask, tower, deterministic, rng):
@@ -85,17 +86,20 @@ def bench_jdr(args, model_dir, batch) -> dict:
         jax.block_until_ready(metrics["loss"])
 
     seconds = time_calls(run, args.steps)
-    out = {"jdr_seconds_per_step": seconds, "jdr_examples_per_s": args.batch / seconds}
+    out = {"seconds_per_step": seconds, "examples_per_s": args.batch / seconds, "peak_rss_mib": peak_rss_mib(),
+           "matmul_peak_flop_per_s": matmul_peak(), "devices": [str(d) for d in jax.local_devices()]}
     if flops:
-        out["jdr_flops_per_step"] = flops
-        out["jdr_flop_per_s"] = flops / seconds
+        out["flops_per_step"] = flops
+        out["flop_per_s"] = flops / seconds
     return out
 
 
 def bench_sentence_transformers(args, model_dir, batch) -> dict:
     """examples/s of a sentence-transformers MultipleNegativesRankingLoss step (PyTorch, CPU)."""
     import torch
-    from sentence_transformers import SentenceTransformer, losses
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
+
 
     torch.manual_seed(0)
     model = SentenceTransformer(str(model_dir), device="cpu")
@@ -117,37 +121,88 @@ def bench_sentence_transformers(args, model_dir, batch) -> dict:
         opt.step()
 
     seconds = time_calls(run, args.steps)
-    return {"st_seconds_per_step": seconds, "st_examples_per_s": args.batch / seconds,
-            "torch_threads": torch.get_num_threads()}
+    return {"seconds_per_step": seconds, "examples_per_s": args.batch / seconds, "peak_rss_mib": peak_rss_mib(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def write_results(result: dict) -> None:
+    """benchmarks/results/train_step.json and a readable train_step.md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    a = result["args"]
+    lines = ["# Train step: jdr vs sentence-transformers MultipleNegativesRankingLoss", "",
+             f"CPU: {result['cpu']}. Batch {a['batch']} queries x (1 + {a['negatives']}) passages, query "
+             f"{a['query_len']} / passage {a['passage_len']} tokens, AdamW; each side in its own process, "
+             f"{a['repeats']} alternating rounds of {a['steps']} timed steps after one warm-up step.", "",
+             "| round | jdr s/step (dropout) | jdr s/step (no dropout) | dropout cost | ST s/step | jdr / ST | "
+             "jdr GFLOP/s | f32 matmul peak GFLOP/s | peak RSS MiB jdr / ST |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(result["rounds"]):
+        on, off, st = r["jdr"], r.get("jdr_nodrop"), r.get("st")
+        lines.append(
+            f"| {i} | {on['seconds_per_step']:.2f} | {off['seconds_per_step']:.2f} | "
+            f"{1 - off['seconds_per_step'] / on['seconds_per_step']:.0%} | " if off else f"| {i} | {on['seconds_per_step']:.2f} | — | — | ")
+        lines[-1] += (f"{st['seconds_per_step']:.2f} | {st['seconds_per_step'] / on['seconds_per_step']:.2f} | " if st else "— | — | ")
+        lines[-1] += (f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
+                      f"{on['peak_rss_mib']:.0f} / {st['peak_rss_mib']:.0f} |" if st else
+                      f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
+                      f"{on['peak_rss_mib']:.0f} / — |")
+    for key, label in (("jdr_over_st", "jdr / sentence-transformers"), ("dropout_cost", "dropout cost")):
+        if key in result:
+            lines.append(f"\n**{label}: {result[key]:.2f}** (median of rounds).")
+    (RESULTS / "train_step.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
-    """Parse flags, run both halves on the same batch, print one JSON record."""
+    """Parse flags; as the parent, alternate the children and report; as a child, time one side."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--negatives", type=int, default=1)
     ap.add_argument("--query-len", type=int, default=64)
     ap.add_argument("--passage-len", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
-    ap.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating rounds (one child per side per round)")
+    ap.add_argument("--st-python", default=sys.executable, help="python with torch + sentence-transformers")
     ap.add_argument("--skip-st", action="store_true", help="only time jdr")
+    ap.add_argument("--child", choices=("jdr", "jdr_nodrop", "st"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        from jdr.models import hf
 
-    model_dir = hf.find_minilm()
-    _, spec, _ = hf.load(model_dir)
-    batch = random_batch(args, spec.bert.vocab_size)
-    result = {"args": vars(args), "devices": [str(d) for d in jax.local_devices()]}
-    result.update(bench_jdr(args, model_dir, batch))
-    result["matmul_peak_flop_per_s"] = matmul_peak()
-    if "jdr_flop_per_s" in result:
-        result["jdr_fraction_of_peak"] = result["jdr_flop_per_s"] / result["matmul_peak_flop_per_s"]
-    if not args.skip_st:
-        try:
-            result.update(bench_sentence_transformers(args, model_dir, batch))
-            result["jdr_over_st"] = result["jdr_examples_per_s"] / result["st_examples_per_s"]
-        except ImportError as e:
-            result["st_skipped"] = f"{e} (pip install torch==2.13.0 sentence-transformers)"
-    print(json.dumps(result, indent=2))
+        model_dir = hf.find_minilm()
+        _, spec, _ = hf.load(model_dir)
+        batch = random_batch(args, spec.bert.vocab_size)
+        args.dropout = args.child != "jdr_nodrop"
+        out = bench_sentence_transformers(args, model_dir, batch) if args.child == "st" else bench_jdr(args, model_dir, batch)
+        print(json.dumps(out))
+        return
+    argv = [f"--batch={args.batch}", f"--negatives={args.negatives}", f"--query-len={args.query_len}",
+            f"--passage-len={args.passage_len}", f"--steps={args.steps}"]
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model(), "rounds": []}
+    for i in range(args.repeats):
+        rnd = {side: run_child(sys.executable, __file__, side, argv) for side in ("jdr", "jdr_nodrop")}
+        if not args.skip_st:
+            try:
+                rnd["st"] = run_child(args.st_python, __file__, "st", argv)
+            except subprocess.CalledProcessError as e:
+                result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
+                args.skip_st = True
+        result["rounds"].append(rnd)
+        print(f"round {i}: " + ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in rnd.items()), flush=True)
+    rounds = result["rounds"]
+    result["dropout_cost"] = statistics.median(1 - r["jdr_nodrop"]["seconds_per_step"] / r["jdr"]["seconds_per_step"]
+                                               for r in rounds)
+    if all("st" in r for r in rounds):
+        result["jdr_over_st"] = statistics.median(r["st"]["seconds_per_step"] / r["jdr"]["seconds_per_step"]
+                                                  for r in rounds)
+    last = rounds[-1]["jdr"]
+    print(f"CPU: {result['cpu']}\njdr {last['examples_per_s']:.2f} examples/s with dropout "
+          f"({last.get('flop_per_s', 0) / 1e9:.0f} GFLOP/s of a {last['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s "
+          f"f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB); dropout costs {result['dropout_cost']:.0%} "
+          "of the step" + (f"\nsentence-transformers {rounds[-1]['st']['examples_per_s']:.2f} examples/s (peak RSS "
+                           f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB)\njdr / ST = {result['jdr_over_st']:.2f}x"
+                           if "jdr_over_st" in result else
+                           f"\nsentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"))
+    write_results(result)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from jdr.data.errors import DataError
 from jdr.models import (
-    BertConfig, bucket_length, encode, encode_texts, export, l2_normalize, load, pool, tokenize, tower_params,
+    BertConfig, bucket_length, encode, encode_texts, encode_token_ids, export, l2_normalize, load, pool, tokenize,
+    tower_params,
 )
 from jdr.models.testing import write_tiny_model
 
@@ -212,6 +213,30 @@ def test_dropout_only_when_not_deterministic(tiny):
         _enc(params, spec, tok, TEXTS, deterministic=False)
 
 
+def test_hash_dropout_mask_statistics():
+    from jdr.models.dropout import Dropout, hash_bits
+
+    shape = (64, 4, 64, 64)  # 1M elements: the keep rate's standard error is 3e-4
+    keep = np.asarray(hash_bits(jax.random.key(0), shape) >= np.uint32(round(0.1 * 2**32)))
+    assert abs(keep.mean() - 0.9) < 2e-3
+    # Neighbours along every axis and two different keys are independent: P(both kept) = 0.81.
+    for a, b in ((keep[..., 1:], keep[..., :-1]), (keep[:, :, 1:], keep[:, :, :-1]), (keep[1:], keep[:-1])):
+        assert abs((a & b).mean() - 0.81) < 3e-3
+    other = np.asarray(hash_bits(jax.random.key(1), shape) >= np.uint32(round(0.1 * 2**32)))
+    assert abs((keep & other).mean() - 0.81) < 3e-3
+    # Same key, same bits (jitted or not, any PRNG impl); the scaled output is unbiased.
+    np.testing.assert_array_equal(np.asarray(jax.jit(hash_bits, static_argnums=1)(jax.random.key(0), shape)),
+                                  np.asarray(hash_bits(jax.random.key(0), shape)))
+    assert hash_bits(jax.random.key(0, impl="rbg"), (3, 5)).shape == (3, 5)
+    x = jnp.ones(shape[:3])
+    y = Dropout(0.1).apply({}, x, False, rngs={"dropout": jax.random.key(3)})
+    np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / 0.9], rtol=1e-6)
+    assert abs(float(y.mean()) - 1.0) < 5e-3
+    np.testing.assert_array_equal(Dropout(0.1).apply({}, x, True), x)
+    with pytest.raises(ValueError, match="rate"):
+        Dropout(1.0).apply({}, x, False, rngs={"dropout": jax.random.key(3)})
+
+
 def test_bfloat16_close_to_float32(tiny):
     params, spec, tok = tiny
     e32 = _enc(params, spec, tok, TEXTS)
@@ -227,6 +252,59 @@ def test_encode_texts_restores_order_and_pads_last_batch(tiny):
     one_by_one = np.concatenate([_enc(params, spec, tok, [t], tower="passage", length=32) for t in TEXTS])
     np.testing.assert_allclose(got, one_by_one, atol=1e-6)
     assert encode_texts(params, spec, tok, [], progress=False).shape == (0, 32)
+
+
+def test_encode_token_ids_equals_encode_texts_and_checks_its_input(tiny):
+    params, spec, tok = tiny
+    from jdr.models.tokenize import pad_id, ragged, token_ids
+
+    tokens, offsets = ragged(token_ids(tok, TEXTS, 32))
+    assert tokens.dtype == np.int32 and offsets.dtype == np.int64 and offsets[-1] == len(tokens)
+    got = encode_token_ids(params, spec, tokens, offsets, tower="passage", pad_token_id=pad_id(tok), batch_size=2,
+                           progress=False)
+    np.testing.assert_array_equal(got, encode_texts(params, spec, tok, TEXTS, batch_size=2, progress=False))
+    with pytest.raises(ValueError, match="text 3 has 2[0-9] tokens, more than max_length 16"):
+        encode_token_ids(params, spec, tokens, offsets, max_length=16, progress=False)
+    with pytest.raises(ValueError, match="offsets"):
+        encode_token_ids(params, spec, tokens, offsets[:-1], progress=False)
+
+
+def test_max_length_beyond_position_table_is_one_clear_error(tiny):
+    params, spec, tok = tiny  # the tiny model has 64 positions
+    assert spec.bert.max_length == 64
+    for call in (lambda: encode_texts(params, spec, tok, TEXTS, max_length=65, progress=False),
+                 lambda: encode_token_ids(params, spec, np.zeros(1, np.int32), np.array([0, 1]), max_length=65)):
+        with pytest.raises(ValueError, match="max_length 65 is outside \\[1, 64\\]") as e:
+            call()
+        assert "\n" not in str(e.value)
+    # The whole table is usable.
+    long_text = " ".join(["protein"] * 100)
+    e = encode_texts(params, spec, tok, [long_text], max_length=64, progress=False)
+    assert np.isfinite(e).all()
+
+
+def test_encode_over_eight_devices_equals_one_device(tiny):
+    params, spec, tok = tiny
+    texts = TEXTS * 4  # 20 texts: batches of 8 rows split over 8 devices, the last one partly padding
+    assert jax.local_device_count() == 8
+    one = encode_texts(params, spec, tok, texts, batch_size=8, progress=False, devices=jax.local_devices()[:1])
+    eight = encode_texts(params, spec, tok, texts, batch_size=8, progress=False)
+    np.testing.assert_allclose(eight, one, atol=1e-6)
+    # Rows that do not fill every device are padded up to a multiple of the device count.
+    np.testing.assert_allclose(encode_texts(params, spec, tok, texts[:3], batch_size=2, progress=False), one[:3],
+                               atol=1e-6)
+
+
+def test_encode_compiles_each_bucket_once_per_process(tiny):
+    params, spec, tok = tiny
+    from jdr.models import inference
+
+    encode_texts(params, spec, tok, TEXTS, progress=False)
+    fn, _, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
+    before = fn._cache_size()
+    encode_texts(jax.tree.map(np.asarray, params), spec, tok, TEXTS[::-1], progress=False)
+    encode_texts(params, spec, tok, TEXTS, tower="query", progress=False)
+    assert fn._cache_size() == before
 
 
 def test_roberta_position_offset():

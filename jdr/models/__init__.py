@@ -3,11 +3,11 @@
 from jdr.models.bert import BertConfig, BertModel
 from jdr.models.encoder import EncoderSpec, encode, init_params, make_params, tower_params
 from jdr.models.hf import export, find_minilm, load
-from jdr.models.inference import encode_texts
+from jdr.models.inference import encode_texts, encode_token_ids
 from jdr.models.pooling import l2_normalize, pool
 from jdr.models.tokenize import Tokenized, bucket_length, tokenize
 
 __all__ = [
-    "BertConfig", "BertModel", "EncoderSpec", "Tokenized", "bucket_length", "encode", "encode_texts", "export",
-    "find_minilm", "init_params", "l2_normalize", "load", "make_params", "pool", "tokenize", "tower_params",
+    "BertConfig", "BertModel", "EncoderSpec", "Tokenized", "bucket_length", "encode", "encode_texts",
+    "encode_token_ids", "export", "find_minilm", "init_params", "l2_normalize", "load", "make_params", "pool", "tokenize", "tower_params",
 ]

@@ -1,4 +1,4 @@
-"""Batch inference: embed many texts with few XLA compilations."""
+"""Batch inference: embed many texts (or already-tokenised ids) over all local devices with few XLA compilations."""
 
 from __future__ import annotations
 
@@ -7,15 +7,96 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jdr.models.encoder import EncoderSpec, embedding_dim, encode
-from jdr.models.tokenize import bucket_length, pad, pad_id, token_ids
+from jdr.models.tokenize import bucket_length, pad_id, pad_ragged, ragged, token_ids
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "tower"))
-def _encode_jit(params, spec: EncoderSpec, input_ids, attention_mask, tower: str):
-    return encode(params, spec, input_ids, attention_mask, tower=tower)
+@functools.lru_cache(maxsize=None)
+def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
+    """`(encode_fn, params_sharding, rows_sharding)` for a 1-D "batch" mesh over `devices`: params replicated, rows sharded.
+
+    One jitted function per (devices, spec, tower) for the life of the process, so each bucket length compiles
+    once and every later `encode_*` call (an ANCE refresh, the final evaluation) reuses it. Pure data parallel:
+    the compiled program has no cross-device communication.
+    """
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    rows = NamedSharding(mesh, PartitionSpec("batch"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def run(params, input_ids, attention_mask):
+        return encode(params, spec, input_ids, attention_mask, tower=tower)
+
+    return jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
+
+
+def check_max_length(spec: EncoderSpec, max_length: int) -> int:
+    """`max_length` if the model's position table covers it, else one ValueError line (a longer input would read
+    past the table: XLA clamps the gather and the embeddings come out wrong or NaN, silently)."""
+    if not 1 <= max_length <= spec.bert.max_length:
+        raise ValueError(f"max_length {max_length} is outside [1, {spec.bert.max_length}]: the model has "
+                         f"{spec.bert.max_position_embeddings} position embeddings")
+    return max_length
+
+
+def encode_token_ids(
+    params,
+    spec: EncoderSpec,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    tower: str = "passage",
+    pad_token_id: int = 0,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    devices: Sequence[jax.Device] | None = None,
+    desc: str | None = None,
+) -> np.ndarray:
+    """Embed N already-tokenised texts with `tower` -> float32 `[N, H]` in input order.
+
+    Text i is `tokens[offsets[i]:offsets[i+1]]` (`tokens` int32 `[T]`, `offsets` int64 `[N+1]`, special tokens
+    included — the layout of `jdr.data.batching.PretokenizedTexts`). A text longer than `max_length` (default: the
+    tower's budget) is an error, not a silent cut that would drop its final [SEP].
+    Texts are sorted by length, longest first; each batch pads to its `bucket_length` and to `batch_size` rows
+    (rounded up to a multiple of the device count), so jit compiles once per bucket. Params are placed on the
+    devices once per call; every batch is split over `devices` (default: all local devices).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    max_length = check_max_length(spec, max_length or spec.max_length(tower))
+    tokens, offsets = np.asarray(tokens), np.asarray(offsets)
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens):
+        raise ValueError(f"offsets must be [N+1] from 0 to len(tokens)={len(tokens)}")
+    lengths = np.diff(offsets)
+    if len(lengths) and lengths.max() > max_length:
+        row = int(lengths.argmax())
+        raise ValueError(f"text {row} has {int(lengths[row])} tokens, more than max_length {max_length}")
+    out = np.zeros((len(lengths), embedding_dim(params, spec)), np.float32)
+    if not len(lengths):
+        return out
+    devices = tuple(devices or jax.local_devices())
+    rows_per_batch = -(-batch_size // len(devices)) * len(devices)
+    # Tied towers are the same function: one compilation serves queries and passages.
+    fn, replicated, sharded_rows = _compiled(devices, spec, "query" if spec.tied else tower)
+    params = jax.device_put(params, replicated)
+    # Longest first: the biggest shapes (and any out-of-memory) come at the start, not after an hour.
+    order = np.argsort(-lengths, kind="stable")
+    pending = None  # the previous batch, fetched after the next one is dispatched (host work overlaps compute)
+    for start in tqdm(range(0, len(order), rows_per_batch), disable=not progress, desc=desc or f"encode {tower}",
+                      unit="batch"):
+        rows = order[start : start + rows_per_batch]
+        length = bucket_length(int(lengths[rows[0]]), max_length)
+        ids, mask = pad_ragged(tokens, offsets, rows, length, pad_token_id, n_rows=rows_per_batch)
+        # Placed explicitly: jit refuses host numpy inputs with a sharding once there are several processes.
+        emb = fn(params, *jax.device_put((ids, mask), sharded_rows))
+        if pending is not None:
+            out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
+        pending = (rows, emb)
+    out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
+    return out
 
 
 def encode_texts(
@@ -28,28 +109,13 @@ def encode_texts(
     max_length: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    devices: Sequence[jax.Device] | None = None,
 ) -> np.ndarray:
-    """Embed `texts` with `tower` -> float32 `[N, H]` in the input order.
-
-    Texts are sorted by token length and each batch is padded to its `bucket_length`; the last batch is padded
-    with empty rows to `batch_size`, so jit compiles once per bucket. `max_length` defaults to the tower's budget.
-    """
+    """Embed `texts` with `tower` -> float32 `[N, H]` in the input order: tokenise (truncating at `max_length`,
+    default the tower's budget, which must fit the position table), then `encode_token_ids`."""
     if isinstance(texts, str):
         raise ValueError("encode_texts: texts must be a sequence of strings, not one string")
-    if batch_size < 1:
-        raise ValueError(f"encode_texts: batch_size must be >= 1, got {batch_size}")
-    max_length = max_length or spec.max_length(tower)
-    ids = token_ids(tokenizer, texts, max_length)
-    # Longest first: the biggest shapes (and any out-of-memory) come at the start, not after an hour.
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    out = np.zeros((len(ids), embedding_dim(params, spec)), np.float32)
-    pid = pad_id(tokenizer)
-    # Tied towers are the same function: one compilation serves queries and passages.
-    jit_tower = "query" if spec.tied else tower
-    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc=f"encode {tower}", unit="batch"):
-        rows = order[start : start + batch_size]
-        batch = [ids[i] for i in rows]
-        tok = pad(batch, bucket_length(len(batch[0]), max_length), pid, rows=batch_size)
-        emb = _encode_jit(params, spec, tok.input_ids, tok.attention_mask, jit_tower)
-        out[rows] = np.asarray(emb)[: len(rows)]
-    return out
+    max_length = check_max_length(spec, max_length or spec.max_length(tower))
+    tokens, offsets = ragged(token_ids(tokenizer, texts, max_length))
+    return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=pad_id(tokenizer),
+                            max_length=max_length, batch_size=batch_size, progress=progress, devices=devices)

@@ -67,15 +67,29 @@ def token_ids(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> li
     return [e.ids for e in _truncating(tokenizer, max_length).encode_batch(list(texts))]
 
 
-def pad(ids: Sequence[Sequence[int]], length: int, pad_token_id: int = 0, rows: int | None = None) -> Tokenized:
-    """Right-pad ragged id lists to `[rows or len(ids), length]`; extra rows are all padding (mask 0)."""
-    rows = len(ids) if rows is None else rows
-    input_ids = np.full((rows, length), pad_token_id, dtype=np.int32)
-    mask = np.zeros((rows, length), dtype=np.int32)
-    for r, seq in enumerate(ids):
-        input_ids[r, : len(seq)] = seq
-        mask[r, : len(seq)] = 1
-    return Tokenized(input_ids, mask)
+def ragged(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged id lists -> `(tokens[T] int32, offsets[N+1] int64)`: sequence i is `tokens[offsets[i]:offsets[i+1]]`."""
+    offsets = np.zeros(len(seqs) + 1, np.int64)
+    np.cumsum([len(s) for s in seqs], out=offsets[1:])
+    tokens = np.fromiter((t for s in seqs for t in s), np.int32, count=int(offsets[-1]))
+    return tokens, offsets
+
+
+def pad_ragged(tokens: np.ndarray, offsets: np.ndarray, rows: np.ndarray, length: int, pad_token_id: int = 0,
+               n_rows: int | None = None) -> Tokenized:
+    """Sequences `rows` of a ragged `(tokens, offsets)` right-padded (and cut) to `[n_rows or len(rows), length]`
+    int32; extra rows are all padding (mask 0). Vectorised: one gather, no Python loop over rows."""
+    rows = np.asarray(rows, np.int64)
+    n_rows = len(rows) if n_rows is None else n_rows
+    lengths = np.zeros(n_rows, np.int64)
+    starts = np.zeros(n_rows, np.int64)
+    lengths[: len(rows)] = np.minimum(offsets[rows + 1] - offsets[rows], length)
+    starts[: len(rows)] = offsets[rows]
+    cols = np.arange(length)
+    mask = cols[None, :] < lengths[:, None]
+    gather = np.where(mask, starts[:, None] + cols[None, :], 0)
+    ids = np.where(mask, tokens[gather] if len(tokens) else 0, pad_token_id).astype(np.int32)
+    return Tokenized(ids, mask.astype(np.int32))
 
 
 def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_length: int, *, length: int | None = None) -> Tokenized:
@@ -91,4 +105,4 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_length: int, *, len
         length = bucket_length(longest, max_length)
     elif length < min(longest, max_length):
         raise ValueError(f"tokenize: length={length} is shorter than the longest sequence ({longest} tokens)")
-    return pad(ids, length, pad_id(tokenizer))
+    return pad_ragged(*ragged(ids), np.arange(len(ids)), length, pad_id(tokenizer))

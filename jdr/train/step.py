@@ -1,5 +1,8 @@
 """The contrastive train step, written per device over a named axis so the same function runs under
-`jax.pmap(axis_name=...)` or `shard_map` over a Mesh axis. It knows nothing about BERT: the encoder is injected."""
+`jax.pmap(axis_name=...)` or `jax.shard_map(..., check_vma=False)` over a Mesh axis (state replicated, batch
+sharded; `tests/test_train_step.py` checks both give the same parameters). `check_vma=False` is pmap's semantics:
+with shard_map's replication typing on, the gradient of replicated params would already be summed over devices
+and the step's `pmean` would leave it D times too large. It knows nothing about BERT: the encoder is injected."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import jax_utils
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdr.losses import CONTRASTIVE
 from jdr.train.state import TrainState
@@ -95,12 +98,21 @@ def pmap_train_step(train_step: Callable, axis_name: str = "batch") -> Callable:
 
 
 def replicate(tree, devices=None, axis_name: str = "batch"):
-    """Copy a pytree onto each local device (leading device axis) for the pmapped step.
+    """Copy a pytree onto each of `devices` (default: the local devices) with a leading device axis, for the
+    pmapped step: leaf `[...]` becomes `[D, ...]`, device i holding row i.
 
-    The arrays are placed on a mesh whose axis is named like the pmap axis, which is the sharding pmap gives its
-    outputs: with any other name the second call sees new input shardings and compiles the whole step again.
+    Placed with `jax.device_put`-style sharding on a 1-D mesh whose axis is named like the pmap axis, which is
+    the sharding pmap gives its outputs: with any other placement the second call sees new input shardings and
+    compiles the whole step again. Each device's row is made from the host value directly (no [D, ...] host copy).
     """
-    return jax_utils.replicate(tree, devices, axis_name=axis_name)
+    devices = list(devices or jax.local_devices())
+    sharding = NamedSharding(Mesh(np.asarray(devices), (axis_name,)), PartitionSpec(axis_name))
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback((len(devices),) + x.shape, sharding, lambda _: x[None])
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def unreplicate(tree):

@@ -1,0 +1,174 @@
+"""Encode throughput: jdr's `encode_texts` vs sentence-transformers' `SentenceTransformer.encode`, same CPU, same run.
+
+Same model (all-MiniLM-L6-v2), same texts (the first `--docs` SciFact passages, title + text, cut at
+`--max-length` tokens), same batch size. Each side runs in its own child process (so neither inherits the other's
+thread pools or allocator state), alternating jdr / ST for `--repeats` rounds; each child encodes once to warm up
+(jdr compiles its length buckets) and then times `--timed` full passes (steady state). Prints docs/s of both, the
+ratio (median over rounds), jdr's achieved GFLOP/s (XLA's cost analysis of each compiled bucket x batches) against
+a float32 matmul peak measured in the same run, the CPU model and each child's peak RSS; writes
+benchmarks/results/encode.{json,md}.
+
+    python benchmarks/encode.py                          # 512 docs, length 256, batch 64, 3 rounds
+    python benchmarks/encode.py --docs 128 --repeats 1   # smoke run
+
+The peer needs torch and sentence-transformers (`pip install --no-deps -r benchmarks/requirements-bench.txt`,
+or `--st-python` pointing at a venv that has them); without them only the jdr side runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child
+
+def load_texts(data: str | None, n: int) -> list[str]:
+    """The first `n` passages of the BEIR corpus `data` (a dir or a name: jdr.data.resolve_dataset)."""
+    from jdr.data.beir import load_corpus, resolve_dataset
+
+    corpus = load_corpus(resolve_dataset(data or "scifact") / "corpus.jsonl")
+    return [corpus.passage(i) for i in range(min(n, len(corpus.ids)))]
+
+
+def child_jdr(args) -> dict:
+    """Time jdr's encode_texts; FLOPs from XLA's cost analysis of every bucket the texts use."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from jdr.models import hf
+    from jdr.models import inference
+    from jdr.models.tokenize import bucket_length, token_ids
+
+    params, spec, tok = hf.load(hf.find_minilm(), passage_max_length=args.max_length)
+    if args.dtype != "float32":
+        spec = dataclasses.replace(spec, dtype=args.dtype)
+    texts = load_texts(args.data, args.docs)
+    kw = dict(tower="passage", max_length=args.max_length, batch_size=args.batch, progress=False)
+    inference.encode_texts(params, spec, tok, texts, **kw)  # compile every bucket
+    times = []
+    for _ in range(args.timed):
+        start = time.perf_counter()
+        inference.encode_texts(params, spec, tok, texts, **kw)
+        times.append(time.perf_counter() - start)
+    # FLOPs of one pass: per batch, the compiled bucket's cost.
+    lengths = sorted((len(s) for s in token_ids(tok, texts, args.max_length)), reverse=True)
+    fn, replicated, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
+    placed = jax.device_put(params, replicated)
+    rows = -(-args.batch // jax.local_device_count()) * jax.local_device_count()
+    flops = 0.0
+    for start in range(0, len(lengths), rows):
+        shape = (rows, bucket_length(lengths[start], args.max_length))
+        ids = np.zeros(shape, np.int32)
+        cost = fn.lower(placed, ids, ids).compile().cost_analysis()
+        flops += float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    seconds = statistics.median(times)
+    return {"docs_per_s": len(texts) / seconds, "seconds": times, "flops_per_pass": flops,
+            "gflop_per_s": flops / seconds / 1e9, "matmul_peak_gflop_per_s": matmul_peak() / 1e9,
+            "peak_rss_mib": peak_rss_mib(), "devices": len(jax.local_devices()), "jax": jax.__version__}
+
+
+def child_st(args) -> dict:
+    """Time sentence-transformers' encode on the same texts (its own length sorting and batching)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from jdr.models import hf
+
+    model = SentenceTransformer(str(hf.find_minilm()), device="cpu")
+    model.max_seq_length = args.max_length
+    texts = load_texts(args.data, args.docs)
+    kw = dict(batch_size=args.batch, convert_to_numpy=True, show_progress_bar=False)
+    model.encode(texts, **kw)
+    times = []
+    for _ in range(args.timed):
+        start = time.perf_counter()
+        model.encode(texts, **kw)
+        times.append(time.perf_counter() - start)
+    return {"docs_per_s": len(texts) / statistics.median(times), "seconds": times, "peak_rss_mib": peak_rss_mib(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def write_results(result: dict) -> None:
+    """benchmarks/results/encode.json and a readable encode.md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "encode.json").write_text(json.dumps(result, indent=2) + "\n")
+    a = result["args"]
+    lines = [
+        "# Encode throughput: jdr vs sentence-transformers",
+        "",
+        f"CPU: {result['cpu']} ({os.cpu_count()} logical CPUs). {a['docs']} SciFact passages at length "
+        f"{a['max_length']}, batch {a['batch']}, jdr dtype {a['dtype']}; each side in its own process, "
+        f"{a['repeats']} alternating rounds of {a['timed']} timed passes after a warm-up pass.",
+        "",
+        "| round | jdr docs/s | ST docs/s | jdr / ST | jdr GFLOP/s | f32 matmul peak GFLOP/s | jdr peak RSS MiB | ST peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(result["rounds"]):
+        j, s = r["jdr"], r.get("st")
+        lines.append(f"| {i} | {j['docs_per_s']:.1f} | {s['docs_per_s']:.1f} | {j['docs_per_s'] / s['docs_per_s']:.2f} "
+                     if s else f"| {i} | {j['docs_per_s']:.1f} | — | — ")
+        lines[-1] += (f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | "
+                      f"{s['peak_rss_mib']:.0f} |" if s else
+                      f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | — |")
+    if "jdr_over_st" in result:
+        lines += ["", f"**jdr / sentence-transformers = {result['jdr_over_st']:.2f}x** (median of rounds)."]
+    (RESULTS / "encode.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    """Parse flags; as the parent, alternate the two children and report; as a child, time one side."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="BEIR dir or name (default scifact)")
+    ap.add_argument("--docs", type=int, default=512)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="jdr compute dtype")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds (one child per side per round)")
+    ap.add_argument("--timed", type=int, default=2, help="timed passes per child after one warm-up pass")
+    ap.add_argument("--st-python", default=sys.executable, help="python with torch + sentence-transformers")
+    ap.add_argument("--skip-st", action="store_true")
+    ap.add_argument("--child", choices=("jdr", "st"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child_jdr(args) if args.child == "jdr" else child_st(args)))
+        return
+    argv = [f"--docs={args.docs}", f"--max-length={args.max_length}", f"--batch={args.batch}",
+            f"--dtype={args.dtype}", f"--timed={args.timed}"] + ([f"--data={args.data}"] if args.data else [])
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model(), "rounds": []}
+    for i in range(args.repeats):
+        rnd = {"jdr": run_child(sys.executable, __file__, "jdr", argv)}
+        if not args.skip_st:
+            try:
+                rnd["st"] = run_child(args.st_python, __file__, "st", argv)
+            except subprocess.CalledProcessError as e:
+                result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
+                args.skip_st = True
+        result["rounds"].append(rnd)
+        print(f"round {i}: jdr {rnd['jdr']['docs_per_s']:.1f} docs/s"
+              + (f", sentence-transformers {rnd['st']['docs_per_s']:.1f} docs/s" if "st" in rnd else ""), flush=True)
+    jdr = statistics.median(r["jdr"]["docs_per_s"] for r in result["rounds"])
+    result["jdr_docs_per_s"] = jdr
+    if all("st" in r for r in result["rounds"]):
+        st = statistics.median(r["st"]["docs_per_s"] for r in result["rounds"])
+        result["st_docs_per_s"] = st
+        result["jdr_over_st"] = statistics.median(r["jdr"]["docs_per_s"] / r["st"]["docs_per_s"]
+                                                  for r in result["rounds"])
+    last = result["rounds"][-1]["jdr"]
+    print(f"CPU: {result['cpu']}\njdr {jdr:.1f} docs/s ({last['gflop_per_s']:.0f} GFLOP/s of a "
+          f"{last['matmul_peak_gflop_per_s']:.0f} GFLOP/s f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
+          + (f"\nsentence-transformers {result['st_docs_per_s']:.1f} docs/s "
+             f"(peak RSS {result['rounds'][-1]['st']['peak_rss_mib']:.0f} MiB)\n"
+             f"jdr / ST = {result['jdr_over_st']:.2f}x" if "jdr_over_st" in result else
+             f"\nsentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"))
+    write_results(result)
+
+
+if __name__ == "__main__":
+    main()
