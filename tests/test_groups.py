@@ -286,3 +286,15 @@ def test_false_negative_mask_by_hand():
     off = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1,
                        false_negatives=False)(exs)
     assert "false_negatives" not in off
+
+
+def test_ragged_subset_is_the_rows_tokens_in_order(texts):
+    """`PretokenizedTexts.ragged(rows)`: what the ANCE refresh hands to `encode_token_ids` instead of re-tokenising."""
+    _, _, passages = texts[:3]
+    rows = [17, 0, 59, 17]
+    tokens, offsets = passages.ragged(rows)
+    assert offsets[0] == 0 and len(offsets) == len(rows) + 1 and offsets[-1] == len(tokens)
+    assert [tokens[offsets[i]:offsets[i + 1]].tolist() for i in range(len(rows))] == \
+        [passages.tokens_of(r).tolist() for r in rows]
+    whole = passages.ragged(np.arange(len(passages)))
+    assert whole[0] is passages.tokens and whole[1] is passages.offsets

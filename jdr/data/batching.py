@@ -81,6 +81,18 @@ class PretokenizedTexts:
         """Text `row`'s token ids `[n]` int32 (a view into the store)."""
         return self.tokens[self.offsets[row]:self.offsets[row + 1]]
 
+    def ragged(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """The texts `rows` (in that order) as their own ragged pair `(tokens[T'] int32, offsets[len(rows)+1] int64)`,
+        the input of `jdr.models.inference.encode_token_ids`; all rows in order share the store's arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == len(self) and np.array_equal(rows, np.arange(len(self))):
+            return self.tokens, self.offsets
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = np.repeat(self.offsets[rows] - offsets[:-1], lengths)
+        return self.tokens[np.arange(offsets[-1]) + starts], offsets
+
     def padded(self, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """`(input_ids[len(rows), length], attention_mask[len(rows), length])` int32, right-padded with `pad_id`."""
         lengths = np.minimum(self.lengths[rows], length)

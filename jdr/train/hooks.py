@@ -186,28 +186,33 @@ def _swap(run, table, refresh, writer, step: int) -> None:
 
 
 def _refresh_hook(run):
-    """The ANCE refresh: encode corpus + training queries with a params snapshot, faiss, mine, new table."""
+    """The ANCE refresh: encode corpus + training queries with a params snapshot, faiss, mine, new table. The texts
+    are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
     from jdr.distributed import encode_sharded
-    from jdr.models.inference import encode_texts
+    from jdr.models.inference import encode_token_ids
     from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
     from jdr.train.data import negative_counts
 
     cfg = run.cfg.negatives
     labeled = run.training.labeled
-    passages = labeled.data.corpus.passages()
-    kw = dict(batch_size=cfg.refresh_batch_size, progress=False)
+    passages, queries = labeled.passage_tokens, labeled.query_tokens
+
+    def encode_rows(params, store, rows, tower):
+        tokens, offsets = store.ragged(rows)
+        return encode_token_ids(params, run.spec, tokens, offsets, tower=tower, pad_token_id=store.pad_id,
+                                max_length=store.max_length, batch_size=cfg.refresh_batch_size, progress=False)
 
     def encode_corpus(params):
-        def local(texts):
-            return encode_texts(params, run.spec, run.tokenizer, texts, tower="passage", **kw)
+        def local(rows):
+            return encode_rows(params, passages, rows, "passage")
 
         # Sync refresh: hosts split the corpus and all-gather. Async: the build runs in a background thread,
         # where a cross-host collective could interleave with the train step's, so each host encodes it all.
-        return encode_sharded(local, passages) if cfg.refresh_mode == "sync" else local(passages)
+        rows = np.arange(len(passages))
+        return encode_sharded(local, rows) if cfg.refresh_mode == "sync" else local(rows)
 
     def encode_queries(params, qids):
-        return encode_texts(params, run.spec, run.tokenizer, [labeled.data.queries[q] for q in qids], tower="query",
-                            **kw)
+        return encode_rows(params, queries, queries.rows(qids, "query"), "query")
 
     refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
                                    refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
