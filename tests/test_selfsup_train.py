@@ -79,7 +79,7 @@ def test_random_init_tiny_bert_learns_to_retrieve_from_a_raw_corpus(tiny_model, 
               if "train/loss" in x]
     # Against the worst early 5-step window: a MoCo loss first rises while real keys replace the queue's noise.
     peak = max(np.mean(losses[i:i + 5]) for i in range(6))
-    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * peak, losses
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * peak, losses
     trained, tspec, ttok, _ = load_workdir(workdir)
     after = _mrr(trained, tspec, ttok, data)
     chance = np.mean([1.0 / r for r in range(1, 11)]) * 10 / N_DOCS  # expected MRR@10 of a random ranking
