@@ -2,6 +2,7 @@
 never mined, table rows past the corpus round-trip, config errors are one line, and the trainer runs on them."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from jdr.negatives.refresh import AnnRefreshConfig, ann_build_fn
 from jdr.negatives.table import positives_csr
 
 D = 16
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _unit(rng, n, d=D):
@@ -268,3 +270,34 @@ def test_config_errors_are_one_line_before_anything_is_encoded(tiny_model, toy_b
     with pytest.raises(ConfigError, match=pattern) as e:
         prepare(cfg, tmp_path / "w")
     assert "\n" not in str(e.value)
+
+
+def test_experiment_split_and_rows(toy_beir, tmp_path):
+    """benchmarks/memory_negatives.py: the augmentation part is disjoint from the training part, which keeps every
+    training positive; the rows differ only in their negatives (and `full` in its corpus)."""
+    import importlib.util
+
+    from jdr.config import to_dict
+    from jdr.data.beir import load_beir, load_corpus
+
+    path = REPO / "benchmarks" / "memory_negatives.py"
+    spec = importlib.util.spec_from_file_location("memory_negatives", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    counts = module.split_corpus(toy_beir, tmp_path / "train", tmp_path / "aug", fraction=0.5, seed=0)
+    whole, part = load_beir(toy_beir, "train"), load_beir(tmp_path / "train", "train")
+    aug = load_corpus(tmp_path / "aug" / "corpus.jsonl")
+    assert not set(part.corpus.ids) & set(aug.ids) and len(part.corpus) + len(aug) == len(whole.corpus)
+    assert {d for rels in whole.qrels.values() for d in rels} <= set(part.corpus.ids) and part.qrels == whole.qrels
+    assert counts["aug"] == len(aug) > 0
+    rows = {r: to_dict(load_config(REPO / "configs" / "memory_exp" / f"{r}.py")) for r in ("half", "merged", "quota",
+                                                                                            "full")}
+    def rest(cfg):
+        cfg = json.loads(json.dumps(cfg))
+        cfg.pop("negatives")
+        cfg["data"].pop("dataset")
+        return cfg
+
+    assert all(rest(c) == rest(rows["merged"]) and c["negatives"]["source"] == "memory" for c in rows.values())
+    assert len({json.dumps(c["negatives"], sort_keys=True) for c in rows.values()}) == 3  # full shares half's mix
+    assert rows["full"]["data"]["dataset"] == "scifact" != rows["half"]["data"]["dataset"]
