@@ -301,3 +301,23 @@ def test_experiment_split_and_rows(toy_beir, tmp_path):
     assert all(rest(c) == rest(rows["merged"]) and c["negatives"]["source"] == "memory" for c in rows.values())
     assert len({json.dumps(c["negatives"], sort_keys=True) for c in rows.values()}) == 3  # full shares half's mix
     assert rows["full"]["data"]["dataset"] == "scifact" != rows["half"]["data"]["dataset"]
+
+
+def test_memory_probe_reaches_ivf_and_spann_memories(tiny_model, toy_beir, memory_files, tmp_path):
+    from jdr.index.store import load_embeddings
+    from jdr.train.data import load_labeled
+    from jdr.train.memories import load_memories
+
+    emb, ids = load_embeddings(memory_files["aug"][0])
+    save_index(build_index(emb, "IVF2,Flat"), tmp_path / "ivf.faiss")
+    ids_path(tmp_path / "ivf.faiss").write_text("".join(f"{i}\n" for i in ids))
+    build_spann(np.asarray(emb), tmp_path / "s.spann", list_size=8, eps1=0.1, max_replicas=2)
+    ids_path(tmp_path / "s.spann").write_text("".join(f"{i}\n" for i in ids))
+    corpus = memory_files["aug"][1]
+    cfg = load_config("configs/tiny.py", [f"data.dataset={toy_beir}", "negatives.source=memory",
+                                          f"negatives.memories=ivf={tmp_path / 'ivf.faiss'},{corpus};"
+                                          f"s={tmp_path / 's.spann'},{corpus}", "negatives.memory_probe=3"])
+    negatives, passages = load_memories(cfg, load_labeled("beir", cfg), 32)
+    assert [m.defaults for m in negatives.augment] == [{"nprobe": 3}, {"max_probe": 3}]
+    assert passages.ids[:2] == ["ivf:aug0", "ivf:aug1"] and len(passages.texts) == 48
+    assert passages.texts[24] == passages.texts[0] and "study number 0" in passages.texts[0]

@@ -173,7 +173,8 @@ class LabeledSource(TrainingSource):
 
     def describe(self) -> dict[str, Any]:
         return {**self.data.describe(), "train_queries": len(self.train_qids),
-                "train_pairs": len(self.iterator.pairs), "skipped_queries": self.iterator.skipped_queries}
+                "train_pairs": len(self.iterator.pairs), "skipped_queries": self.iterator.skipped_queries,
+                **({"memory_passages": len(self.memory_ids)} if self.memory_ids else {})}
 
 
 class CorpusBuilder:
