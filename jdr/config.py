@@ -80,7 +80,8 @@ def train_config() -> ml_collections.ConfigDict:
     c.data.selfsup.passage_augment = ""  # ... and of the positive view (kinds: delete replace mask shuffle span repeat).
 
     c.negatives = ml_collections.ConfigDict()
-    # "none" (in-batch only) | "random" | "gold" | "bm25" | "ann" | "file" (the training data's own) | "hybrid".
+    # "none" (in-batch only) | "random" | "gold" | "bm25" | "ann" | "file" (the training data's own) | "memory"
+    # (a mixture of memories, see negatives.memories) | "hybrid".
     c.negatives.source = "random"
     c.negatives.num = 1  # Hard negatives per query (group size = 1 + num).
     c.negatives.depth = 200  # Negatives are sampled from each source's top-`depth` (ANCE: 200).
@@ -98,6 +99,17 @@ def train_config() -> ml_collections.ConfigDict:
     c.negatives.refresh_fraction = 1.0  # Fraction of training queries re-mined per refresh (rest keep old rows).
     c.negatives.refresh_factory = "Flat"  # faiss index_factory string for the refresh index.
     c.negatives.refresh_batch_size = 128  # Encoding batch size during a refresh.
+    # Source "memory" (MoMA's hard negatives from a mixture of memories): the training corpus (memory "train",
+    # embedded by the model at the start and at every refresh) plus fixed augmentation memories, as
+    # "name=INDEX_OR_STORE,CORPUS;...": INDEX_OR_STORE a faiss index / SPANN dir from `jdr index` or an embedding
+    # store from `jdr encode` (indexed at the start with refresh_factory), CORPUS its corpus.jsonl or BEIR dir (the
+    # negatives' texts). Encoded once by a model of this model's width, never re-encoded; batches key their
+    # documents "name:docid". docs/DESIGN.md: memory negatives.
+    c.negatives.memories = ""
+    # "merged" (the top `depth` over train + every memory) or candidate quotas per memory, "train:100,wiki:50"
+    # (summing to <= depth; a memory left out gives none).
+    c.negatives.memory_mix = "merged"
+    c.negatives.memory_probe = 0  # Lists searched per query in an IVF (nprobe) / SPANN (max_probe) memory; 0 = its own.
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 300  # Optimizer steps.

@@ -10,7 +10,7 @@ BEIR qrels, Tevatron JSONL, sentence-transformers triplets and MS MARCO training
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -77,6 +77,35 @@ class LabeledData:
                 "judged_queries": len(self.qrels), "file_negatives": 0 if self.negatives is None else len(self.negatives)}
 
 
+class MemoryPassages(NamedTuple):
+    """Passages a negatives table may name past the training corpus (augmentation memories' documents): row
+    `len(corpus) + i` of the table is `ids[i]` (`"memory:docid"`) with text `texts[i]` (any sequence supporting
+    `len` and slices, e.g. a view computing passages on access)."""
+
+    ids: Sequence[str]
+    texts: Sequence[str]
+
+
+class _Concatenated(Sequence[str]):
+    """Read-only `a + b` without copying either (slices are lists)."""
+
+    def __init__(self, a: Sequence[str], b: Sequence[str]):
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            n = len(self.a)
+            return list(self.a[min(start, n):min(stop, n)]) + list(self.b[max(start - n, 0):max(stop - n, 0)])
+        i = range(len(self))[i]
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+
+
 class LabeledSource(TrainingSource):
     """Global batches of (query, positive, negatives) `Example`s over `LabeledData` (see the module docstring).
 
@@ -85,11 +114,13 @@ class LabeledSource(TrainingSource):
     pre-tokenised stores built here (`queries_tokens`, `passage_tokens`, kept for the ANCE refresh, which
     re-encodes `passage_tokens` rather than re-tokenising the corpus). `key_prefix` namespaces the keys (a
     mixture gives each member its own). Ordering, uniqueness in a batch and determinism are `GroupIterator`'s.
+    `memory_passages`: documents of augmentation memories the table may sample (`memory` negatives), tokenised
+    once here after the corpus; their keys are their `"memory:docid"` ids (`memory_ids`), never a corpus id.
     """
 
     def __init__(self, data: LabeledData, train_qids: Sequence[str], table: NegativesSampler | None, tokenizer, *,
                  query_max_length: int, passage_max_length: int, global_batch_size: int, num_negatives: int,
-                 seed: int, key_prefix: str = ""):
+                 seed: int, key_prefix: str = "", memory_passages: MemoryPassages | None = None):
         self.data = data
         self.train_qids = list(train_qids)
         self.train_qrels = {q: data.qrels[q] for q in self.train_qids}
@@ -100,8 +131,12 @@ class LabeledSource(TrainingSource):
         self.key_prefix = key_prefix
         self.query_tokens = PretokenizedTexts.from_texts(
             tokenizer, self.train_qids, [data.queries[q] for q in self.train_qids], query_max_length)
-        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, data.corpus.ids, data.corpus.passage_view(),
-                                                           passage_max_length)
+        ids, texts = data.corpus.ids, data.corpus.passage_view()
+        self.memory_ids: tuple[str, ...] = ()
+        if memory_passages is not None:
+            self.memory_ids = tuple(memory_passages.ids)
+            ids, texts = [*ids, *self.memory_ids], _Concatenated(texts, memory_passages.texts)
+        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, ids, texts, passage_max_length)
 
     @property
     def table(self) -> NegativesSampler | None:
@@ -138,7 +173,8 @@ class LabeledSource(TrainingSource):
 
     def describe(self) -> dict[str, Any]:
         return {**self.data.describe(), "train_queries": len(self.train_qids),
-                "train_pairs": len(self.iterator.pairs), "skipped_queries": self.iterator.skipped_queries}
+                "train_pairs": len(self.iterator.pairs), "skipped_queries": self.iterator.skipped_queries,
+                **({"memory_passages": len(self.memory_ids)} if self.memory_ids else {})}
 
 
 class CorpusBuilder:

@@ -1,5 +1,5 @@
 """Negative sources -> a `NegativesTable`: random, gold (other queries' positives), bm25, ann, the negatives that
-came with the training data (`file`), and hybrid mixes.
+came with the training data (`file`), a mixture of memories (`memory`, `jdr.negatives.memory`), and hybrid mixes.
 
 `build_table` is the one entry point: a source is a name with a per-query count, a hybrid is several names
 with counts ({"bm25": 1, "ann": 3}). Every ranked source goes through the same positive filter and the same
@@ -16,7 +16,7 @@ import numpy as np
 from jdr.negatives.denoise import dense_scores, denoise, positive_scores
 from jdr.negatives.table import RANDOM, NegativesTable, clean_candidates, positives_csr
 
-SOURCES = (RANDOM, "gold", "bm25", "ann", "file")
+SOURCES = (RANDOM, "gold", "bm25", "ann", "file", "memory")
 
 
 def parse_counts(spec: str) -> dict[str, int]:
@@ -68,7 +68,7 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
                 seed: int = 0, query_emb: np.ndarray | None = None, passage_emb: np.ndarray | None = None,
                 factory: str = "Flat", nprobe: int | None = None, skip_top: int = 0,
                 denoise_threshold: float | None = None, version: int = 0, created_step: int = 0,
-                file_rows: np.ndarray | None = None) -> NegativesTable:
+                file_rows: np.ndarray | None = None, memory=None) -> NegativesTable:
     """Mine every source named in `counts` for the training queries `qids` (default `sorted(qrels)`) and build
     the table sampling `counts[name]` negatives per query from each source's top-`depth`.
 
@@ -76,8 +76,10 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
     `qids`) and `passage_emb[N, d]` (corpus rows); so does `denoise_threshold`, which drops bm25/ann candidates
     whose dense score is `>= positive score - denoise_threshold`. `skip_top` drops each ranked (bm25/ann) list's
     first r non-positive candidates. `file` needs `file_rows[Q, K]`: the ranked corpus rows that came with the
-    training data (aligned with `qids`, -1 padded), filtered and denoised like any ranked source. Seconds per
-    source land in `table.timings` as `<source>_s`.
+    training data (aligned with `qids`, -1 padded), filtered and denoised like any ranked source. `memory` needs
+    a `jdr.negatives.memory.MemoryNegatives` and the embeddings: its candidates (rows past the corpus included;
+    the table's `memory_ids` = `memory.ids`) are denoised on the scores they were mined with. Seconds per source
+    land in `table.timings` as `<source>_s`.
     """
     qids = sorted(qrels) if qids is None else list(qids)
     corpus_index = getattr(corpus, "index", None) or {d: i for i, d in enumerate(corpus.ids)}
@@ -85,8 +87,10 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
     max_pos = int(np.diff(offsets).max(initial=0))
     k = min(depth + skip_top + max_pos, len(corpus.ids))
     dense = query_emb is not None and passage_emb is not None
-    if ("ann" in counts or denoise_threshold is not None) and not dense:
-        raise ValueError("negatives: source 'ann' and denoise_threshold need query and passage embeddings")
+    if ("ann" in counts or "memory" in counts or denoise_threshold is not None) and not dense:
+        raise ValueError("negatives: sources 'ann', 'memory' and denoise_threshold need query and passage embeddings")
+    if "memory" in counts and memory is None:
+        raise ValueError("negatives: source 'memory' needs negatives.memories (the augmentation memories)")
     if "file" in counts and file_rows is None:
         raise ValueError("negatives: source 'file' needs negatives that came with the training data (Tevatron "
                          "negative_passages, triplets, MS MARCO triples); this data has none")
@@ -100,6 +104,10 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
         t0 = time.perf_counter()
         if name == "gold":
             candidates[name] = gold_candidates(qids, qrels, corpus_index, k, seed)
+        elif name == "memory":
+            scores, rows = memory.mine(query_emb, passage_emb, memory.width(depth + skip_top), offsets, pos, seed=seed)
+            candidates[name] = denoise_ranked(rows, offsets, pos, skip_top=skip_top, threshold=denoise_threshold,
+                                              query_emb=query_emb, passage_emb=passage_emb, scores=scores)
         elif name in ("bm25", "ann", "file"):
             if name == "file":
                 rows = np.asarray(file_rows)
@@ -121,19 +129,26 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
             raise ValueError(f"unknown negatives source {name!r}; known: {list(SOURCES)}")
         timings[f"{name}_s"] = time.perf_counter() - t0
     return NegativesTable.create(qids, corpus.ids, qrels, candidates, counts, depth, corpus_index=corpus_index,
-                                 version=version, created_step=created_step, timings=timings)
+                                 version=version, created_step=created_step, timings=timings,
+                                 memory_ids=() if memory is None else memory.ids)
 
 
 def denoise_ranked(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray, *, skip_top: int = 0,
                    threshold: float | None = None, query_emb: np.ndarray | None = None,
-                   passage_emb: np.ndarray | None = None) -> np.ndarray:
+                   passage_emb: np.ndarray | None = None, scores: np.ndarray | None = None) -> np.ndarray:
     """A raw ranking `rows[Q, K]` -> positives removed, then `denoise` (skip the top `skip_top`; with
-    `threshold`, drop candidates whose dense score is `>= weakest positive's score - threshold`)."""
-    rows = clean_candidates(rows, pos_offsets, pos_rows, np.shape(rows)[1])
+    `threshold`, drop candidates whose dense score is `>= weakest positive's score - threshold`). The dense
+    scores are `query_emb . passage_emb[row]`, or `scores[Q, K]` (aligned with `rows`) when the candidates were
+    mined with their scores (memory documents have no row in `passage_emb`)."""
+    if scores is None:
+        rows = clean_candidates(rows, pos_offsets, pos_rows, np.shape(rows)[1])
+    else:
+        rows, scores = clean_candidates(rows, pos_offsets, pos_rows, np.shape(rows)[1], values=scores)
     if not skip_top and threshold is None:
         return rows
-    scores = reference = None
+    reference = None
     if threshold is not None:
-        scores = dense_scores(query_emb, passage_emb, rows)
+        if scores is None:
+            scores = dense_scores(query_emb, passage_emb, rows)
         reference = positive_scores(query_emb, passage_emb, pos_offsets, pos_rows)
     return denoise(rows, skip_top=skip_top, scores=scores, threshold=threshold, reference=reference)

@@ -3,12 +3,17 @@
 A table is immutable and versioned: a refresh builds a new table and the training loop swaps its reference
 between steps, so a sampler never sees a half-updated table. Candidates are corpus ROW indices (int32, -1
 padded), positives are removed when the table is built and checked again on construction.
+
+Rows past the training corpus name documents of augmentation memories (`memory_ids`, the `memory` source of
+`jdr.negatives.memory`): the training corpus keeps its plain ids and rows [0, N); memory documents are rows N, N+1,
+... with ids `"memory:docid"`. Positives and `random` draws stay in the training corpus.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
@@ -137,7 +142,9 @@ class NegativesTable:
     many negatives each query gets from that source per sample (`random` needs no candidates); `depth` is the
     ranked prefix sampled from (ANCE: 200). Sources are drawn in sorted-name order with `random` last, so a
     table samples identically after a checkpoint round trip. `timings` (encode_s, index_s, mine_s, ...) is
-    informational and not checkpointed. Build with `NegativesTable.create`.
+    informational and not checkpointed. `memory_ids`: ids of the rows after the corpus (augmentation memories'
+    documents, `"memory:docid"`): candidates may name them, positives and `random` draws never do. Build with
+    `NegativesTable.create`.
     """
 
     qids: tuple[str, ...]
@@ -151,11 +158,13 @@ class NegativesTable:
     source: str = ""
     created_step: int = 0
     timings: Mapping[str, float] | None = None
+    memory_ids: tuple[str, ...] = ()
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass normalisation
         set_("qids", tuple(self.qids))
         set_("corpus_ids", tuple(self.corpus_ids))
+        set_("memory_ids", tuple(self.memory_ids))
         n, q = len(self.corpus_ids), len(self.qids)
         set_("pos_offsets", _frozen(self.pos_offsets, np.int64))
         set_("pos_rows", _frozen(self.pos_rows, np.int32))
@@ -177,7 +186,7 @@ class NegativesTable:
             c = _frozen(self.candidates[name], np.int32)
             if c.ndim != 2 or c.shape[0] != q:
                 raise ValueError(f"candidates[{name!r}] must be [{q}, K], got shape {c.shape}")
-            _check_rows(name, c, self.pos_offsets, self.pos_rows, n)
+            _check_rows(name, c, self.pos_offsets, self.pos_rows, n + len(self.memory_ids))
             cands[name] = c
         set_("candidates", MappingProxyType(cands))
         set_("counts", MappingProxyType({k: counts[k] for k in ranked + ([RANDOM] if RANDOM in counts else [])}))
@@ -191,9 +200,11 @@ class NegativesTable:
     def create(cls, qids: Sequence[str], corpus_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
                candidates: Mapping[str, np.ndarray], counts: Mapping[str, int], depth: int, *,
                corpus_index: Mapping[str, int] | None = None, version: int = 0, source: str = "",
-               created_step: int = 0, timings: Mapping[str, float] | None = None) -> "NegativesTable":
+               created_step: int = 0, timings: Mapping[str, float] | None = None,
+               memory_ids: Sequence[str] = ()) -> "NegativesTable":
         """Build a table from raw rankings: `candidates[name]` is `[Q, K]` corpus rows (best first, -1 allowed,
-        positives allowed: they are filtered here). `corpus_index` (doc id -> row) saves rebuilding it."""
+        positives allowed: they are filtered here). `corpus_index` (doc id -> row) saves rebuilding it.
+        `memory_ids`: the documents of rows `len(corpus_ids)...` (see the class docstring)."""
         if corpus_index is None:
             corpus_index = {d: i for i, d in enumerate(corpus_ids)}
         offsets, pos = positives_csr(qids, qrels, corpus_index)
@@ -201,7 +212,7 @@ class NegativesTable:
         # depth 200) is not padded to `depth` (-1 columns cost 4 bytes a query each and sample nothing)
         cleaned = {k: clean_candidates(c, offsets, pos, max(1, np.shape(c)[1])) for k, c in candidates.items()}
         return cls(qids, corpus_ids, offsets, pos, cleaned, counts, depth, version, source or _default_source(counts),
-                   created_step, timings)
+                   created_step, timings, tuple(memory_ids))
 
     @property
     def num_negatives(self) -> int:
@@ -213,10 +224,15 @@ class NegativesTable:
         i = self._row(qid)
         return self.pos_rows[self.pos_offsets[i]:self.pos_offsets[i + 1]]
 
+    def doc_id(self, row: int) -> str:
+        """The id of table row `row`: a corpus doc id, or past the corpus a memory document's `"memory:docid"`."""
+        n = len(self.corpus_ids)
+        return self.corpus_ids[row] if row < n else self.memory_ids[row - n]
+
     def ranked(self, qid: str, source: str) -> list[str]:
         """`qid`'s stored candidates of `source`, best first, as doc ids (for inspection and tests)."""
         c = self.candidates[source][self._row(qid)]
-        return [self.corpus_ids[r] for r in c[c >= 0]]
+        return [self.doc_id(r) for r in c[c >= 0].tolist()]
 
     def sample_rows(self, qid: str, rng: np.random.Generator) -> np.ndarray:
         """`num_negatives` distinct corpus rows for `qid`, none a positive, grouped by source (sorted names,
@@ -261,7 +277,7 @@ class NegativesTable:
 
     def sample(self, qid: str, rng: np.random.Generator) -> list[str]:
         """`sample_rows` as doc ids: exactly `num_negatives` distinct non-positive docs for `qid`."""
-        return [self.corpus_ids[r] for r in self.sample_rows(qid, rng)]
+        return [self.doc_id(r) for r in self.sample_rows(qid, rng).tolist()]
 
     def replace_candidates(self, source: str, rows: np.ndarray, query_mask: np.ndarray | None = None, *,
                            counts: Mapping[str, int] | None = None, **fields) -> "NegativesTable":
@@ -290,7 +306,8 @@ class NegativesTable:
         """The table as a nested dict of integer numpy arrays (orbax-checkpointable; no strings, no pickle).
 
         Queries are stored as indexes into their sorted order (= `sorted(qrels)` of the training qrels), the
-        source name as UTF-8 bytes; `timings` is dropped.
+        source name as UTF-8 bytes, the memory documents as their count and a CRC32 of their ids (`meta[4:6]`; a
+        restore needs the same memories); `timings` is dropped.
         """
         order = {q: i for i, q in enumerate(sorted(self.qids))}
         return {
@@ -299,18 +316,25 @@ class NegativesTable:
             "pos_rows": np.array(self.pos_rows),
             "candidates": {k: np.array(v) for k, v in self.candidates.items()},
             "counts": {k: np.asarray(v, dtype=np.int64) for k, v in self.counts.items()},
-            "meta": np.asarray([self.version, self.created_step, self.depth, len(self.corpus_ids)], dtype=np.int64),
+            "meta": np.asarray([self.version, self.created_step, self.depth, len(self.corpus_ids),
+                                len(self.memory_ids), _ids_crc(self.memory_ids)], dtype=np.int64),
             "source": np.frombuffer(self.source.encode(), dtype=np.uint8).copy(),
         }
 
     @classmethod
-    def from_arrays(cls, d: Mapping, corpus_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]]
-                    ) -> "NegativesTable":
-        """Inverse of `to_arrays` given the same training data. `qrels` holds exactly the table's training queries; a
-        table that does not match the corpus or the qrels is a ValueError."""
-        version, created_step, depth, n = (int(x) for x in np.asarray(d["meta"]))
+    def from_arrays(cls, d: Mapping, corpus_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
+                    memory_ids: Sequence[str] = ()) -> "NegativesTable":
+        """Inverse of `to_arrays` given the same training data (and memory documents). `qrels` holds exactly the
+        table's training queries; a table that does not match the corpus, the memories or the qrels is a ValueError.
+        A table saved before memories existed (4 meta fields) has none."""
+        meta = [int(x) for x in np.asarray(d["meta"])]
+        version, created_step, depth, n = meta[:4]
+        n_mem, crc = meta[4:6] if len(meta) >= 6 else (0, 0)
         if n != len(corpus_ids):
             raise ValueError(f"negatives table was built for a corpus of {n} docs, this corpus has {len(corpus_ids)}")
+        if n_mem != len(memory_ids) or crc != _ids_crc(memory_ids):
+            raise ValueError(f"negatives table was built with {n_mem} memory documents (ids CRC32 {crc}), this run "
+                             f"has {len(memory_ids)} (CRC32 {_ids_crc(memory_ids)}): other negatives.memories")
         sorted_qids = sorted(qrels)
         idx = np.asarray(d["qid_sorted_index"])
         if len(idx) != len(sorted_qids) or (len(idx) and (idx.min() < 0 or idx.max() >= len(sorted_qids))):
@@ -318,7 +342,7 @@ class NegativesTable:
         qids = [sorted_qids[i] for i in idx]
         table = cls(qids, corpus_ids, d["pos_offsets"], d["pos_rows"], dict(d.get("candidates") or {}),
                     {k: int(np.asarray(v)) for k, v in d["counts"].items()}, depth, version,
-                    bytes(np.asarray(d["source"], dtype=np.uint8)).decode(), created_step)
+                    bytes(np.asarray(d["source"], dtype=np.uint8)).decode(), created_step, memory_ids=memory_ids)
         for q in qids:
             stored = {table.corpus_ids[r] for r in table.positives(q).tolist()}
             if stored != {doc for doc, rel in qrels[q].items() if rel > 0}:
@@ -329,7 +353,8 @@ class NegativesTable:
     def __repr__(self) -> str:
         shapes = {k: v.shape for k, v in self.candidates.items()}
         return (f"NegativesTable(v{self.version}, source={self.source!r}, step={self.created_step}, "
-                f"queries={len(self.qids)}, corpus={len(self.corpus_ids)}, counts={dict(self.counts)}, "
+                f"queries={len(self.qids)}, corpus={len(self.corpus_ids)}, memory_docs={len(self.memory_ids)}, "
+                f"counts={dict(self.counts)}, "
                 f"depth={self.depth}, candidates={shapes})")
 
     def _row(self, qid: str) -> int:
@@ -337,6 +362,14 @@ class NegativesTable:
             return self._qindex[qid]
         except KeyError:
             raise KeyError(f"query {qid!r} is not a training query of this negatives table") from None
+
+
+def _ids_crc(ids: Sequence[str]) -> int:
+    """CRC32 of the ids, one per line (0 for none): a cheap check that a checkpoint's rows mean the same docs."""
+    crc = 0
+    for i in range(0, len(ids), 65536):  # in chunks: no second copy of a million ids as one string
+        crc = zlib.crc32("".join(f"{x}\n" for x in ids[i:i + 65536]).encode(), crc)
+    return crc
 
 
 def _default_source(counts: Mapping[str, int]) -> str:

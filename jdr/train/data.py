@@ -1,7 +1,8 @@
 """From the config's `data` and `negatives` sections to the training source the trainer consumes.
 
 Everything that can be wrong with the data files or these config sections fails here, in one line, before any
-compile: a missing file, a bad row, an unknown source kind, a `file` negatives source on data without negatives.
+compile: a missing file, a bad row, an unknown source kind, a `file` negatives source on data without negatives,
+an augmentation memory the model cannot search (`jdr.train.memories`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ WARM_STARTS = ("bm25", "file", "random")
 class TrainingData:
     """What a run trains on. `source`: the stream of global batches. `labeled`: the single labelled source the
     ANCE refresh re-mines and the dev split comes from (for a mixture, its first member); `dev`: the held-out
-    dev queries with their qrels over that source's corpus (None when `data.dev_queries` is 0)."""
+    dev queries with their qrels over that source's corpus (None when `data.dev_queries` is 0); `memory`: the
+    `memory` negatives source's miner (`jdr.negatives.memory.MemoryNegatives`) the refresh re-mines with, or None."""
 
     source: TrainingSource
     labeled: LabeledSource | None
     dev: LabeledData | None
+    memory: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source.describe(), "dev_queries": 0 if self.dev is None else len(self.dev.qrels)}
@@ -105,9 +108,61 @@ def _path(value: str, key: str) -> str:
     return value
 
 
+def dense_encoders(data: LabeledData, spec, tokenizer, *, batch_size: int, sharded: bool):
+    """`(encode_corpus(params) -> [N, d], encode_queries(params, qids) -> [len(qids), d])` over `data`'s corpus
+    (row order) and queries with the passage / query tower: what mining with the model being trained embeds.
+    `sharded`: hosts split the corpus and all-gather (`encode_sharded`); never from a background thread, where the
+    collective could interleave with the train step's."""
+    from jdr.distributed import encode_sharded
+    from jdr.models.inference import encode_texts
+
+    kw = dict(batch_size=batch_size, progress=False)
+
+    def encode_corpus(params):
+        def local(texts):
+            return encode_texts(params, spec, tokenizer, texts, tower="passage", **kw)
+
+        passages = data.corpus.passages()
+        return encode_sharded(local, passages) if sharded else local(passages)
+
+    def encode_queries(params, qids):
+        return encode_texts(params, spec, tokenizer, [data.queries[q] for q in qids], tower="query", **kw)
+
+    return encode_corpus, encode_queries
+
+
+def token_encoders(source: LabeledSource, spec, *, batch_size: int, sharded: bool):
+    """`dense_encoders` over a built source's token stores: the corpus rows and training queries it tokenised once
+    (`PretokenizedTexts.ragged` -> `encode_token_ids`), so an ANCE refresh never re-tokenises. Augmentation
+    passages the store holds after the corpus (memory negatives) are not encoded: their memories are fixed."""
+    from jdr.distributed import encode_sharded
+    from jdr.models.inference import encode_token_ids
+
+    passages, queries = source.passage_tokens, source.query_tokens
+
+    def encode_rows(params, store, rows, tower):
+        tokens, offsets = store.ragged(rows)
+        return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=store.pad_id,
+                                max_length=store.max_length, batch_size=batch_size, progress=False)
+
+    def encode_corpus(params):
+        def local(rows):
+            return encode_rows(params, passages, rows, "passage")
+
+        rows = np.arange(len(source.data.corpus))
+        return encode_sharded(local, rows) if sharded else local(rows)
+
+    def encode_queries(params, qids):
+        return encode_rows(params, queries, queries.rows(qids, "query"), "query")
+
+    return encode_corpus, encode_queries
+
+
 def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size: int, n_dev: int,
-                   key_prefix: str = "") -> tuple[LabeledSource, LabeledData | None]:
-    """The source over `data` (dev queries held out) with its initial negatives table, and the dev split."""
+                   key_prefix: str = "", memory=None, params=None) -> tuple[LabeledSource, LabeledData | None]:
+    """The source over `data` (dev queries held out) with its initial negatives table, and the dev split.
+    `memory`: `(MemoryNegatives, MemoryPassages)` of `jdr.train.memories.load_memories` for `memory` negatives,
+    mined here with the model's `params` (training queries and corpus embedded at the start of training)."""
     from jdr.negatives.sources import build_table
 
     # queries without a positive judgment are neither trained on nor held out (a Tevatron file cannot hold them)
@@ -121,15 +176,22 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
         if data.negatives is not None:  # only what the table can sample: MS MARCO's triples list ~1000 a query
             max_pos = max(sum(r > 0 for r in train_qrels[q].values()) for q in train_qids)
             file_rows = data.negatives.ranked_rows(train_qids, cfg.negatives.depth + cfg.negatives.skip_top + max_pos)
+        dense = {}
+        if memory is not None:
+            encode_corpus, encode_queries = dense_encoders(data, spec, tokenizer, sharded=True,
+                                                           batch_size=cfg.negatives.refresh_batch_size)
+            dense = dict(memory=memory[0], query_emb=encode_queries(params, train_qids),
+                         passage_emb=encode_corpus(params))
         try:
             table = build_table(warm_start_counts(counts, cfg.negatives.warm_start), data.corpus, data.queries,
                                 train_qrels, train_qids, depth=cfg.negatives.depth, seed=cfg.seed,
-                                skip_top=cfg.negatives.skip_top, file_rows=file_rows)
+                                skip_top=cfg.negatives.skip_top, file_rows=file_rows, **dense)
         except ValueError as e:
             raise ConfigError(f"{data.name}: {e}") from None
     source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,
                            passage_max_length=spec.passage_max_length, global_batch_size=global_batch_size,
-                           num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix)
+                           num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix,
+                           memory_passages=None if memory is None else memory[1])
     dev = None
     if dev_qids:
         dev = LabeledData(data.corpus, {q: data.queries[q] for q in dev_qids}, {q: data.qrels[q] for q in dev_qids},
@@ -156,15 +218,32 @@ def parse_members(spec: str) -> list[tuple[str, str, float]]:
     return members
 
 
-def build_training_data(cfg, tokenizer, spec) -> TrainingData:
-    """Load the data the config names and build the run's training source (see `TrainingData`)."""
+def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
+    """Load the data the config names and build the run's training source (see `TrainingData`). `params`: the
+    model at the start of training, which mines `memory` negatives (needed only for them)."""
     batch = cfg.train.global_batch_size
+    counts = negative_counts(cfg)
+    if cfg.negatives.memories and "memory" not in counts:
+        raise ConfigError("negatives.memories is set but no negatives come from them: set negatives.source=memory "
+                          "or name memory:N in negatives.hybrid")
+    if "memory" in counts and cfg.data.source in ("selfsup", "mixture"):
+        raise ConfigError(f"negatives source 'memory' mines the queries of one labelled source; data.source="
+                          f"{cfg.data.source} has {'none' if cfg.data.source == 'selfsup' else 'several'}")
     if cfg.data.source == "selfsup":
         return TrainingData(selfsup_source(cfg, tokenizer, spec), None, None)
     if cfg.data.source != "mixture":
         data = load_labeled(cfg.data.source, cfg)
-        source, dev = labeled_source(data, cfg, tokenizer, spec, global_batch_size=batch, n_dev=cfg.data.dev_queries)
-        return TrainingData(source, source, dev)
+        memory = None
+        if "memory" in counts:
+            from jdr.models.encoder import embedding_dim
+            from jdr.train.memories import load_memories
+
+            if params is None:
+                raise ValueError("negatives source 'memory' is mined with the model: pass its params")
+            memory = load_memories(cfg, data, embedding_dim(params, spec))
+        source, dev = labeled_source(data, cfg, tokenizer, spec, global_batch_size=batch, n_dev=cfg.data.dev_queries,
+                                     memory=memory, params=params)
+        return TrainingData(source, source, dev, None if memory is None else memory[0])
     members = parse_members(cfg.data.mixture.members)
     same = cfg.data.mixture.same_source_batches
     try:

@@ -186,38 +186,22 @@ def _swap(run, table, refresh, writer, step: int) -> None:
 
 
 def _refresh_hook(run):
-    """The ANCE refresh: encode corpus + training queries with a params snapshot, faiss, mine, new table. The texts
-    are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
-    from jdr.distributed import encode_sharded
-    from jdr.models.inference import encode_token_ids
+    """The ANCE refresh: encode corpus + training queries with a params snapshot, re-mine the dense sources (`ann`:
+    faiss over the corpus; `memory`: the re-encoded corpus with the fixed augmentation memories), new table. The
+    texts are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
     from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
-    from jdr.train.data import negative_counts
+    from jdr.train.data import negative_counts, token_encoders
 
     cfg = run.cfg.negatives
     labeled = run.training.labeled
-    passages, queries = labeled.passage_tokens, labeled.query_tokens
-
-    def encode_rows(params, store, rows, tower):
-        tokens, offsets = store.ragged(rows)
-        return encode_token_ids(params, run.spec, tokens, offsets, tower=tower, pad_token_id=store.pad_id,
-                                max_length=store.max_length, batch_size=cfg.refresh_batch_size, progress=False)
-
-    def encode_corpus(params):
-        def local(rows):
-            return encode_rows(params, passages, rows, "passage")
-
-        # Sync refresh: hosts split the corpus and all-gather. Async: the build runs in a background thread,
-        # where a cross-host collective could interleave with the train step's, so each host encodes it all.
-        rows = np.arange(len(passages))
-        return encode_sharded(local, rows) if cfg.refresh_mode == "sync" else local(rows)
-
-    def encode_queries(params, qids):
-        return encode_rows(params, queries, queries.rows(qids, "query"), "query")
-
+    # Sync refresh: hosts split the corpus and all-gather. Async: the build runs in a background thread, where a
+    # cross-host collective could interleave with the train step's, so each host encodes it all.
+    encode_corpus, encode_queries = token_encoders(labeled, run.spec, batch_size=cfg.refresh_batch_size,
+                                                   sharded=cfg.refresh_mode == "sync")
     refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
                                    refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
                                    denoise_threshold=cfg.denoise_threshold, seed=run.cfg.seed,
                                    counts=negative_counts(run.cfg))
     build = ann_build_fn(encode_corpus, encode_queries, labeled.data.corpus, labeled.train_qids, labeled.train_qrels,
-                         refresh_cfg, initial=labeled.table)
+                         refresh_cfg, initial=labeled.table, memory=run.training.memory)
     return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=labeled.table.version)

@@ -121,8 +121,9 @@ def prepare(cfg, workdir) -> Run:
     model_dir = resolve_model(cfg.model.path)
     params, spec, tokenizer = load(model_dir, tied=cfg.model.tied, dtype=cfg.model.dtype,
                                    query_max_length=cfg.model.query_max_length,
-                                   passage_max_length=cfg.model.passage_max_length)
-    training = build_training_data(cfg, tokenizer, spec)
+                                   passage_max_length=cfg.model.passage_max_length,
+                                   pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
     batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
                            pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),
                            process_index=jax.process_index(), process_count=jax.process_count(),
@@ -271,7 +272,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                     from jdr.negatives.table import NegativesTable
 
                     labeled.set_table(NegativesTable.from_arrays(extras["negatives"], labeled.data.corpus.ids,
-                                                                 labeled.train_qrels))
+                                                                 labeled.train_qrels, labeled.memory_ids))
                 run.source.restore(extras["iterator_state"])
                 log.info("resumed from step %d", start_step)
 
