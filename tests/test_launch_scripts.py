@@ -118,8 +118,9 @@ def test_run_restarting_reruns_on_exit_75_only(tmp_path):
 def test_run_restarting_passes_its_own_sigterm_on_and_does_not_rerun(tmp_path):
     """The machine going down signals the wrapper: jdr gets the SIGTERM, saves, and the wrapper exits 75."""
     child = tmp_path / "child.sh"
-    child.write_text("#!/usr/bin/env bash\necho run >> \"$0.calls\"\n"
-                     "trap 'echo saved >> \"$0.calls\"; exit 75' TERM\nsleep 30 & wait\n")
+    # The trap is set before the "run" line appears: the test signals as soon as it sees that line.
+    child.write_text("#!/usr/bin/env bash\ntrap 'echo saved >> \"$0.calls\"; exit 75' TERM\n"
+                     "echo run >> \"$0.calls\"\nsleep 30 & wait\n")
     child.chmod(0o755)
     proc = subprocess.Popen(["bash", str(SCRIPTS / "run_restarting.sh"), str(child)], stderr=subprocess.PIPE,
                             text=True)

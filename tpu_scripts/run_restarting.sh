@@ -17,9 +17,11 @@ if (($# == 0)) || [[ "$1" == -h || "$1" == --help ]]; then
 fi
 
 terminating=0
+interrupted=0
 child=""
 on_term() {
   terminating=1
+  interrupted=1
   if [[ -n "$child" ]]; then
     kill -TERM "$child" 2> /dev/null || true
   fi
@@ -32,7 +34,10 @@ while true; do
   child=$!
   rc=0
   wait "$child" || rc=$?
-  while kill -0 "$child" 2> /dev/null; do  # `wait` returned early for the trap: wait for the real exit
+  # A trapped signal makes `wait` return 128+n at once; the child's own exit status is collected by waiting again
+  # (bash keeps it until it is waited for, even if the child has already exited).
+  while ((interrupted)); do
+    interrupted=0
     rc=0
     wait "$child" || rc=$?
   done
