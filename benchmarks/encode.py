@@ -39,6 +39,10 @@ def child_jdr(args) -> dict:
     """Time jdr's encode_texts; FLOPs from XLA's cost analysis of every bucket the texts use."""
     import dataclasses
 
+    from jdr.malloc import tune_malloc
+
+    tune_malloc()  # what the `jdr` command does first (JDR_MALLOC=system: glibc defaults)
+
     import jax
     import numpy as np
 

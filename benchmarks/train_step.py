@@ -48,6 +48,9 @@ def time_calls(fn, steps: int) -> float:
 
 def bench_jdr(args, model_dir, batch) -> dict:
     """examples/s and achieved FLOP/s of the pmapped jdr step (data-parallel over local devices)."""
+    from jdr.malloc import tune_malloc
+
+    tune_malloc()  # what the `jdr` command does first (JDR_MALLOC=system: glibc defaults)
     import jax
 
     from jdr.models import encoder as enc

@@ -165,6 +165,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.eval.every = 100  # Dev evaluation every N optimizer steps (0 = only at the end); top 100 retrieved.
     c.eval.factory = "Flat"  # faiss index for evaluation.
     c.eval.batch_size = 128  # Encoding batch size for evaluation.
+    c.eval.passage_max_length = 0  # Passage tokens in dev and test evaluation (0 = model.passage_max_length).
     c.eval.corpus_sample = 0  # Dev eval over dev positives + N seeded random docs (0 = full corpus; a CPU proxy).
     c.eval.metric = "ndcg@10"  # Dev metric that picks the best checkpoint (steps with a dev score of their own).
     c.eval.final_test = True  # Evaluate the final model on `data.test_split`.

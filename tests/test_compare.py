@@ -165,16 +165,26 @@ def test_cli_errors_name_file_and_line(runs, toy_beir, capsys):
 
 
 @pytest.mark.slow  # one tiny `jdr train` (compile-bound: ~45 s alone, ~110 s on a loaded 2-core machine)
-def test_train_workdir_writes_its_test_run(tiny_model, toy_beir, tmp_path, capsys):
+def test_train_workdir_writes_its_test_run(tiny_model, toy_beir, tmp_path, capsys, monkeypatch):
     """The end-of-run test evaluation leaves test_run.trec in the workdir; `jdr compare` scores it exactly as the
-    run's own final metrics."""
+    run's own final metrics. The evaluation cuts passages at eval.passage_max_length, not the training length."""
     from jdr.config import load_config
+    from jdr.train import hooks
     from jdr.train.trainer import train
 
+    lengths, real_evaluate_model = [], hooks.evaluate_model
+
+    def recording_evaluate_model(*args, **kwargs):
+        lengths.append(kwargs.get("passage_max_length"))
+        return real_evaluate_model(*args, **kwargs)
+
+    monkeypatch.setattr(hooks, "evaluate_model", recording_evaluate_model)
     cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=2",
                                           "eval.every=0", "checkpoint.every=0", "export.at_end=false",
-                                          "data.dev_queries=0"])
+                                          "data.dev_queries=0", "eval.passage_max_length=24"])
+    assert cfg.model.passage_max_length != 24
     final = train(cfg, tmp_path / "run", progress=False)
+    assert lengths == [24]
     assert (tmp_path / "run" / TEST_RUN).is_file()
     capsys.readouterr()
     assert main(["compare", "--data", str(toy_beir), "--split", "test", str(tmp_path / "run"),

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the `jdr` console script. Bad user input prints `jdr: error: <one line>` and returns 2."""
     from jdr.config import ConfigError, split_config_args
+    from jdr.malloc import tune_malloc
 
+    tune_malloc()  # before jax allocates anything: see jdr/malloc.py
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv, overrides = split_config_args(argv)

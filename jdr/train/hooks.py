@@ -76,7 +76,9 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None) -> Hooks
     cfg, primary = run.cfg, jax.process_index() == 0
     dev = dev_split(run.training.dev, cfg.eval.corpus_sample, cfg.seed)
     labeled = run.training.labeled
-    eval_kwargs = dict(factory=cfg.eval.factory, batch_size=cfg.eval.batch_size, k=DEV_TOP_K)
+    # Training may cut passages shorter than evaluation does (e.g. train at 128, evaluate at 256 tokens).
+    eval_length = dict(passage_max_length=cfg.eval.passage_max_length or None)
+    eval_kwargs = dict(factory=cfg.eval.factory, batch_size=cfg.eval.batch_size, k=DEV_TOP_K, **eval_length)
     hooks: list = []
     saved = {"step": None}
 
@@ -172,7 +174,7 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None) -> Hooks
             with phase("test_eval"):  # the run file is for `jdr compare`
                 final.update({f"test/{k}": v for k, v in evaluate_model(
                     params, run.spec, run.tokenizer, test, factory=cfg.eval.factory, batch_size=cfg.eval.batch_size,
-                    k=1000, run_output=run.workdir / TEST_RUN if primary else None)})
+                    k=1000, run_output=run.workdir / TEST_RUN if primary else None, **eval_length)})
             final["test/eval_seconds"] = time.perf_counter() - t0
             writer.write(loop.step, {k[5:]: v for k, v in final.items() if k.startswith("test/")}, prefix="test")
         return final
