@@ -41,7 +41,7 @@ def child_jdr(args) -> dict:
 
     from jdr.malloc import tune_malloc
 
-    tune_malloc()  # what the `jdr` command does first (JDR_MALLOC=system: glibc defaults)
+    tune_malloc()  # what the `jdr` command does first (acts only with JDR_MALLOC=heap)
 
     import jax
     import numpy as np

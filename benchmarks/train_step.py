@@ -50,7 +50,7 @@ def bench_jdr(args, model_dir, batch) -> dict:
     """examples/s and achieved FLOP/s of the pmapped jdr step (data-parallel over local devices)."""
     from jdr.malloc import tune_malloc
 
-    tune_malloc()  # what the `jdr` command does first (JDR_MALLOC=system: glibc defaults)
+    tune_malloc()  # what the `jdr` command does first (acts only with JDR_MALLOC=heap)
     import jax
 
     from jdr.models import encoder as enc

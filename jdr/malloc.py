@@ -1,15 +1,16 @@
-"""Keep XLA:CPU's large temporary buffers in the heap instead of fresh page-faulting mmaps.
+"""Opt-in (JDR_MALLOC=heap): keep XLA:CPU's large temporary buffers in glibc's heap instead of fresh mmaps.
 
 XLA:CPU allocates each executable's temporaries (attention scores, activations: tens to hundreds of MiB) with
 malloc and frees them when the executable returns. glibc serves blocks that large with mmap and returns them with
-munmap, so every layer of every batch touches fresh pages: on the 2-core CPU an encode spent ~18 % of its CPU
-time in the kernel (10 M minor page faults for 512 passages) and ran at 14.2 docs/s. Tuning glibc to serve
-everything from one heap that it never trims (the same settings as GLIBC_TUNABLES=glibc.malloc.arena_max=1:
-glibc.malloc.mmap_max=0:...) removed 98 % of the kernel time: 19.8 docs/s, same run (benchmarks/results/
-malloc_ab.md). The price is that freed memory stays with the process (peak RSS of that encode 1.29 -> 1.72 GiB).
+munmap, so every layer of every batch touches fresh pages: an encode of 256 SciFact passages spent ~19 % of its CPU
+time in the kernel (10 M minor page faults). Serving everything from one heap that is never trimmed (what
+GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:... does) made that encode 1.18x faster
+(benchmarks/results/malloc_ab.md).
 
-`jdr`'s command line and the test suite call `tune_malloc()` first thing; `JDR_MALLOC=system` leaves glibc's
-defaults (e.g. when an LD_PRELOADed tcmalloc / jemalloc already solves this: both were as fast or faster).
+Not the default, because a training run fragments that heap: an ANCE-experiment `jdr train` under these settings
+grew to 24 GiB resident and was killed by the OOM killer, where it peaks near 9 GiB with glibc's defaults. Use it
+for encode / search / evaluate jobs; for everything, LD_PRELOAD a tcmalloc (as fast or faster in the same A/B,
+and it returns memory) — jdr stands aside when another allocator is preloaded.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ _done = False
 
 
 def tune_malloc() -> bool:
-    """Apply the settings above to this process's glibc malloc, once. Returns True if they are in effect; False
-    (and changes nothing) with JDR_MALLOC=system, another allocator preloaded, or no glibc (macOS, musl)."""
+    """With JDR_MALLOC=heap, apply the settings above to this process's glibc malloc, once. Returns True if they
+    are in effect; False (and changes nothing) otherwise: not asked, another allocator preloaded, or no glibc."""
     global _done
     if _done:
         return True
-    if os.environ.get("JDR_MALLOC", "").lower() == "system" or "malloc" in os.environ.get("LD_PRELOAD", ""):
+    if os.environ.get("JDR_MALLOC", "").lower() != "heap" or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
     name = ctypes.util.find_library("c")
     try:

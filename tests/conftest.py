@@ -12,10 +12,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from jdr.malloc import tune_malloc  # noqa: E402
-
-tune_malloc()  # as the `jdr` command does, before jax allocates: see jdr/malloc.py
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -17,10 +17,10 @@ def _probe(**env) -> str:
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_tune_malloc_applies_on_glibc_unless_told_not_to():
-    assert _probe() == "True"
-    assert _probe(JDR_MALLOC="system") == "False"
-    assert _probe(LD_PRELOAD="libtcmalloc_minimal.so.4") == "False"  # another allocator: leave it alone
+def test_tune_malloc_applies_only_when_asked():
+    assert _probe(JDR_MALLOC="heap") == "True"
+    assert _probe() == "False"  # the default: glibc's own settings
+    assert _probe(JDR_MALLOC="heap", LD_PRELOAD="libtcmalloc_minimal.so.4") == "False"  # another allocator preloaded
 
 
 def test_python_m_jdr_cli_is_the_jdr_command():

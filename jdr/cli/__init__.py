@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from jdr.config import ConfigError, split_config_args
     from jdr.malloc import tune_malloc
 
-    tune_malloc()  # before jax allocates anything: see jdr/malloc.py
+    tune_malloc()  # only with JDR_MALLOC=heap; before jax allocates anything: see jdr/malloc.py
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv, overrides = split_config_args(argv)
