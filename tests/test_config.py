@@ -18,7 +18,8 @@ def test_shipped_configs_load(path):
 
 def test_scifact_configs_differ_only_where_they_say():
     """random vs BM25 negatives compare negatives and nothing else; the main job (ANN) adds only its lengths
-    (train and refresh at 128 tokens, evaluate at 256); its async variant differs in refresh_mode alone."""
+    (train and refresh at 128 tokens, evaluate at 256) and a cheaper evaluation; its async variant differs in
+    refresh_mode alone."""
     from jdr.config import to_dict
 
     root = Path(__file__).parents[1] / "configs"
@@ -32,8 +33,8 @@ def test_scifact_configs_differ_only_where_they_say():
         return out
 
     assert without(runs["bm25"]) == without(runs["rand"])
-    lengths = ("model.passage_max_length", "eval.passage_max_length")
-    assert without(runs["ance"], *lengths) == without(runs["rand"], *lengths)
+    main_job = ("model.passage_max_length", "eval.passage_max_length", "eval.batch_size", "eval.corpus_sample")
+    assert without(runs["ance"], *main_job) == without(runs["rand"], *main_job)
     assert (runs["ance"]["model"]["passage_max_length"], runs["ance"]["eval"]["passage_max_length"]) == (128, 256)
     assert runs["ance_async"] == {**runs["ance"], "negatives": {**runs["ance"]["negatives"], "refresh_mode": "async"}}
     assert [runs[n]["negatives"]["source"] for n in ("rand", "bm25", "ance")] == ["random", "bm25", "ann"]
