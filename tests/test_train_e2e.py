@@ -109,11 +109,13 @@ def test_evaluate_prints_the_checkpoint_and_offers_the_best(tiny_model, toy_beir
     # gradient accumulation: the cadences count optimizer steps, so no checkpoint holds a partial accumulation
     ["negatives.source=random", "train.grad_accum_steps=3"],
 ], ids=["rbg", "ance-rotation", "grad-accum"])
-def test_resume_is_bit_identical(tiny_model, toy_beir, tmp_path, negatives):
+def test_resume_is_bit_identical(tiny_model, toy_beir, tmp_path, negatives, capfd):
     over = ["train.steps=12", "checkpoint.every=4", "eval.every=0", "eval.final_test=false",
             "export.at_end=false", "log.every=1", *negatives]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(_cfg(tiny_model, toy_beir, *over), straight, progress=False)
+    train(_cfg(tiny_model, toy_beir, *over), straight, progress=True)
+    # a synchronous refresh shows its own progress while the step bar stands still
+    assert ("refresh: passage" in capfd.readouterr().err) == ("negatives.source=ann" in negatives)
     # a crash after step 6: steps 5 and 6 ran (and were logged) after the step-4 checkpoint
     out = train(_cfg(tiny_model, toy_beir, *over), resumed, progress=False, stop_at=6)
     assert out["stopped"] and not out["preempted"]

@@ -131,10 +131,11 @@ def dense_encoders(data: LabeledData, spec, tokenizer, *, batch_size: int, shard
     return encode_corpus, encode_queries
 
 
-def token_encoders(source: LabeledSource, spec, *, batch_size: int, sharded: bool):
+def token_encoders(source: LabeledSource, spec, *, batch_size: int, sharded: bool, progress: bool = False):
     """`dense_encoders` over a built source's token stores: the corpus rows and training queries it tokenised once
     (`PretokenizedTexts.ragged` -> `encode_token_ids`), so an ANCE refresh never re-tokenises. Augmentation
-    passages the store holds after the corpus (memory negatives) are not encoded: their memories are fixed."""
+    passages the store holds after the corpus (memory negatives) are not encoded: their memories are fixed.
+    `progress`: a tqdm bar per encode ("refresh: passage", "refresh: query")."""
     from jdr.distributed import encode_sharded
     from jdr.models.inference import encode_token_ids
 
@@ -143,7 +144,8 @@ def token_encoders(source: LabeledSource, spec, *, batch_size: int, sharded: boo
     def encode_rows(params, store, rows, tower):
         tokens, offsets = store.ragged(rows)
         return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=store.pad_id,
-                                max_length=store.max_length, batch_size=batch_size, progress=False)
+                                max_length=store.max_length, batch_size=batch_size, progress=progress,
+                                desc=f"refresh: {tower}")
 
     def encode_corpus(params):
         def local(rows):

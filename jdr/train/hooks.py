@@ -69,10 +69,11 @@ def within_depth(name: str, k: int) -> bool:
     return cutoff is None or int(cutoff.group(1)) <= k
 
 
-def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None) -> Hooks:
+def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress: bool = False) -> Hooks:
     """Wire logging, negatives refresh, dev evaluation, checkpointing and the preemption check for `run` (a
     `trainer.Run`). `preemption`: a `jdr.train.preemption.PreemptionWatch`, checked after every step; when it
-    fires, every process saves a checkpoint of that step and the loop stops (`loop.stop = "preempted"`)."""
+    fires, every process saves a checkpoint of that step and the loop stops (`loop.stop = "preempted"`).
+    `progress`: show a bar while a synchronous refresh encodes (the step bar stands still meanwhile)."""
     cfg, primary = run.cfg, jax.process_index() == 0
     dev = dev_split(run.training.dev, cfg.eval.corpus_sample, cfg.seed)
     labeled = run.training.labeled
@@ -89,7 +90,7 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None) -> Hooks
 
     refresh = None
     if cfg.negatives.refresh_every > 0 and labeled is not None and labeled.table is not None:
-        refresh = _refresh_hook(run)
+        refresh = _refresh_hook(run, progress=progress and primary)
 
         class _Poll:
             every, needs_metrics, at_end, name = 1, False, False, "refresh"
@@ -187,7 +188,7 @@ def _swap(run, table, refresh, writer, step: int) -> None:
     writer.write(step, refresh.history[-1].metrics(), prefix="negatives")
 
 
-def _refresh_hook(run):
+def _refresh_hook(run, *, progress: bool = False):
     """The ANCE refresh: encode corpus + training queries with a params snapshot, re-mine the dense sources (`ann`:
     faiss over the corpus; `memory`: the re-encoded corpus with the fixed augmentation memories), new table. The
     texts are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
@@ -198,8 +199,9 @@ def _refresh_hook(run):
     labeled = run.training.labeled
     # Sync refresh: hosts split the corpus and all-gather. Async: the build runs in a background thread, where a
     # cross-host collective could interleave with the train step's, so each host encodes it all.
+    sync = cfg.refresh_mode == "sync"
     encode_corpus, encode_queries = token_encoders(labeled, run.spec, batch_size=cfg.refresh_batch_size,
-                                                   sharded=cfg.refresh_mode == "sync")
+                                                   sharded=sync, progress=progress and sync)
     refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
                                    refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
                                    denoise_threshold=cfg.denoise_threshold, seed=run.cfg.seed,

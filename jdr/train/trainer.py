@@ -281,7 +281,8 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
             state = replicate(state)
             writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
             watch = PreemptionWatch()
-            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer)
+            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer,
+                                          progress=progress)
 
         def next_batch(step):
             return run.batches(run.source.next_batch())
