@@ -137,8 +137,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.hard_in_batch_k = 0
     c.train.hard_in_batch_weight = 1.0  # Weight of that hinge term, added to the info_nce / triplet loss.
     c.train.dropout = True  # Dropout on during training (the checkpoint's own rates).
-    # PRNG for dropout: "threefry2x32" (same bits on every backend) or "rbg" (XLA's RngBitGenerator: ~15 % faster
-    # train steps on CPU, where threefry masks cost a third of the step; reproducible on the same backend only).
+    # PRNG of the run's keys (per-step fold_in, per-device split): "threefry2x32" (same bits on every backend) or
+    # "rbg" (reproducible on the same backend only). Dropout masks are hashed from those keys (jdr/models/dropout.py),
+    # so the choice no longer changes the step's cost.
     c.train.rng_impl = "threefry2x32"
 
     c.moco = ml_collections.ConfigDict()
