@@ -4,24 +4,13 @@ one way to run a side of a benchmark in its own process."""
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import subprocess
 import time
 from pathlib import Path
+from jdr.run_info import cpu_model  # noqa: E402,F401  (re-exported; one definition: jdr/run_info.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def peak_rss_mib() -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from jdr.compare import compare_scores, format_markdown  # noqa: E402
 from jdr.config import load_config, to_dict  # noqa: E402
 from jdr.evaluate import TEST_RUN, per_query_metrics, read_trec_run, write_trec_run  # noqa: E402
 from jdr.io import atomic_write  # noqa: E402
+from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.py)
 
 ROW_ORDER = ("random", "bm25", "ance", "hybrid", "denoised")
 LABELS = {"released": "all-MiniLM-L6-v2 as released (no fine-tuning)", "sparse": "BM25 (bm25s), sparse",
@@ -259,16 +259,6 @@ def build_results(plan: Plan, records: dict[str, list[dict]]) -> dict:
                                           for row, recs in records.items()}
     return {"main": main_cmp, "fusion": fusion_cmp, "labels": labels, "extra": extra, "best_dense": best,
             "dev": dev, "records": records}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_report(plan: Plan, res: dict, out: Path, argv: list[str]) -> str:

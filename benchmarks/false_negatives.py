@@ -18,22 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.py)
 
 
 def count_in_batch(qrels: dict, *, batch: int = 32, epochs: int = 5, seed: int = 0) -> dict:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.py)
 
 
 def _vocab_words() -> list[str]:
@@ -109,13 +109,6 @@ def child(path: str) -> None:
         source.next_batch()
     mark("batches", t0)
     print(json.dumps({"stages": stages, "passages": len(data.corpus), "queries": len(data.queries)}))
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def measure(path: Path, out: Path, label: str, jdr_root: str | None, note: str = "") -> dict:

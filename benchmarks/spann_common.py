@@ -4,7 +4,6 @@ SPANN and faiss IVF-Flat sweeps (recall against vectors scanned per query), and 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -13,16 +12,7 @@ import numpy as np
 
 from jdr.index.clustering import faiss_single_thread
 from jdr.io import atomic_write
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from jdr.run_info import cpu_model  # noqa: E402,F401  (re-exported; one definition: jdr/run_info.py)
 
 
 def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
