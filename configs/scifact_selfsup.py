@@ -8,6 +8,21 @@ override `data.selfsup.*` (and `moco.*`); see the README for the commands.
 
 from jdr.config import train_config
 
+# The table's training rows: row name -> overrides of this config (benchmarks/zero_label.py runs them;
+# tests/test_selfsup_train.py validates each).
+ROWS = {
+    "crop": [],
+    "crop+moco": ["moco.enabled=true", "moco.queue_size=1024", "moco.momentum=0.99"],
+    "ict": ["data.selfsup.pairs=ict", "model.query_max_length=64"],
+    "ict+moco": ["data.selfsup.pairs=ict", "model.query_max_length=64", "moco.enabled=true", "moco.queue_size=1024",
+                 "moco.momentum=0.99"],
+    "simcse": ["data.selfsup.pairs=dropout"],
+    "mirror": ["data.selfsup.pairs=dropout", "data.selfsup.query_augment=span:5"],
+    "esimcse": ["data.selfsup.pairs=dropout", "data.selfsup.passage_augment=repeat:0.32"],
+    "title": ["data.selfsup.pairs=title", "model.query_max_length=64"],
+    "bm25": ["data.selfsup.pairs=bm25", "data.selfsup.query_unit=both", "model.query_max_length=64"],
+}
+
 
 def get_config():
     c = train_config()

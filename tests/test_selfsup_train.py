@@ -2,6 +2,7 @@
 BERT and a raw corpus, no queries or qrels, and learns to retrieve; exact resume of the self-supervised source."""
 
 import json
+import runpy
 
 import jax
 import numpy as np
@@ -123,19 +124,9 @@ def test_pair_source_batches_resume_and_negatives(tmp_path):
         PairSource(CropPairs(tokens, chunk_length=24), global_batch_size=10_000, seed=0)
 
 
-# The SciFact zero-label rows proposed in the README: each must load and validate (no compile, no data read).
-SCIFACT_ROWS = {
-    "crop": [],
-    "crop+moco": ["moco.enabled=true", "moco.queue_size=1024", "moco.momentum=0.99"],
-    "ict": ["data.selfsup.pairs=ict", "model.query_max_length=64"],
-    "ict+moco": ["data.selfsup.pairs=ict", "model.query_max_length=64", "moco.enabled=true", "moco.queue_size=1024",
-                 "moco.momentum=0.99"],
-    "simcse": ["data.selfsup.pairs=dropout"],
-    "mirror": ["data.selfsup.pairs=dropout", "data.selfsup.query_augment=span:5"],
-    "esimcse": ["data.selfsup.pairs=dropout", "data.selfsup.passage_augment=repeat:0.32"],
-    "title": ["data.selfsup.pairs=title", "model.query_max_length=64"],
-    "bm25": ["data.selfsup.pairs=bm25", "data.selfsup.query_unit=both", "model.query_max_length=64"],
-}
+# The SciFact zero-label rows (configs/scifact_selfsup.py's ROWS, run by benchmarks/zero_label.py): each must
+# load and validate (no compile, no data read).
+SCIFACT_ROWS = runpy.run_path("configs/scifact_selfsup.py")["ROWS"]
 
 
 @pytest.mark.parametrize("row", sorted(SCIFACT_ROWS))
