@@ -10,3 +10,10 @@ RESULTS=${JDR_RESULTS:-benchmarks/results}
 CACHE=${JDR_EMB_CACHE:-.cache/emb}
 # 1. zero-label SciFact table (released model, bf16 twin, whitening, 10 training rows)
 "$PY" benchmarks/zero_label.py --cache "$CACHE" --out "$RESULTS/zero_label"
+# 5. SPANN: the memory-size sweep to 1 M (SciFact MiniLM vectors, cached) and the 1 M-vector simulation
+if [ ! -f "$CACHE/minilm_f32/queries/ids.txt" ]; then
+  "$PY" -m jdr.cli encode --model minilm --input ../shared/data/scifact/queries.jsonl --output "$CACHE/minilm_f32/queries" --tower query
+fi
+[ -f "$RESULTS/memory_size_1m.json" ] || "$PY" benchmarks/memory_size.py --corpus-emb "$CACHE/minilm_f32/corpus" \
+  --query-emb "$CACHE/minilm_f32/queries" --sizes 0,100000,1000000 --out "$RESULTS/memory_size_1m" --load-note "queue, shared machine"
+[ -f "$RESULTS/spann_sim_1m.json" ] || "$PY" benchmarks/spann_sim.py --out "$RESULTS/spann_sim_1m" --load-note "queue, shared machine"
