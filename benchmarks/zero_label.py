@@ -66,11 +66,11 @@ def training_rows() -> dict[str, list[str]]:
 
 def encode_store(path: Path, texts_ids, texts, tower: str, dtype: str, max_length: int):
     from jdr.index.store import load_embeddings, save_embeddings
-    from jdr.models.hf import load
+    from jdr.models.hf import find_minilm, load
     from jdr.models.inference import encode_texts
 
     if not (path / "ids.txt").is_file():
-        params, spec, tok = load("minilm", dtype=dtype)
+        params, spec, tok = load(find_minilm(), dtype=dtype)
         emb = encode_texts(params, spec, tok, texts, tower=tower, max_length=max_length, batch_size=64)
         save_embeddings(path, emb, texts_ids, model="minilm", tower=tower)
     emb, ids = load_embeddings(path, mmap=False)
