@@ -116,11 +116,14 @@ def train_row(row: str, overrides: list[str], args, dtype_note: list[str]) -> di
     cmd += [f"--config.{o}" for o in overrides + dtype_note]
     log = Path(args.root) / f"{row}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print("$", " ".join(cmd), flush=True)
-    with open(log, "a") as f:
-        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
-    return {"run": read_trec_run(workdir / TEST_RUN), "command": " ".join(cmd[2:]),
+    if not (workdir / "final_metrics.json").is_file():  # a finished workdir (queue killed before row.json) is reused
+        print("$", " ".join(cmd), flush=True)
+        with open(log, "a") as f:
+            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    timing = workdir / "timing.json"
+    wall = json.loads(timing.read_text()).get("wall_seconds") if timing.is_file() else None
+    return {"run": read_trec_run(workdir / TEST_RUN), "command": " ".join(cmd[2:]), "train_wall_s": wall,
             "final_metrics": json.loads((workdir / "final_metrics.json").read_text())}
 
 
@@ -170,8 +173,10 @@ def write_tables(root: Path, qrels, order: list[str], out: Path, argv: list[str]
     lines += ["Commands (each row):", ""] + [f"- {r}: `{done[r].get('command', 'reference row (see script)')}`"
                                               for r in names]
     lines += ["", f"Reproduce: `python {' '.join(argv)}`"]
-    atomic_write(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write(out.with_suffix(".json"), json.dumps({
+    with atomic_write(out.with_suffix(".md")) as f:
+        f.write("\n".join(lines) + "\n")
+    with atomic_write(out.with_suffix(".json")) as f:
+        f.write(json.dumps({
         "cpu": cpu_model(), "rows": {r: {k: v for k, v in done[r].items() if k != "run"} for r in names},
         "comparison": cmp.to_dict(), "bf16_decision": decision}, indent=2))
 
@@ -219,12 +224,13 @@ def main(argv=None) -> int:
                 over.append("model.dtype=bfloat16")
             rec = train_row(row, over, args, [])
             rec["precision"] = "bfloat16" if "model.dtype=bfloat16" in over else "float32"
-        rec["minutes"] = (time.time() - t0) / 60
+        rec["minutes"] = (rec.get("train_wall_s") or (time.time() - t0)) / 60  # train rows: the run's timing.json
         (root / row).mkdir(parents=True, exist_ok=True)
         run_file = root / row / "row_run.trec"
         write_trec_run(run_file, rec.pop("run"))
         rec["run_file"] = str(run_file)
-        atomic_write(root / row / "row.json", json.dumps(rec, indent=2))
+        with atomic_write(root / row / "row.json") as f:
+            f.write(json.dumps(rec, indent=2))
         write_tables(root, data.qrels, order, Path(args.out), ["benchmarks/zero_label.py"] + (argv or sys.argv[1:]))
         print(f"row {row} done in {rec['minutes']:.1f} min", flush=True)
     return 0
