@@ -9,7 +9,8 @@ from typing import Iterator
 import numpy as np
 import pytrec_eval
 
-from jdr.data.errors import DataError, whitespace_rows
+from jdr.data.lines import whitespace_rows
+from jdr.errors import DataError
 from jdr.index import faiss_index
 from jdr.io import atomic_write
 

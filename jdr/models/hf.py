@@ -15,7 +15,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.io import as_path, atomic_dir
 from jdr.models.bert import BertConfig, BertModel
 from jdr.models.encoder import EncoderSpec, make_params, tower_params

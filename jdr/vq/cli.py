@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jdr.data.beir import BeirData, load_beir, resolve_dataset
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 
 __all__ = ["add_arguments", "run", "Teacher", "load_teacher", "split_queries", "index_metrics"]
 
