@@ -14,7 +14,7 @@ from jdr.config import ConfigError, load_config
 from jdr.data import msmarco
 from jdr.data.batching import BatchBuilder
 from jdr.data.beir import load_beir, load_corpus, load_qrels, load_queries
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.data.mixture import split_rows
 from jdr.data.tevatron import load_tevatron, write_tevatron
 from jdr.data.triplets import load_triplets
