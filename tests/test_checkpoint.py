@@ -1,4 +1,4 @@
-"""Checkpointer (jdr.train.checkpoint): orbax round trips, resume extras, retention, crash safety."""
+"""Checkpointer (jdr.checkpoint): orbax round trips, resume extras, retention, crash safety."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jdr.negatives.table import NegativesTable
-from jdr.train.checkpoint import CheckpointError, Checkpointer
+from jdr.checkpoint import CheckpointError, Checkpointer
 from jdr.train.state import TrainState
 
 
@@ -189,7 +189,7 @@ def test_a_reader_leaves_saves_in_flight_intact(tmp_path):
 def test_load_workdir_is_a_reader(tmp_path, tiny_model):
     """`jdr evaluate --model WORKDIR` while the run trains must not touch the trainer's save in flight."""
     from jdr.models.hf import load
-    from jdr.train.workdir import load_workdir, save_encoder_description
+    from jdr.models.workdir import load_workdir, save_encoder_description
 
     params, spec, _ = load(tiny_model)
     save_encoder_description(tmp_path, spec, tiny_model)
