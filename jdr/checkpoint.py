@@ -28,7 +28,8 @@ import math
 import os
 import time
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -282,7 +283,7 @@ class Checkpointer:
         except OSError:
             return []
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:

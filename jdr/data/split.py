@@ -3,7 +3,7 @@ benchmarks hold out the same queries for the same seed."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

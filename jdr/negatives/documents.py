@@ -5,7 +5,7 @@ its only positive is itself), so random / BM25 / hybrid negatives come from the 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from jdr.negatives.sources import build_table
 

@@ -13,8 +13,15 @@ def selfsup_source(cfg, tokenizer, spec, counts: dict[str, int]) -> TrainingSour
     as a `jdr.data.selfsup.PairSource`, with random / BM25 negatives keyed by the positive's document (`counts`:
     `jdr.train.sources.negative_counts`)."""
     from jdr.data.beir import load_corpus, resolve_dataset
-    from jdr.data.selfsup import (BM25Pairs, CorpusTokens, CropPairs, DropoutPairs, ICTPairs, TitlePairs,
-                                  parse_augmentations)
+    from jdr.data.selfsup import (
+        BM25Pairs,
+        CorpusTokens,
+        CropPairs,
+        DropoutPairs,
+        ICTPairs,
+        TitlePairs,
+        parse_augmentations,
+    )
     from jdr.data.selfsup.source import PairSource
     from jdr.negatives.documents import document_negatives
 

@@ -67,7 +67,8 @@ def train_workdir(cfg, workdir) -> dict:
     if cfg.vq.init_index:
         faiss_init = load_index(cfg.vq.init_index)
         if faiss_init.ntotal != len(teacher.doc_ids):
-            raise DataError(cfg.vq.init_index, f"vq.init_index holds {faiss_init.ntotal} vectors, not {len(teacher.doc_ids)}")
+            raise DataError(cfg.vq.init_index,
+                            f"vq.init_index holds {faiss_init.ntotal} vectors, not {len(teacher.doc_ids)}")
         vq = read_faiss(faiss_init, spec, teacher.doc_emb)
     else:
         vq, faiss_init = init_from_faiss(teacher.doc_emb, spec, train_sample=cfg.vq.train_sample or None,
@@ -91,8 +92,8 @@ def train_workdir(cfg, workdir) -> dict:
     if not cfg.data.embeddings:
         save_embeddings(workdir / "teacher_corpus", teacher.doc_emb, teacher.doc_ids, model=cfg.data.model,
                         tower="passage")
-    metrics = {"train_seconds": train_s, "train_queries": len(train_ids), "pseudo_queries": len(train_q) - len(train_ids),
-               "final_loss": history[-1]["loss"] if history else None}
+    metrics = {"train_seconds": train_s, "train_queries": len(train_ids),
+               "pseudo_queries": len(train_q) - len(train_ids), "final_loss": history[-1]["loss"] if history else None}
     if dev_ids:
         dev_q = teacher.queries(dev_ids)
         dense = search(build_index(teacher.doc_emb, "Flat"), dev_q, 100)[1]

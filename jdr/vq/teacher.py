@@ -89,7 +89,8 @@ class Teacher:
             row = {q: i for i, q in enumerate(ids)}
             missing = [q for q in qids if q not in row]
             if missing:
-                raise DataError(self._store / "queries" / "ids.txt", f"{len(missing)} queries missing, e.g. {missing[0]!r}")
+                raise DataError(self._store / "queries" / "ids.txt",
+                                f"{len(missing)} queries missing, e.g. {missing[0]!r}")
             return np.ascontiguousarray(emb[[row[q] for q in qids]], np.float32)
         return self._encode(self.texts(qids), "query", self.cfg.data.query_max_length)
 
