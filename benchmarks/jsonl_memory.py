@@ -80,7 +80,8 @@ def child(path: str) -> None:
 
     from jdr.config import load_config
     from jdr.data.tevatron import load_tevatron
-    from jdr.models.hf import find_minilm, load_tokenizer
+    from jdr.models.hf import find_minilm
+    from jdr.models.tokenize import load_tokenizer
     from jdr.train.sources import labeled_source
 
     proc = psutil.Process()

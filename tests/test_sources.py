@@ -318,7 +318,7 @@ def test_mixture_refuses_refresh(tiny_model, toy_beir, files, tmp_path):
 
 def test_passage_view_tokenises_like_the_joined_list(files, tiny_model):
     from jdr.data.batching import PretokenizedTexts
-    from jdr.models.hf import load_tokenizer
+    from jdr.models.tokenize import load_tokenizer
 
     corpus = load_tevatron(files["train.jsonl"]).corpus
     view = corpus.passage_view()

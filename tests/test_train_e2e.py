@@ -164,7 +164,7 @@ def test_continue_from_a_workdir_untied_export_and_pooling(tiny_model, toy_beir,
     two sentence-transformers dirs, each with its own length, both lengths recorded for jdr."""
     import logging
 
-    from jdr.models.hf import load
+    from jdr.models import load  # any model reference, a workdir too
 
     first = tmp_path / "first"
     short = ["train.steps=2", "checkpoint.every=2", "eval.every=0", "eval.final_test=false", "log.every=1"]
