@@ -65,7 +65,8 @@ def rows_of(config_dir: Path, only: str | None) -> list[str]:
 def steps_per_epoch(cfg) -> tuple[int, int]:
     """(steps per epoch, corpus size) of `cfg`'s training data after its dev hold-out."""
     from jdr.data.groups import GroupIterator
-    from jdr.train.data import load_labeled, split_dev
+    from jdr.data.split import split_dev
+    from jdr.train.sources import load_labeled
 
     data = load_labeled(cfg.data.source, cfg)
     train_qids, _ = split_dev(data.qrels, cfg.data.dev_queries, cfg.seed)

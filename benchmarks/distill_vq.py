@@ -40,7 +40,7 @@ from jdr.compare import MARK, adjust_pvalues, mean_ci, paired_test
 from jdr.evaluate import per_query_metrics, search_run
 from jdr.index.faiss_index import build_index, load_index, save_index, search
 from jdr.io import atomic_write
-from jdr.vq.cli import load_teacher
+from jdr.vq.teacher import load_teacher
 from jdr.vq.config import vq_config
 from jdr.vq.export import export_faiss
 from jdr.vq.init import read_faiss
@@ -209,10 +209,10 @@ def _load(cfg):
 
 def _dev_inputs(cfg, teacher, data_dir, n_dev: int):
     """--ablation: (train-minus-dev query embeddings (+ pseudo-queries), dev embeddings, dev ids, dev qrels)."""
-    from jdr.vq.cli import split_queries
+    from jdr.data.split import judged_queries, split_dev
 
     data = load_beir(data_dir, cfg.data.train_split)
-    train_ids, dev_ids = split_queries(data, n_dev, cfg.seed)
+    train_ids, dev_ids = split_dev(judged_queries(data.qrels), n_dev, cfg.seed)
     train_q = np.concatenate([teacher.queries(train_ids), teacher.pseudo_queries()])
     return train_q, teacher.queries(dev_ids), dev_ids, {q: data.qrels[q] for q in dev_ids}
 

@@ -10,7 +10,7 @@ passage appears ~6 times and de-duplication matters.
 
 `measure` runs each measurement in a fresh child process (peak RSS = the child's `ru_maxrss`; current RSS from
 psutil after each stage): import + tokenizer (baseline), `load_tevatron` (stage `load`), the training source as
-`jdr train` builds it — `jdr.train.data.labeled_source`: dev split, `file` negatives table, tokenised stores
+`jdr train` builds it — `jdr.train.sources.labeled_source`: dev split, `file` negatives table, tokenised stores
 (stage `source`) — and 100 global batches of 32 (stage `batches`). Results go to OUT.json / OUT.md (appended
 per label, so a before/after pair lands in one file).
 """
@@ -80,8 +80,9 @@ def child(path: str) -> None:
 
     from jdr.config import load_config
     from jdr.data.tevatron import load_tevatron
-    from jdr.models.hf import find_minilm, load_tokenizer
-    from jdr.train.data import labeled_source
+    from jdr.models.hf import find_minilm
+    from jdr.models.tokenize import load_tokenizer
+    from jdr.train.sources import labeled_source
 
     proc = psutil.Process()
     stages = []

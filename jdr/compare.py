@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.evaluate import TEST_RUN, Qrels, Run, per_query_metrics, read_trec_run
 
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")

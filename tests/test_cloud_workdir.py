@@ -12,7 +12,7 @@ from _fake_gcs import fake_gcs
 from jdr.config import load_config
 from jdr.io import as_path, atomic_dir, atomic_path, atomic_write
 from jdr.train.trainer import train
-from jdr.train.workdir import load_workdir
+from jdr.models.workdir import load_workdir
 
 
 def test_unsupported_uris_are_one_line():

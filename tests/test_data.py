@@ -7,7 +7,7 @@ import pytest
 
 from jdr.data import beir, msmarco
 from jdr.data.beir import load_beir, load_corpus, load_qrels, load_queries, resolve_dataset
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 
 CORPUS = [
     {"_id": "d1", "title": "Title one", "text": "first text"},

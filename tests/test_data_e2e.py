@@ -11,7 +11,7 @@ from jdr.cli import main
 from jdr.config import load_config
 from jdr.data.testing import write_topic_beir
 from jdr.train.trainer import prepare, train
-from jdr.train.workdir import load_workdir
+from jdr.models.workdir import load_workdir
 
 QUICK = ["eval.every=0", "eval.final_test=false", "export.at_end=false", "train.global_batch_size=8",
          "log.every=1", "log.tensorboard=false"]

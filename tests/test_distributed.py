@@ -173,7 +173,7 @@ def _train_command(workdir: Path, model: Path, data: Path, steps: int) -> list[s
 def _leaves(workdir: Path, step: int | None = None) -> tuple[int, list[np.ndarray]]:
     import jax
 
-    from jdr.train.workdir import load_workdir
+    from jdr.models.workdir import load_workdir
 
     params, _, _, at = load_workdir(workdir, step=step)
     return at, [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.evaluate import compute_metrics, read_trec_run, search_run, write_trec_run
 from jdr.index import build_index
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.index import build_index, load_embeddings, load_index, save_embeddings, save_index, search
 from jdr.index import store
 

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from jdr.train.loop import FunctionHook, MetricsWriter, run_loop
+from jdr.train.loop import FunctionHook, run_loop
+from jdr.train.metrics_writer import MetricsWriter
 
 
 class DeviceLoss:

@@ -183,7 +183,7 @@ def test_jdr_train_runs_ltre_with_the_passage_tower_fixed(tiny_model, toy_beir, 
     from jdr.config import load_config
     from jdr.models.hf import load
     from jdr.train.trainer import train
-    from jdr.train.workdir import load_workdir
+    from jdr.models.workdir import load_workdir
 
     cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=4",
                                           "model.tied=false", "negatives.source=none", "negatives.num=0",

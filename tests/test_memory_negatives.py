@@ -203,7 +203,7 @@ def test_training_on_memory_negatives_resumes_bit_identically(tiny_model, toy_be
 
     from jdr.data.labeled import LabeledSource
     from jdr.train.trainer import train
-    from jdr.train.workdir import load_workdir
+    from jdr.models.workdir import load_workdir
 
     over = ["negatives.memory_mix=train:4,aug:4,idx:2", "negatives.refresh_every=4", "train.steps=8",
             "checkpoint.every=4", "eval.every=0", "eval.final_test=false", "export.at_end=false", "log.every=1"]
@@ -305,7 +305,7 @@ def test_experiment_split_and_rows(toy_beir, tmp_path):
 
 def test_memory_probe_reaches_ivf_and_spann_memories(tiny_model, toy_beir, memory_files, tmp_path):
     from jdr.index.store import load_embeddings
-    from jdr.train.data import load_labeled
+    from jdr.train.sources import load_labeled
     from jdr.train.memories import load_memories
 
     emb, ids = load_embeddings(memory_files["aug"][0])

@@ -9,7 +9,7 @@ import pytest
 from jdr.cli import main
 from jdr.config import load_config
 from jdr.data.beir import Corpus, load_beir
-from jdr.negatives.bm25 import bm25_candidates
+from jdr.index.bm25 import bm25_candidates
 from jdr.negatives.mine import MineSettings, mine_negatives, parse_range
 from jdr.train.trainer import prepare
 

@@ -14,7 +14,7 @@ from jdr import losses
 from jdr.models import encoder as enc
 from jdr.models import hf
 from jdr.models.testing import write_tiny_model
-from jdr.train.checkpoint import Checkpointer
+from jdr.checkpoint import Checkpointer
 from jdr.train.moco import MocoState, make_moco_train_step
 from jdr.train.optim import make_optimizer
 from jdr.train.step import pmap_train_step, replicate, unreplicate

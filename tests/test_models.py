@@ -11,7 +11,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import load_file, save_file
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.models import (
     BertConfig, bucket_length, encode, encode_texts, encode_token_ids, export, l2_normalize, load, pool, tokenize,
     tower_params,

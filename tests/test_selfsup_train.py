@@ -11,12 +11,13 @@ import pytest
 from jdr.config import load_config
 from jdr.data.beir import load_beir
 from jdr.data.selfsup import CorpusTokens, CropPairs
-from jdr.data.selfsup.source import PairSource, document_negatives
+from jdr.data.selfsup.source import PairSource
+from jdr.negatives.documents import document_negatives
 from jdr.evaluate import compute_metrics, retrieve
 from jdr.models.hf import load
 from jdr.models.testing import DEFAULT_WORDS, build_wordpiece_tokenizer, tiny_vocab
 from jdr.train.trainer import train
-from jdr.train.workdir import load_workdir
+from jdr.models.workdir import load_workdir
 
 N_DOCS = 16
 

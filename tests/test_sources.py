@@ -14,7 +14,7 @@ from jdr.config import ConfigError, load_config
 from jdr.data import msmarco
 from jdr.data.batching import BatchBuilder
 from jdr.data.beir import load_beir, load_corpus, load_qrels, load_queries
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.data.mixture import split_rows
 from jdr.data.tevatron import load_tevatron, write_tevatron
 from jdr.data.triplets import load_triplets
@@ -318,7 +318,7 @@ def test_mixture_refuses_refresh(tiny_model, toy_beir, files, tmp_path):
 
 def test_passage_view_tokenises_like_the_joined_list(files, tiny_model):
     from jdr.data.batching import PretokenizedTexts
-    from jdr.models.hf import load_tokenizer
+    from jdr.models.tokenize import load_tokenizer
 
     corpus = load_tevatron(files["train.jsonl"]).corpus
     view = corpus.passage_view()

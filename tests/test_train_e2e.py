@@ -8,7 +8,7 @@ import pytest
 
 from jdr.config import ConfigError, load_config
 from jdr.train.trainer import train
-from jdr.train.workdir import load_workdir
+from jdr.models.workdir import load_workdir
 
 
 def _cfg(tiny_model, toy_beir, *overrides):
@@ -70,7 +70,7 @@ def test_evaluate_prints_the_checkpoint_and_offers_the_best(tiny_model, toy_beir
     """`--step best` picks the best dev score saved with a checkpoint; the step and lengths used are printed; a
     checkpoint is ranked only by a dev score of its own step, and dev logs only what a top-100 run supports."""
     from jdr.cli import main
-    from jdr.train.checkpoint import Checkpointer
+    from jdr.checkpoint import Checkpointer
 
     import logging
 
@@ -124,7 +124,7 @@ def test_resume_is_bit_identical(tiny_model, toy_beir, tmp_path, negatives, capf
     assert sa == sb == 12
     for x, y in zip(a, b):
         assert np.array_equal(np.asarray(x), np.asarray(y))
-    from jdr.train.checkpoint import Checkpointer
+    from jdr.checkpoint import Checkpointer
 
     with Checkpointer(resumed / "checkpoints", read_only=True) as ckpt:
         assert ckpt.all_steps() == [8, 12]  # optimizer steps, whatever the accumulation
@@ -164,7 +164,7 @@ def test_continue_from_a_workdir_untied_export_and_pooling(tiny_model, toy_beir,
     two sentence-transformers dirs, each with its own length, both lengths recorded for jdr."""
     import logging
 
-    from jdr.models.hf import load
+    from jdr.models import load  # any model reference, a workdir too
 
     first = tmp_path / "first"
     short = ["train.steps=2", "checkpoint.every=2", "eval.every=0", "eval.final_test=false", "log.every=1"]

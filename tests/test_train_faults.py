@@ -16,7 +16,7 @@ import pytest
 from jdr.cli import main
 from jdr.config import load_config
 from jdr.train.trainer import train
-from jdr.train.workdir import load_workdir
+from jdr.models.workdir import load_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.py")
@@ -123,7 +123,7 @@ def test_damaged_checkpoint_is_one_line_and_the_one_before_resumes(finished_run,
 FULL_DISK = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
-from jdr.train import checkpoint
+from jdr import checkpoint
 real_save = checkpoint.Checkpointer.save
 
 def save(self, step, *args, **kwargs):

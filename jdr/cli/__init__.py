@@ -79,7 +79,7 @@ def _run_failures() -> tuple[type, ...]:
     """Errors that end a run with one line: a failed refresh, checkpoint, or a non-finite loss (imported only
     when something failed: they pull in jax)."""
     from jdr.negatives.refresh import RefreshError
-    from jdr.train.checkpoint import CheckpointError
+    from jdr.checkpoint import CheckpointError
 
     return RefreshError, CheckpointError, FloatingPointError
 

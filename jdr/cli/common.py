@@ -7,26 +7,21 @@ import argparse
 import sys
 from pathlib import Path
 
+
 def load_model(args, query_max_length=None, passage_max_length=None):
     """`--model`: an HF/sentence-transformers dir, a hub name, `minilm` (the installed all-MiniLM-L6-v2), or a
-    `jdr train` workdir (its latest checkpoint, `--step N` or `--step best`). Says on stderr which checkpoint
-    and token budgets it uses."""
-    import dataclasses
+    `jdr train` workdir (its latest checkpoint, `--step N` or `--step best`; `jdr.models.load_model`). Says on
+    stderr which checkpoint and token budgets a workdir gives."""
+    from jdr.models.resolve import load_model as load_any
 
-    from jdr.models import hf
-    from jdr.train.workdir import is_workdir, load_workdir
-
-    if is_workdir(args.model):
-        step_arg = getattr(args, "step", None)
-        params, spec, tok, step = load_workdir(args.model, step=step_arg)
-        lengths = {k: v for k, v in (("query_max_length", query_max_length),
-                                     ("passage_max_length", passage_max_length)) if v}
-        spec = dataclasses.replace(spec, **lengths)
-        print(f"{args.model}: checkpoint step {step} ({step_arg or 'latest'}), query {spec.query_max_length} / "
+    step_arg = getattr(args, "step", None)
+    model = load_any(args.model, step=step_arg, query_max_length=query_max_length,
+                     passage_max_length=passage_max_length)
+    if model.step is not None:
+        spec = model.spec
+        print(f"{args.model}: checkpoint step {model.step} ({step_arg or 'latest'}), query {spec.query_max_length} / "
               f"passage {spec.passage_max_length} tokens", file=sys.stderr)
-        return params, spec, tok
-    model = hf.find_minilm() if str(args.model) == "minilm" else args.model
-    return hf.load(model, query_max_length=query_max_length, passage_max_length=passage_max_length)
+    return model.params, model.spec, model.tokenizer
 
 
 MODEL_HELP = "HF/sentence-transformers dir, hub name, 'minilm', or a `jdr train` workdir"

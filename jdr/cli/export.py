@@ -17,7 +17,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from jdr.models.hf import export, export_encoder
-    from jdr.train.workdir import load_workdir
+    from jdr.models.workdir import load_workdir
 
     params, spec, tokenizer, step = load_workdir(args.workdir, step=args.step)
     source = args.workdir  # its encoder/ holds the tokenizer files

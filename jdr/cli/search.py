@@ -59,7 +59,7 @@ def run(args) -> int:
 
 
 def search_bm25(args) -> int:
-    """`jdr search --bm25`: jdr's one BM25 set-up (jdr.negatives.bm25) over a BEIR corpus -> TREC run."""
+    """`jdr search --bm25`: jdr's one BM25 set-up (jdr.index.bm25) over a BEIR corpus -> TREC run."""
     from jdr.data.beir import load_beir, load_corpus, load_queries, resolve_dataset
     from jdr.evaluate import bm25_run, write_trec_run
 

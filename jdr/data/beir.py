@@ -11,7 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from jdr.data.errors import DataError, jsonl_records, text_lines
+from jdr.data.lines import jsonl_records, text_lines
+from jdr.errors import DataError
 from jdr.io import atomic_dir
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"

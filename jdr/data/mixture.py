@@ -14,9 +14,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jdr.config import ConfigError
 from jdr.data.source import Example, TrainingSource, check_state
 
 _MIX_KEY = 0x4D4958  # keeps the member-choice stream apart from every other seeded stream
+MEMBER_KINDS = ("beir", "jsonl", "triplets")  # `data.mixture.members` kinds: labelled sources
 
 
 def split_rows(total: int, weights: Sequence[float]) -> list[int]:
@@ -105,3 +107,22 @@ class MixtureSource(TrainingSource):
         return {"members": {n: {"weight": float(w), **s.describe()}
                             for n, s, w in zip(self.names, self.sources, self.weights)},
                 "same_source_batches": self.same_source_batches}
+
+
+def parse_members(spec: str) -> list[tuple[str, str, float]]:
+    """`"jsonl:a.jsonl:2;beir:scifact:1"` -> `[("jsonl", "a.jsonl", 2.0), ("beir", "scifact", 1.0)]`."""
+    members = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        kind, sep, rest = part.partition(":")
+        where, sep2, weight = rest.rpartition(":")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = float("nan")
+        if not sep or not sep2 or kind not in MEMBER_KINDS or not where or not w > 0:
+            raise ConfigError(f"data.mixture.members: bad member {part!r}; expected 'kind:path_or_name:weight' with "
+                              f"kind in {list(MEMBER_KINDS)} and a positive weight")
+        members.append((kind, where, w))
+    if not members:
+        raise ConfigError("data.mixture.members is empty: name at least one 'kind:path_or_name:weight'")
+    return members

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from jdr.data.beir import Corpus, add_judgment
-from jdr.data.errors import DataError, tsv_rows, whitespace_rows
+from jdr.data.lines import tsv_rows, whitespace_rows
+from jdr.errors import DataError
 
 
 def _id_text_table(path: Path, kind: str) -> dict[str, str]:

@@ -21,8 +21,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from jdr.data.errors import DataError, jsonl_records
 from jdr.data.labeled import CorpusBuilder, FileNegatives, LabeledData
+from jdr.data.lines import jsonl_records
+from jdr.errors import DataError
 from jdr.io import atomic_write
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jdr.data.errors import DataError, jsonl_records, tsv_rows
 from jdr.data.labeled import CorpusBuilder, FileNegatives, LabeledData
+from jdr.data.lines import jsonl_records, tsv_rows
+from jdr.errors import DataError
 
 _QUERY_KEYS = ("query", "anchor")
 

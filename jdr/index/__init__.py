@@ -1,4 +1,5 @@
-"""faiss indexes, the SPANN-style memory-disk index, mixtures of memories and on-disk embedding stores (no jax)."""
+"""faiss indexes, the SPANN-style memory-disk index, mixtures of memories, on-disk embedding stores and BM25
+(`jdr.index.bm25`, imported on use: bm25s is slow to import). No jax."""
 
 from jdr.index.faiss_index import build_index, load_index, save_index, search
 from jdr.index.memories import Memories, Memory, MemoryHits

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import faiss
 import numpy as np
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.index.faiss_index import build_index, load_index
 from jdr.index.store import load_ids
 

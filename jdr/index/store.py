@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.io import atomic_dir
 
 

@@ -15,17 +15,17 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.io import as_path, atomic_dir
 from jdr.models.bert import BertConfig, BertModel
 from jdr.models.encoder import EncoderSpec, make_params, tower_params
+from jdr.models.tokenize import copy_tokenizer_files, load_tokenizer
+from jdr.models.workdir import tokenizer_files_dir
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 # Buffers and pre-training heads that a bare encoder has no use for; everything else must be consumed.
 _SKIPPED = ("embeddings.position_ids", "embeddings.token_type_ids")
 _SKIPPED_PREFIXES = ("cls.", "lm_head.")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "added_tokens.json")
 _ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
 # What jdr writes beside an export that sentence-transformers has no field for (its one max_seq_length is the
 # passage budget): the query budget, so `jdr` reloads both.
@@ -218,18 +218,6 @@ def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
         _ST_ACTIVATIONS[activation]
 
 
-def load_tokenizer(d) -> Tokenizer:
-    """`tokenizer.json` of a model dir (local or gs://), with its own padding and truncation switched off (jdr sets
-    both)."""
-    path = as_path(d) / "tokenizer.json"
-    if not path.exists():
-        raise DataError(d, "no tokenizer.json (jdr needs a fast tokenizer file)")
-    tok = Tokenizer.from_str(path.read_text())
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
-
-
 def with_settings(spec: EncoderSpec, *, pooling: str | None = None, normalize: bool | None = None) -> EncoderSpec:
     """`spec` with pooling / normalisation replaced where given (None keeps the checkpoint's own)."""
     changes = {k: v for k, v in (("pooling", pooling), ("normalize", normalize)) if v is not None}
@@ -246,20 +234,15 @@ def load(
     pooling: str | None = None,
     normalize: bool | None = None,
 ) -> tuple[dict, EncoderSpec, Tokenizer]:
-    """Load a BERT/RoBERTa (optionally sentence-transformers) model dir, hub id, or `jdr train` workdir (its latest
-    checkpoint) -> (params, spec, tokenizer).
+    """Load a BERT/RoBERTa (optionally sentence-transformers) model dir or hub id -> (params, spec, tokenizer).
+    (`jdr.models.load` takes any model reference: also `minilm` and a `jdr train` workdir.)
 
     Pooling, normalisation and max length come from the sentence-transformers files when present (modules.json,
     1_Pooling/config.json, sentence_bert_config.json; both lengths from jdr's own `jdr_encoder.json`), else
-    cls / none / 512; a workdir keeps its trained encoder's. `pooling` ("cls" | "mean" | "max") and `normalize`
+    cls / none / 512. `pooling` ("cls" | "mean" | "max") and `normalize`
     override them. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree,
     "passage": copy}`; `dtype` is the compute dtype.
     """
-    from jdr.train.workdir import is_workdir
-
-    if is_workdir(model_dir_or_hub_name):
-        return _load_workdir(model_dir_or_hub_name, tied=tied, dtype=dtype, pooling=pooling, normalize=normalize,
-                             query_max_length=query_max_length, passage_max_length=passage_max_length)
     d = resolve_model_dir(model_dir_or_hub_name)
     hf_cfg = _read_json(d / "config.json") if (d / "config.json").exists() else None
     if hf_cfg is None:
@@ -292,24 +275,6 @@ def load(
     return params, with_settings(spec, pooling=pooling, normalize=normalize), load_tokenizer(d)
 
 
-def _load_workdir(workdir, *, tied: bool, dtype: str, pooling, normalize, query_max_length, passage_max_length):
-    """A `jdr train` workdir's latest trained encoder as a starting point (`model.path=<workdir>`)."""
-    from jdr.train.workdir import load_workdir
-
-    params, spec, tokenizer, step = load_workdir(workdir, dtype=dtype)
-    if tied and not spec.tied:
-        raise DataError(workdir, "its encoder has untied query/passage towers; load it with model.tied=False")
-    if not tied and spec.tied:
-        untied = make_params(params["shared"], False)
-        if "dense" in params:
-            untied["dense"] = params["dense"]
-        params = untied
-    lengths = {k: v for k, v in (("query_max_length", query_max_length),
-                                 ("passage_max_length", passage_max_length)) if v}
-    spec = dataclasses.replace(spec, tied=tied, **lengths)
-    return params, with_settings(spec, pooling=pooling, normalize=normalize), tokenizer
-
-
 def jax_tree(tree: dict) -> dict:
     """A nested dict of numpy arrays as the same dict of jax arrays."""
     return unflatten_dict({k: jnp.asarray(v) for k, v in flatten_dict(tree).items()})
@@ -323,8 +288,6 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
     too. sentence-transformers has one max length: the passage budget for a tied encoder or a passage tower, the
     query budget for a query tower of an untied one; `jdr_encoder.json` records both budgets for jdr.
     """
-    from jdr.train.workdir import tokenizer_files_dir
-
     out_dir = as_path(out_dir)
     flat = flatten_dict(tower_params(params, spec, tower))
     names = _param_names(spec.bert)
@@ -349,9 +312,7 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
             src = as_path(tokenizer_files_dir(tokenizer))
             if not (src / "tokenizer.json").exists():
                 raise DataError(src, "no tokenizer.json to export")
-            for name in _TOKENIZER_FILES:
-                if (src / name).exists():
-                    (tmp / name).write_bytes((src / name).read_bytes())
+            copy_tokenizer_files(src, tmp)
         dense = None
         if spec.dense is not None:
             dense = (np.asarray(params["dense"]["kernel"], np.float32), np.asarray(params["dense"]["bias"], np.float32),

@@ -1,4 +1,5 @@
-"""Text -> padded int32 token arrays, and the one bucketing rule that keeps XLA to a handful of shapes."""
+"""Text -> padded int32 token arrays, the one bucketing rule that keeps XLA to a handful of shapes, and a model's
+tokenizer files (`load_tokenizer`, `TOKENIZER_FILES`: what export and a workdir copy)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from jdr.errors import DataError
+from jdr.io import as_path
+
 # Buckets: 16, 32, 64, then multiples of 64 (so at most 6 shapes up to 256, 10 up to 512), capped at max_length.
 _SMALL_BUCKETS = (16, 32, 64)
 _STEP = 64
+# Every file a model dir keeps its tokenizer in: WordPiece (vocab.txt), byte-level BPE (RoBERTa: vocab.json +
+# merges.txt), sentencepiece (XLM-R), and the transformers configs. An export and a workdir's `encoder/` copy
+# whichever of them the source has, so transformers can rebuild its slow tokenizer too.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "added_tokens.json")
 
 
 class Tokenized(NamedTuple):
@@ -106,3 +115,23 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_length: int, *, len
     elif length < min(longest, max_length):
         raise ValueError(f"tokenize: length={length} is shorter than the longest sequence ({longest} tokens)")
     return pad_ragged(*ragged(ids), np.arange(len(ids)), length, pad_id(tokenizer))
+
+
+def load_tokenizer(d) -> Tokenizer:
+    """`tokenizer.json` of a model dir (local or gs://), with its own padding and truncation switched off (jdr sets
+    both)."""
+    path = as_path(d) / "tokenizer.json"
+    if not path.exists():
+        raise DataError(d, "no tokenizer.json (jdr needs a fast tokenizer file)")
+    tok = Tokenizer.from_str(path.read_text())
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def copy_tokenizer_files(src, dst) -> None:
+    """Copy the `TOKENIZER_FILES` that model dir `src` has into `dst` (local or gs:// paths)."""
+    src, dst = as_path(src), as_path(dst)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            (dst / name).write_bytes((src / name).read_bytes())

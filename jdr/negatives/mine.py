@@ -108,7 +108,7 @@ class Mined:
 def _rank(source: str, corpus, query_texts: Sequence[str], k: int, q_emb, p_emb, settings: MineSettings):
     """Raw ranking `(scores[Q, k], rows[Q, k])` of one source (positives still in)."""
     if source == "bm25":
-        from jdr.negatives.bm25 import bm25_candidates
+        from jdr.index.bm25 import bm25_candidates
 
         return bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))], query_texts, k)
     from jdr.negatives.ann import ann_candidates

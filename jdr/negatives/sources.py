@@ -114,7 +114,7 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
                 if rows.ndim != 2 or rows.shape[0] != len(qids):
                     raise ValueError(f"negatives: file rows must be [{len(qids)}, K], got shape {rows.shape}")
             elif name == "bm25":
-                from jdr.negatives.bm25 import bm25_candidates  # bm25s is imported only when used
+                from jdr.index.bm25 import bm25_candidates  # bm25s is imported only when used
 
                 _, rows = bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))],
                                           [queries[q] for q in qids], k)

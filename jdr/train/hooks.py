@@ -193,7 +193,8 @@ def _refresh_hook(run, *, progress: bool = False):
     faiss over the corpus; `memory`: the re-encoded corpus with the fixed augmentation memories), new table. The
     texts are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
     from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
-    from jdr.train.data import negative_counts, token_encoders
+    from jdr.train.encoders import token_encoders
+    from jdr.train.sources import negative_counts
 
     cfg = run.cfg.negatives
     labeled = run.training.labeled

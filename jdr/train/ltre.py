@@ -167,7 +167,7 @@ def build_fixed_index(ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: 
     """The fixed index of an `ltre` config section: `ltre.index` (a faiss file; reconstructions scored), else the
     `ltre.embeddings` store, else the corpus encoded now by the frozen passage tower of `params` (both indexed with
     `ltre.factory`, exact vectors scored). `corpus` is a `jdr.data.beir.Corpus`; its ids must match the index's."""
-    from jdr.data.errors import DataError
+    from jdr.errors import DataError
     from jdr.index.store import load_embeddings
     from jdr.models.inference import encode_texts
 

@@ -21,15 +21,16 @@ from jdr.io import as_path
 from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
-from jdr.train.checkpoint import Checkpointer
+from jdr.checkpoint import Checkpointer
 from jdr.train.grad_cache import check_grad_cache_chunk, make_grad_cache_step
 from jdr.train.ltre import check_ltre_config
-from jdr.train.loop import MetricsWriter, run_loop, write_json
+from jdr.train.loop import run_loop
+from jdr.train.metrics_writer import MetricsWriter, write_json
 from jdr.train.optim import make_optimizer
 from jdr.train.state import TrainState
-from jdr.train.data import SOURCE_KINDS, TrainingData, build_training_data, negative_counts
+from jdr.train.sources import SOURCE_KINDS, TrainingData, build_training_data, negative_counts
 from jdr.train.step import check_finite, make_train_step, pmap_train_step, replicate
-from jdr.train.workdir import CHECKPOINT_DIR, save_encoder_description
+from jdr.models.workdir import CHECKPOINT_DIR, save_encoder_description
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ class Run:
     def source(self) -> TrainingSource:
         """The stream of global batches the loop draws from."""
         return self.training.source
-
-
-def resolve_model(path: str) -> Path:
-    """`minilm` → the installed all-MiniLM-L6-v2; a local dir; else a hub name (downloaded when allowed)."""
-    from jdr.models.hf import find_minilm, resolve_model_dir
-
-    return find_minilm() if path == "minilm" else resolve_model_dir(path)
 
 
 def _validate(cfg) -> None:
@@ -110,7 +104,7 @@ def check_hard_in_batch(cfg, per_device: int) -> None:
 
 def prepare(cfg, workdir) -> Run:
     """Validate the config, load the encoder and the training data, build the source and the batch builder."""
-    from jdr.models.hf import load
+    from jdr.models.resolve import load_model
     from jdr.models.tokenize import pad_id
 
     _validate(cfg)
@@ -118,11 +112,9 @@ def prepare(cfg, workdir) -> Run:
     if "ann" in counts and cfg.negatives.refresh_every == 0:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
     workdir = as_path(workdir)
-    model_dir = resolve_model(cfg.model.path)
-    params, spec, tokenizer = load(model_dir, tied=cfg.model.tied, dtype=cfg.model.dtype,
-                                   query_max_length=cfg.model.query_max_length,
-                                   passage_max_length=cfg.model.passage_max_length,
-                                   pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    params, spec, tokenizer, _, model_dir = load_model(
+        cfg.model.path, tied=cfg.model.tied, dtype=cfg.model.dtype, query_max_length=cfg.model.query_max_length,
+        passage_max_length=cfg.model.passage_max_length, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
     training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
     batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
                            pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),

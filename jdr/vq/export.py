@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from jdr.data.errors import DataError
+from jdr.errors import DataError
 from jdr.index.faiss_index import save_index
 from jdr.io import atomic_path
 from jdr.vq.init import unpack_codes

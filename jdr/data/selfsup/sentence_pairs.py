@@ -72,7 +72,7 @@ class ICTPairs(PairGenerator):
 class BM25Pairs(PairGenerator):
     """BM25 pseudo-queries: a sentence (`query_unit="sentence"`), the title (`"title"`) or either (`"both"`) of
     a document is the query, and its BM25 top document OTHER than its own (bm25s over the BEIR passages
-    `title + " " + text`, as `jdr.negatives.bm25`) the positive.
+    `title + " " + text`, as `jdr.index.bm25`) the positive.
 
     Why not the source document: a sentence's own document is its BM25 top hit almost always and contains it
     verbatim, so it would teach copy detection (ICT covers the source document without the sentence); the
@@ -88,7 +88,7 @@ class BM25Pairs(PairGenerator):
     def __init__(self, corpus: CorpusTokens, titles: Sequence[str], texts: Sequence[str], *,
                  query_unit: str = "sentence", min_query_tokens: int = 5, k1: float = 1.5, b: float = 0.75,
                  **kwargs):
-        from jdr.negatives.bm25 import bm25_candidates
+        from jdr.index.bm25 import bm25_candidates
 
         super().__init__(corpus, **kwargs)
         if query_unit not in self.UNITS:

@@ -1,11 +1,9 @@
 """A pair generator as a training source (`jdr.data.source.TrainingSource`): epochs of global batches of
 consecutive plan positions, optional negatives per example, JSON state for exact resume.
 
-Negatives. A pseudo-query has no id a negatives table could be keyed by, but its positive's document has:
-`document_negatives` builds a `NegativesTable` whose "queries" are the documents themselves (each document's
-passage, cut to `query_words` words, is its pseudo-query; its only positive is itself), so random / BM25 / hybrid
-negatives come from the negatives layer unchanged: the negatives of an example are drawn for its positive's
-document with `default_rng([seed, epoch, position, 1])`. Candidates relevant to the example (its `relevant`
+Negatives. A pseudo-query has no id a negatives table could be keyed by, but its positive's document has: the
+table (`jdr.negatives.documents.document_negatives`) is keyed by document id, so the negatives of an example are
+drawn for its positive's document with `default_rng([seed, epoch, position, 1])`. Candidates relevant to the example (its `relevant`
 keys) are dropped before drawing. (ANN refresh re-mines labelled queries; it does not apply here.)
 """
 
@@ -23,7 +21,7 @@ class PairSource(TrainingSource):
     """Global batches of `generator` examples: batch b of an epoch holds plan positions `[b*B, (b+1)*B)`; the
     epoch's last incomplete batch is dropped and the next epoch (a new plan) begins. Every host draws the whole
     global batch (the batch builder keeps its rows). `negatives`: a table keyed by document id
-    (`document_negatives`) with `num_negatives` per document, or None for in-batch negatives only."""
+    (`jdr.negatives.documents.document_negatives`) with `num_negatives` per document, or None for in-batch negatives only."""
 
     def __init__(self, generator: PairGenerator, *, global_batch_size: int, seed: int, negatives=None,
                  num_negatives: int = 0, name: str = ""):
@@ -79,17 +77,3 @@ class PairSource(TrainingSource):
     def describe(self) -> dict[str, Any]:
         return {"generator": self.name, "documents": len(self.generator.corpus),
                 "examples_per_epoch": self.generator.epoch_size(self.seed, 0), "group_size": self.group_size}
-
-
-def document_negatives(corpus, counts: Mapping[str, int], *, depth: int, seed: int, query_words: int = 64,
-                       skip_top: int = 0):
-    """A `NegativesTable` keyed by document id (see the module docstring): `counts` per source ("random",
-    "bm25"; `jdr.negatives.sources.build_table`), `corpus` a `jdr.data.beir.Corpus`."""
-    from jdr.negatives.sources import build_table
-
-    if set(counts) - {"random", "bm25"}:
-        raise ValueError(f"self-supervised negatives come from random or bm25, got {sorted(counts)}")
-    queries = {d: " ".join(corpus.passage(i).split()[:query_words]) for i, d in enumerate(corpus.ids)}
-    qrels = {d: {d: 1} for d in corpus.ids}
-    return build_table(dict(counts), corpus, queries, qrels, list(corpus.ids), depth=depth, seed=seed,
-                       skip_top=skip_top)

@@ -1,8 +1,9 @@
-"""BM25 candidates with the `bm25s` library (lexical hard negatives, as in DPR's BM25 negatives)."""
+"""BM25 candidates with the `bm25s` library: jdr's one lexical retriever (BM25 hard negatives as in DPR, `jdr mine`,
+`jdr search --bm25`, self-supervised BM25 pairs)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import bm25s
 import numpy as np

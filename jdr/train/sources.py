@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
 from jdr.config import ConfigError
 from jdr.data.labeled import LabeledData, LabeledSource
-from jdr.data.mixture import MixtureSource, split_rows
+from jdr.data.mixture import MixtureSource, parse_members, split_rows
 from jdr.data.source import TrainingSource
+from jdr.data.split import judged_queries, split_dev
+from jdr.train.encoders import dense_encoders
+from jdr.train.selfsup_source import selfsup_source
 
 SOURCE_KINDS = ("beir", "jsonl", "triplets", "msmarco", "mixture", "selfsup")
-MEMBER_KINDS = ("beir", "jsonl", "triplets")
 WARM_STARTS = ("bm25", "file", "random")
 
 
@@ -36,21 +36,6 @@ class TrainingData:
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source.describe(), "dev_queries": 0 if self.dev is None else len(self.dev.qrels)}
-
-
-def split_dev(qids, n_dev: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of the training queries into (train, dev); dev is used for periodic evaluation only.
-
-    A function of the sorted query ids and the seed alone, so two readers of the same queries (a BEIR dir and the
-    `jdr mine` JSONL written from it) hold out the same dev queries."""
-    qids = sorted(qids)
-    if n_dev <= 0:
-        return qids, []
-    if n_dev >= len(qids):
-        raise ConfigError(f"data.dev_queries={n_dev} leaves no training queries out of {len(qids)}")
-    perm = np.random.default_rng([seed, 0xDE5]).permutation(len(qids))
-    dev = set(qids[i] for i in perm[:n_dev])
-    return [q for q in qids if q not in dev], sorted(dev)
 
 
 def negative_counts(cfg) -> dict[str, int]:
@@ -108,58 +93,6 @@ def _path(value: str, key: str) -> str:
     return value
 
 
-def dense_encoders(data: LabeledData, spec, tokenizer, *, batch_size: int, sharded: bool):
-    """`(encode_corpus(params) -> [N, d], encode_queries(params, qids) -> [len(qids), d])` over `data`'s corpus
-    (row order) and queries with the passage / query tower: what mining with the model being trained embeds.
-    `sharded`: hosts split the corpus and all-gather (`encode_sharded`); never from a background thread, where the
-    collective could interleave with the train step's."""
-    from jdr.distributed import encode_sharded
-    from jdr.models.inference import encode_texts
-
-    kw = dict(batch_size=batch_size, progress=False)
-
-    def encode_corpus(params):
-        def local(texts):
-            return encode_texts(params, spec, tokenizer, texts, tower="passage", **kw)
-
-        passages = data.corpus.passages()
-        return encode_sharded(local, passages) if sharded else local(passages)
-
-    def encode_queries(params, qids):
-        return encode_texts(params, spec, tokenizer, [data.queries[q] for q in qids], tower="query", **kw)
-
-    return encode_corpus, encode_queries
-
-
-def token_encoders(source: LabeledSource, spec, *, batch_size: int, sharded: bool, progress: bool = False):
-    """`dense_encoders` over a built source's token stores: the corpus rows and training queries it tokenised once
-    (`PretokenizedTexts.ragged` -> `encode_token_ids`), so an ANCE refresh never re-tokenises. Augmentation
-    passages the store holds after the corpus (memory negatives) are not encoded: their memories are fixed.
-    `progress`: a tqdm bar per encode ("refresh: passage", "refresh: query")."""
-    from jdr.distributed import encode_sharded
-    from jdr.models.inference import encode_token_ids
-
-    passages, queries = source.passage_tokens, source.query_tokens
-
-    def encode_rows(params, store, rows, tower):
-        tokens, offsets = store.ragged(rows)
-        return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=store.pad_id,
-                                max_length=store.max_length, batch_size=batch_size, progress=progress,
-                                desc=f"refresh: {tower}")
-
-    def encode_corpus(params):
-        def local(rows):
-            return encode_rows(params, passages, rows, "passage")
-
-        rows = np.arange(len(source.data.corpus))
-        return encode_sharded(local, rows) if sharded else local(rows)
-
-    def encode_queries(params, qids):
-        return encode_rows(params, queries, queries.rows(qids, "query"), "query")
-
-    return encode_corpus, encode_queries
-
-
 def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size: int, n_dev: int,
                    key_prefix: str = "", memory=None, params=None) -> tuple[LabeledSource, LabeledData | None]:
     """The source over `data` (dev queries held out) with its initial negatives table, and the dev split.
@@ -167,9 +100,7 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
     mined here with the model's `params` (training queries and corpus embedded at the start of training)."""
     from jdr.negatives.sources import build_table
 
-    # queries without a positive judgment are neither trained on nor held out (a Tevatron file cannot hold them)
-    judged = [q for q, rels in data.qrels.items() if any(r > 0 for r in rels.values())]
-    train_qids, dev_qids = split_dev(judged, n_dev, cfg.seed)
+    train_qids, dev_qids = split_dev(judged_queries(data.qrels), n_dev, cfg.seed)
     train_qrels = {q: data.qrels[q] for q in train_qids}
     counts = negative_counts(cfg)
     table = None
@@ -201,25 +132,6 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
     return source, dev
 
 
-def parse_members(spec: str) -> list[tuple[str, str, float]]:
-    """`"jsonl:a.jsonl:2;beir:scifact:1"` -> `[("jsonl", "a.jsonl", 2.0), ("beir", "scifact", 1.0)]`."""
-    members = []
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        kind, sep, rest = part.partition(":")
-        where, sep2, weight = rest.rpartition(":")
-        try:
-            w = float(weight)
-        except ValueError:
-            w = float("nan")
-        if not sep or not sep2 or kind not in MEMBER_KINDS or not where or not w > 0:
-            raise ConfigError(f"data.mixture.members: bad member {part!r}; expected 'kind:path_or_name:weight' with "
-                              f"kind in {list(MEMBER_KINDS)} and a positive weight")
-        members.append((kind, where, w))
-    if not members:
-        raise ConfigError("data.mixture.members is empty: name at least one 'kind:path_or_name:weight'")
-    return members
-
-
 def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
     """Load the data the config names and build the run's training source (see `TrainingData`). `params`: the
     model at the start of training, which mines `memory` negatives (needed only for them)."""
@@ -232,7 +144,7 @@ def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
         raise ConfigError(f"negatives source 'memory' mines the queries of one labelled source; data.source="
                           f"{cfg.data.source} has {'none' if cfg.data.source == 'selfsup' else 'several'}")
     if cfg.data.source == "selfsup":
-        return TrainingData(selfsup_source(cfg, tokenizer, spec), None, None)
+        return TrainingData(selfsup_source(cfg, tokenizer, spec, counts), None, None)
     if cfg.data.source != "mixture":
         data = load_labeled(cfg.data.source, cfg)
         memory = None
@@ -265,47 +177,3 @@ def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
                           "several (train each alone, or mine negatives offline with `jdr mine`)")
     mixture = MixtureSource(built, global_batch_size=batch, seed=cfg.seed, same_source_batches=same)
     return TrainingData(mixture, built[0][1], first_dev)
-
-
-SELFSUP_PAIRS = ("crop", "ict", "dropout", "title", "bm25")
-
-
-def selfsup_source(cfg, tokenizer, spec) -> TrainingSource:
-    """`data.source=selfsup`: a pair generator over `data.dataset`'s corpus (no queries, no qrels, no dev split)
-    as a `jdr.data.selfsup.PairSource`, with random / BM25 negatives keyed by the positive's document."""
-    from jdr.data.beir import load_corpus, resolve_dataset
-    from jdr.data.selfsup import (BM25Pairs, CorpusTokens, CropPairs, DropoutPairs, ICTPairs, TitlePairs,
-                                  parse_augmentations)
-    from jdr.data.selfsup.source import PairSource, document_negatives
-
-    s = cfg.data.selfsup
-    if s.pairs not in SELFSUP_PAIRS:
-        raise ConfigError(f"data.selfsup.pairs must be one of {', '.join(SELFSUP_PAIRS)}, got {s.pairs!r}")
-    if cfg.negatives.refresh_every:
-        raise ConfigError("negatives.refresh_every: the ANCE refresh re-mines labelled queries; data.source=selfsup "
-                          "has none")
-    counts = negative_counts(cfg)
-    try:
-        augments = {"query_augment": parse_augmentations(s.query_augment),
-                    "passage_augment": parse_augmentations(s.passage_augment)}
-    except ValueError as e:
-        raise ConfigError(f"data.selfsup: {e}") from None
-    corpus = load_corpus(resolve_dataset(cfg.data.dataset) / "corpus.jsonl")
-    tokens = CorpusTokens.from_corpus(tokenizer, corpus)
-    common = dict(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length, **augments)
-    try:
-        generator = {
-            "crop": lambda: CropPairs(tokens, chunk_length=s.chunk_length, ratio_min=s.ratio_min,
-                                      ratio_max=s.ratio_max, **common),
-            "ict": lambda: ICTPairs(tokens, remove_prob=s.remove_prob, min_query_tokens=s.min_query_tokens, **common),
-            "dropout": lambda: DropoutPairs(tokens, **common),
-            "title": lambda: TitlePairs(tokens, **common),
-            "bm25": lambda: BM25Pairs(tokens, corpus.titles, corpus.texts, query_unit=s.query_unit,
-                                      min_query_tokens=s.min_query_tokens, **common),
-        }[s.pairs]()
-        table = (document_negatives(corpus, counts, depth=cfg.negatives.depth, seed=cfg.seed,
-                                    skip_top=cfg.negatives.skip_top) if counts else None)
-        return PairSource(generator, global_batch_size=cfg.train.global_batch_size, seed=cfg.seed, negatives=table,
-                          num_negatives=cfg.negatives.num if counts else 0, name=s.pairs)
-    except ValueError as e:
-        raise ConfigError(f"data.selfsup ({s.pairs}): {e}") from None

@@ -1,7 +1,7 @@
 """Checkpoints with orbax: train state + everything needed to resume a run bit-for-bit.
 
 `Checkpointer(directory)` keeps one orbax step directory `<directory>/<step>/` per checkpoint (a training
-workdir passes `<workdir>/checkpoints`, see `jdr.train.workdir`), holding the items
+workdir passes `<workdir>/checkpoints`, see `jdr.models.workdir`), holding the items
 - `state`: the UNREPLICATED `TrainState` (host numpy arrays; the loop unreplicates before saving and
   replicates after restoring);
 - `arrays`: the jax RNG key's raw data (`jax.random.key_data`) and the negatives table arrays
@@ -28,7 +28,8 @@ import math
 import os
 import time
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -282,7 +283,7 @@ class Checkpointer:
         except OSError:
             return []
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,4 +1,4 @@
-"""The one error type for bad input files, and the line readers every reader is built on.
+"""The line readers every reader is built on; bad input raises `jdr.errors.DataError`.
 
 Every text file jdr reads goes through `text_lines`, so a non-UTF-8 byte, like any other bad input, is one line
 naming the file and the line (a bare `'utf-8' codec can't decode byte 0xe9` names neither).
@@ -8,18 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-
-class DataError(ValueError):
-    """Bad input data. The message is a single line: `path:line: what is wrong` (line omitted when not applicable)."""
-
-    def __init__(self, path, message: str, line: int | None = None):
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
-        self.path = str(path)
-        self.line = line
+from jdr.errors import DataError
 
 
 def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:

@@ -12,10 +12,12 @@ import dataclasses
 import json
 
 from jdr.io import as_path, atomic_dir
+from jdr.models.bert import BertConfig
+from jdr.models.encoder import EncoderSpec
+from jdr.models.tokenize import copy_tokenizer_files, load_tokenizer
 
 ENCODER_DIR = "encoder"
 CHECKPOINT_DIR = "checkpoints"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def is_workdir(path) -> bool:
@@ -39,9 +41,6 @@ def spec_to_dict(spec) -> dict:
 
 def spec_from_dict(d: dict):
     """Inverse of `spec_to_dict`."""
-    from jdr.models.bert import BertConfig
-    from jdr.models.encoder import EncoderSpec
-
     d = dict(d)
     return EncoderSpec(bert=BertConfig(**d.pop("bert")), **d)
 
@@ -51,9 +50,7 @@ def save_encoder_description(workdir, spec, model_dir) -> None:
     src = tokenizer_files_dir(model_dir)
     with atomic_dir(as_path(workdir) / ENCODER_DIR) as tmp:
         (tmp / "spec.json").write_text(json.dumps(spec_to_dict(spec), indent=2, sort_keys=True))
-        for name in _TOKENIZER_FILES:
-            if (src / name).exists():
-                (tmp / name).write_bytes((src / name).read_bytes())
+        copy_tokenizer_files(src, tmp)
 
 
 def resolve_step(ckpt, workdir, step) -> int:
@@ -78,8 +75,7 @@ def load_workdir(workdir, *, step: int | str | None = None, dtype: str | None = 
     import jax
     import numpy as np
 
-    from jdr.models.hf import load_tokenizer
-    from jdr.train.checkpoint import Checkpointer
+    from jdr.checkpoint import Checkpointer
 
     workdir = as_path(workdir)
     spec = spec_from_dict(json.loads((workdir / ENCODER_DIR / "spec.json").read_text()))
