@@ -65,8 +65,8 @@ class Objective:
 
     def init_state(self, params, tx: optax.GradientTransformation, *, spec=None, seed: int = 0) -> TrainState:
         """The step-0 state. An objective with extra state returns a `TrainState` subclass (orbax saves it whole).
-        Trainable weights of the objective's own (a scoring head) belong in `params` (the step differentiates
-        `params` only); the trainer exports `params` as an encoder, so keep them out of the encoder's subtrees."""
+        Trainable weights of the objective's own (a scoring head) must be in `params` to be trained (the step
+        differentiates `params` only); checkpoints and the end-of-run `export_encoder` then see them too."""
         return TrainState.create(params, tx)
 
     def attach(self, run, *, progress: bool = True) -> None:
