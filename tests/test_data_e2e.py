@@ -79,7 +79,7 @@ def test_triplet_with_in_batch_hard_negatives_gets_the_false_negative_mask(tiny_
     mask of the step's batch."""
     data = tmp_path / "topics"
     write_topic_beir(data, topics=3, docs_per_topic=(5, 7), train_queries_per_topic=4, test_queries_per_topic=1)
-    over = [f"model.path={tiny_model}", f"data.dataset={data}", *QUICK, "train.steps=1", "checkpoint.every=0",
+    over = [f"model.path={tiny_model}", f"data.dataset={data}", *QUICK, "train.steps=2", "checkpoint.every=0",
             "data.dev_queries=0", "negatives.source=random", "negatives.num=1", "train.loss=triplet",
             "train.hard_in_batch_k=2"]
     cfg = load_config("configs/tiny.py", over)
@@ -89,4 +89,4 @@ def test_triplet_with_in_batch_hard_negatives_gets_the_false_negative_mask(tiny_
     expected = float(fn.sum() - fn.shape[0] * fn.shape[1])  # the own positives are never dropped
     assert expected > 0
     train(cfg, tmp_path / "run", progress=False)
-    assert _logged(tmp_path / "run", "train/false_negatives") == {1: expected}
+    assert _logged(tmp_path / "run", "train/false_negatives")[1] == expected
