@@ -21,7 +21,8 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from jdr.negatives.table import NegativesTable
 

@@ -19,7 +19,8 @@ Life of an objective in `jdr.train.trainer`:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import optax
@@ -51,7 +52,7 @@ class Objective:
         Raise `ValueError` with one line naming the config key."""
 
     @classmethod
-    def from_config(cls, cfg) -> "Objective":
+    def from_config(cls, cfg) -> Objective:
         raise NotImplementedError
 
     def masks_false_negatives(self) -> bool:

@@ -59,7 +59,7 @@ class Contrastive(Objective):
         return kwargs
 
     @classmethod
-    def from_config(cls, cfg) -> "Contrastive":
+    def from_config(cls, cfg) -> Contrastive:
         return cls(cfg.train.loss, cls.loss_kwargs_of(cfg), cross_device_negatives=cfg.train.cross_device_negatives)
 
     def masks_false_negatives(self) -> bool:

@@ -27,8 +27,8 @@ negatives (`negatives.num=0`), no GradCache or EBR, one labelled training source
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +49,8 @@ LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
 
 def query_key(rng: jax.Array, step, axis_name: str) -> jax.Array:
     """The dropout key of a step's query encode: `make_train_step`'s derivation (fold in the step and the device's
-    axis index) then `Ltre.loss`'s (split, first half). The host-search embedder uses it too, so the searched embedding is exactly the
-    one the loss differentiates."""
+    axis index) then `Ltre.loss`'s (split, first half). The host-search embedder uses it too, so the searched
+    embedding is exactly the one the loss differentiates."""
     rng = jax.random.fold_in(jax.random.fold_in(rng, step), lax.axis_index(axis_name))
     return jax.random.split(rng)[0]
 
@@ -100,9 +100,10 @@ class Ltre(Objective):
         check_ltre_config(cfg)
 
     @classmethod
-    def from_config(cls, cfg) -> "Ltre":
+    def from_config(cls, cfg) -> Ltre:
         ltre = cfg.ltre
-        kwargs = {"metric_cut": ltre.metric_cut} if ltre.loss == "lambdarank" else {"temperature": cfg.train.temperature}
+        kwargs = ({"metric_cut": ltre.metric_cut} if ltre.loss == "lambdarank"
+                  else {"temperature": cfg.train.temperature})
         return cls(top_k=ltre.top_k, loss_name=ltre.loss, loss_kwargs=kwargs, search=ltre.search,
                    max_positives=ltre.max_positives, config=ltre)
 

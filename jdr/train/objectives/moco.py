@@ -30,7 +30,8 @@ documents, -1 padded). Config: `moco.momentum` in [0, 1), `moco.queue_size` (a p
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ class MocoState(TrainState):
 
     @classmethod
     def create(cls, params, tx: optax.GradientTransformation, *, queue_size: int, dim: int,
-               seed: int = 0) -> "MocoState":
+               seed: int = 0) -> MocoState:
         """A step-0 state: key tower = a copy of `params`, queue = `queue_size` L2-normalised Gaussian rows of
         width `dim` (the embedding size) drawn from `seed`, ids all -1."""
         if queue_size < 1 or dim < 1:
@@ -99,7 +100,7 @@ class Moco(Objective):
                 raise ValueError(message)
 
     @classmethod
-    def from_config(cls, cfg) -> "Moco":
+    def from_config(cls, cfg) -> Moco:
         return cls(momentum=cfg.moco.momentum, loss_kwargs=Contrastive.loss_kwargs_of(cfg),
                    queue_size=cfg.moco.queue_size, cross_device_negatives=cfg.train.cross_device_negatives)
 
