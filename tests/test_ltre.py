@@ -199,3 +199,41 @@ def test_jdr_train_runs_ltre_with_the_passage_tower_fixed(tiny_model, toy_beir, 
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params, start)
     assert max(jax.tree.leaves(moved["passage"])) == 0.0
     assert max(jax.tree.leaves(moved["query"])) > 0.0
+
+
+def test_positive_slots_are_checked_for_every_training_query_at_setup(toy):
+    from types import SimpleNamespace
+
+    from jdr.train.ltre import check_positive_slots
+
+    _, index, _, _ = toy
+    qrels = {"a": {"d1"}, "b": {"d2", "d3", "d4"}, "c": {"d5"}}
+    source = SimpleNamespace(train_qids=list(qrels), relevant=lambda q: frozenset(qrels[q]))
+    check_positive_slots(index, source, 3)
+    with pytest.raises(ValueError, match="query 'b' has 3 positives, more than ltre.max_positives=2"):
+        check_positive_slots(index, source, 2)
+    qrels["c"] = {"dx"}
+    with pytest.raises(ValueError, match="query 'c'.*'dx' is not in the index"):
+        check_positive_slots(index, source, 3)
+
+
+def test_jdr_train_refuses_too_many_positives_before_compiling(tiny_model, toy_beir, tmp_path, monkeypatch):
+    """A training query with more positives than `ltre.max_positives` is one line naming it at setup, not an
+    error when its batch is first drawn (possibly hours in): no step is ever built."""
+    import shutil
+
+    import jdr.train.ltre as ltre
+    from jdr.config import load_config
+    from jdr.train.trainer import train
+
+    data = shutil.copytree(toy_beir, tmp_path / "beir")
+    with open(data / "qrels" / "train.tsv", "a") as f:
+        f.write("q5\td0_1\t1\nq5\td0_2\t1\n")  # q5: 3 positives
+    monkeypatch.setattr(ltre, "pmap_ltre_step", lambda *a, **k: pytest.fail("a step was built"))
+    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={data}", "train.steps=4",
+                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
+                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
+                                          "eval.every=0", "eval.final_test=false", "export.at_end=false",
+                                          "log.tensorboard=false"])
+    with pytest.raises(ValueError, match="query 'q5' has 3 positives, more than ltre.max_positives=2"):
+        train(cfg, tmp_path / "run", progress=False)

@@ -39,7 +39,7 @@ from jdr.train.state import TrainState
 from jdr.train.step import EncodeFn, pmap_train_step
 
 __all__ = ["SEARCH_MODES", "query_key", "freeze_passage_tower", "make_ltre_step", "make_query_embedder",
-           "pmap_ltre_step", "build_fixed_index", "check_ltre_config"]
+           "pmap_ltre_step", "build_fixed_index", "check_ltre_config", "check_positive_slots"]
 
 SEARCH_MODES = ("callback", "host")
 LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
@@ -219,6 +219,19 @@ def check_ltre_config(cfg) -> None:
         path = getattr(ltre, key)
         if path and not Path(path).exists():
             raise ValueError(f"ltre.{key}: {path} does not exist")
+
+
+def check_positive_slots(index: FixedIndex, source, max_positives: int) -> None:
+    """At setup, before anything compiles: every training query of the labelled `source` (`train_qids`,
+    `relevant(qid)`, the keys `RetrievalBatches` looks up) fits its positives in `max_positives` slots and names only documents in the index. Otherwise
+    one `ValueError` naming the query (its batch may first be drawn hours into the run)."""
+    for qid in source.train_qids:
+        keys = source.relevant(qid)
+        if len(keys) > max_positives:
+            raise ValueError(f"training qrels: query {qid!r} has {len(keys)} positives, more than "
+                             f"ltre.max_positives={max_positives} (raise it)")
+        index.positive_rows([sorted(keys)], max_positives,
+                            where=f"training qrels of query {qid!r}")
 
 
 class RetrievalBatches:

@@ -198,10 +198,11 @@ def _fixed_index(cfg, run, *, progress: bool):
     """LTRe's fixed index (None otherwise); the run's batches become retrieval batches over it."""
     if not cfg.ltre.enabled:
         return None
-    from jdr.train.ltre import RetrievalBatches, build_fixed_index
+    from jdr.train.ltre import RetrievalBatches, build_fixed_index, check_positive_slots
 
     index = build_fixed_index(cfg.ltre, run.params, run.spec, run.tokenizer, run.training.labeled.data.corpus,
                               batch_size=cfg.eval.batch_size, progress=progress)
+    check_positive_slots(index, run.training.labeled, cfg.ltre.max_positives)  # every query, before compiling
     run.batches = RetrievalBatches(run.batches, index, cfg.ltre.max_positives)
     return index
 
