@@ -55,12 +55,14 @@ def query_key(rng: jax.Array, step, axis_name: str) -> jax.Array:
 
 def freeze_passage_tower(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """`tx` for the "query" subtree of untied params, `optax.set_to_zero` for "passage" (no update, no weight
-    decay, no optimizer state): the passage tower that encoded the index stays bit-identical."""
+    decay, no optimizer state): the passage tower that encoded the index stays bit-identical. A shared "dense"
+    layer (a whitened model: one Dense after pooling for both towers) belongs to that passage tower too, so it is
+    frozen with it; only the query tower's BERT trains."""
 
     def labels(params):
-        if set(params) != {"query", "passage"}:
+        if not {"query", "passage"} <= set(params) or not set(params) <= {"query", "passage", "dense"}:
             raise ValueError(f"LTRe trains the query tower of untied params (model.tied=False); got {sorted(params)}")
-        return {"query": "train", "passage": "frozen"}
+        return {"query": "train", "passage": "frozen", **({"dense": "frozen"} if "dense" in params else {})}
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
