@@ -87,6 +87,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.negatives.depth = 200  # Negatives are sampled from each source's top-`depth` (ANCE: 200).
     c.negatives.hybrid = "bm25:1,ann:3"  # Per-source counts when source == "hybrid" (sum must equal `num`).
     c.negatives.warm_start = "bm25"  # Where ANN's share comes from until the first refresh: bm25 | file | random.
+    # BM25 of `bm25` negatives: "lucene" = Pyserini's BEIR BM25 (k1 0.9, b 0.4, Porter stemming) | "bm25s" = jdr's
+    # former one (k1 1.5, b 0.75, no stemming). jdr.negatives.bm25.PRESETS.
+    c.negatives.bm25_preset = "lucene"
     c.negatives.skip_top = 0  # Denoise: drop the top-r candidates of each ranked source (0 = keep all).
     # Denoise: drop candidates the dense teacher scores >= (weakest positive's score - this); None = off.
     c.negatives.denoise_threshold = ml_collections.config_dict.placeholder(float)
