@@ -104,3 +104,21 @@ def test_bm25_negatives_take_the_config_preset(tiny_model, toy_beir, tmp_path, s
     assert spy == ["lucene", "bm25s"]
     with pytest.raises(ValueError, match="negatives.bm25_preset must be one of lucene, bm25s, got 'x'"):
         prepare(cfg("negatives.bm25_preset=x"), tmp_path / "c")
+
+
+def test_no_third_party_debug_record_reaches_stderr(caplog, capsys):
+    """A root handler as absl installs it (`logging.basicConfig()`, level NOTSET) shows any record a library lets
+    through: a BM25 build must let through none below WARNING (bm25s sets its logger to DEBUG)."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:  # the loggers' own levels decide (root stays at its default WARNING), as in `jdr train`
+        bm25_candidates(PASSAGES, ["run"], k=2)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    leaked = [f"{r.levelname}:{r.name}:{r.getMessage()}" for r in caplog.records
+              if r.levelno < logging.WARNING and not r.name.startswith("jdr")]
+    assert leaked == []
+    assert capsys.readouterr().err == ""

@@ -10,10 +10,15 @@ Two presets (`PRESETS`), both with Lucene's scoring (`bm25s.BM25(method="lucene"
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import bm25s
 import numpy as np
+
+# bm25s sets its own logger to DEBUG at import; once anything gives the root logger a handler (absl does, when
+# orbax is imported) its "Building index from IDs objects" lines reach stderr between jdr's progress bars.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 PRESETS: dict[str, dict] = {
     "lucene": {"k1": 0.9, "b": 0.4, "stemmer": "porter", "token_pattern": r"(?u)\b\w+\b"},
