@@ -76,6 +76,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.data.selfsup.remove_prob = 0.9  # ict: how often the query sentence is cut out of its key (ORQA: 0.9).
     c.data.selfsup.query_unit = "sentence"  # bm25: pseudo-query is a "sentence", the "title" or "both".
     c.data.selfsup.min_query_tokens = 5  # ict / bm25: shortest sentence usable as a query.
+    # ict / bm25: how documents split into sentences. "regex": a stop, a space and a capital (English prose) |
+    # "lowercase": any character may follow the stop (lower-cased or caseless text; 。！？ too) | "window:N": N-word
+    # windows, no sentence detection. jdr/data/selfsup/sentences.py.
+    c.data.selfsup.sentence_split = "regex"
     c.data.selfsup.query_augment = ""  # Token augmentations of the query view, e.g. "delete:0.1" or "span:5".
     c.data.selfsup.passage_augment = ""  # ... and of the positive view (kinds: delete replace mask shuffle span repeat).
 

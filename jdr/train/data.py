@@ -291,8 +291,14 @@ def selfsup_source(cfg, tokenizer, spec) -> TrainingSource:
                     "passage_augment": parse_augmentations(s.passage_augment)}
     except ValueError as e:
         raise ConfigError(f"data.selfsup: {e}") from None
+    from jdr.data.selfsup.sentences import make_splitter
+
+    try:
+        splitter = make_splitter(s.sentence_split)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     corpus = load_corpus(resolve_dataset(cfg.data.dataset) / "corpus.jsonl")
-    tokens = CorpusTokens.from_corpus(tokenizer, corpus)
+    tokens = CorpusTokens.from_corpus(tokenizer, corpus, splitter=splitter)
     common = dict(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length, **augments)
     try:
         generator = {
