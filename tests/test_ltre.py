@@ -234,7 +234,7 @@ def test_jdr_train_refuses_too_many_positives_before_compiling(tiny_model, toy_b
     error when its batch is first drawn (possibly hours in): no step is ever built."""
     import shutil
 
-    import jdr.train.ltre as ltre
+    from jdr.train import ltre
     from jdr.config import load_config
     from jdr.train.trainer import train
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Callable
+from collections.abc import Callable
 
 # Words that end with a period without ending the sentence (compared lower-cased, without the final period).
 _ABBREVIATIONS = frozenset(
