@@ -15,8 +15,9 @@ Retention: the last `keep` steps plus the best step by `keep_best_metric`.
 
 The directory may be local or `gs://` (`jdr.io.as_path`). A reader (`read_only=True`: `jdr evaluate / export`
 during training) changes nothing on disk: it neither sets aside nor cleans up a step the trainer is still writing.
-Each checkpoint records a CRC32 of every state array, checked on restore, so a damaged file is an error, never
-silently different weights. Any failure to write or read a step is a `CheckpointError` of one line naming the step
+Each checkpoint records a CRC32 of every array it saves (state, RNG key, negatives table), checked on restore,
+so a damaged file is an error, never silently different weights; an array without a saved CRC is an error too
+(checkpoints written before CRCs existed are read unchecked). Any failure to write or read a step is a `CheckpointError` of one line naming the step
 and what to do; the steps before it stay usable.
 """
 
@@ -143,6 +144,7 @@ class Checkpointer:
             stored, meta["negatives"] = _split_unstorable(dict(negatives))
             if stored:
                 arrays["negatives"] = stored
+        meta["arrays_crc32"] = _digests(arrays)
         # orbax first waits for the previous async save: a failure of that one surfaces here.
         with self._errors("write", self._pending_step if self._pending_step is not None else step):
             self._manager.wait_until_finished()
@@ -171,7 +173,8 @@ class Checkpointer:
             meta = self._meta(step)
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=_numpy_restore(abstract_state), arrays=ocp.args.StandardRestore()))
-            _check_digests(restored.state, meta)
+            _check_digests(restored.state, meta, "state_crc32")
+            _check_digests(restored.arrays, meta, "arrays_crc32")
             arrays = restored.arrays
             key_data = jnp.asarray(arrays["rng"])
             rng = jax.random.wrap_key_data(key_data, impl=meta["rng_impl"]) if meta["rng_impl"] else key_data
@@ -196,7 +199,7 @@ class Checkpointer:
                 raise ValueError(f"checkpoint {self.directory / str(step)} holds no state.params")
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=_numpy_restore({"params": tree["params"]}, partial=True)))
-            _check_digests(restored.state, meta)
+            _check_digests(restored.state, meta, "state_crc32")
         return restored.state["params"]
 
     def metrics(self, step: int) -> dict[str, float] | None:
@@ -374,13 +377,16 @@ def _digests(tree) -> dict[str, int]:
     return out
 
 
-def _check_digests(tree, meta: Mapping) -> None:
-    """Raise ValueError naming the first array whose bytes differ from the CRC saved with it."""
-    saved = meta.get("state_crc32")
-    if not saved:  # written before digests existed
+def _check_digests(tree, meta: Mapping, field: str) -> None:
+    """Raise ValueError naming the first array of `tree` whose bytes differ from the CRC saved in `meta[field]`, or
+    that has no CRC there. A checkpoint without `field` (written before those CRCs existed) is not checked."""
+    saved = meta.get(field)
+    if saved is None:
         return
     for key, crc in _digests(tree).items():
-        if key in saved and saved[key] != crc:
+        if key not in saved:
+            raise ValueError(f"array {key} has no CRC32 saved with it ({field}; the metadata is damaged)")
+        if saved[key] != crc:
             raise ValueError(f"array {key} does not match the CRC32 saved with it (the file is damaged)")
 
 

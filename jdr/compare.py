@@ -247,7 +247,8 @@ def _test_sentence(c: Comparison) -> str:
 def format_markdown(c: Comparison, digits: int = 4, *, labels: Mapping[str, str] | None = None,
                     extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """A markdown table, one row per run, cells `mean` + `MARK` where the difference from the baseline is
-    significant after correction; a footnote names the test. `labels`: display names by run name; `extra`:
+    significant after correction; then a table of each run's difference from the baseline with its confidence
+    interval (Student t, `paired_test`'s `diff_ci`); a footnote (the last line) names the test. `labels`: display names by run name; `extra`:
     more columns, `{header: {run name: cell}}` (a missing cell is empty)."""
     labels, extra = labels or {}, extra or {}
     lines = ["| run | " + " | ".join([LABELS.get(m, m) for m in c.metrics] + list(extra)) + " |",
@@ -258,6 +259,14 @@ def format_markdown(c: Comparison, digits: int = 4, *, labels: Mapping[str, str]
                  for m in c.metrics] + [column.get(r.name, "") for column in extra.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     base = labels.get(c.baseline, c.baseline)
+    pct = f"{c.settings['confidence']:.0%}".replace("%", " %")
+    lines += ["", f"| difference from {base} ({pct} CI) | " + " | ".join(LABELS.get(m, m) for m in c.metrics) + " |",
+              "|---|" + "---|" * len(c.metrics)]
+    for r in c.runs:
+        if r.name != c.baseline:
+            cells = [f"{e['diff']:+.{digits}f} [{e['diff_ci'][0]:+.{digits}f}, {e['diff_ci'][1]:+.{digits}f}]"
+                     for e in (r.metrics[m] for m in c.metrics)]
+            lines.append(f"| {labels.get(r.name, r.name)} | " + " | ".join(cells) + " |")
     lines.append(f"\n{MARK} significantly different from {base}: {_test_sentence(c)}.")
     return "\n".join(lines)
 

@@ -76,6 +76,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.data.selfsup.remove_prob = 0.9  # ict: how often the query sentence is cut out of its key (ORQA: 0.9).
     c.data.selfsup.query_unit = "sentence"  # bm25: pseudo-query is a "sentence", the "title" or "both".
     c.data.selfsup.min_query_tokens = 5  # ict / bm25: shortest sentence usable as a query.
+    # ict / bm25: how documents split into sentences. "regex": a stop, a space and a capital (English prose) |
+    # "lowercase": any character may follow the stop (lower-cased or caseless text; 。！？ too) | "window:N": N-word
+    # windows, no sentence detection. jdr/data/selfsup/sentences.py.
+    c.data.selfsup.sentence_split = "regex"
     c.data.selfsup.query_augment = ""  # Token augmentations of the query view, e.g. "delete:0.1" or "span:5".
     c.data.selfsup.passage_augment = ""  # ... and of the positive view (kinds: delete replace mask shuffle span repeat).
 
@@ -87,6 +91,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.negatives.depth = 200  # Negatives are sampled from each source's top-`depth` (ANCE: 200).
     c.negatives.hybrid = "bm25:1,ann:3"  # Per-source counts when source == "hybrid" (sum must equal `num`).
     c.negatives.warm_start = "bm25"  # Where ANN's share comes from until the first refresh: bm25 | file | random.
+    # BM25 of `bm25` negatives: "lucene" = Pyserini's BEIR BM25 (k1 0.9, b 0.4, Porter stemming) | "bm25s" = jdr's
+    # former one (k1 1.5, b 0.75, no stemming). jdr.index.bm25.PRESETS.
+    c.negatives.bm25_preset = "lucene"
     c.negatives.skip_top = 0  # Denoise: drop the top-r candidates of each ranked source (0 = keep all).
     # Denoise: drop candidates the dense teacher scores >= (weakest positive's score - this); None = off.
     c.negatives.denoise_threshold = ml_collections.config_dict.placeholder(float)

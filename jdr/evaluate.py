@@ -154,13 +154,13 @@ def evaluate_model(params, spec, tokenizer, data, *, prefix: str = "", run_outpu
         yield prefix + name, value
 
 
-def bm25_run(corpus, queries: dict[str, str], k: int = 1000) -> Run:
+def bm25_run(corpus, queries: dict[str, str], k: int = 1000, *, preset: str = "lucene") -> Run:
     """BM25 top-`k` run of `queries` ({qid: text}) over `corpus` (a `jdr.data.Corpus`, BEIR `title + " " + text`),
-    with jdr's one BM25 set-up (`jdr.index.bm25.bm25_candidates`: bm25s, k1 1.5, b 0.75, English stopwords).
-    Docs sharing no term with a query are left out of its list."""
+    with jdr's BM25 (`jdr.index.bm25.bm25_candidates`; `preset` "lucene": Pyserini's k1 0.9, b 0.4, Porter
+    stemming; "bm25s": the former k1 1.5, b 0.75, no stemming). Docs sharing no term with a query are left out."""
     from jdr.index.bm25 import bm25_candidates  # bm25s is imported only when used
 
     qids = list(queries)
-    scores, rows = bm25_candidates(corpus.passages(), [queries[q] for q in qids], k)
+    scores, rows = bm25_candidates(corpus.passages(), [queries[q] for q in qids], k, preset=preset)
     return {q: {corpus.ids[r]: float(s) for s, r in zip(srow, rrow) if r >= 0}
             for q, srow, rrow in zip(qids, scores, rows)}

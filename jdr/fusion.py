@@ -10,7 +10,10 @@ metrics were computed with. A query present in only some runs is fused from thos
 - Linear: `score(d) = sum_i w_i * norm_i(d)` with each run's scores normalised per query — "minmax" to [0, 1]
   or "zscore" (mean 0, standard deviation 1). A doc that run i did not return takes run i's lowest normalised
   score for that query (the "default minimum" of Ma et al.'s dense-sparse hybrids): absent from a top-k list
-  means "ranked below it", not "average". A query whose scores are all equal in a run normalises to 0 there.
+  means "ranked below it", not "average". A query whose scores are all equal in a run (one document, or ties)
+  gives those documents the top of the range and the documents the run did not return its bottom: minmax 1 and 0,
+  zscore +1 and -1 (the two values of a list of two distinct scores): a lone hit counts as the run's best, rather
+  than normalising to the floor absent documents get and contributing nothing.
 """
 
 from __future__ import annotations
@@ -64,12 +67,12 @@ def rrf(runs: Sequence[Run], *, k: float = 60.0, weights: Sequence[float] | None
 
 def normalize(scores: np.ndarray, norm: str) -> np.ndarray:
     """One query's scores `[n]` of one run, normalised: "minmax" -> [0, 1], "zscore" -> mean 0, std 1 (population
-    std); a constant list -> zeros."""
+    std); a constant list (one score, or ties) -> ones, the top of the range (see the module docstring)."""
     scores = np.asarray(scores, dtype=np.float64)
     if norm not in NORMS:
         raise ValueError(f"fuse: norm must be one of {list(NORMS)}, got {norm!r}")
     if len(scores) == 0 or np.ptp(scores) == 0:
-        return np.zeros_like(scores)
+        return np.ones_like(scores)
     if norm == "minmax":
         return (scores - scores.min()) / np.ptp(scores)
     return (scores - scores.mean()) / scores.std()
@@ -87,9 +90,13 @@ def linear(runs: Sequence[Run], *, weights: Sequence[float] | None = None, norm:
         per_run = []
         for run in runs:
             docs = _top(run.get(qid, {}), depth)
-            values = normalize(np.array([s for _, s in docs]), norm)
-            # the floor: the lowest normalised score (0 for a query the run lacks: a constant, so no effect)
-            per_run.append(({d: float(v) for (d, _), v in zip(docs, values)}, float(values.min(initial=0.0))))
+            scores = np.array([s for _, s in docs])
+            values = normalize(scores, norm)
+            # the floor: the lowest normalised score; for a constant list the bottom of the range (its docs have the
+            # top); 0 for a query the run lacks (a constant, so no effect)
+            constant = len(scores) > 0 and np.ptp(scores) == 0
+            floor = (0.0 if norm == "minmax" else -1.0) if constant else float(values.min(initial=0.0))
+            per_run.append(({d: float(v) for (d, _), v in zip(docs, values)}, floor))
         union = dict.fromkeys(d for docs, _ in per_run for d in docs)
         fused[qid] = {d: sum(wi * docs.get(d, floor) for wi, (docs, floor) in zip(w, per_run)) for d in union}
     return _cut(fused, top_k)

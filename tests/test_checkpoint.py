@@ -302,3 +302,49 @@ def test_a_damaged_array_fails_its_crc(tmp_path):
         reader.restore(2, abstract_state=state)
     assert_tree_identical(reader.restore(1, abstract_state=state)[0], jax.device_get(state))
     reader.close()
+
+
+def _save_two_steps(tmp_path):
+    state = make_state()
+    table, _, _ = make_table()
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, state, rng=jax.random.key(step), negatives=table.to_arrays(), **EXTRAS)
+    return state, table
+
+
+@pytest.mark.parametrize("leaf", ["rng", "negatives/candidates/bm25"])
+def test_a_damaged_rng_or_negatives_array_fails_its_crc(tmp_path, leaf):
+    """The RNG key and the negatives table are CRC-checked like the state: a changed value is an error naming it."""
+    import orbax.checkpoint as ocp
+
+    state, table = _save_two_steps(tmp_path)
+    arrays = jax.tree.map(np.array, {"rng": jax.random.key_data(jax.random.key(2)), "negatives": table.to_arrays()})
+    if leaf == "rng":
+        arrays["rng"][-1] ^= 1
+    else:
+        arrays["negatives"]["candidates"]["bm25"][0, 0] += 1
+    (tmp_path / "2" / "arrays").rename(tmp_path / "arrays.orig")
+    with ocp.StandardCheckpointer() as writer:
+        writer.save(tmp_path / "2" / "arrays", arrays)
+    reader = Checkpointer(tmp_path, read_only=True)
+    with pytest.raises(CheckpointError, match=rf"array {leaf} does not match the CRC32.*resume from step 1"):
+        reader.restore(2, abstract_state=state)
+    reader.restore(1, abstract_state=state)
+    reader.close()
+
+
+@pytest.mark.parametrize("field,leaf", [("state_crc32", "params/dense/kernel"), ("arrays_crc32", "rng")])
+def test_an_array_without_a_saved_crc_is_an_error(tmp_path, field, leaf):
+    """In a checkpoint written with CRCs, an array missing from them is not silently trusted."""
+    import json
+
+    state, _ = _save_two_steps(tmp_path)
+    path = tmp_path / "2" / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    del meta[field][leaf]
+    path.write_text(json.dumps(meta))
+    reader = Checkpointer(tmp_path, read_only=True)
+    with pytest.raises(CheckpointError, match=rf"array {leaf} has no CRC32 saved with it"):
+        reader.restore(2, abstract_state=state)
+    reader.close()

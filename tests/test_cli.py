@@ -56,6 +56,19 @@ def test_bad_factory_exits_2(tmp_path, capsys):
     assert not (tmp_path / "i").exists()
 
 
+@pytest.mark.parametrize("flags", [["--factory", "IVF4,Flat"], ["--train-sample", "2"]])
+def test_index_spann_refuses_faiss_only_flags(tmp_path, capsys, flags):
+    import numpy as np
+
+    from jdr.index import save_embeddings
+
+    save_embeddings(tmp_path / "emb", np.ones((4, 8), np.float32), list("abcd"))
+    code = main(["index", "--embeddings", str(tmp_path / "emb"), "--spann", *flags, "--output", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"--spann takes no {flags[0]}" in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_argparse_usage_error_exits_2():
     with pytest.raises(SystemExit) as e:
         main(["index", "--factory", "Flat"])

@@ -86,6 +86,12 @@ def test_compare_runs_flags_and_missing_queries():
     assert table[2] == "| second (baseline) | 0.6309 | 0.5000 | 1.0000 |"
     assert table[3] == "| first | 1.0000† | 1.0000† | 1.0000 |"
     assert "Holm-corrected over 6 comparisons" in table[-1]
+    lo, hi = first["ndcg@10"]["diff_ci"]
+    assert table[6] == "| difference from second (95 % CI) | NDCG@10 | MRR@10 | R@100 |"
+    assert table[8].startswith(f"| first | {first['ndcg@10']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | ")
+    assert table[9] == "| missing | " + " | ".join(
+        f"{e['diff']:+.4f} [{e['diff_ci'][0]:+.4f}, {e['diff_ci'][1]:+.4f}]"
+        for e in (miss.metrics[m] for m in ("ndcg@10", "mrr@10", "recall@100"))) + " |"
     with pytest.raises(ValueError, match="baseline 'nope' is not one of"):
         compare_scores({"a": {"ndcg@10": np.ones(3)}, "b": {"ndcg@10": np.ones(3)}}, baseline="nope",
                        metrics=("ndcg@10",))
@@ -115,6 +121,7 @@ def test_cli_json_markdown_text(runs, capsys):
     assert main(args + ["--markdown", "--baseline", "first", "--correction", "bh", "--test", "t"]) == 0
     md = capsys.readouterr().out
     assert "| first (baseline) |" in md and "| second | 0.6309† | 0.5000† |" in md and "paired t-test" in md
+    assert "| difference from first (95 % CI) | NDCG@10 | MRR@10 |" in md and "| second | -0.3691 [-0.3691, -0.3691] |" in md
     assert main(args + ["--names", "B,A", "--metrics", "mrr@10"]) == 0
     text = capsys.readouterr().out
     assert "MRR@10" in text and "NDCG@10" not in text and "  A  " in text

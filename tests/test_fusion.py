@@ -46,8 +46,20 @@ def test_linear_zscore_by_hand():
     z = math.sqrt(1.5)  # scores (3, 2, 1): mean 2, population std sqrt(2/3) -> +-1/sqrt(2/3) = +-sqrt(1.5)
     got = linear([A, B], norm="zscore")["q"]
     assert got == pytest.approx({"d1": z + 0.0, "d2": 0.0 - z, "d3": -z + z, "d4": -z - z})
-    assert normalize(np.array([5.0, 5.0]), "zscore").tolist() == [0.0, 0.0]  # constant list
-    assert normalize(np.array([5.0]), "minmax").tolist() == [0.0]
+    assert normalize(np.array([5.0, 5.0]), "zscore").tolist() == [1.0, 1.0]  # constant list: the top
+    assert normalize(np.array([5.0]), "minmax").tolist() == [1.0]
+
+
+@pytest.mark.parametrize("single", [{"q": {"d1": 5.0}}, {"q": {"d1": 5.0, "d5": 5.0}}], ids=["one-doc", "ties"])
+def test_linear_a_constant_list_counts_as_the_runs_best(single):
+    """A run returning one document (or only tied scores) gives it the top of the range and the documents it did
+    not return the bottom, so it still votes: min-max 1 / 0, z-score +1 / -1."""
+    other = {"q": {"d2": 0.9, "d3": 0.1}}
+    got = linear([single, other], weights=[2, 1])["q"]
+    assert got == pytest.approx({**{d: 2.0 for d in single["q"]}, "d2": 1.0, "d3": 0.0})
+    assert list(got)[-1] == "d3"
+    got = linear([single, other], norm="zscore")["q"]  # other: d2 +1, d3 -1
+    assert got == pytest.approx({**{d: 1.0 - 1.0 for d in single["q"]}, "d2": -1.0 + 1.0, "d3": -1.0 - 1.0})
 
 
 def test_fusion_errors():

@@ -132,6 +132,38 @@ def test_run_restarting_passes_its_own_sigterm_on_and_does_not_rerun(tmp_path):
     assert Path(f"{child}.calls").read_text().split() == ["run", "saved"]
 
 
+# A `wait` that lets the builtin collect the child's status, then signals the wrapper (the first time it waits for
+# a pid): the SIGTERM lands in the window after the child's exit status was collected. With OLD_BASH it rejects
+# `-p`, as bash < 5.1 does.
+_LATE_SIGTERM_WAIT = r"""
+wait() {
+  if [[ "${1:-}" == -p && -n "${OLD_BASH:-}" ]]; then echo "wait: -p: invalid option" >&2; return 2; fi
+  local s=0
+  builtin wait "$@" || s=$?
+  if [[ "${*: -1}" =~ ^[0-9]+$ && ! -e "$MARK" ]]; then : > "$MARK"; kill -TERM $$; fi
+  return "$s"
+}
+"""
+
+
+@pytest.mark.parametrize("old_bash", [False, True], ids=["wait-p", "bash<5.1"])
+@pytest.mark.parametrize("posix", [False, True], ids=["bash", "posix"])
+def test_run_restarting_sigterm_after_the_child_exited_75_exits_75(tmp_path, posix, old_bash):
+    """SIGTERM reaching the wrapper just after `wait` collected the child's 75: the wrapper exits 75 (an outer
+    scheduler requeues) without rerunning, never 127 from waiting again for a child already reaped (POSIX mode
+    forgets a reaped child's status)."""
+    child = tmp_path / "child.sh"
+    child.write_text("#!/usr/bin/env bash\necho run >> \"$0.calls\"\nexit 75\n")
+    child.chmod(0o755)
+    code = ("set -o posix\n" if posix else "") + _LATE_SIGTERM_WAIT + '. "$0" "$@"\n'
+    env = {**os.environ, "MARK": str(tmp_path / "signalled"), **({"OLD_BASH": "1"} if old_bash else {})}
+    r = subprocess.run(["bash", "-c", code, str(SCRIPTS / "run_restarting.sh"), str(child)], capture_output=True,
+                       text=True, timeout=60, env=env, check=False)
+    assert (tmp_path / "signalled").exists()  # the signal was sent in the window
+    assert r.returncode == 75, r.stderr
+    assert Path(f"{child}.calls").read_text().split() == ["run"]
+
+
 def test_tpu_workers_rerun_jdr_after_a_preemption(tmp_path):
     """The remote command tpu_pod_train.sh sends, run here in a fake worker home: jdr exits 75 and is rerun."""
     (ssh,) = dry_run("tpu_pod_train.sh", *TPU_FLAGS, "--config", "configs/tiny.py", "--workdir", "gs://bkt/run1")

@@ -142,6 +142,18 @@ def test_frozen_passage_tower_gets_no_update_even_with_weight_decay():
         freeze_passage_tower(optax.sgd(0.1)).init({"shared": params["query"]})
 
 
+def test_a_shared_dense_layer_is_frozen_with_the_passage_tower():
+    """A whitened model (`model.path` with a Dense after pooling, shared by both towers) trains with LTRe: the
+    Dense encoded the index as part of the passage tower, so it stays fixed; the query tower moves."""
+    tx = freeze_passage_tower(optax.sgd(0.1))
+    params = {t: {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)} for t in ("query", "passage", "dense")}
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert all(not np.any(u) for t in ("passage", "dense") for u in jax.tree.leaves(updates[t]))
+    assert all(np.all(u != 0) for u in jax.tree.leaves(updates["query"]))
+    with pytest.raises(ValueError, match="model.tied=False"):
+        tx.init({"shared": params["query"], "dense": params["dense"]})
+
+
 def _cfg(**ltre):
     cfg = train_config()
     with cfg.unlocked():
@@ -198,4 +210,67 @@ def test_jdr_train_runs_ltre_with_the_passage_tower_fixed(tiny_model, toy_beir, 
     start, _, _ = load(tiny_model, tied=False)
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params, start)
     assert max(jax.tree.leaves(moved["passage"])) == 0.0
+    assert max(jax.tree.leaves(moved["query"])) > 0.0
+
+
+def test_positive_slots_are_checked_for_every_training_query_at_setup(toy):
+    from types import SimpleNamespace
+
+    from jdr.train.objectives.ltre import check_positive_slots
+
+    _, index, _, _ = toy
+    qrels = {"a": {"d1"}, "b": {"d2", "d3", "d4"}, "c": {"d5"}}
+    source = SimpleNamespace(train_qids=list(qrels), relevant=lambda q: frozenset(qrels[q]))
+    check_positive_slots(index, source, 3)
+    with pytest.raises(ValueError, match="query 'b' has 3 positives, more than ltre.max_positives=2"):
+        check_positive_slots(index, source, 2)
+    qrels["c"] = {"dx"}
+    with pytest.raises(ValueError, match="query 'c'.*'dx' is not in the index"):
+        check_positive_slots(index, source, 3)
+
+
+def test_jdr_train_refuses_too_many_positives_before_compiling(tiny_model, toy_beir, tmp_path, monkeypatch):
+    """A training query with more positives than `ltre.max_positives` is one line naming it at setup, not an
+    error when its batch is first drawn (possibly hours in): no step is ever built."""
+    import shutil
+
+    from jdr.config import load_config
+    from jdr.train import trainer
+    from jdr.train.trainer import train
+
+    data = shutil.copytree(toy_beir, tmp_path / "beir")
+    with open(data / "qrels" / "train.tsv", "a") as f:
+        f.write("q5\td0_1\t1\nq5\td0_2\t1\n")  # q5: 3 positives
+    monkeypatch.setattr(trainer, "make_train_step", lambda *a, **k: pytest.fail("a step was built"))
+    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={data}", "train.steps=4",
+                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
+                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
+                                          "eval.every=0", "eval.final_test=false", "export.at_end=false",
+                                          "log.tensorboard=false"])
+    with pytest.raises(ValueError, match="query 'q5' has 3 positives, more than ltre.max_positives=2"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_jdr_train_ltre_from_a_whitened_model(tiny_model, toy_beir, tmp_path):
+    """`model.path` = a whitened model (`jdr whiten`: a Dense shared by both towers): LTRe trains the query tower,
+    and the passage tower and the Dense, which encoded the index, end bit-identical."""
+    from jdr.cli import main
+    from jdr.config import load_config
+    from jdr.models.hf import load
+    from jdr.train.trainer import train
+    from jdr.models.workdir import load_workdir
+
+    whitened = tmp_path / "whitened"
+    assert main(["whiten", "--model", str(tiny_model), "--data", str(toy_beir), "--output", str(whitened),
+                 "--dim", "16"]) == 0
+    cfg = load_config("configs/tiny.py", [f"model.path={whitened}", f"data.dataset={toy_beir}", "train.steps=2",
+                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
+                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
+                                          "checkpoint.every=2", "eval.every=0", "eval.final_test=false",
+                                          "export.at_end=false", "log.tensorboard=false"])
+    assert train(cfg, tmp_path / "run", progress=False)["step"] == 2
+    params, _, _, _ = load_workdir(tmp_path / "run")
+    start, _, _ = load(whitened, tied=False)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), params, start)
+    assert max(jax.tree.leaves(moved["passage"])) == 0.0 and max(jax.tree.leaves(moved["dense"])) == 0.0
     assert max(jax.tree.leaves(moved["query"])) > 0.0

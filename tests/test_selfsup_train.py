@@ -139,28 +139,38 @@ def test_scifact_selfsup_rows_are_valid_configs(row):
     assert cfg.data.source == "selfsup" and cfg.data.dev_queries == 0 and cfg.train.steps == 100
 
 
-def test_dropout_views_get_two_different_masks():
-    """SimCSE's positive pair is the same text under two dropout masks: the step must draw different dropout keys
-    for the query and the passage encode (it splits one key per step and device into two)."""
-    import jax.numpy as jnp
+def test_dropout_views_get_two_different_masks(tiny_model):
+    """SimCSE's positive pair is the same text under two dropout masks: with the real model and its hashed Dropout
+    (jdr/models/dropout.py), the train step's query and passage encodes of one text differ (it splits one key per
+    step and device into two), and the same step key gives the same views again."""
     import optax
     from test_train_step import _batch, _shard
 
+    from jdr.models import encoder
     from jdr.train.state import TrainState
     from jdr.train.step import make_train_step, replicate
 
-    h = 256
+    params, spec, _ = load(tiny_model)
+    assert spec.normalize and spec.bert.hidden_dropout_prob > 0  # unit embeddings: q.p = 1 iff the views agree
 
-    def mask_only(params, ids, mask, tower, deterministic, rng):  # the embedding IS the dropout mask
-        keep = jnp.ones((ids.shape[0], h)) if deterministic else jax.random.bernoulli(rng, 0.5, (ids.shape[0], h))
-        return keep.astype(jnp.float32) + 0.0 * params["w"]
+    def encode(p, ids, mask, tower, deterministic, rng):
+        return encoder.encode(p, spec, ids, mask, tower=tower, deterministic=deterministic, rng=rng)
 
-    batch = _batch(0, 4, 1)
+    batch = _batch(0, 4, 1, vocab=spec.bert.vocab_size)
     batch["passage_ids"], batch["passage_mask"] = batch["query_ids"], batch["query_mask"]  # the same text twice
-    params, tx = {"w": jnp.zeros(())}, optax.sgd(0.0)
-    step = jax.pmap(make_train_step(mask_only, loss_name="info_nce", loss_kwargs={"temperature": 1.0}, tx=tx),
-                    axis_name="batch", in_axes=(0, 0, None), devices=jax.local_devices()[:1])
-    _, metrics = step(replicate(TrainState.create(params, tx), jax.local_devices()[:1]), _shard(batch, 1),
-                      jax.random.key(0))
-    # One shared mask would give q == p and q.p = |q|^2 ~ h/2; independent masks overlap on ~h/4 units.
-    assert abs(float(metrics["pos_score"][0]) - h / 4) < 0.15 * h / 4, float(metrics["pos_score"][0])
+    tx = optax.sgd(0.0)
+    devices = jax.local_devices()[:1]
+    step = jax.pmap(make_train_step(encode, loss_name="info_nce", loss_kwargs={"temperature": 1.0}, tx=tx),
+                    axis_name="batch", in_axes=(0, 0, None), devices=devices)
+    state = replicate(TrainState.create(params, tx), devices)
+
+    def pos_score(key):
+        return float(step(state, _shard(batch, 1), key)[1]["pos_score"][0])
+
+    views = pos_score(jax.random.key(0))
+    assert views < 0.999, views  # one shared mask would give q == p, q.p = 1
+    assert pos_score(jax.random.key(0)) == views  # same key, same masks
+    assert pos_score(jax.random.key(1)) != views
+    dropped = jax.jit(lambda key: encode(params, batch["query_ids"], batch["query_mask"], "query", False, key))
+    a, b = dropped(jax.random.key(0)), dropped(jax.random.key(1))
+    assert not np.allclose(a, b) and np.array_equal(a, dropped(jax.random.key(0)))

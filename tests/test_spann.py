@@ -180,3 +180,16 @@ def test_error_lines(tmp_path):
     broken(lambda p: (p / "postings.npy").write_bytes((p / "postings.npy").read_bytes()[:200]), "corrupt SPANN index")
     broken(lambda p: np.save(p / "offsets.npy", np.arange(3)), "offsets.npy has shape")
     broken(lambda p: np.save(p / "heads.npy", np.zeros((2, 3), np.float32)), "heads.npy has shape")
+
+
+@pytest.mark.parametrize("n", [5, 50, 1000])
+def test_corpus_within_one_list_builds_and_is_exact(n, tmp_path):
+    # the whole corpus fits the default list size (1000): one head, the root is a leaf
+    x, q = _clustered(n=n)
+    index = build_spann(x, tmp_path / "s")
+    assert index.meta["heads"] == 1
+    k = min(5, n)
+    hits = index.search(q, k, max_probe=index.meta["heads"])
+    exact_s, exact_r = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    np.testing.assert_array_equal(hits.rows, exact_r)
+    np.testing.assert_allclose(hits.scores, exact_s, rtol=1e-4, atol=1e-4)

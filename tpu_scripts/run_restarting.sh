@@ -28,19 +28,42 @@ on_term() {
 }
 trap on_term TERM
 
+# `wait -p` (bash >= 5.1) names the child only when it returns the child's status: a wait cut short by the trapped
+# SIGTERM is then told apart by the wait itself, not by a flag the signal may also set just after the status was
+# collected (waiting again for a child already reaped returns 127 in POSIX mode: the run would end 127).
+if wait -p _ 2> /dev/null; then wait_names_child=1; else wait_names_child=0; fi
+
+# The child's exit status into rc, however the SIGTERM trap interleaves with the wait.
+collect_status() {
+  local waited again
+  if ((wait_names_child)); then
+    while true; do
+      unset waited
+      rc=0
+      wait -p waited "$child" || rc=$?
+      if [[ -n "${waited:-}" ]] || ((rc <= 128)); then
+        return 0
+      fi
+    done
+  fi
+  # Older bash: wait again while the trap says it interrupted us; a second wait that finds no such child (127: the
+  # signal landed after the status was collected) keeps the status already collected.
+  interrupted=0
+  rc=0
+  wait "$child" || rc=$?
+  while ((interrupted)); do
+    interrupted=0
+    again=0
+    wait "$child" || again=$?
+    ((again == 127)) || rc=$again
+  done
+}
+
 restarts=0
 while true; do
   "$@" &
   child=$!
-  rc=0
-  wait "$child" || rc=$?
-  # A trapped signal makes `wait` return 128+n at once; the child's own exit status is collected by waiting again
-  # (bash keeps it until it is waited for, even if the child has already exited).
-  while ((interrupted)); do
-    interrupted=0
-    rc=0
-    wait "$child" || rc=$?
-  done
+  collect_status
   child=""
   if ((rc != EXIT_RESTART || terminating)); then
     exit "$rc"

@@ -8,9 +8,10 @@ from jdr.cli.common import ids_path
 
 def add_arguments(p):
     p.add_argument("--embeddings", required=True, help="embedding store dir written by `jdr encode`")
-    p.add_argument("--factory", default="Flat", help='faiss factory string, e.g. "Flat", "IVF1024,PQ32", "HNSW32"')
+    p.add_argument("--factory", default=None,
+                   help='faiss factory string, e.g. "Flat" (default), "IVF1024,PQ32", "HNSW32"; not with --spann')
     p.add_argument("--output", required=True, help="index file; doc ids go to OUTPUT.ids.txt")
-    p.add_argument("--train-sample", type=int, default=None, help="rows to train on (default: all)")
+    p.add_argument("--train-sample", type=int, default=None, help="rows to train on (default: all); not with --spann")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("SPANN (instead of --factory; OUTPUT becomes a directory)")
     g.add_argument("--spann", action="store_true", help="build a SPANN index: heads in RAM, posting lists on disk")
@@ -28,15 +29,21 @@ def run(args) -> int:
     from jdr.index.store import load_embeddings
     from jdr.io import atomic_write
 
+    if args.spann:  # SPANN's k-means reads every vector and has no faiss factory: say so rather than ignore them
+        given = [flag for flag, value in (("--factory", args.factory), ("--train-sample", args.train_sample))
+                 if value is not None]
+        if given:
+            raise ValueError(f"jdr index --spann takes no {' / '.join(given)} (SPANN builds its own heads from "
+                             f"all vectors: see --list-size, --eps1, --max-replicas)")
     emb, ids = load_embeddings(args.embeddings)
     if args.spann:
         index = build_spann(emb, args.output, list_size=args.list_size, eps1=args.eps1,
                             max_replicas=args.max_replicas, member_heads=args.member_heads, seed=args.seed)
         kind = f"SPANN ({index.meta['heads']} heads, duplication {index.meta['stats']['duplication']:.2f})"
     else:
-        index = build_index(emb, args.factory, train_sample=args.train_sample, seed=args.seed)
+        kind = args.factory or "Flat"
+        index = build_index(emb, kind, train_sample=args.train_sample, seed=args.seed)
         save_index(index, args.output)
-        kind = args.factory
     with atomic_write(ids_path(args.output)) as f:
         f.writelines(f"{i}\n" for i in ids)
     print(f"wrote {kind} index of {index.ntotal} vectors to {args.output}")

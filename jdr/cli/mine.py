@@ -28,6 +28,9 @@ def add_arguments(p):
     p.add_argument("--output", required=True, help="Tevatron JSONL to write (atomically)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--factory", default="Flat", help="faiss factory string for ann")
+    p.add_argument("--bm25-preset", choices=("lucene", "bm25s"), default="lucene",
+                   help="bm25: lucene = Pyserini's BEIR BM25 (k1 0.9, b 0.4, Porter stemming; default), "
+                        "bm25s = jdr's former one (k1 1.5, b 0.75, no stemming)")
     p.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -48,6 +51,7 @@ def run(args) -> int:
         counts = {args.source: 8 if args.num is None else args.num}
     settings = MineSettings(counts, depth=args.depth, denoise_threshold=args.denoise_threshold,
                             max_score_ratio=args.max_score_ratio, seed=args.seed, factory=args.factory,
+                            bm25_preset=args.bm25_preset,
                             sample_range=None if args.sample_range is None else parse_range(args.sample_range))
     if settings.needs_model and not args.model:
         raise ValueError("mine: --source ann/hybrid, --denoise-threshold and --max-score-ratio need --model")

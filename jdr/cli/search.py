@@ -17,6 +17,9 @@ def add_arguments(p):
     p.add_argument("--data", default=None, help="with --bm25: BEIR dataset dir or name (its corpus and the "
                                                 "queries of --split)")
     p.add_argument("--split", default="test", help="with --bm25 --data: the qrels split whose queries to search")
+    p.add_argument("--bm25-preset", choices=("lucene", "bm25s"), default="lucene",
+                   help="with --bm25: lucene = Pyserini's BEIR BM25 (k1 0.9, b 0.4, Porter stemming; default), "
+                        "bm25s = jdr's former one (k1 1.5, b 0.75, no stemming)")
     p.add_argument("--top-k", type=int, default=1000)
     p.add_argument("--output", required=True, help="TREC run file")
     p.add_argument("--max-length", type=int, default=None, help="query token limit (default: the model's)")
@@ -76,7 +79,7 @@ def search_bm25(args) -> int:
         corpus = load_corpus(args.corpus)
     if args.queries:
         queries = load_queries(args.queries)
-    run = bm25_run(corpus, queries, args.top_k)
+    run = bm25_run(corpus, queries, args.top_k, preset=args.bm25_preset)
     write_trec_run(args.output, run, args.tag if args.tag != "jdr" else "bm25")
     print(f"wrote BM25 run for {len(run)} queries over {len(corpus)} docs to {args.output}")
     return 0

@@ -79,7 +79,7 @@ def balanced_kmeans(x, list_size: int, *, metric: str = "ip", branching: int = 3
         rows = stack.pop()
         size = n if rows is None else len(rows)
         if size <= list_size:
-            members = np.asarray(x[rows], dtype=np.float32)
+            members = np.asarray(x[:] if rows is None else x[rows], dtype=np.float32)  # x[None] adds an axis
             mean = members.mean(0)
             heads.append(members[np.argmin(((members - mean) ** 2).sum(1))] if member_heads else mean)
             labels[slice(None) if rows is None else rows] = len(heads) - 1

@@ -49,7 +49,7 @@ class MineSettings:
     """`counts`: negatives per query from each source, in drawing order (`{"bm25": 8}`; 0 = all in range).
     `depth`: positive-free candidates ranked per source; `sample_range`: `[a, b)` of them (None = `[0, depth)`).
     `denoise_threshold` / `max_score_ratio`: the false-negative rules (module docstring). `factory`: faiss index
-    for `ann`."""
+    for `ann`. `bm25_preset`: `jdr.index.bm25.PRESETS` ("lucene" default, "bm25s" the former)."""
 
     counts: Mapping[str, int]
     depth: int = 200
@@ -58,6 +58,7 @@ class MineSettings:
     max_score_ratio: float | None = None
     seed: int = 0
     factory: str = "Flat"
+    bm25_preset: str = "lucene"
 
     def __post_init__(self):
         if not self.counts or any(s not in MINE_SOURCES for s in self.counts):
@@ -110,7 +111,8 @@ def _rank(source: str, corpus, query_texts: Sequence[str], k: int, q_emb, p_emb,
     if source == "bm25":
         from jdr.index.bm25 import bm25_candidates
 
-        return bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))], query_texts, k)
+        return bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))], query_texts, k,
+                               preset=settings.bm25_preset)
     from jdr.negatives.ann import ann_candidates
 
     return ann_candidates(q_emb, p_emb, k, factory=settings.factory, seed=settings.seed)

@@ -68,7 +68,7 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
                 seed: int = 0, query_emb: np.ndarray | None = None, passage_emb: np.ndarray | None = None,
                 factory: str = "Flat", nprobe: int | None = None, skip_top: int = 0,
                 denoise_threshold: float | None = None, version: int = 0, created_step: int = 0,
-                file_rows: np.ndarray | None = None, memory=None) -> NegativesTable:
+                file_rows: np.ndarray | None = None, memory=None, bm25_preset: str = "lucene") -> NegativesTable:
     """Mine every source named in `counts` for the training queries `qids` (default `sorted(qrels)`) and build
     the table sampling `counts[name]` negatives per query from each source's top-`depth`.
 
@@ -78,7 +78,8 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
     first r non-positive candidates. `file` needs `file_rows[Q, K]`: the ranked corpus rows that came with the
     training data (aligned with `qids`, -1 padded), filtered and denoised like any ranked source. `memory` needs
     a `jdr.negatives.memory.MemoryNegatives` and the embeddings: its candidates (rows past the corpus included;
-    the table's `memory_ids` = `memory.ids`) are denoised on the scores they were mined with. Seconds per source
+    the table's `memory_ids` = `memory.ids`) are denoised on the scores they were mined with. `bm25_preset`: the
+    BM25 of `bm25` (`jdr.index.bm25.PRESETS`). Seconds per source
     land in `table.timings` as `<source>_s`.
     """
     qids = sorted(qrels) if qids is None else list(qids)
@@ -114,10 +115,11 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
                 if rows.ndim != 2 or rows.shape[0] != len(qids):
                     raise ValueError(f"negatives: file rows must be [{len(qids)}, K], got shape {rows.shape}")
             elif name == "bm25":
-                from jdr.index.bm25 import bm25_candidates  # bm25s is imported only when used
+                from jdr.index.bm25 import bm25_candidates, check_preset  # bm25s imported only when used
 
+                check_preset(bm25_preset, "negatives.bm25_preset")
                 _, rows = bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))],
-                                          [queries[q] for q in qids], k)
+                                          [queries[q] for q in qids], k, preset=bm25_preset)
             else:
                 from jdr.negatives.ann import ann_candidates
 

@@ -37,7 +37,13 @@ def selfsup_source(cfg, tokenizer, spec, counts: dict[str, int]) -> TrainingSour
     except ValueError as e:
         raise ConfigError(f"data.selfsup: {e}") from None
     corpus = load_corpus(resolve_dataset(cfg.data.dataset) / "corpus.jsonl")
-    tokens = CorpusTokens.from_corpus(tokenizer, corpus)
+    from jdr.data.selfsup.sentences import make_splitter
+
+    try:
+        splitter = make_splitter(s.sentence_split)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    tokens = CorpusTokens.from_corpus(tokenizer, corpus, splitter=splitter)
     common = dict(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length, **augments)
     try:
         generator = {

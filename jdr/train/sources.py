@@ -118,7 +118,8 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
         try:
             table = build_table(warm_start_counts(counts, cfg.negatives.warm_start), data.corpus, data.queries,
                                 train_qrels, train_qids, depth=cfg.negatives.depth, seed=cfg.seed,
-                                skip_top=cfg.negatives.skip_top, file_rows=file_rows, **dense)
+                                skip_top=cfg.negatives.skip_top, file_rows=file_rows,
+                                bm25_preset=cfg.negatives.bm25_preset, **dense)
         except ValueError as e:
             raise ConfigError(f"{data.name}: {e}") from None
     source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,

@@ -111,7 +111,7 @@ class BM25Pairs(PairGenerator):
         if not len(queries):
             raise ValueError("bm25 pairs: the corpus has no query candidates")
         passages = [f"{t} {x}".strip() for t, x in zip(titles, texts)]
-        _, rows = bm25_candidates(passages, queries, k=2, k1=k1, b=b)
+        _, rows = bm25_candidates(passages, queries, k=2, preset="bm25s", k1=k1, b=b)  # unstemmed, as before
         positive = np.where(rows[:, 0] == unit_doc, rows[:, 1], rows[:, 0])
         keep = positive >= 0
         order = np.argsort(unit_doc[keep], kind="stable")

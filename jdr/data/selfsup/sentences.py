@@ -8,11 +8,21 @@ segments of their own, so a heading never starts a query sentence.
 
 Measured on SciFact's 5 183 abstracts: see `docs/DESIGN.md` (jdr/data/selfsup) for the counts and the error
 classes found by inspection.
+
+The capital after the stop is what keeps "e.g. the" or "approx. 5 mg" whole in English prose, but a lower-cased
+or caseless-script corpus then has no boundaries at all (ICT and the BM25 pseudo-queries find no sentences).
+`make_splitter` (config `data.selfsup.sentence_split`) chooses:
+  * "regex" (default): the rules above;
+  * "lowercase": the same rules, any non-space character may start the next sentence, and the full-width stops
+    "。！？" end a sentence without a space after them (lower-cased text, most scripts);
+  * "window:N": no sentence detection: consecutive windows of N whitespace-separated words (any language).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
 # Words that end with a period without ending the sentence (compared lower-cased, without the final period).
 _ABBREVIATIONS = frozenset(
@@ -24,6 +34,7 @@ _ABBREVIATIONS = frozenset(
 # "No." is an abbreviation, "NO." (nitric oxide) is a word: these are matched case-sensitively.
 _CASE_SENSITIVE = {"no": "No", "nos": "Nos"}
 _CANDIDATE = re.compile(r"[.!?][\"'”’)\]]*(?=\s+[\"'“‘(\[]?[A-Z0-9])")
+_CANDIDATE_ANY_CASE = re.compile(r"[.!?][\"'”’)\]]*(?=\s+\S)|[。！？][\"'”’)\]」』]*(?=\s*\S)")
 _WORD_BEFORE = re.compile(r"(\S+)$")
 _INITIAL = re.compile(r"^\(?(?:[A-Z]\.)*[A-Z]$")
 _INITIAL_LIKE = re.compile(r"^(?:[A-Z]\.)+[A-Z]?$|^[A-Z]\.?$")
@@ -68,15 +79,15 @@ def _is_broken_decimal(text: str, after: int, word: str) -> bool:
     return word[-1:].isdigit() and text[after:after + 2].lstrip()[:1].isdigit()
 
 
-def split_sentences(text: str) -> list[tuple[int, int]]:
+def split_sentences(text: str, *, any_case: bool = False) -> list[tuple[int, int]]:
     """Character spans `(start, end)` of the sentences of `text`, in order, whitespace trimmed.
 
     Every non-space character belongs to exactly one span; a heading of a structured abstract is a span of its
-    own. Empty or all-space text gives `[]`.
+    own. Empty or all-space text gives `[]`. `any_case`: the "lowercase" rules (module docstring).
     """
     spans: list[tuple[int, int]] = []
     start = 0
-    for m in _CANDIDATE.finditer(text):
+    for m in (_CANDIDATE_ANY_CASE if any_case else _CANDIDATE).finditer(text):
         stop = m.start()  # index of the . ! or ?
         if text[stop] == ".":
             word = _WORD_BEFORE.search(text, max(start, stop - 64), stop)
@@ -84,7 +95,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
             if (_is_abbreviation(word) or _is_initial(text, stop, word) or _is_list_marker(text, start, stop, word)
                     or _is_broken_decimal(text, m.end(), word)):
                 continue
-        elif not re.match(r"\s+[\"'“‘(\[]?[A-Z]", text[m.end():m.end() + 8]):
+        elif not any_case and not re.match(r"\s+[\"'“‘(\[]?[A-Z]", text[m.end():m.end() + 8]):
             continue  # "?" and "!" before a digit are symbols in the text ("score of ? 10"), not stops
         spans.append((start, m.end()))
         start = m.end()
@@ -110,3 +121,25 @@ def _trim(text: str, s: int, e: int) -> tuple[int, int]:
     while e > s and text[e - 1].isspace():
         e -= 1
     return s, e
+
+
+def split_windows(text: str, words: int) -> list[tuple[int, int]]:
+    """Character spans of consecutive windows of `words` whitespace-separated words (the last may be shorter)."""
+    found = [m.span() for m in re.finditer(r"\S+", text)]
+    return [(found[i][0], found[min(i + words, len(found)) - 1][1]) for i in range(0, len(found), words)]
+
+
+SENTENCE_SPLITS = ("regex", "lowercase", "window:N")
+
+
+def make_splitter(spec: str) -> Callable[[str], list[tuple[int, int]]]:
+    """The splitter `text -> spans` named by `spec` ("regex" | "lowercase" | "window:N", module docstring); a bad
+    `spec` is a one-line ValueError naming the config key."""
+    if spec == "regex":
+        return split_sentences
+    if spec == "lowercase":
+        return functools.partial(split_sentences, any_case=True)
+    kind, _, n = spec.partition(":")
+    if kind == "window" and n.isdigit() and int(n) >= 1:
+        return functools.partial(split_windows, words=int(n))
+    raise ValueError(f"data.selfsup.sentence_split must be one of {', '.join(SENTENCE_SPLITS)} (N >= 1), got {spec!r}")

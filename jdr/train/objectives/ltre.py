@@ -41,7 +41,8 @@ from jdr.losses import RETRIEVAL
 from jdr.train.objectives.base import EncodeFn, Objective, register
 
 __all__ = ["SEARCH_MODES", "Ltre", "query_key", "freeze_passage_tower", "pmap_ltre_step", "build_fixed_index",
-           "check_ltre_config", "RetrievalBatches"]
+           "check_ltre_config", "check_positive_slots",
+           "RetrievalBatches"]
 
 SEARCH_MODES = ("callback", "host")
 LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
@@ -57,12 +58,14 @@ def query_key(rng: jax.Array, step, axis_name: str) -> jax.Array:
 
 def freeze_passage_tower(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """`tx` for the "query" subtree of untied params, `optax.set_to_zero` for "passage" (no update, no weight
-    decay, no optimizer state): the passage tower that encoded the index stays bit-identical."""
+    decay, no optimizer state): the passage tower that encoded the index stays bit-identical. A shared "dense"
+    layer (a whitened model: one Dense after pooling for both towers) belongs to that passage tower too, so it is
+    frozen with it; only the query tower's BERT trains."""
 
     def labels(params):
-        if set(params) != {"query", "passage"}:
+        if not {"query", "passage"} <= set(params) or not set(params) <= {"query", "passage", "dense"}:
             raise ValueError(f"LTRe trains the query tower of untied params (model.tied=False); got {sorted(params)}")
-        return {"query": "train", "passage": "frozen"}
+        return {"query": "train", "passage": "frozen", **({"dense": "frozen"} if "dense" in params else {})}
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
@@ -116,6 +119,7 @@ class Ltre(Objective):
         self.index = build_fixed_index(self.config, run.params, run.spec, run.tokenizer,
                                        run.training.labeled.data.corpus, batch_size=run.cfg.eval.batch_size,
                                        progress=progress)
+        check_positive_slots(self.index, run.training.labeled, self.max_positives)  # every query, before compiling
         run.batches = RetrievalBatches(run.batches, self.index, self.max_positives)
 
     def _search_in_step(self, q, positive_rows):
@@ -231,6 +235,19 @@ def check_ltre_config(cfg) -> None:
         path = getattr(ltre, key)
         if path and not Path(path).exists():
             raise ValueError(f"ltre.{key}: {path} does not exist")
+
+
+def check_positive_slots(index: FixedIndex, source, max_positives: int) -> None:
+    """At setup, before anything compiles: every training query of the labelled `source` (`train_qids`,
+    `relevant(qid)`, the keys `RetrievalBatches` looks up) fits its positives in `max_positives` slots and names only documents in the index. Otherwise
+    one `ValueError` naming the query (its batch may first be drawn hours into the run)."""
+    for qid in source.train_qids:
+        keys = source.relevant(qid)
+        if len(keys) > max_positives:
+            raise ValueError(f"training qrels: query {qid!r} has {len(keys)} positives, more than "
+                             f"ltre.max_positives={max_positives} (raise it)")
+        index.positive_rows([sorted(keys)], max_positives,
+                            where=f"training qrels of query {qid!r}")
 
 
 class RetrievalBatches:
