@@ -99,6 +99,13 @@ def train_config() -> ml_collections.ConfigDict:
     c.negatives.refresh_fraction = 1.0  # Fraction of training queries re-mined per refresh (rest keep old rows).
     c.negatives.refresh_factory = "Flat"  # faiss index_factory string for the refresh index.
     c.negatives.refresh_batch_size = 128  # Encoding batch size during a refresh.
+    # RocketQA denoising at each ANCE refresh: a cross-encoder (HF dir or cross-encoder workdir) judges each query's
+    # first ce_denoise_depth re-mined candidates and drops those with logit >= ce_denoise_threshold, or >= the
+    # weakest positive's logit - ce_denoise_margin (set one). "" = off. `jdr mine --ce-model` does it offline.
+    c.negatives.ce_denoise_model = ""
+    c.negatives.ce_denoise_threshold = ml_collections.config_dict.placeholder(float)
+    c.negatives.ce_denoise_margin = ml_collections.config_dict.placeholder(float)
+    c.negatives.ce_denoise_depth = 30
     # Source "memory" (MoMA's hard negatives from a mixture of memories): the training corpus (memory "train",
     # embedded by the model at the start and at every refresh) plus fixed augmentation memories, as
     # "name=INDEX_OR_STORE,CORPUS;...": INDEX_OR_STORE a faiss index / SPANN dir from `jdr index` or an embedding
