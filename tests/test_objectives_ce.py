@@ -1,5 +1,5 @@
-"""The cross-encoder and distillation objectives in the train step: pmapped over 8 devices they give the loss and
-gradient of one device holding the global batch."""
+"""The cross-encoder and distillation objectives in the one train step: pmapped over 8 devices they give the loss
+and gradient of one device holding the global batch; both are registered `train.objective` names."""
 
 import functools
 
@@ -15,9 +15,11 @@ from jdr.models import hf
 from jdr.models.cross_encoder import join_pairs, score
 from jdr.models.cross_encoder_hf import load_cross_encoder
 from jdr.models.testing import write_tiny_model
-from jdr.train.objectives_ce import cross_encoder_loss, distill_loss, objective_step
+from jdr.train.objectives import OBJECTIVES, objective_class
+from jdr.train.objectives.cross_encoder import CrossEncoder
+from jdr.train.objectives.distill import Distill
 from jdr.train.state import TrainState
-from jdr.train.step import pmap_train_step, replicate, unreplicate
+from jdr.train.step import make_train_step, pmap_train_step, replicate, unreplicate
 
 N_DEV, PER_DEVICE, GROUP = 8, 2, 3
 GRAD_PROBE = optax.GradientTransformation(  # state = the pmean'd gradient the step applied; update zero
@@ -72,7 +74,9 @@ def test_cross_encoder_step_on_eight_devices_equals_one_device(tiny_dir, loss):
     # (the classifier bias under the softmax); a trained head's scale makes the comparison meaningful.
     params["classifier"]["kernel"] = params["classifier"]["kernel"] * 100
     batch = _batch(0, N_DEV * PER_DEVICE)
-    step = objective_step(cross_encoder_loss(spec, loss=loss, dropout=False), tx=GRAD_PROBE)
+    objective = CrossEncoder(loss, dropout=False)
+    objective.spec = spec  # what load_model sets from the config
+    step = make_train_step(lambda *a: None, objective, tx=GRAD_PROBE, dropout=False)
     state = replicate(TrainState.create(params, GRAD_PROBE))
     new_state, metrics = pmap_train_step(step)(state, _shard(batch), jax.random.key(0))
 
@@ -95,7 +99,7 @@ def test_distill_step_on_eight_devices_equals_one_device(tiny_dir, loss, weight)
 
     batch = _batch(1, N_DEV * PER_DEVICE)
     kw = dict(loss=loss, temperature=0.05, teacher_temperature=2.0, info_nce_weight=weight)
-    step = objective_step(distill_loss(encode_fn, dropout=False, **kw), tx=GRAD_PROBE)
+    step = make_train_step(encode_fn, Distill(**kw), tx=GRAD_PROBE, dropout=False)
     state = replicate(TrainState.create(params, GRAD_PROBE))
     new_state, metrics = pmap_train_step(step)(state, _shard(batch), jax.random.key(0))
 
@@ -107,3 +111,13 @@ def test_distill_step_on_eight_devices_equals_one_device(tiny_dir, loss, weight)
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(full_loss))(params)
     _check_same(metrics, new_state, ref_loss, ref_grads)
     assert "top1_agreement" in metrics and ("info_nce_loss" in metrics) == (weight > 0)
+
+
+def test_both_objectives_are_registered_names():
+    from jdr.config import train_config
+
+    cfg = train_config()
+    for name in ("cross_encoder", "distill"):
+        with cfg.unlocked():
+            cfg.train.objective = name
+        assert objective_class(cfg) is OBJECTIVES[name]

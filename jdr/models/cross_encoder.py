@@ -35,15 +35,28 @@ HEADS = ("bert", "roberta")
 @dataclasses.dataclass(frozen=True)
 class CrossEncoderSpec:
     """Everything static about a cross-encoder (hashable: a static jit argument). `max_length`: tokens of a whole
-    pair, specials included; `head`: "bert" | "roberta" (see the module docstring); `dtype`: compute dtype."""
+    pair, specials included, as the tokenizer's pair encoding truncates it (inference); `head`: "bert" | "roberta"
+    (see the module docstring); `dtype`: compute dtype. `query_max_length` / `passage_max_length`: the budgets of
+    the separately tokenised queries and passages a training batch joins (`join_pairs`: pairs of up to
+    q + p - 1 tokens); default 64 and the rest of `max_length`."""
 
     bert: BertConfig
     max_length: int = 512
     model_type: str = "bert"
     head: str = "bert"
     dtype: str = "float32"
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
 
     def __post_init__(self):
+        if self.query_max_length is None:
+            object.__setattr__(self, "query_max_length", min(64, self.max_length // 2))
+        if self.passage_max_length is None:
+            object.__setattr__(self, "passage_max_length", self.max_length - self.query_max_length + 1)
+        if self.query_max_length < 2 or self.passage_max_length < 2 or \
+                self.query_max_length + self.passage_max_length - 1 > self.bert.max_length:
+            raise ValueError(f"cross-encoder query_max_length {self.query_max_length} + passage_max_length "
+                             f"{self.passage_max_length} - 1 exceeds the {self.bert.max_length} positions (each >= 2)")
         if self.head not in HEADS:
             raise ValueError(f"cross-encoder head must be one of {HEADS}, got {self.head!r}")
         if self.dtype not in DTYPES:

@@ -163,10 +163,8 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
             final["negatives/skipped_steps"] = list(refresh.skipped_steps)
         params = host_params(loop.state)
         if primary and cfg.export.at_end:
-            from jdr.models.hf import export_encoder
-
             with phase("export"):
-                export_encoder(params, run.spec, run.model_dir, run.workdir / "export")
+                run.objective.export(params, run.spec, run.model_dir, run.workdir / "export")
         if cfg.eval.final_test:
             from jdr.data.beir import load_beir, resolve_dataset
 

@@ -28,7 +28,7 @@ from jdr.train.optim import make_optimizer
 from jdr.train.objectives import Objective, objective_class, objective_for
 from jdr.train.data import SOURCE_KINDS, TrainingData, build_training_data, negative_counts
 from jdr.train.step import bind_dropout, check_finite, make_train_step, pmap_train_step, replicate
-from jdr.train.workdir import CHECKPOINT_DIR, save_encoder_description
+from jdr.train.workdir import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,6 @@ def _validate(cfg) -> None:
 
 def prepare(cfg, workdir) -> Run:
     """Validate the config, load the encoder and the training data, build the source and the batch builder."""
-    from jdr.models.hf import load
     from jdr.models.tokenize import pad_id
 
     _validate(cfg)
@@ -96,10 +95,7 @@ def prepare(cfg, workdir) -> Run:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
     workdir = as_path(workdir)
     model_dir = resolve_model(cfg.model.path)
-    params, spec, tokenizer = load(model_dir, tied=cfg.model.tied, dtype=cfg.model.dtype,
-                                   query_max_length=cfg.model.query_max_length,
-                                   passage_max_length=cfg.model.passage_max_length,
-                                   pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    params, spec, tokenizer = objective.load_model(cfg, model_dir)  # the dual encoder unless the objective says
     training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
     batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
                            pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),
@@ -127,7 +123,8 @@ COSINE_SIZED_TEMPERATURE = 0.5
 def check_temperature(cfg, spec) -> str | None:
     """The warning for an unnormalised dot product trained at a cosine-sized temperature (the softmax saturates:
     BERT CLS dot products run to the hundreds), or None."""
-    if cfg.train.loss != "info_nce" or spec.normalize or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE:
+    if (cfg.train.loss != "info_nce" or getattr(spec, "normalize", True)  # a cross-encoder has no embeddings
+            or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE):
         return None
     return (f"train.temperature={cfg.train.temperature} is sized for cosine scores, but the encoder scores with an "
             f"unnormalised dot product ({spec.pooling} pooling, model.normalize=False): the softmax saturates. Set "
@@ -172,7 +169,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
                                  dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
                                  data=run.training.describe())
-                save_encoder_description(workdir, run.spec, run.model_dir)
+                run.objective.save_description(workdir, run.spec, run.model_dir)
 
             tx, lr_at = make_optimizer(
                 lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
