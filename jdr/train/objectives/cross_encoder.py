@@ -12,7 +12,7 @@ Config: `train.objective=cross_encoder`; `cross_encoder.loss` ("localized_contra
 cross-encoder dir / workdir, or a plain encoder (all-MiniLM-L6-v2) whose head starts fresh (seeded by `seed`);
 `model.query_max_length` + `model.passage_max_length` - 1 <= the position table (the pair budget). Dense negatives
 (`ann`, `memory`, the ANCE refresh) need a bi-encoder: mine them with `jdr mine --model` and train on the file.
-Dev / test evaluation retrieve with embeddings, so `eval.every=0` and `eval.final_test=False`: evaluate the
+Dev / test evaluation retrieve with embeddings, so `data.dev_queries=0` and `eval.final_test=False`: evaluate the
 export with `jdr rerank` over a first-stage run, then `jdr evaluate` / `jdr compare`. The workdir is a model source
 for `jdr rerank` / `jdr score`; `export/` is an HF `*ForSequenceClassification` dir that sentence-transformers'
 `CrossEncoder` loads.
@@ -54,9 +54,9 @@ class CrossEncoder(Objective):
             (not {"ann", "memory"} & set(counts) and not cfg.negatives.refresh_every,
              "train.objective=cross_encoder cannot mine dense negatives (ann, memory, the ANCE refresh): mine them "
              "with `jdr mine --model BI_ENCODER` and train on the file (data.source=jsonl, negatives.source=file)"),
-            (cfg.eval.every == 0 and not cfg.eval.final_test,
-             "train.objective=cross_encoder: set eval.every=0 and eval.final_test=False (evaluation retrieves with "
-             "embeddings; evaluate the export with `jdr rerank` over a first-stage run)"),
+            (cfg.data.dev_queries == 0 and not cfg.eval.final_test,
+             "train.objective=cross_encoder: set data.dev_queries=0 and eval.final_test=False (evaluation retrieves "
+             "with embeddings; evaluate the export with `jdr rerank` over a first-stage run)"),
             (not cfg.train.grad_cache_chunk, "train.grad_cache_chunk chunks embeddings; a cross-encoder has none"),
             (cfg.model.pooling is None and cfg.model.normalize is None,
              "model.pooling / model.normalize are dual-encoder settings; leave them unset for a cross-encoder"),
