@@ -87,3 +87,19 @@ def load_filter(model: str, corpus, queries, *, threshold=None, margin=None, dep
     params, spec, tok = load_cross_encoder(model)
     return CrossEncoderFilter(params, spec, tok, corpus, queries, threshold=threshold, margin=margin, depth=depth,
                               batch_size=batch_size, progress=progress)
+
+
+def check_config(negatives) -> None:
+    """`negatives.ce_denoise_*` (the ANCE refresh's cross-encoder denoising): a model with exactly one rule, only
+    where a refresh runs; one ValueError line otherwise."""
+    rules = [k for k in ("ce_denoise_threshold", "ce_denoise_margin") if negatives[k] is not None]
+    if not negatives.ce_denoise_model and not rules:
+        return
+    if not negatives.ce_denoise_model or len(rules) != 1:
+        raise ValueError("negatives.ce_denoise_model goes with exactly one of negatives.ce_denoise_threshold / "
+                         f"negatives.ce_denoise_margin (model {negatives.ce_denoise_model!r}, rules set: {rules})")
+    if negatives.refresh_every <= 0:
+        raise ValueError("negatives.ce_denoise_model denoises the ANCE refresh: set negatives.refresh_every > 0 "
+                         "(offline: `jdr mine --ce-model`)")
+    if negatives.ce_denoise_depth < 1:
+        raise ValueError("negatives.ce_denoise_depth must be >= 1")

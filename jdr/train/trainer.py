@@ -80,6 +80,9 @@ def _validate(cfg) -> None:
     try:
         check_grad_cache_chunk(cfg.train.grad_cache_chunk, per_device, 1 + cfg.negatives.num)
         objective_class(cfg).validate(cfg, per_device)
+        from jdr.negatives.ce_denoise import check_config
+
+        check_config(cfg.negatives)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
