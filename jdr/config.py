@@ -103,9 +103,9 @@ def train_config() -> ml_collections.ConfigDict:
     # first ce_denoise_depth re-mined candidates and drops those with logit >= ce_denoise_threshold, or >= the
     # weakest positive's logit - ce_denoise_margin (set one). "" = off. `jdr mine --ce-model` does it offline.
     c.negatives.ce_denoise_model = ""
-    c.negatives.ce_denoise_threshold = ml_collections.config_dict.placeholder(float)
-    c.negatives.ce_denoise_margin = ml_collections.config_dict.placeholder(float)
-    c.negatives.ce_denoise_depth = 30
+    c.negatives.ce_denoise_threshold = ml_collections.config_dict.placeholder(float)  # Drop logit >= T.
+    c.negatives.ce_denoise_margin = ml_collections.config_dict.placeholder(float)  # Drop logit >= weakest pos - M.
+    c.negatives.ce_denoise_depth = 30  # Candidates per query (in rank order) the cross-encoder judges.
     # Source "memory" (MoMA's hard negatives from a mixture of memories): the training corpus (memory "train",
     # embedded by the model at the start and at every refresh) plus fixed augmentation memories, as
     # "name=INDEX_OR_STORE,CORPUS;...": INDEX_OR_STORE a faiss index / SPANN dir from `jdr index` or an embedding

@@ -37,6 +37,9 @@ def test_cross_encoder_trains_exports_and_reranks(tiny_model, toy_beir, tmp_path
     a = score_texts(exported, spec, tok, q, p, progress=False)
     np.testing.assert_allclose(a, score_texts(trained, spec, tok, q, p, progress=False), atol=1e-6)
     assert not np.allclose(a, score_texts(start, spec, tok, q, p, progress=False))  # training moved it
+    assert main(["export", "--workdir", str(workdir), "--output", str(tmp_path / "cli_export")]) == 0
+    again, _, _ = load_cross_encoder(tmp_path / "cli_export")
+    np.testing.assert_allclose(score_texts(again, spec, tok, q, p, progress=False), a, atol=1e-6)
     run = tmp_path / "bm25.trec"
     assert main(["search", "--bm25", "--data", str(toy_beir), "--output", str(run)]) == 0
     assert main(["rerank", "--model", str(workdir), "--run", str(run), "--data", str(toy_beir), "--depth", "5",
