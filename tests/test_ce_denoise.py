@@ -86,3 +86,43 @@ def test_mine_with_a_cross_encoder_drops_the_judged_candidates(ce, toy_beir, tmp
     b = [json.loads(x) for x in denoised.read_text().splitlines()]
     for x, y in zip(a, b):  # everything judged is dropped at threshold -inf: the first 2 of each window go
         assert [p["docid"] for p in y["negative_passages"]] == [p["docid"] for p in x["negative_passages"]][2:]
+
+
+class _DropFirst:
+    """A stand-in cross-encoder filter that drops each query's first candidate: tests the refresh's wiring."""
+
+    def __init__(self):
+        self.calls = []
+
+    def filter(self, qids, rows, pos_offsets, pos_rows):
+        self.calls.append((list(qids), rows.copy(), pos_offsets.copy(), pos_rows.copy()))
+        out = np.full_like(rows, -1)
+        out[:, :-1] = rows[:, 1:]
+        return out, int((rows[:, 0] >= 0).sum())
+
+
+def test_ance_refresh_applies_the_cross_encoder_filter_to_its_candidates():
+    from jdr.data.beir import Corpus
+    from jdr.negatives import AnnRefreshConfig, ann_build_fn, build_table
+
+    n, dim = 20, 4
+    ids = [f"d{i}" for i in range(n)]
+    corpus = Corpus(ids, [""] * n, [f"text {i}" for i in range(n)], {d: i for i, d in enumerate(ids)})
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(5)}
+    base = build_table({"random": 2}, corpus, {}, qrels, depth=5)
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(n, dim)).astype(np.float32), rng.normal(size=(5, dim)).astype(np.float32)
+    qids = list(base.qids)
+
+    def build(candidate_filter):
+        cfg = AnnRefreshConfig(depth=5, candidate_filter=candidate_filter)
+        fn = ann_build_fn(lambda _: p, lambda _, qs: q[[qids.index(x) for x in qs]], corpus, qids, qrels, cfg,
+                          initial=base)
+        return fn({}, 10)
+
+    plain, fake = build(None), _DropFirst()
+    filtered = build(fake)
+    (called_qids, rows, offsets, pos), = fake.calls
+    assert called_qids == qids and np.diff(offsets).tolist() == [1] * 5  # each query's positive passed along
+    np.testing.assert_array_equal(filtered.candidates["ann"][:, :4], plain.candidates["ann"][:, 1:5])
+    assert filtered.timings["ce_dropped"] == 5
