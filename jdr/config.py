@@ -106,6 +106,13 @@ def train_config() -> ml_collections.ConfigDict:
     c.negatives.refresh_fraction = 1.0  # Fraction of training queries re-mined per refresh (rest keep old rows).
     c.negatives.refresh_factory = "Flat"  # faiss index_factory string for the refresh index.
     c.negatives.refresh_batch_size = 128  # Encoding batch size during a refresh.
+    # RocketQA denoising at each ANCE refresh: a cross-encoder (HF dir or cross-encoder workdir) judges each query's
+    # first ce_denoise_depth re-mined candidates and drops those with logit >= ce_denoise_threshold, or >= the
+    # weakest positive's logit - ce_denoise_margin (set one). "" = off. `jdr mine --ce-model` does it offline.
+    c.negatives.ce_denoise_model = ""
+    c.negatives.ce_denoise_threshold = ml_collections.config_dict.placeholder(float)  # Drop logit >= T.
+    c.negatives.ce_denoise_margin = ml_collections.config_dict.placeholder(float)  # Drop logit >= weakest pos - M.
+    c.negatives.ce_denoise_depth = 30  # Candidates per query (in rank order) the cross-encoder judges.
     # Source "memory" (MoMA's hard negatives from a mixture of memories): the training corpus (memory "train",
     # embedded by the model at the start and at every refresh) plus fixed augmentation memories, as
     # "name=INDEX_OR_STORE,CORPUS;...": INDEX_OR_STORE a faiss index / SPANN dir from `jdr index` or an embedding
@@ -122,7 +129,9 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.steps = 300  # Optimizer steps.
     c.train.global_batch_size = 32  # Queries per step over all devices and hosts.
     # What the step optimises, a module of jdr/train/objectives/ (its docstring lists its inputs and keys):
-    # "contrastive" (train.loss below), "moco" (moco.*), "ltre" (ltre.*). "" = "ltre" if ltre.enabled, "moco" if
+    # "contrastive" (train.loss below), "moco" (moco.*), "ltre" (ltre.*), "cross_encoder" (cross_encoder.*: the
+    # model is a reranker), "distill" (distill.*: a bi-encoder taught by teacher scores of a scored jsonl source).
+    # "" = "ltre" if ltre.enabled, "moco" if
     # moco.enabled, else "contrastive" (configs written before this key).
     c.train.objective = ""
     c.train.loss = "info_nce"  # "info_nce" (softmax over in-batch + hard negatives) | "triplet".
@@ -172,6 +181,17 @@ def train_config() -> ml_collections.ConfigDict:
     c.ltre.loss = "lambdarank"  # "lambdarank" (ADORE pairwise, |1/rank_i - 1/rank_j|) | "listwise" (train.temperature).
     c.ltre.metric_cut = 0  # lambdarank: 1/rank counts as 0 beyond this rank (ADORE's metric_cut; 0 = no cut).
     c.ltre.search = "callback"  # "callback": faiss search inside the step (jax.pure_callback) | "host": between steps.
+
+    # train.objective=cross_encoder: a one-logit reranker over [CLS] q [SEP] p [SEP] (jdr/train/objectives/cross_encoder.py).
+    c.cross_encoder = ml_collections.ConfigDict()
+    c.cross_encoder.loss = "localized_contrastive"  # Softmax over the query's group (Gao et al. 2021) | "bce".
+    c.cross_encoder.temperature = 1.0  # localized_contrastive: logits / t.
+
+    # train.objective=distill: the bi-encoder learns a teacher's scores of its groups (jdr/train/objectives/distill.py).
+    c.distill = ml_collections.ConfigDict()
+    c.distill.loss = "margin_mse"  # "margin_mse" (Hofstaetter et al.) | "kl" (listwise, teacher softmax at a temperature).
+    c.distill.teacher_temperature = 1.0  # kl: teacher scores / t before the softmax.
+    c.distill.info_nce_weight = 0.0  # > 0 adds weight x InfoNCE (train.temperature) over the in-batch passages.
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 100  # Dev evaluation every N optimizer steps (0 = only at the end); top 100 retrieved.

@@ -20,12 +20,12 @@ PACKAGE = ROOT / "jdr"
 # Lowest first.
 LAYERS = [
     ["jdr.io", "jdr.errors", "jdr.config", "jdr.distributed", "jdr.losses", "jdr.malloc"],
-    ["jdr.checkpoint", "jdr.run_info"],
+    ["jdr.checkpoint", "jdr.run_info", "jdr.losses_rerank"],
     ["jdr.models", "jdr.index"],
     ["jdr.data"],
     ["jdr.negatives"],
     ["jdr.evaluate"],
-    ["jdr.compare", "jdr.fusion"],
+    ["jdr.compare", "jdr.fusion", "jdr.rerank"],
     ["jdr.train"],
     ["jdr.vq"],
     ["jdr.cli"],

@@ -31,6 +31,9 @@ COMMANDS: dict[str, Command] = {
     "mine": Command("mine hard negatives for a BEIR split into Tevatron JSONL (`data.source=jsonl`)", "jdr.cli.mine"),
     "whiten": Command("fit whitening on a corpus's embeddings and export the model with it (ST Dense + Normalize)",
                       "jdr.cli.whiten"),
+    "rerank": Command("re-score the top of a TREC run with a cross-encoder, write the reranked run", "jdr.cli.rerank"),
+    "score": Command("add a cross-encoder's score to every passage of Tevatron JSONL groups (teacher scores)",
+                     "jdr.cli.score"),
 }
 
 

@@ -16,9 +16,15 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from jdr.models.cross_encoder_hf import export_cross_encoder, is_cross_encoder, load_cross_workdir
     from jdr.models.hf import export, export_encoder
     from jdr.models.workdir import load_workdir
 
+    if is_cross_encoder(args.workdir):  # a `train.objective=cross_encoder` workdir: an HF *ForSequenceClassification
+        params, spec, _, step = load_cross_workdir(args.workdir, step=args.step)
+        export_cross_encoder(params, spec, args.workdir, args.output)
+        print(f"exported cross-encoder step {step} to {args.output} (pairs of {spec.max_length} tokens)")
+        return 0
     params, spec, tokenizer, step = load_workdir(args.workdir, step=args.step)
     source = args.workdir  # its encoder/ holds the tokenizer files
     if args.tower and not spec.tied:

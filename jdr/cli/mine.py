@@ -25,6 +25,14 @@ def add_arguments(p):
                       help="drop candidates whose dense score >= weakest positive's score - X")
     rule.add_argument("--max-score-ratio", type=float, default=None,
                       help="drop candidates whose dense score > R x weakest positive's score")
+    p.add_argument("--ce-model", default=None,
+                   help="cross-encoder that drops likely false negatives (RocketQA): with --ce-threshold or --ce-margin")
+    ce_rule = p.add_mutually_exclusive_group()
+    ce_rule.add_argument("--ce-threshold", type=float, default=None, help="drop candidates whose logit >= T")
+    ce_rule.add_argument("--ce-margin", type=float, default=None,
+                         help="drop candidates whose logit >= the weakest positive's logit - M")
+    p.add_argument("--ce-depth", type=int, default=30, help="candidates per query (in rank order) the cross-encoder "
+                   "judges; deeper ones are kept")
     p.add_argument("--output", required=True, help="Tevatron JSONL to write (atomically)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--factory", default="Flat", help="faiss factory string for ann")
@@ -55,11 +63,19 @@ def run(args) -> int:
                             sample_range=None if args.sample_range is None else parse_range(args.sample_range))
     if settings.needs_model and not args.model:
         raise ValueError("mine: --source ann/hybrid, --denoise-threshold and --max-score-ratio need --model")
+    if bool(args.ce_model) != (args.ce_threshold is not None or args.ce_margin is not None):
+        raise ValueError("mine: --ce-model goes with one of --ce-threshold / --ce-margin")
     data = load_beir(resolve_dataset(args.data), args.split)
-    scorer = None
+    scorer = ce_filter = None
     if args.model:
         scorer = _Scorer(*load_model(args), data.corpus, args.batch_size)
-    summary = mine_to_jsonl(args.output, data.corpus, data.queries, data.qrels, settings, scorer=scorer)
+    if args.ce_model:
+        from jdr.negatives.ce_denoise import load_filter
+
+        ce_filter = load_filter(args.ce_model, data.corpus, data.queries, threshold=args.ce_threshold,
+                                margin=args.ce_margin, depth=args.ce_depth, batch_size=args.batch_size, progress=True)
+    summary = mine_to_jsonl(args.output, data.corpus, data.queries, data.qrels, settings, scorer=scorer,
+                            ce_filter=ce_filter)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -127,6 +127,7 @@ class BatchBuilder:
     Output for the host's B examples of G passages over D local devices: `query_ids`, `query_mask`: `[D, B/D,
     Lq]`; `passage_ids`, `passage_mask`: `[D, B/D * G, Lp]`, where on each device passage row `i*G` is the
     positive of that device's query i and rows `i*G+1 .. i*G+G-1` its negatives (the layout `jdr.losses` expects);
+    with examples that carry teacher `scores`, also `teacher_scores`: float32 `[D, B/D, G]`;
     with `false_negatives`, also `false_negatives`: bool `[D, B/D, C]` — True where the column's passage key is
     labelled relevant to the query (`Example.relevant`), C being the global batch's B_global*G passages in
     all-gather order (`cross_device=True`) or the device's own B/D*G passages. The host's rows are its contiguous
@@ -177,6 +178,10 @@ class BatchBuilder:
                 mask = np.stack([mask[i * per:(i + 1) * per, start + i * per * group:start + (i + 1) * per * group]
                                  for i in range(d)])
             out["false_negatives"] = mask.reshape(d, b // d, -1)
+        if examples[0].scores is not None:  # teacher scores of each group (distillation), float32 [D, B/D, G]
+            if any(ex.scores is None or len(ex.scores) != group for ex in examples):
+                raise ValueError("examples in one batch carry teacher scores for some groups only")
+            out["teacher_scores"] = np.asarray([ex.scores for ex in host], np.float32).reshape(d, b // d, group)
         return out
 
     @staticmethod

@@ -63,7 +63,8 @@ class LabeledData:
     `corpus`: passages in row order (`Corpus`); `queries`: `{qid: text}`; `qrels`: `{qid: {docid: relevance}}`
     (positives are relevance > 0); `negatives`: the ranked negatives that came with the data (Tevatron's
     `negative_passages`, the negatives of triplets or MS MARCO triples), the table source named `file`, or
-    None; `name`: where the data came from (messages, run records).
+    None; `name`: where the data came from (messages, run records); `teacher`: teacher scores of the pairs
+    (`jdr.data.teacher.TeacherScores`, read from scored JSONL for distillation) or None.
     """
 
     corpus: Corpus
@@ -71,6 +72,7 @@ class LabeledData:
     qrels: dict[str, dict[str, int]]
     negatives: FileNegatives | None = None
     name: str = ""
+    teacher: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "passages": len(self.corpus), "queries": len(self.queries),
@@ -154,10 +156,11 @@ class LabeledSource(TrainingSource):
         for g, q_row in zip(batch.groups, q_rows):
             docs = (g.positive_id, *g.negative_ids)
             p_rows = self.passage_tokens.rows(docs, "doc")
+            scores = None if self.data.teacher is None else self.data.teacher.of(g.query_id, docs)
             out.append(Example(self.query_tokens.tokens_of(q_row),
                                tuple(self.passage_tokens.tokens_of(r) for r in p_rows),
                                self.key_prefix + g.query_id, tuple(self.key_prefix + d for d in docs),
-                               self.relevant(g.query_id)))
+                               self.relevant(g.query_id), scores))
         return out
 
     def relevant(self, qid: str) -> frozenset[str]:

@@ -28,7 +28,8 @@ class Example(NamedTuple):
     `query_key`: names the query; `passage_keys[i]` names `passages[i]` (a doc id, namespaced by the source in a
     mixture). `relevant`: the passage keys the labels call relevant to this query (its positives, the own
     positive included); any other column of the batch carrying one of these keys is masked out of this query's
-    softmax (a false negative), see `jdr.losses.info_nce`.
+    softmax (a false negative), see `jdr.losses.info_nce`. `scores`: a teacher's score of each passage (the
+    `jsonl` source's `score` fields, for distillation), or None.
     """
 
     query: np.ndarray
@@ -36,6 +37,7 @@ class Example(NamedTuple):
     query_key: str
     passage_keys: tuple[str, ...]
     relevant: frozenset[str]
+    scores: tuple[float, ...] | None = None
 
 
 class TrainingSource(abc.ABC):

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping
 from jdr.data.labeled import CorpusBuilder, FileNegatives, LabeledData
 from jdr.data.lines import jsonl_records
 from jdr.errors import DataError
+from jdr.data.teacher import TeacherScores
 from jdr.io import atomic_write
 
 
@@ -57,13 +58,15 @@ def _passages(path: Path, line_no: int, rec: dict, key: str, required: bool) -> 
     return out
 
 
-def load_tevatron(path: str | os.PathLike) -> LabeledData:
+def load_tevatron(path: str | os.PathLike, *, scores: bool = False) -> LabeledData:
     """Read a Tevatron JSONL training file into `LabeledData` (positives relevance 1; negatives as `file`).
+    `scores`: also keep each passage's `score` as teacher scores (`LabeledData.teacher`, for distillation).
 
     One line per error: bad JSON, a missing field, an empty positive list, a negative equal to a positive, a
-    non-UTF-8 byte — each naming the file and line.
+    non-UTF-8 byte, a non-numeric score (with `scores`) — each naming the file and line.
     """
     path = Path(path)
+    teacher = TeacherScores(str(path)) if scores else None
     corpus = CorpusBuilder()
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
@@ -88,9 +91,13 @@ def load_tevatron(path: str | os.PathLike) -> LabeledData:
         rows = negatives.setdefault(qid, [])
         for docid, title, text in negs:
             rows.append(corpus.add(docid, title, text))
+        if teacher is not None:
+            for key in ("positive_passages", "negative_passages"):
+                teacher.add(line_no, qid, key, rec.get(key) or [])
     if not queries:
         raise DataError(path, "no training queries")
-    return LabeledData(corpus.corpus(), queries, qrels, FileNegatives.from_lists(negatives), name=str(path))
+    return LabeledData(corpus.corpus(), queries, qrels, FileNegatives.from_lists(negatives), name=str(path),
+                       teacher=teacher)
 
 
 def write_tevatron(path: str | os.PathLike, records: Iterable[Mapping]) -> int:

@@ -119,9 +119,12 @@ def _rank(source: str, corpus, query_texts: Sequence[str], k: int, q_emb, p_emb,
 
 
 def mine_negatives(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                   settings: MineSettings, *, scorer: DenseScorer | None = None, progress: bool = True) -> Mined:
+                   settings: MineSettings, *, scorer: DenseScorer | None = None, progress: bool = True,
+                   ce_filter=None) -> Mined:
     """Mine negatives for every query of `qrels` with a positive (sorted ids; the others are counted as
-    `skipped_queries`). `corpus` is a `jdr.data.beir.Corpus`; `scorer` is needed for `ann` and the filters."""
+    `skipped_queries`). `corpus` is a `jdr.data.beir.Corpus`; `scorer` is needed for `ann` and the filters.
+    `ce_filter`: a `jdr.negatives.ce_denoise.CrossEncoderFilter` that drops what a cross-encoder judges relevant
+    among the first candidates of each window (RocketQA), counted as `filtered.cross_encoder`."""
     qids = sorted(q for q, rels in qrels.items() if any(r > 0 for r in rels.values()))
     if not qids:
         raise ValueError("mine: no query has a positive judgment")
@@ -161,6 +164,12 @@ def mine_negatives(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mappi
                     drop = rule(dense, value, reference) & valid & w[2]
                     stats["filtered"][name] += int(drop.sum())
                     w[2] &= ~drop
+    if ce_filter is not None:
+        stats["filtered"]["cross_encoder"] = 0
+        for w in windows.values():
+            drop = ce_filter.drop_mask(qids, np.where(w[2], w[0], -1), offsets, pos) & (w[0] >= 0) & w[2]
+            stats["filtered"]["cross_encoder"] += int(drop.sum())
+            w[2] &= ~drop
     negatives = []
     wanted = sum(settings.counts.values())
     for i in tqdm(range(len(qids)), desc="mine", disable=not progress, dynamic_ncols=True):
@@ -198,11 +207,12 @@ def tevatron_records(corpus, queries: Mapping[str, str], qrels: Mapping[str, Map
 
 
 def mine_to_jsonl(path, corpus, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                  settings: MineSettings, *, scorer: DenseScorer | None = None, progress: bool = True) -> dict:
+                  settings: MineSettings, *, scorer: DenseScorer | None = None, progress: bool = True,
+                  ce_filter=None) -> dict:
     """`mine_negatives`, then write the Tevatron JSONL to `path` atomically; returns the summary."""
     from jdr.data.tevatron import write_tevatron
 
-    mined = mine_negatives(corpus, queries, qrels, settings, scorer=scorer, progress=progress)
+    mined = mine_negatives(corpus, queries, qrels, settings, scorer=scorer, progress=progress, ce_filter=ce_filter)
     write_tevatron(path, tevatron_records(corpus, queries, qrels, mined))
     return {**mined.summary(), "output": str(path), "sources": dict(settings.counts), "depth": settings.depth,
             "sample_range": list(settings.window), "seed": settings.seed}

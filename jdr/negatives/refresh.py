@@ -24,7 +24,9 @@ class AnnRefreshConfig:
 
     `depth`: candidates kept per query. `factory`/`nprobe`/`train_sample`: the faiss index. `refresh_fraction`:
     share of training queries re-mined per round, rotating over a seeded partition (others keep their rows).
-    `skip_top`/`denoise_threshold`: see `sources.denoise_ranked`. `counts`: the per-source sampling counts of
+    `skip_top`/`denoise_threshold`: see `sources.denoise_ranked`. `candidate_filter`: a cross-encoder filter
+    (`jdr.negatives.ce_denoise.CrossEncoderFilter`, RocketQA) applied to the re-mined queries' candidates after
+    that, its drops counted in `table.timings["ce_dropped"]`. `counts`: the per-source sampling counts of
     the refreshed tables, naming `ann` and/or `memory` (e.g. {"bm25": 1, "ann": 3} after an all-bm25 warm start;
     the other ranked sources keep the previous table's candidates). Default: the previous table's counts when
     they name `ann` or `memory`, else all of its negatives from `ann`.
@@ -39,6 +41,7 @@ class AnnRefreshConfig:
     denoise_threshold: float | None = None
     counts: Mapping[str, int] | None = None
     seed: int = 0
+    candidate_filter: Any = None
 
 
 DENSE = ("ann", "memory")  # the sources a refresh re-mines with the model being trained
@@ -112,6 +115,12 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
                 scores = full
             rows = denoise_ranked(rows, prev.pos_offsets, prev.pos_rows, skip_top=cfg.skip_top,
                                   threshold=cfg.denoise_threshold, query_emb=q_full, passage_emb=p_emb, scores=scores)
+            if cfg.candidate_filter is not None:
+                t2 = time.perf_counter()
+                offsets, pos = _select_csr(prev.pos_offsets, prev.pos_rows, sel)
+                rows[sel], dropped = cfg.candidate_filter.filter([qids[i] for i in sel], rows[sel], offsets, pos)
+                timings["ce_dropped"] = timings.get("ce_dropped", 0) + dropped
+                timings["ce_denoise_s"] = timings.get("ce_denoise_s", 0.0) + time.perf_counter() - t2
             if not (rows[sel] >= 0).any():
                 raise ValueError(f"{name} mining found no candidates for {len(sel)} queries")
             timings["mine_s"] += time.perf_counter() - t1

@@ -152,10 +152,8 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
             final["negatives/skipped_steps"] = list(refresh.skipped_steps)
         params = host_params(loop.state)
         if primary and cfg.export.at_end:
-            from jdr.models.hf import export_encoder
-
             with phase("export"):
-                export_encoder(params, run.spec, run.model_dir, run.workdir / "export")
+                run.objective.export(params, run.spec, run.model_dir, run.workdir / "export")
         if cfg.eval.final_test:
             from jdr.data.beir import load_beir, resolve_dataset
 
@@ -187,10 +185,17 @@ def _refresh_hook(run, *, progress: bool = False):
     sync = cfg.refresh_mode == "sync"
     encode_corpus, encode_queries = token_encoders(labeled, run.spec, batch_size=cfg.refresh_batch_size,
                                                    sharded=sync, progress=progress and sync)
+    ce_filter = None
+    if cfg.ce_denoise_model:
+        from jdr.negatives.ce_denoise import load_filter
+
+        ce_filter = load_filter(cfg.ce_denoise_model, labeled.data.corpus, labeled.data.queries,
+                                threshold=cfg.ce_denoise_threshold, margin=cfg.ce_denoise_margin,
+                                depth=cfg.ce_denoise_depth, batch_size=cfg.refresh_batch_size)
     refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
                                    refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
                                    denoise_threshold=cfg.denoise_threshold, seed=run.cfg.seed,
-                                   counts=negative_counts(run.cfg))
+                                   counts=negative_counts(run.cfg), candidate_filter=ce_filter)
     build = ann_build_fn(encode_corpus, encode_queries, labeled.data.corpus, labeled.train_qids, labeled.train_qrels,
                          refresh_cfg, initial=labeled.table, memory=run.training.memory)
     return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=labeled.table.version)

@@ -72,7 +72,9 @@ def load_labeled(kind: str, cfg, where: str = "") -> LabeledData:
     if kind == "jsonl":
         from jdr.data.tevatron import load_tevatron
 
-        return load_tevatron(_path(where or cfg.data.jsonl.path, "data.jsonl.path"))
+        # teacher scores only when an objective reads them: a mined file's scores are the retriever's
+        return load_tevatron(_path(where or cfg.data.jsonl.path, "data.jsonl.path"),
+                             scores=cfg.train.objective == "distill")
     if kind == "triplets":
         from jdr.data.triplets import load_triplets
 
@@ -122,6 +124,8 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
                                 bm25_preset=cfg.negatives.bm25_preset, **dense)
         except ValueError as e:
             raise ConfigError(f"{data.name}: {e}") from None
+    if data.teacher is not None:  # every passage a group can draw is scored, else one line naming its line
+        data.teacher.check(train_qids, data.qrels, data.negatives, data.corpus.ids, cfg.negatives.num)
     source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,
                            passage_max_length=spec.passage_max_length, global_batch_size=global_batch_size,
                            num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix,

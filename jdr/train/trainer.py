@@ -74,6 +74,9 @@ def _validate(cfg) -> None:
     try:
         check_grad_cache_chunk(cfg.train.grad_cache_chunk, per_device, 1 + cfg.negatives.num)
         objective_class(cfg).validate(cfg, per_device)
+        from jdr.negatives.ce_denoise import check_config
+
+        check_config(cfg.negatives)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -89,9 +92,7 @@ def prepare(cfg, workdir) -> Run:
     if "ann" in counts and cfg.negatives.refresh_every == 0:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
     workdir = as_path(workdir)
-    params, spec, tokenizer, _, model_dir = load_model(
-        cfg.model.path, tied=cfg.model.tied, dtype=cfg.model.dtype, query_max_length=cfg.model.query_max_length,
-        passage_max_length=cfg.model.passage_max_length, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    params, spec, tokenizer, model_dir = objective.load_model(cfg)  # the dual encoder unless the objective says
     training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
     batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
                            pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),
@@ -119,7 +120,8 @@ COSINE_SIZED_TEMPERATURE = 0.5
 def check_temperature(cfg, spec) -> str | None:
     """The warning for an unnormalised dot product trained at a cosine-sized temperature (the softmax saturates:
     BERT CLS dot products run to the hundreds), or None."""
-    if cfg.train.loss != "info_nce" or spec.normalize or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE:
+    if (cfg.train.loss != "info_nce" or getattr(spec, "normalize", True)  # a cross-encoder has no embeddings
+            or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE):
         return None
     return (f"train.temperature={cfg.train.temperature} is sized for cosine scores, but the encoder scores with an "
             f"unnormalised dot product ({spec.pooling} pooling, model.normalize=False): the softmax saturates. Set "
@@ -164,7 +166,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
                                  dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
                                  data=run.training.describe())
-                save_encoder_description(workdir, run.spec, run.model_dir)
+                run.objective.save_description(workdir, run.spec, run.model_dir)
 
             tx, lr_at = make_optimizer(
                 lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,

@@ -89,6 +89,31 @@ class Objective:
         """The pmapped `step(state, batch, rng)` as the loop calls it; default unchanged."""
         return step
 
+    # The model the objective trains. Default: the dual encoder (`jdr.models.hf`); an objective training another
+    # kind of model (the cross-encoder) overrides all three.
+    def load_model(self, cfg):
+        """`(params, spec, tokenizer, model_dir)` the run starts from (`cfg.model.path`: any model reference,
+        `jdr.models.resolve`); `spec` has the token budgets the data pipeline reads (`query_max_length`,
+        `passage_max_length`)."""
+        from jdr.models.resolve import load_model
+
+        m = load_model(cfg.model.path, tied=cfg.model.tied, dtype=cfg.model.dtype,
+                       query_max_length=cfg.model.query_max_length, passage_max_length=cfg.model.passage_max_length,
+                       pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+        return m.params, m.spec, m.tokenizer, m.path
+
+    def save_description(self, workdir, spec, model_dir) -> None:
+        """Write what makes the workdir a model source (`encoder/`): spec and tokenizer files."""
+        from jdr.models.workdir import save_encoder_description
+
+        save_encoder_description(workdir, spec, model_dir)
+
+    def export(self, params, spec, model_dir, out_dir) -> None:
+        """Write the trained model as an HF / sentence-transformers dir (the end-of-run export)."""
+        from jdr.models.hf import export_encoder
+
+        export_encoder(params, spec, model_dir, out_dir)
+
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
