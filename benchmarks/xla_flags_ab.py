@@ -92,7 +92,11 @@ def child_matmul(dtype: str, timed: int) -> dict:
 
 def child_encode(dtype: str, timed: int) -> dict:
     import dataclasses
+    import resource
 
+    from jdr.malloc import tune_malloc
+
+    tune_malloc()  # as the `jdr` command does, before jax allocates (acts only with JDR_MALLOC=heap)
     import jax
     import numpy as np
 
@@ -113,7 +117,8 @@ def child_encode(dtype: str, timed: int) -> dict:
     fn, replicated, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
     ids = np.zeros((64, 256), np.int32)
     hlo = fn.lower(jax.device_put(params, replicated), ids, ids).compile().as_text()
-    return {"seconds": times, "backends": dot_backends(hlo), "devices": jax.local_device_count()}
+    return {"seconds": times, "backends": dot_backends(hlo), "devices": jax.local_device_count(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def run_child(config: str, workload: str, timed: int) -> dict:
