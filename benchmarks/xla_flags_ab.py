@@ -139,24 +139,32 @@ def write_md(result: dict, stem: str) -> None:
              f"after a warm-up; median over rounds of each child's median. Command: `{result['command']}`"
              + (f" Note: {result['note']}" if result.get("note") else ""), ""]
     for w in result["workloads"]:
-        lines += [f"## {w}", "", "| config | XLA_FLAGS | median ms | per round ms | vs default | dots: ynn / xnn / onednn / xla |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"## {w}", "", "| config | XLA_FLAGS | median ms | per round ms | vs default | fastest call ms | "
+                  "fastest vs default | dots: ynn / xnn / onednn / xla |", "|---|---|---|---|---|---|---|---|"]
         base = result["summary"][w].get("default")
+        fastest = {c: min(min(r[w][c].get("seconds") or [float("inf")]) for r in result["per_round"])
+                   for c in result["configs"]}
         for c in result["configs"]:
             runs = [r[w][c] for r in result["per_round"]]
             rejected = next((r["rejected"] for r in runs if "rejected" in r), None)
             if rejected:
-                lines.append(f"| {c} | `{CONFIGS[c]}` | rejected | | | {rejected} |")
+                lines.append(f"| {c} | `{CONFIGS[c]}` | rejected | | | | | {rejected} |")
                 continue
             med = result["summary"][w][c]
             b = runs[-1]["backends"]
             per_round = ", ".join(f"{r['median_s'] * 1e3:.0f}" for r in runs)
             lines.append(f"| {c} | `{CONFIGS[c] or '(none)'}` | {med * 1e3:.1f} | "
                          f"{per_round} | "
-                         f"{base / med:.2f}x | {b['ynnpack']} / {b['xnnpack']} / {b['onednn']} / {b['xla_dot']} |"
-                         if base else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | |")
+                         f"{base / med:.2f}x | {fastest[c] * 1e3:.1f} | {fastest['default'] / fastest[c]:.2f}x | "
+                         f"{b['ynnpack']} / {b['xnnpack']} / {b['onednn']} / {b['xla_dot']} |"
+                         if base else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | | | |")
         lines.append("")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+
+
+def rewrite(stem: str) -> None:
+    """Re-render results/<stem>.md from its .json (after a format change)."""
+    write_md(json.loads((RESULTS / f"{stem}.json").read_text()), stem)
 
 
 def main() -> None:
