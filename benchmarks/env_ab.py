@@ -60,8 +60,9 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> dict:
     if isinstance(last, dict):
         if last.get("seconds"):
             rec["steady_s"] = statistics.median(last["seconds"])
-        if "peak_rss_mib" in last:
-            rec["peak_rss_mib"] = last["peak_rss_mib"]
+        for key in ("peak_rss_mib", "user_s_per_call", "sys_s_per_call", "minor_faults_per_call"):
+            if key in last:
+                rec[key] = last[key]
     return rec
 
 
@@ -95,8 +96,9 @@ def main() -> None:
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Environment A/B: {args.out}", "", f"CPU: {result['cpu']}. Command: `{result['command']}`."
              + (f" {args.note}" if args.note else ""), "",
-             "| arm | environment | steady s (median of rounds) | per round | wall s | user s | sys s | minor faults "
-             "| peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| arm | environment | steady s (median of rounds) | per round | timed call CPU s user / sys | "
+             "minor faults per call | whole child: wall s | user s | sys s | minor faults | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = None
     for name, env in arms:
         runs = [r[name] for r in rounds if "error" not in r[name]]
@@ -112,7 +114,8 @@ def main() -> None:
         env_text = ";".join(f"{k}={v}" for k, v in env.items()) or "(unchanged)"
         per_round = ", ".join(f"{r.get('steady_s', float('nan')):.2f}" for r in runs)
         lines.append(f"| {name} | `{env_text}` | {steady:.3f} ({base / steady:.2f}x faster than {arms[0][0]}) | "
-                     f"{per_round} | {med('wall_s'):.1f} | {med('user_s'):.1f} | {med('sys_s'):.1f} | "
+                     f"{per_round} | {med('user_s_per_call'):.2f} / {med('sys_s_per_call'):.2f} | "
+                     f"{med('minor_faults_per_call'):.0f} | {med('wall_s'):.1f} | {med('user_s'):.1f} | {med('sys_s'):.1f} | "
                      f"{med('minor_faults'):.0f} | {med('peak_rss_mib'):.0f} |")
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

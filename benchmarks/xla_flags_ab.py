@@ -70,6 +70,23 @@ def dot_backends(hlo_text: str) -> dict[str, int]:
     return counts
 
 
+def timed_calls(call, timed: int) -> dict:
+    """Wall seconds of each of `timed` calls, and the process's CPU seconds (user, sys: all threads) and minor page
+    faults per call over them: CPU time is the steadier number on a machine shared with other jobs."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    times = []
+    for _ in range(timed):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": times, "user_s_per_call": (after.ru_utime - before.ru_utime) / timed,
+            "sys_s_per_call": (after.ru_stime - before.ru_stime) / timed,
+            "minor_faults_per_call": (after.ru_minflt - before.ru_minflt) / timed}
+
+
 def child_matmul(dtype: str, timed: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -82,12 +99,8 @@ def child_matmul(dtype: str, timed: int) -> dict:
     fn = jax.jit(lambda x, w: jax.lax.dot_general(x, w, (((2,), (0,)), ((), ())), preferred_element_type=jnp.float32))
     compiled = fn.lower(x, w).compile()
     compiled(x, w).block_until_ready()
-    times = []
-    for _ in range(timed):
-        start = time.perf_counter()
-        compiled(x, w).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return {"seconds": times, "flops": 2 * 64 * 256 * 384 * 1536, "backends": dot_backends(compiled.as_text())}
+    out = timed_calls(lambda: compiled(x, w).block_until_ready(), timed)
+    return {**out, "flops": 2 * 64 * 256 * 384 * 1536, "backends": dot_backends(compiled.as_text())}
 
 
 def child_encode(dtype: str, timed: int) -> dict:
@@ -109,15 +122,11 @@ def child_encode(dtype: str, timed: int) -> dict:
     texts = [corpus.passage(i) for i in range(64)]
     kw = dict(tower="passage", max_length=256, batch_size=64, progress=False)
     inference.encode_texts(params, spec, tok, texts, **kw)  # compile
-    times = []
-    for _ in range(timed):
-        start = time.perf_counter()
-        inference.encode_texts(params, spec, tok, texts, **kw)
-        times.append(time.perf_counter() - start)
+    out = timed_calls(lambda: inference.encode_texts(params, spec, tok, texts, **kw), timed)
     fn, replicated, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
     ids = np.zeros((64, 256), np.int32)
     hlo = fn.lower(jax.device_put(params, replicated), ids, ids).compile().as_text()
-    return {"seconds": times, "backends": dot_backends(hlo), "devices": jax.local_device_count(),
+    return {**out, "backends": dot_backends(hlo), "devices": jax.local_device_count(),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -140,7 +149,8 @@ def write_md(result: dict, stem: str) -> None:
              + (f" Note: {result['note']}" if result.get("note") else ""), ""]
     for w in result["workloads"]:
         lines += [f"## {w}", "", "| config | XLA_FLAGS | median ms | per round ms | vs default | fastest call ms | "
-                  "fastest vs default | dots: ynn / xnn / onednn / xla |", "|---|---|---|---|---|---|---|---|"]
+                  "fastest vs default | CPU s per call (user + sys) | dots: ynn / xnn / onednn / xla |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         base = result["summary"][w].get("default")
         fastest = {c: min(min(r[w][c].get("seconds") or [float("inf")]) for r in result["per_round"])
                    for c in result["configs"]}
@@ -148,16 +158,18 @@ def write_md(result: dict, stem: str) -> None:
             runs = [r[w][c] for r in result["per_round"]]
             rejected = next((r["rejected"] for r in runs if "rejected" in r), None)
             if rejected:
-                lines.append(f"| {c} | `{CONFIGS[c]}` | rejected | | | | | {rejected} |")
+                lines.append(f"| {c} | `{CONFIGS[c]}` | rejected | | | | | | {rejected} |")
                 continue
             med = result["summary"][w][c]
             b = runs[-1]["backends"]
             per_round = ", ".join(f"{r['median_s'] * 1e3:.0f}" for r in runs)
+            cpu = [r["user_s_per_call"] + r["sys_s_per_call"] for r in runs if "user_s_per_call" in r]
+            cpu_text = f"{statistics.median(cpu):.2f}" if cpu else "—"
             lines.append(f"| {c} | `{CONFIGS[c] or '(none)'}` | {med * 1e3:.1f} | "
                          f"{per_round} | "
                          f"{base / med:.2f}x | {fastest[c] * 1e3:.1f} | {fastest['default'] / fastest[c]:.2f}x | "
                          f"{b['ynnpack']} / {b['xnnpack']} / {b['onednn']} / {b['xla_dot']} |"
-                         if base else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | | | |")
+                         if base else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | | | | |")
         lines.append("")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
