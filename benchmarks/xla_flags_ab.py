@@ -163,11 +163,12 @@ def write_md(result: dict, stem: str) -> None:
             med = result["summary"][w][c]
             b = runs[-1]["backends"]
             per_round = ", ".join(f"{r['median_s'] * 1e3:.0f}" for r in runs)
-            cpu = [r["user_s_per_call"] + r["sys_s_per_call"] for r in runs if "user_s_per_call" in r]
-            cpu_text = f"{statistics.median(cpu):.2f}" if cpu else "—"
+            user = [r["user_s_per_call"] for r in runs if "user_s_per_call" in r]
+            sys_ = [r["sys_s_per_call"] for r in runs if "sys_s_per_call" in r]
+            cpu_text = f"{statistics.median(user):.3f} + {statistics.median(sys_):.3f}" if user else "—"
             lines.append(f"| {c} | `{CONFIGS[c] or '(none)'}` | {med * 1e3:.1f} | "
                          f"{per_round} | "
-                         f"{base / med:.2f}x | {fastest[c] * 1e3:.1f} | {fastest['default'] / fastest[c]:.2f}x | "
+                         f"{base / med:.2f}x | {fastest[c] * 1e3:.1f} | {fastest['default'] / fastest[c]:.2f}x | {cpu_text} | "
                          f"{b['ynnpack']} / {b['xnnpack']} / {b['onednn']} / {b['xla_dot']} |"
                          if base else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | | | | |")
         lines.append("")
