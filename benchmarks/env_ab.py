@@ -105,7 +105,7 @@ def main() -> None:
         if not runs:
             lines.append(f"| {name} | `{env}` | failed: {rounds[0][name].get('error')} | | | | | |")
             continue
-        def med(key):
+        def med(key, runs=runs):
             values = [r[key] for r in runs if key in r]
             return statistics.median(values) if values else float("nan")
 

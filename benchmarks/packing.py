@@ -49,7 +49,7 @@ def other_costs(args, texts) -> list[dict]:
     from jdr.models.packing import packing_cost
     from jdr.models.tokenize import token_ids
 
-    _, spec, tok = hf.load(hf.find_minilm(), passage_max_length=512)
+    _, _, tok = hf.load(hf.find_minilm(), passage_max_length=512)
     out = []
     for name, items, max_length in (("passages", texts, min(2 * args.max_length, 512)),
                                     ("queries", query_texts(args.data), 64)):

@@ -39,7 +39,7 @@ import time
 if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):  # before jax starts its backend
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
-from _common import RESULTS, cpu_model  # noqa: E402
+from _common import RESULTS, cpu_model
 
 CATEGORIES = ("GEMM (dense layers)", "GEMM + residual + layernorm", "GEMM + GELU",
               "attention (QK^T, softmax, PV fused)", "attention dots", "softmax", "layernorm", "GELU",
