@@ -113,7 +113,7 @@ def main() -> None:
         base = steady if base is None else base
         env_text = ";".join(f"{k}={v}" for k, v in env.items()) or "(unchanged)"
         per_round = ", ".join(f"{r.get('steady_s', float('nan')):.2f}" for r in runs)
-        lines.append(f"| {name} | `{env_text}` | {steady:.3f} ({base / steady:.2f}x faster than {arms[0][0]}) | "
+        lines.append(f"| {name} | `{env_text}` | {steady:.3f} ({base / steady:.2f}x the speed of {arms[0][0]}) | "
                      f"{per_round} | {med('user_s_per_call'):.2f} / {med('sys_s_per_call'):.2f} | "
                      f"{med('minor_faults_per_call'):.0f} | {med('wall_s'):.1f} | {med('user_s'):.1f} | {med('sys_s'):.1f} | "
                      f"{med('minor_faults'):.0f} | {med('peak_rss_mib'):.0f} |")
