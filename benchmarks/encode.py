@@ -10,6 +10,10 @@ benchmarks/results/encode.{json,md}.
 
     python benchmarks/encode.py                          # 512 docs, length 256, batch 64, 3 rounds
     python benchmarks/encode.py --docs 128 --repeats 1   # smoke run
+    python benchmarks/encode.py --dtypes float32,bfloat16  # both dtypes, each against the peer in the same dtype
+
+`--dtypes`: each round runs every dtype on both sides (jdr `dtype=bfloat16`: bfloat16 compute, float32
+LayerNorm / softmax; sentence-transformers: the model cast to bfloat16), so each ratio compares like with like.
 
 The peer needs torch and sentence-transformers (`pip install --no-deps -r benchmarks/requirements-bench.txt`,
 or `--st-python` pointing at a venv that has them); without them only the jdr side runs.
@@ -87,8 +91,11 @@ def child_st(args) -> dict:
 
     model = SentenceTransformer(str(hf.find_minilm()), device="cpu")
     model.max_seq_length = args.max_length
-    texts = load_texts(args.data, args.docs)
     kw = dict(batch_size=args.batch, convert_to_numpy=True, show_progress_bar=False)
+    if args.dtype == "bfloat16":
+        model = model.to(torch.bfloat16)  # the peer's bfloat16: the whole model cast (torch's usual CPU path)
+        kw = dict(batch_size=args.batch, convert_to_tensor=True, show_progress_bar=False)
+    texts = load_texts(args.data, args.docs)
     model.encode(texts, **kw)
     times = []
     for _ in range(args.timed):
@@ -96,34 +103,45 @@ def child_st(args) -> dict:
         model.encode(texts, **kw)
         times.append(time.perf_counter() - start)
     return {"docs_per_s": len(texts) / statistics.median(times), "seconds": times, "peak_rss_mib": peak_rss_mib(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "dtype": args.dtype}
 
 
 def write_results(result: dict) -> None:
-    """benchmarks/results/encode.json and a readable encode.md."""
+    """benchmarks/results/encode.json and a readable encode.md (one table per dtype)."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "encode.json").write_text(json.dumps(result, indent=2) + "\n")
     a = result["args"]
+    sections = result.get("by_dtype") or {a["dtype"]: result}
     lines = [
         "# Encode throughput: jdr vs sentence-transformers",
         "",
         f"CPU: {result['cpu']} ({os.cpu_count()} logical CPUs). {a['docs']} SciFact passages at length "
-        f"{a['max_length']}, batch {a['batch']}, jdr dtype {a['dtype']}; each side in its own process, "
-        f"{a['repeats']} alternating rounds of {a['timed']} timed passes after a warm-up pass.",
-        "",
+        f"{a['max_length']}, batch {a['batch']}, dtype{'s' if len(sections) > 1 else ''} {', '.join(sections)} "
+        f"(both sides); each side in its own process, {a['repeats']} alternating rounds of {a['timed']} timed "
+        f"passes after a warm-up pass.",
+    ]
+    for dtype, section in sections.items():
+        lines += [""] + _table(section, dtype if len(sections) > 1 else None)
+    (RESULTS / "encode.md").write_text("\n".join(lines) + "\n")
+
+
+def _table(section: dict, dtype: str | None) -> list[str]:
+    """One dtype's rounds as a markdown table and its median ratio."""
+    lines = [f"## {dtype}", ""] if dtype else []
+    lines += [
         "| round | jdr docs/s | ST docs/s | jdr / ST | jdr GFLOP/s | f32 matmul peak GFLOP/s | jdr peak RSS MiB | ST peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for i, r in enumerate(result["rounds"]):
+    for i, r in enumerate(section["rounds"]):
         j, s = r["jdr"], r.get("st")
         lines.append(f"| {i} | {j['docs_per_s']:.1f} | {s['docs_per_s']:.1f} | {j['docs_per_s'] / s['docs_per_s']:.2f} "
                      if s else f"| {i} | {j['docs_per_s']:.1f} | — | — ")
         lines[-1] += (f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | "
                       f"{s['peak_rss_mib']:.0f} |" if s else
                       f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | — |")
-    if "jdr_over_st" in result:
-        lines += ["", f"**jdr / sentence-transformers = {result['jdr_over_st']:.2f}x** (median of rounds)."]
-    (RESULTS / "encode.md").write_text("\n".join(lines) + "\n")
+    if "jdr_over_st" in section:
+        lines += ["", f"**jdr / sentence-transformers = {section['jdr_over_st']:.2f}x** (median of rounds)."]
+    return lines
 
 
 def main() -> None:
@@ -133,7 +151,9 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=512)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="jdr compute dtype")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (both sides)")
+    ap.add_argument("--dtypes", default=None,
+                    help="comma list (float32,bfloat16): every dtype each round, each against the peer's same dtype")
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds (one child per side per round)")
     ap.add_argument("--timed", type=int, default=2, help="timed passes per child after one warm-up pass")
     ap.add_argument("--st-python", default=sys.executable, help="python with torch + sentence-transformers")
@@ -143,34 +163,44 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_jdr(args) if args.child == "jdr" else child_st(args)))
         return
-    argv = [f"--docs={args.docs}", f"--max-length={args.max_length}", f"--batch={args.batch}",
-            f"--dtype={args.dtype}", f"--timed={args.timed}"] + ([f"--data={args.data}"] if args.data else [])
-    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model(), "rounds": []}
+    dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]
+    if not set(dtypes) <= {"float32", "bfloat16"}:
+        ap.error(f"--dtypes: {args.dtypes!r} (known: float32, bfloat16)")
+    base = [f"--docs={args.docs}", f"--max-length={args.max_length}", f"--batch={args.batch}",
+            f"--timed={args.timed}"] + ([f"--data={args.data}"] if args.data else [])
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model()}
+    sections = {d: {"rounds": []} for d in dtypes}
     for i in range(args.repeats):
-        rnd = {"jdr": run_child(sys.executable, __file__, "jdr", argv)}
-        if not args.skip_st:
-            try:
-                rnd["st"] = run_child(args.st_python, __file__, "st", argv)
-            except subprocess.CalledProcessError as e:
-                result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
-                args.skip_st = True
-        result["rounds"].append(rnd)
-        print(f"round {i}: jdr {rnd['jdr']['docs_per_s']:.1f} docs/s"
-              + (f", sentence-transformers {rnd['st']['docs_per_s']:.1f} docs/s" if "st" in rnd else ""), flush=True)
-    jdr = statistics.median(r["jdr"]["docs_per_s"] for r in result["rounds"])
-    result["jdr_docs_per_s"] = jdr
-    if all("st" in r for r in result["rounds"]):
-        st = statistics.median(r["st"]["docs_per_s"] for r in result["rounds"])
-        result["st_docs_per_s"] = st
-        result["jdr_over_st"] = statistics.median(r["jdr"]["docs_per_s"] / r["st"]["docs_per_s"]
-                                                  for r in result["rounds"])
-    last = result["rounds"][-1]["jdr"]
-    print(f"CPU: {result['cpu']}\njdr {jdr:.1f} docs/s ({last['gflop_per_s']:.0f} GFLOP/s of a "
-          f"{last['matmul_peak_gflop_per_s']:.0f} GFLOP/s f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
-          + (f"\nsentence-transformers {result['st_docs_per_s']:.1f} docs/s "
-             f"(peak RSS {result['rounds'][-1]['st']['peak_rss_mib']:.0f} MiB)\n"
-             f"jdr / ST = {result['jdr_over_st']:.2f}x" if "jdr_over_st" in result else
-             f"\nsentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"))
+        for dtype in dtypes:
+            argv = base + [f"--dtype={dtype}"]
+            rnd = {"jdr": run_child(sys.executable, __file__, "jdr", argv)}
+            if not args.skip_st:
+                try:
+                    rnd["st"] = run_child(args.st_python, __file__, "st", argv)
+                except subprocess.CalledProcessError as e:
+                    result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
+                    args.skip_st = True
+            sections[dtype]["rounds"].append(rnd)
+            print(f"round {i} {dtype}: jdr {rnd['jdr']['docs_per_s']:.1f} docs/s"
+                  + (f", sentence-transformers {rnd['st']['docs_per_s']:.1f} docs/s" if "st" in rnd else ""), flush=True)
+    for dtype, section in sections.items():
+        rounds = section["rounds"]
+        section["jdr_docs_per_s"] = statistics.median(r["jdr"]["docs_per_s"] for r in rounds)
+        if all("st" in r for r in rounds):
+            section["st_docs_per_s"] = statistics.median(r["st"]["docs_per_s"] for r in rounds)
+            section["jdr_over_st"] = statistics.median(r["jdr"]["docs_per_s"] / r["st"]["docs_per_s"] for r in rounds)
+        last = rounds[-1]["jdr"]
+        print(f"{dtype}: jdr {section['jdr_docs_per_s']:.1f} docs/s ({last['gflop_per_s']:.0f} GFLOP/s of a "
+              f"{last['matmul_peak_gflop_per_s']:.0f} GFLOP/s f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
+              + (f"; sentence-transformers {section['st_docs_per_s']:.1f} docs/s (peak RSS "
+                 f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB); jdr / ST = {section['jdr_over_st']:.2f}x"
+                 if "jdr_over_st" in section else f"; sentence-transformers skipped: "
+                 f"{result.get('st_skipped', '--skip-st')}"))
+    print(f"CPU: {result['cpu']}")
+    if len(dtypes) == 1:
+        result.update(sections[dtypes[0]])  # the single-dtype layout of encode.json, as before
+    else:
+        result["by_dtype"] = sections
     write_results(result)
 
 

@@ -9,6 +9,11 @@ and each child's peak RSS; writes benchmarks/results/train_step.{json,md}.
 
     python benchmarks/train_step.py                              # batch 32, 1 hard negative, 64 / 256 tokens
     python benchmarks/train_step.py --steps 1 --batch 4 --repeats 1  # smoke run
+    python benchmarks/train_step.py --dtypes float32,bfloat16 --skip-nodrop  # both dtypes, each vs the peer's
+
+`--dtype bfloat16`: jdr computes in bfloat16 (params, gradients and AdamW state stay float32; LayerNorm and
+softmax in float32); the peer runs its forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
+(float32 params and optimizer: the same mixed-precision recipe).
 
 torch and sentence-transformers are benchmark-only (`pip install --no-deps -r benchmarks/requirements-bench.txt`,
 or `--st-python` pointing at a venv that has them), never jdr dependencies; without them only jdr runs.
@@ -17,6 +22,7 @@ or `--st-python` pointing at a venv that has them), never jdr dependencies; with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -60,6 +66,7 @@ def bench_jdr(args, model_dir, batch) -> dict:
     from jdr.train.step import make_train_step, pmap_train_step, replicate
 
     params, spec, _ = hf.load(model_dir, query_max_length=args.query_len, passage_max_length=args.passage_len)
+    spec = dataclasses.replace(spec, dtype=args.dtype)
 
     def encode_fn(p, ids, mask, tower, deterministic, rng):
         return enc.encode(p, spec, ids, mask, tower=tower, deterministic=deterministic, rng=rng)
@@ -119,27 +126,37 @@ def bench_sentence_transformers(args, model_dir, batch) -> dict:
 
     def run():
         opt.zero_grad()
-        loss = loss_fn([q, *columns], None)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            loss = loss_fn([q, *columns], None)
         loss.backward()
         opt.step()
 
     seconds = time_calls(run, args.steps)
     return {"seconds_per_step": seconds, "examples_per_s": args.batch / seconds, "peak_rss_mib": peak_rss_mib(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "dtype": args.dtype}
 
 
 def write_results(result: dict) -> None:
-    """benchmarks/results/train_step.json and a readable train_step.md."""
+    """benchmarks/results/train_step.json and a readable train_step.md (one table per dtype)."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
     a = result["args"]
+    sections = result.get("by_dtype") or {a.get("dtype", "float32"): result}
     lines = ["# Train step: jdr vs sentence-transformers MultipleNegativesRankingLoss", "",
              f"CPU: {result['cpu']}. Batch {a['batch']} queries x (1 + {a['negatives']}) passages, query "
-             f"{a['query_len']} / passage {a['passage_len']} tokens, AdamW; each side in its own process, "
-             f"{a['repeats']} alternating rounds of {a['steps']} timed steps after one warm-up step.", "",
-             "| round | jdr s/step (dropout) | jdr s/step (no dropout) | dropout cost | ST s/step | jdr / ST | "
+             f"{a['query_len']} / passage {a['passage_len']} tokens, AdamW, compute dtype{'s' if len(sections) > 1 else ''} "
+             f"{', '.join(sections)} (jdr `dtype`; the peer: torch.autocast for bfloat16); each side in its own "
+             f"process, {a['repeats']} alternating rounds of {a['steps']} timed steps after one warm-up step."]
+    for dtype, section in sections.items():
+        lines += [""] + ([f"## {dtype}", ""] if len(sections) > 1 else []) + _table(section)
+    (RESULTS / "train_step.md").write_text("\n".join(lines) + "\n")
+
+
+def _table(section: dict) -> list[str]:
+    """One dtype's rounds as a markdown table and its median ratios."""
+    lines = ["| round | jdr s/step (dropout) | jdr s/step (no dropout) | dropout cost | ST s/step | jdr / ST | "
              "jdr GFLOP/s | f32 matmul peak GFLOP/s | peak RSS MiB jdr / ST |", "|---|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(result["rounds"]):
+    for i, r in enumerate(section["rounds"]):
         on, off, st = r["jdr"], r.get("jdr_nodrop"), r.get("st")
         lines.append(
             f"| {i} | {on['seconds_per_step']:.2f} | {off['seconds_per_step']:.2f} | "
@@ -150,9 +167,9 @@ def write_results(result: dict) -> None:
                       f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
                       f"{on['peak_rss_mib']:.0f} / — |")
     for key, label in (("jdr_over_st", "jdr / sentence-transformers"), ("dropout_cost", "dropout cost")):
-        if key in result:
-            lines.append(f"\n**{label}: {result[key]:.2f}** (median of rounds).")
-    (RESULTS / "train_step.md").write_text("\n".join(lines) + "\n")
+        if key in section:
+            lines.append(f"\n**{label}: {section[key]:.2f}** (median of rounds).")
+    return lines
 
 
 def main() -> None:
@@ -166,6 +183,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternating rounds (one child per side per round)")
     ap.add_argument("--st-python", default=sys.executable, help="python with torch + sentence-transformers")
     ap.add_argument("--skip-st", action="store_true", help="only time jdr")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (all sides)")
+    ap.add_argument("--dtypes", default=None,
+                    help="comma list (float32,bfloat16): every dtype each round, each against the peer's same dtype")
+    ap.add_argument("--skip-nodrop", action="store_true", help="no jdr-without-dropout side (no dropout cost)")
     ap.add_argument("--child", choices=("jdr", "jdr_nodrop", "st"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -178,33 +199,49 @@ def main() -> None:
         out = bench_sentence_transformers(args, model_dir, batch) if args.child == "st" else bench_jdr(args, model_dir, batch)
         print(json.dumps(out))
         return
-    argv = [f"--batch={args.batch}", f"--negatives={args.negatives}", f"--query-len={args.query_len}",
+    dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]
+    if not set(dtypes) <= {"float32", "bfloat16"}:
+        ap.error(f"--dtypes: {args.dtypes!r} (known: float32, bfloat16)")
+    base = [f"--batch={args.batch}", f"--negatives={args.negatives}", f"--query-len={args.query_len}",
             f"--passage-len={args.passage_len}", f"--steps={args.steps}"]
-    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model(), "rounds": []}
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model()}
+    sections = {d: {"rounds": []} for d in dtypes}
+    jdr_sides = ("jdr",) if args.skip_nodrop else ("jdr", "jdr_nodrop")
     for i in range(args.repeats):
-        rnd = {side: run_child(sys.executable, __file__, side, argv) for side in ("jdr", "jdr_nodrop")}
-        if not args.skip_st:
-            try:
-                rnd["st"] = run_child(args.st_python, __file__, "st", argv)
-            except subprocess.CalledProcessError as e:
-                result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
-                args.skip_st = True
-        result["rounds"].append(rnd)
-        print(f"round {i}: " + ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in rnd.items()), flush=True)
-    rounds = result["rounds"]
-    result["dropout_cost"] = statistics.median(1 - r["jdr_nodrop"]["seconds_per_step"] / r["jdr"]["seconds_per_step"]
-                                               for r in rounds)
-    if all("st" in r for r in rounds):
-        result["jdr_over_st"] = statistics.median(r["st"]["seconds_per_step"] / r["jdr"]["seconds_per_step"]
-                                                  for r in rounds)
-    last = rounds[-1]["jdr"]
-    print(f"CPU: {result['cpu']}\njdr {last['examples_per_s']:.2f} examples/s with dropout "
-          f"({last.get('flop_per_s', 0) / 1e9:.0f} GFLOP/s of a {last['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s "
-          f"f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB); dropout costs {result['dropout_cost']:.0%} "
-          "of the step" + (f"\nsentence-transformers {rounds[-1]['st']['examples_per_s']:.2f} examples/s (peak RSS "
-                           f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB)\njdr / ST = {result['jdr_over_st']:.2f}x"
-                           if "jdr_over_st" in result else
-                           f"\nsentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"))
+        for dtype in dtypes:
+            argv = base + [f"--dtype={dtype}"]
+            rnd = {side: run_child(sys.executable, __file__, side, argv) for side in jdr_sides}
+            if not args.skip_st:
+                try:
+                    rnd["st"] = run_child(args.st_python, __file__, "st", argv)
+                except subprocess.CalledProcessError as e:
+                    result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
+                    args.skip_st = True
+            sections[dtype]["rounds"].append(rnd)
+            print(f"round {i} {dtype}: " + ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in rnd.items()),
+                  flush=True)
+    print(f"CPU: {result['cpu']}")
+    for dtype, section in sections.items():
+        rounds = section["rounds"]
+        if not args.skip_nodrop:
+            section["dropout_cost"] = statistics.median(
+                1 - r["jdr_nodrop"]["seconds_per_step"] / r["jdr"]["seconds_per_step"] for r in rounds)
+        if all("st" in r for r in rounds):
+            section["jdr_over_st"] = statistics.median(r["st"]["seconds_per_step"] / r["jdr"]["seconds_per_step"]
+                                                       for r in rounds)
+        last = rounds[-1]["jdr"]
+        print(f"{dtype}: jdr {last['examples_per_s']:.2f} examples/s with dropout "
+              f"({last.get('flop_per_s', 0) / 1e9:.0f} GFLOP/s of a {last['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s "
+              f"f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
+              + (f"; dropout costs {section['dropout_cost']:.0%} of the step" if "dropout_cost" in section else "")
+              + (f"; sentence-transformers {rounds[-1]['st']['examples_per_s']:.2f} examples/s (peak RSS "
+                 f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB); jdr / ST = {section['jdr_over_st']:.2f}x"
+                 if "jdr_over_st" in section else
+                 f"; sentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"))
+    if len(dtypes) == 1:
+        result.update(sections[dtypes[0]])  # the single-dtype layout of train_step.json, as before
+    else:
+        result["by_dtype"] = sections
     write_results(result)
 
 

@@ -11,13 +11,19 @@ Not the default, because a training run fragments that heap: an ANCE-experiment 
 grew to 24 GiB resident and was killed by the OOM killer, where it peaks near 9 GiB with glibc's defaults. Use it
 for encode / search / evaluate jobs; for everything, LD_PRELOAD a tcmalloc (as fast or faster in the same A/B,
 and it returns memory) — jdr stands aside when another allocator is preloaded.
+
+Opt-in (JDR_MALLOC=mimalloc): the `jdr` command re-executes itself once with LD_PRELOAD set to mimalloc, a
+maintained allocator shipped as a PyPI wheel (`pip install cmeel-mimalloc`; or JDR_MIMALLOC=/path/to/libmimalloc.so).
+An allocator must be preloaded before the process starts, hence the re-exec.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import os
+import sys
 
 # mallopt(3) parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
@@ -48,3 +54,30 @@ def tune_malloc() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     _done = all(mallopt(param, value) == 1 for param, value in _SETTINGS)
     return _done
+
+
+def find_mimalloc() -> str | None:
+    """Path of libmimalloc.so: $JDR_MIMALLOC, else the cmeel-mimalloc wheel's (`<site-packages>/cmeel.prefix/lib`)."""
+    if os.environ.get("JDR_MIMALLOC"):
+        return os.environ["JDR_MIMALLOC"] if os.path.exists(os.environ["JDR_MIMALLOC"]) else None
+    for entry in sys.path:
+        hits = sorted(glob.glob(os.path.join(entry or ".", "cmeel.prefix", "lib", "libmimalloc.so*")), key=len)
+        if hits:
+            return hits[0]
+    return None
+
+
+def preload_mimalloc(argv: list[str]) -> None:
+    """With JDR_MALLOC=mimalloc and mimalloc not yet preloaded: replace this process by `python -m jdr.cli argv`
+    with LD_PRELOAD=libmimalloc.so (returns only when there is nothing to do). Raises SystemExit with one line
+    when it was asked for and cannot be found."""
+    if os.environ.get("JDR_MALLOC", "").lower() != "mimalloc" or "mimalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    lib = find_mimalloc()
+    if lib is None:
+        raise SystemExit("jdr: error: JDR_MALLOC=mimalloc but no libmimalloc.so found: `pip install cmeel-mimalloc` "
+                         "or set JDR_MIMALLOC=/path/to/libmimalloc.so")
+    env = dict(os.environ, LD_PRELOAD=" ".join(filter(None, (lib, os.environ.get("LD_PRELOAD")))))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "jdr.cli", *argv], env)

@@ -86,9 +86,11 @@ class BertEmbeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, position_ids=None):
         c = self.config
-        positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None, :] + c.position_offset
+        if position_ids is None:  # one text per row; packed rows (jdr.models.packing) restart at each text
+            position_ids = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None, :]
+        positions = position_ids + c.position_offset
         x = (
             nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
             + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings")(positions)
@@ -222,18 +224,26 @@ class BertModel(nn.Module):
 
     `dtype` is the compute dtype (bfloat16 for mixed precision); params stay float32 and softmax/LayerNorm run in
     float32. Dropout is active when `deterministic=False` (pass `rngs={"dropout": key}`).
+    Packed rows (several texts per row, jdr.models.packing) pass `segment_ids[B,L]` (1, 2, ... per text, 0 for
+    padding; a token attends only to its own text) and `position_ids[B,L]` (restarting at 0 for each text).
     """
 
     config: BertConfig
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True,
+                 position_ids=None, segment_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        # Additive key mask, [B,1,1,L]; finfo.min as HF uses, added in float32.
-        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+        if segment_ids is None:
+            # Additive key mask, [B,1,1,L]; finfo.min as HF uses, added in float32.
+            mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        else:  # block-diagonal [B,1,L,L]: same text only (the same finfo.min, so masked keys weigh exactly 0)
+            same = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :]) & (segment_ids[:, None, None, :] > 0)
+            mask_bias = jnp.where(same, 0.0, jnp.finfo(jnp.float32).min)
+        x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic,
+                                                                        position_ids)
         x = BertEncoder(self.config, self.dtype, name="encoder")(x, mask_bias, deterministic)
         if self.config.add_pooler and self.is_initializing():
             # Only to create `pooler/dense` params at init; the encoder never uses the pooled output.

@@ -101,7 +101,13 @@ def encode(params, spec: EncoderSpec, input_ids, attention_mask, *, tower: str, 
     hidden = spec.module().apply(
         {"params": tower_params(params, spec, tower)}, input_ids, attention_mask, deterministic=deterministic, rngs=rngs
     )
-    out = pool(hidden, attention_mask, spec.pooling)
+    return head(params, spec, pool(hidden, attention_mask, spec.pooling))
+
+
+def head(params, spec: EncoderSpec, pooled):
+    """What follows pooling: the Dense layer if `spec.dense` (normalised first if `normalize_before_dense`), then
+    L2-normalise if `spec.normalize`. `pooled[..., H]` -> `[..., embedding_dim]`."""
+    out = pooled
     if spec.dense is not None:
         if spec.normalize_before_dense:
             out = l2_normalize(out)

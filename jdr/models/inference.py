@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jdr.models.encoder import EncoderSpec, embedding_dim, encode
+from jdr.models.packing import MAX_SEGMENTS, encode_packed, packed_rows, plan_packing, texts_by_row
 from jdr.models.tokenize import bucket_length, pad_id, pad_ragged, ragged, token_ids
 
 
@@ -30,6 +31,18 @@ def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
         return encode(params, spec, input_ids, attention_mask, tower=tower)
 
     return jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_packed(devices: tuple, spec: EncoderSpec, tower: str, max_segments: int):
+    """`_compiled` for packed rows: `(params, input_ids, segment_ids, position_ids) -> [B, max_segments, D]`."""
+    _, replicated, rows = _compiled(devices, spec, tower)
+
+    def run(params, input_ids, segment_ids, position_ids):
+        return encode_packed(params, spec, input_ids, segment_ids, position_ids, tower=tower,
+                             max_segments=max_segments)
+
+    return jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows)
 
 
 def check_max_length(spec: EncoderSpec, max_length: int) -> int:
@@ -54,6 +67,7 @@ def encode_token_ids(
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
     desc: str | None = None,
+    pack: bool = False,
 ) -> np.ndarray:
     """Embed N already-tokenised texts with `tower` -> float32 `[N, H]` in input order.
 
@@ -63,6 +77,8 @@ def encode_token_ids(
     Texts are sorted by length, longest first; each batch pads to its `bucket_length` and to `batch_size` rows
     (rounded up to a multiple of the device count), so jit compiles once per bucket. Params are placed on the
     devices once per call; every batch is split over `devices` (default: all local devices).
+    `pack=True`: several texts share a row instead (jdr.models.packing: rows of the longest text's bucket,
+    one compilation), giving the same embeddings up to float rounding with less padding computed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -82,6 +98,10 @@ def encode_token_ids(
     # Tied towers are the same function: one compilation serves queries and passages.
     fn, replicated, sharded_rows = _compiled(devices, spec, "query" if spec.tied else tower)
     params = jax.device_put(params, replicated)
+    if pack:
+        return _encode_packed(params, spec, tokens, offsets, lengths, out, tower="query" if spec.tied else tower,
+                              pad_token_id=pad_token_id, max_length=max_length, rows_per_batch=rows_per_batch,
+                              devices=devices, progress=progress, desc=desc or f"encode {tower} (packed)")
     # Longest first: the biggest shapes (and any out-of-memory) come at the start, not after an hour.
     order = np.argsort(-lengths, kind="stable")
     pending = None  # the previous batch, fetched after the next one is dispatched (host work overlaps compute)
@@ -99,6 +119,30 @@ def encode_token_ids(
     return out
 
 
+def _encode_packed(params, spec, tokens, offsets, lengths, out, *, tower, pad_token_id, max_length, rows_per_batch,
+                   devices, progress, desc) -> np.ndarray:
+    """`encode_token_ids(pack=True)`: plan the rows, then batches of `rows_per_batch` packed rows."""
+    row_length = bucket_length(int(lengths.max()), max_length)
+    plan = plan_packing(lengths, row_length, min(MAX_SEGMENTS, row_length))
+    fn = _compiled_packed(devices, spec, tower, plan.max_segments)
+    _, _, sharded_rows = _compiled(devices, spec, tower)
+    order, bounds = texts_by_row(plan)
+    pending = None  # as in encode_token_ids: fetch the previous batch after dispatching the next
+    for first in tqdm(range(0, plan.n_rows, rows_per_batch), disable=not progress, desc=desc, unit="batch"):
+        texts = order[bounds[first] : bounds[min(first + rows_per_batch, plan.n_rows)]]
+        arrays = packed_rows(tokens, offsets, plan, texts, first, rows_per_batch, pad_token_id)
+        emb = fn(params, *jax.device_put(arrays, sharded_rows))
+        if pending is not None:
+            _scatter(out, plan, *pending)
+        pending = (texts, first, emb)
+    _scatter(out, plan, *pending)
+    return out
+
+
+def _scatter(out: np.ndarray, plan, texts: np.ndarray, first: int, emb) -> None:
+    out[texts] = np.asarray(emb)[plan.row_of[texts] - first, plan.slot_of[texts]]
+
+
 def encode_texts(
     params,
     spec: EncoderSpec,
@@ -110,12 +154,14 @@ def encode_texts(
     batch_size: int = 64,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    pack: bool = False,
 ) -> np.ndarray:
     """Embed `texts` with `tower` -> float32 `[N, H]` in the input order: tokenise (truncating at `max_length`,
-    default the tower's budget, which must fit the position table), then `encode_token_ids`."""
+    default the tower's budget, which must fit the position table), then `encode_token_ids` (`pack`: see there)."""
     if isinstance(texts, str):
         raise ValueError("encode_texts: texts must be a sequence of strings, not one string")
     max_length = check_max_length(spec, max_length or spec.max_length(tower))
     tokens, offsets = ragged(token_ids(tokenizer, texts, max_length))
     return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=pad_id(tokenizer),
-                            max_length=max_length, batch_size=batch_size, progress=progress, devices=devices)
+                            max_length=max_length, batch_size=batch_size, progress=progress, devices=devices,
+                            pack=pack)
