@@ -38,6 +38,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.model.pooling = ml_collections.config_dict.placeholder(str)
     # L2-normalise embeddings (cosine scores); None = the checkpoint's own (ST's Normalize module; plain HF: False).
     c.model.normalize = ml_collections.config_dict.placeholder(bool)
+    # Text put before every query / passage in training, evaluation, mining, refresh and the export's ST `prompts`
+    # (E5: "query: " / "passage: "); None = the checkpoint's own (its ST prompts "query" / "passage"), else "".
+    c.model.query_prefix = ml_collections.config_dict.placeholder(str)
+    c.model.passage_prefix = ml_collections.config_dict.placeholder(str)
 
     c.data = ml_collections.ConfigDict()
     # Training source: "beir" (data.dataset's qrels), "jsonl" (Tevatron JSONL), "triplets" (query/positive/negative

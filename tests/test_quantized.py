@@ -52,6 +52,15 @@ def test_binary_hamming_ranking_equals_numpy_reference():
     assert len({tuple(r) for r in rows}) == len(rows)
 
 
+def test_codes_agree_with_sentence_transformers_quantize_embeddings():
+    st_quant = pytest.importorskip("sentence_transformers.util.quantization")
+    x = unit_rows(300, 32, seed=10)
+    np.testing.assert_array_equal(binarize(x), st_quant.quantize_embeddings(x, precision="ubinary"))
+    ours = Int8Calibration.fit(x).encode(x).astype(int)
+    theirs = st_quant.quantize_embeddings(x, precision="int8").astype(int)  # same ranges; ST floors, we round
+    assert ((ours - theirs) >= 0).all() and ((ours - theirs) <= 1).all()
+
+
 def test_binary_codes_are_st_ubinary_sign_bits():
     x = np.array([[0.5, -1, 0, 2, -0.1, 3, 1, -2, 1, 1, 1, 1, 1, 1, 1, -1]], np.float32)
     assert binarize(x).tolist() == [[0b10010110, 0b11111110]]

@@ -10,7 +10,14 @@ from pathlib import Path
 def load_model(args, query_max_length=None, passage_max_length=None):
     """`--model`: an HF/sentence-transformers dir, a hub name, `minilm` (the installed all-MiniLM-L6-v2), or a
     `jdr train` workdir (its latest checkpoint, `--step N` or `--step best`). Says on stderr which checkpoint
-    and token budgets it uses."""
+    and token budgets it uses. `--dim k` (`dim_arg`) keeps the first k dimensions, re-normalised."""
+    from jdr.models.encoder import with_truncation
+
+    params, spec, tok = _load_model(args, query_max_length, passage_max_length)
+    return params, with_truncation(params, spec, getattr(args, "dim", None)), tok
+
+
+def _load_model(args, query_max_length, passage_max_length):
     import dataclasses
 
     from jdr.models import hf
@@ -44,6 +51,12 @@ def parse_step(text: str) -> int | str:
 
 STEP_HELP = ("checkpoint when --model is a workdir: a step, 'latest' (default) or 'best' (best dev score saved "
              "with a checkpoint)")
+
+
+def dim_arg(p):
+    p.add_argument("--dim", type=int, default=None,
+                   help="keep the first k embedding dimensions, re-normalised when the model normalises "
+                        "(Matryoshka; sentence-transformers' truncate_dim)")
 
 
 def model_args(p, required=True):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 
-from jdr.cli.common import load_model, model_args
+from jdr.cli.common import dim_arg, load_model, model_args
 
 
 def add_arguments(p):
+    dim_arg(p)
     model_args(p, required=False)
     p.add_argument("--index", default=None, action="append", metavar="[NAME=]INDEX",
                    help="index written by `jdr index` (with INDEX.ids.txt); repeat to search several memories as "

@@ -193,7 +193,8 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
     source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,
                            passage_max_length=spec.passage_max_length, global_batch_size=global_batch_size,
                            num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix,
-                           memory_passages=None if memory is None else memory[1])
+                           memory_passages=None if memory is None else memory[1],
+                           query_prefix=spec.query_prefix, passage_prefix=spec.passage_prefix)
     dev = None
     if dev_qids:
         dev = LabeledData(data.corpus, {q: data.queries[q] for q in dev_qids}, {q: data.qrels[q] for q in dev_qids},
@@ -290,6 +291,9 @@ def selfsup_source(cfg, tokenizer, spec) -> TrainingSource:
                     "passage_augment": parse_augmentations(s.passage_augment)}
     except ValueError as e:
         raise ConfigError(f"data.selfsup: {e}") from None
+    if spec.query_prefix or spec.passage_prefix:
+        raise ConfigError("model.query_prefix / model.passage_prefix: data.source=selfsup builds pairs from corpus "
+                          "tokens and applies no prefix; set both to \"\"")
     corpus = load_corpus(resolve_dataset(cfg.data.dataset) / "corpus.jsonl")
     tokens = CorpusTokens.from_corpus(tokenizer, corpus)
     common = dict(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length, **augments)

@@ -122,7 +122,8 @@ def prepare(cfg, workdir) -> Run:
     params, spec, tokenizer = load(model_dir, tied=cfg.model.tied, dtype=cfg.model.dtype,
                                    query_max_length=cfg.model.query_max_length,
                                    passage_max_length=cfg.model.passage_max_length,
-                                   pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+                                   pooling=cfg.model.pooling, normalize=cfg.model.normalize,
+                                   query_prefix=cfg.model.query_prefix, passage_prefix=cfg.model.passage_prefix)
     training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
     batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
                            pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),
