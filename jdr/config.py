@@ -41,7 +41,7 @@ def train_config() -> ml_collections.ConfigDict:
     # Text put before every query / passage in training, evaluation, mining, refresh and the export's ST `prompts`
     # (E5: "query: " / "passage: "); None = the checkpoint's own (its ST prompts "query" / "passage"), else "".
     c.model.query_prefix = ml_collections.config_dict.placeholder(str)
-    c.model.passage_prefix = ml_collections.config_dict.placeholder(str)
+    c.model.passage_prefix = ml_collections.config_dict.placeholder(str)  # E.g. "passage: "; None: the checkpoint's.
 
     c.data = ml_collections.ConfigDict()
     # Training source: "beir" (data.dataset's qrels), "jsonl" (Tevatron JSONL), "triplets" (query/positive/negative
