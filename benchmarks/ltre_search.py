@@ -29,7 +29,7 @@ from jdr.index.fixed import FixedIndex
 from jdr.models import encoder as enc
 from jdr.models import hf
 from jdr.run_info import cpu_model
-from jdr.train.ltre import freeze_passage_tower, pmap_ltre_step
+from jdr.train.objectives.ltre import freeze_passage_tower, pmap_ltre_step
 from jdr.train.state import TrainState
 from jdr.train.step import replicate
 

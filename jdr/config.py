@@ -118,6 +118,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.steps = 300  # Optimizer steps.
     c.train.global_batch_size = 32  # Queries per step over all devices and hosts.
+    # What the step optimises, a module of jdr/train/objectives/ (its docstring lists its inputs and keys):
+    # "contrastive" (train.loss below), "moco" (moco.*), "ltre" (ltre.*). "" = "ltre" if ltre.enabled, "moco" if
+    # moco.enabled, else "contrastive" (configs written before this key).
+    c.train.objective = ""
     c.train.loss = "info_nce"  # "info_nce" (softmax over in-batch + hard negatives) | "triplet".
     # InfoNCE temperature (scores / t); ST's MultipleNegativesRankingLoss uses 0.05 on cosine scores. Dot products
     # of unnormalised embeddings need ~1.0 (DPR, Tevatron): the trainer warns below 0.5 without model.normalize.
@@ -147,13 +151,13 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.rng_impl = "threefry2x32"
 
     c.moco = ml_collections.ConfigDict()
-    c.moco.enabled = False  # MoCo (Contriever): passages encoded by a momentum copy of the encoder, past keys queued.
+    c.moco.enabled = False  # = train.objective "moco" (Contriever): keys from a momentum copy of the encoder, queued.
     c.moco.momentum = 0.999  # EMA factor of the key tower (Contriever: 0.999).
     c.moco.queue_size = 4096  # Past positive keys scored as extra negatives; a multiple of train.global_batch_size.
 
     # LTRe / ADORE: train only the query tower by full retrieval over a fixed index of the frozen passage tower.
     c.ltre = ml_collections.ConfigDict()
-    c.ltre.enabled = False  # Replaces sampled negatives and the contrastive loss; needs model.tied=False.
+    c.ltre.enabled = False  # = train.objective "ltre": replaces sampled negatives and the contrastive loss.
     # faiss index file (`jdr index`, or `jdr vq train`'s index.faiss; ids in INDEX.ids.txt): the loss scores the
     # index's reconstructions (JPQ). "" = index the corpus as encoded by the frozen passage tower (exact vectors).
     c.ltre.index = ""

@@ -78,7 +78,7 @@ def hardest_in_batch(scores, labels, dropped, *, group_size: int, k: int, margin
 
 
 def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None = None,
-             false_negatives=None, extra_negatives=None, hard_in_batch_k: int = 0,
+             false_negatives=None, extra_negatives=None, extra_false_negatives=None, hard_in_batch_k: int = 0,
              hard_in_batch_weight: float = 1.0, hard_in_batch_margin: float = 0.2):
     """InfoNCE / MultipleNegativesRanking: each query's softmax cross-entropy over every passage in the batch.
 
@@ -97,6 +97,8 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
     builder from the labels, so it follows the all-gather's column order.
     `extra_negatives`: optional `[K, H]` embeddings appended as negatives of every query (e.g. a MoCo queue);
     they get no gradient (`stop_gradient`) and are not gathered (every device passes the same K rows).
+    `extra_false_negatives`: optional bool `[B, K]`: True drops that extra row from the query's softmax (a MoCo
+    queue row holding one of the query's relevant documents); not counted in the `false_negatives` metric.
 
     Gradients. The transpose of `all_gather` is `psum_scatter`: in the backward pass every device's cotangent for
     the gathered matrix `[D*B*G,H]` is summed across devices and each device keeps the slice for its own passages.
@@ -122,6 +124,7 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
     scores, labels = _gathered_scores(q, p, group_size, axis_name)  # [B, D*B*G]
     is_pos = jnp.arange(scores.shape[1])[None, :] == labels[:, None]
     dropped = _dropped_columns(false_negatives, scores, is_pos)
+    n_dropped = jnp.sum(dropped).astype(jnp.float32)  # in-batch pairs only
     hard = hardest_in_batch(scores, labels, dropped, group_size=group_size, k=hard_in_batch_k,
                             margin=hard_in_batch_margin) if hard_in_batch_k else None
     if extra_negatives is not None:
@@ -130,13 +133,18 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
             raise ValueError(f"extra_negatives must be [K, {q.shape[1]}], got {tuple(extra.shape)}")
         scores = jnp.concatenate([scores, q @ extra.T], axis=1)
         pad = jnp.zeros((b, extra.shape[0]), bool)
-        is_pos, dropped = jnp.concatenate([is_pos, pad], 1), jnp.concatenate([dropped, pad], 1)
+        extra_dropped = pad
+        if extra_false_negatives is not None:
+            if tuple(extra_false_negatives.shape) != (b, extra.shape[0]):
+                raise ValueError(f"extra_false_negatives {tuple(extra_false_negatives.shape)} != "
+                                 f"{(b, extra.shape[0])}")
+            extra_dropped = jnp.asarray(extra_false_negatives, bool)
+        is_pos, dropped = jnp.concatenate([is_pos, pad], 1), jnp.concatenate([dropped, extra_dropped], 1)
     logits = jnp.where(dropped, -jnp.inf, scores / temperature)
     loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     pos = jnp.sum(jnp.where(is_pos, scores, 0.0), axis=1)
     negs = ~is_pos & ~dropped
     neg = jnp.sum(jnp.where(negs, scores, 0.0), axis=1) / jnp.maximum(jnp.sum(negs, axis=1), 1)
-    n_dropped = jnp.sum(dropped).astype(jnp.float32)
     aux = {
         "accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
         "pos_score": pos.mean(),
@@ -160,7 +168,8 @@ def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | Non
     hinge — EBR's own loss: triplets over offline hard negatives plus the k hardest in-batch ones. The mean over
     the B*(G-1) triplets is local; the step's pmean of grads then gives the gradient of the global mean.
     Returns `(loss, aux)` with `accuracy` (positive beats every hard negative), `pos_score`, `neg_score`,
-    `active` (fraction of triplets inside the margin), plus `hardest_in_batch`'s aux when it is on.
+    `active` (fraction of triplets inside the margin), plus, when it is on, `hardest_in_batch`'s aux and
+    `false_negatives` (in-batch pairs masked from the hard-negative search, psummed as in `info_nce`).
     """
     _check_group(q, p, group_size)
     if group_size < 2:
@@ -180,10 +189,12 @@ def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | Non
     if hard_in_batch_k:
         scores, labels = _gathered_scores(q, p, group_size, axis_name)
         is_pos = jnp.arange(scores.shape[1])[None, :] == labels[:, None]
-        term, hard_aux = hardest_in_batch(scores, labels, _dropped_columns(false_negatives, scores, is_pos),
-                                          group_size=group_size, k=hard_in_batch_k, margin=hard_in_batch_margin)
+        dropped = _dropped_columns(false_negatives, scores, is_pos)
+        term, hard_aux = hardest_in_batch(scores, labels, dropped, group_size=group_size, k=hard_in_batch_k,
+                                          margin=hard_in_batch_margin)
         loss = loss + hard_in_batch_weight * term
-        aux.update(hard_aux)
+        n_dropped = jnp.sum(dropped).astype(jnp.float32)
+        aux.update(hard_aux, false_negatives=n_dropped if axis_name is None else lax.psum(n_dropped, axis_name))
     return loss, aux
 
 

@@ -107,3 +107,26 @@ def test_metrics_writer_drops_steps_after_the_resume_point(tmp_path):
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["train/loss"] == 40
+
+
+def test_accumulated_step_logs_the_mean_over_micro_steps_and_every_example(monkeypatch):
+    """grad_accum_steps=3: the logged loss / grad_norm are the means of the 3 micro-steps (not the last one's), and
+    examples/s counts the 3 micro-batches of an optimizer step. The clock is fake: 1 s per micro-step."""
+    import types
+
+    import jdr.train.loop as loop_module
+
+    clock = [0.0]
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    seen = []
+
+    def step_fn(state, batch, step):
+        clock[0] += 1.0
+        return state + 1, {"loss": float(state), "grad_norm": 10.0 * state}
+
+    hook = FunctionHook(1, lambda loop, last: seen.append((dict(loop.metrics), loop.examples_per_second)))
+    run_loop(0, 0, 2, lambda s: None, step_fn, [hook], examples_per_step=4, accum=3, progress=False,
+             on_metrics=lambda step, m: {k: float(v) for k, v in m.items()})
+    # micro-steps see states 0, 1, 2 (step 1) and 3, 4, 5 (step 2)
+    assert [m for m, _ in seen] == [{"loss": 1.0, "grad_norm": 10.0}, {"loss": 4.0, "grad_norm": 40.0}]
+    assert [eps for _, eps in seen] == [4.0, 4.0]  # 3 micro-batches of 4 examples in 3 s

@@ -10,7 +10,7 @@ import pytest
 from jdr.config import train_config
 from jdr.index.faiss_index import build_index, save_index
 from jdr.index.fixed import FixedIndex
-from jdr.train.ltre import check_ltre_config, freeze_passage_tower, pmap_ltre_step
+from jdr.train.objectives.ltre import check_ltre_config, freeze_passage_tower, pmap_ltre_step
 from jdr.train.optim import make_optimizer
 from jdr.train.state import TrainState
 from jdr.train.step import replicate, unreplicate

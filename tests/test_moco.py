@@ -1,4 +1,4 @@
-"""MoCo (jdr.train.moco): queue FIFO order, no gradient through keys, the momentum update, 8 devices == 1 device,
+"""MoCo (jdr.train.objectives.moco): queue FIFO order, no gradient through keys, the momentum update, 8 devices == 1 device,
 and exact resume through the orbax Checkpointer."""
 
 import functools
@@ -15,7 +15,7 @@ from jdr.models import encoder as enc
 from jdr.models import hf
 from jdr.models.testing import write_tiny_model
 from jdr.train.checkpoint import Checkpointer
-from jdr.train.moco import MocoState, make_moco_train_step
+from jdr.train.objectives.moco import MocoState, make_moco_train_step
 from jdr.train.optim import make_optimizer
 from jdr.train.step import pmap_train_step, replicate, unreplicate
 
@@ -158,3 +158,50 @@ def test_resume_through_the_checkpointer_is_bit_identical(tmp_path):
     assert jax.tree.structure(resumed) == jax.tree.structure(straight)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def _examples(batch, docs, relevant):
+    """Examples of one-passage groups from token arrays: query i's positive is document docs[i]."""
+    from jdr.data.source import Example
+
+    return [Example(batch["query_ids"][i][batch["query_mask"][i] > 0],
+                    (batch["passage_ids"][i][batch["passage_mask"][i] > 0],), f"q{i}", (docs[i],),
+                    frozenset(relevant[i])) for i in range(len(docs))]
+
+
+def test_queue_rows_of_a_querys_relevant_documents_are_masked_and_counted():
+    """Second epoch of the same 4 documents with a queue of 2 global batches: each query's own document (and a
+    second relevant one for query 0) sits in the queue from step 1. Those rows leave the softmax and are counted in
+    `queue_false_negatives`; the loss equals a hand-computed InfoNCE without them."""
+    from jdr.data.batching import BatchBuilder
+    from jdr.train.objectives.moco import DocIdBatches, doc_id_hash
+
+    b = 4
+    builder = BatchBuilder(query_max_length=6, passage_max_length=8, pad_token_id=0, local_device_count=1,
+                           pad_queries_to_max=True, pad_passages_to_max=True)
+    batches = DocIdBatches(builder)
+    docs = ["d0", "d1", "d2", "d3"]
+    relevant = [{"d0", "d2"}, {"d1"}, {"d2"}, {"d3"}]
+    tokens = [_batch(30 + t, b, 1) for t in range(2)]
+    step = one_device(make_moco_train_step(tied_bag, tx=GRAD_PROBE, momentum=0.0, dropout=False, **INFO_NCE))
+    state = replicate(MocoState.create(PARAMS, GRAD_PROBE, queue_size=2 * b, dim=8), jax.local_devices()[:1])
+    arrays = batches(_examples(tokens[0], docs, relevant))
+    assert arrays["relevant_ids"].shape == (1, b, 2) and arrays["relevant_ids"][0, 1, 1] == -1
+    assert list(arrays["positive_ids"][0]) == [doc_id_hash(d) for d in docs]
+    state, m1 = step(state, arrays, jax.random.key(0))
+    assert float(m1["queue_false_negatives"][0]) == 0.0  # the queue held only noise
+    host = unreplicate(state)
+    assert list(host.queue_ids) == [doc_id_hash(d) for d in docs] + [-1] * b
+
+    arrays = batches(_examples(tokens[1], docs, relevant))
+    _, m2 = step(state, arrays, jax.random.key(0))
+    assert float(m2["queue_false_negatives"][0]) == 5.0  # 4 own documents + d2 for query 0
+    # momentum 0, no update: both towers are PARAMS; queue rows 0..3 hold d0..d3.
+    q = np.asarray(tied_bag(PARAMS, arrays["query_ids"][0], arrays["query_mask"][0], "query", True, None))
+    k = np.asarray(tied_bag(PARAMS, arrays["passage_ids"][0], arrays["passage_mask"][0], "passage", True, None))
+    scores = q @ np.concatenate([k, host.queue]).T / 0.1
+    scores[np.arange(b), b + np.arange(b)] = -np.inf  # own document's queue row
+    scores[0, [2, b + 2]] = -np.inf  # d2 is relevant to query 0: in the batch and in the queue
+    assert float(m2["false_negatives"][0]) == 1.0  # the in-batch mask counts its own column only
+    expected = np.mean(np.log(np.exp(scores).sum(1)) - scores[np.arange(b), np.arange(b)])
+    np.testing.assert_allclose(float(m2["loss"][0]), expected, rtol=1e-5)

@@ -203,7 +203,9 @@ def run_loop(
 
     `next_batch(step)` gives the device batch for a micro-step of `step`; `step_fn(state, batch, step)` runs the
     compiled train step and returns (state, device metrics); `on_metrics(step, metrics)` turns device metrics into
-    host floats. `check_loss(step, device_loss)` raises on a non-finite loss. It runs for each micro-step right
+    host floats. `loop.metrics` is the mean over the step's `accum` micro-steps (loss, grad_norm, every metric:
+    one micro-batch's values are noise the accumulation averages away); `examples_per_step` counts the examples
+    of one micro-step (one `step_fn` call), so `loop.examples_per_second` is `accum` x that per optimizer step. `check_loss(step, device_loss)` raises on a non-finite loss. It runs for each micro-step right
     after the next one is dispatched (so the host never stalls the device), and before any hook reads
     `loop.state`; a step where no hook reads the state or needs metrics (e.g. only a refresh poll is due) never
     waits for the device. `timer` (a `timing.PhaseTimer`) gets "data", "train_step" and "hook/<name>" phases.
@@ -224,22 +226,24 @@ def run_loop(
         pending = None
 
     for step in range(start_step + 1, end + 1):
+        micro_metrics = []
         for _ in range(accum):
             with phase("data"):
                 batch = next_batch(step)
             with phase("train_step"):
                 loop.raw_state, device_metrics = step_fn(loop.raw_state, batch, step)
+            micro_metrics.append(device_metrics)
             check_pending()  # the previous micro-step's loss, while this one runs
             pending = (step, device_metrics["loss"])
         loop.step = step
         loop.pending_check = check_pending
-        window_examples += examples_per_step
+        window_examples += examples_per_step * accum
         last = step == total_steps
         due_hooks = [h for h in hooks if due(h, step, last)]
         if on_metrics is not None and (last or any(getattr(h, "needs_metrics", True) for h in due_hooks)):
             loop.check()  # never show or log metrics of a step whose loss is not finite
             with phase("train_step"):
-                loop.metrics = on_metrics(step, device_metrics)
+                loop.metrics = mean_metrics([on_metrics(step, m) for m in micro_metrics])
             elapsed = time.perf_counter() - window_start
             loop.examples_per_second = window_examples / max(elapsed, 1e-9)
             window_start, window_examples = time.perf_counter(), 0
@@ -257,6 +261,11 @@ def run_loop(
     loop.check()  # the caller gets checked parameters
     bar.close()
     return loop
+
+
+def mean_metrics(per_micro_step: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over the micro-steps of one optimizer step (keys of the last micro-step)."""
+    return {k: float(np.mean([m[k] for m in per_micro_step if k in m])) for k in per_micro_step[-1]}
 
 
 def write_json(path, obj: Any) -> None:

@@ -1,4 +1,4 @@
-"""The contrastive train step, written per device over a named axis so the same function runs under
+"""The train step of every objective (`jdr.train.objectives`), written per device over a named axis so the same function runs under
 `jax.pmap(axis_name=...)` or `jax.shard_map(..., check_vma=False)` over a Mesh axis (state replicated, batch
 sharded; `tests/test_train_step.py` checks both give the same parameters). `check_vma=False` is pmap's semantics:
 with shard_map's replication typing on, the gradient of replicated params would already be summed over devices
@@ -15,79 +15,78 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jdr.losses import CONTRASTIVE
+from jdr.train.objectives.base import EncodeFn, Objective
 from jdr.train.state import TrainState
-
-BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask")
-
-EncodeFn = Callable[..., jax.Array]  # (params, input_ids, attention_mask, tower, deterministic, rng) -> [B,H]
 
 
 def make_train_step(
     encode_fn: EncodeFn,
+    objective: Objective | None = None,
     *,
-    loss_name: str,
-    loss_kwargs: dict,
     tx: optax.GradientTransformation,
     lr_at: Callable | None = None,
     axis_name: str = "batch",
-    cross_device_negatives: bool = True,
     dropout: bool = True,
+    loss_name: str | None = None,
+    loss_kwargs: dict | None = None,
+    cross_device_negatives: bool = True,
 ) -> Callable:
-    """Build `train_step(state, batch, rng) -> (state, metrics)` for ONE device of a data-parallel map.
+    """Build `train_step(state, batch, rng) -> (state, metrics)` for ONE device of a data-parallel map: the one
+    step of every objective (`jdr.train.objectives`).
 
     `encode_fn(params, input_ids, attention_mask, tower, deterministic, rng) -> [B,H]` embeds a tower ("query" /
     "passage"); the trainer passes a partial of `jdr.models.encoder.encode` (whose spec dtype sets the compute
-    dtype; the losses upcast to float32). `loss_name` is a key of `jdr.losses.CONTRASTIVE` ("info_nce",
-    "triplet"), `loss_kwargs` its keyword arguments other than `group_size` / `axis_name` (e.g. temperature).
-    `batch` holds this device's int32 `query_ids[B,Lq]`, `query_mask[B,Lq]`, `passage_ids[B*G,Lp]`,
-    `passage_mask[B*G,Lp]`, and optionally `false_negatives[B, columns]` (bool, see `jdr.losses.info_nce`);
-    the group size G is read from the shapes. With `cross_device_negatives` the loss
-    all-gathers passages over `axis_name` (global in-batch negatives); gradients and metrics are `lax.pmean`ed
-    over `axis_name` either way, so the update is the gradient of the mean loss over the global batch.
-    `rng` is the same base key on every device and every step: the step folds in `state.step` and the device's
-    axis index, then splits separate dropout keys for queries and passages, so no key is ever reused.
-    `lr_at(step)` (from `make_optimizer`) adds the step's learning rate to the metrics.
-    Metrics: loss, the loss's aux values, `grad_norm` (global norm of the averaged, unclipped gradient), `lr`.
+    dtype; the losses upcast to float32), or GradCache's chunked wrapper of it. The objective receives it with
+    `deterministic = not dropout` bound. `objective` defaults to the plain contrastive objective of `loss_name`
+    (a key of `jdr.losses.CONTRASTIVE`), `loss_kwargs` and `cross_device_negatives` (see
+    `jdr.train.objectives.contrastive`); those three are shorthand for `Contrastive(...)`.
+
+    Each call: checks the batch holds `objective.batch_keys`; derives the key `fold_in(fold_in(rng, state.step),
+    axis_index)` (`rng` is the same base key on every device and every step, so no key is ever reused);
+    differentiates `objective.loss`; `lax.pmean`s the gradients over `axis_name` (the update is the gradient of
+    the mean loss over the global batch: see `jdr.losses.info_nce` on the all_gather transpose); applies `tx`;
+    writes the objective's extra-state updates. `lr_at(step)` (from `make_optimizer`) adds the step's learning
+    rate to the metrics. Metrics: loss and the objective's aux values (pmeaned), `grad_norm` (global norm of the
+    averaged, unclipped gradient), `lr`.
     """
-    if loss_name not in CONTRASTIVE:
-        raise ValueError(f"train.loss: {loss_name!r} is not one of {', '.join(CONTRASTIVE)}")
-    loss_fn = CONTRASTIVE[loss_name]
-    loss_axis = axis_name if cross_device_negatives else None
+    if objective is None:
+        from jdr.train.objectives.contrastive import Contrastive
+
+        objective = Contrastive(loss_name, loss_kwargs or {}, cross_device_negatives=cross_device_negatives)
+    elif loss_name is not None or loss_kwargs is not None:
+        raise ValueError("make_train_step: pass an objective or loss_name/loss_kwargs, not both")
+    encode = bind_dropout(encode_fn, dropout)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        missing = [k for k in BATCH_KEYS if k not in batch]
+        missing = [k for k in objective.batch_keys if k not in batch]
         if missing:
             raise ValueError(f"train batch is missing {', '.join(missing)}")
-        b, n_passages = batch["query_ids"].shape[0], batch["passage_ids"].shape[0]
-        if n_passages % b:
-            raise ValueError(f"passage_ids has {n_passages} rows, not a multiple of the {b} queries")
-        group_size = n_passages // b
-        # Optional bool [B, columns]: (query, passage) pairs the labels call relevant, kept out of the softmax.
-        masks = {"false_negatives": batch["false_negatives"]} if "false_negatives" in batch else {}
-
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(axis_name))
-        q_rng, p_rng = jax.random.split(rng)
-        deterministic = not dropout
 
         def compute_loss(params):
-            q = encode_fn(params, batch["query_ids"], batch["query_mask"], "query", deterministic, q_rng)
-            p = encode_fn(params, batch["passage_ids"], batch["passage_mask"], "passage", deterministic, p_rng)
-            return loss_fn(q, p, group_size=group_size, axis_name=loss_axis, **masks, **loss_kwargs)
+            loss, aux, updates = objective.loss(encode, params, state, batch, rng, axis_name=axis_name)
+            return loss, (aux, updates)
 
-        (loss, aux), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-        # See jdr.losses.info_nce: the all_gather transpose already routed every query's gradient to the
-        # device that encoded the passage, so a plain mean over devices is the global-mean gradient.
+        (loss, (aux, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         grads = lax.pmean(grads, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        new_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, new_updates)
         metrics = lax.pmean({"loss": loss, **aux}, axis_name)
         metrics["grad_norm"] = optax.tree.norm(grads)
         if lr_at is not None:
             metrics["lr"] = jnp.asarray(lr_at(state.step), jnp.float32)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, **updates), metrics
 
     return train_step
+
+
+def bind_dropout(encode_fn: EncodeFn, dropout: bool):
+    """`encode(params, input_ids, attention_mask, tower, rng)`: `encode_fn` with `deterministic = not dropout`."""
+
+    def encode(params, input_ids, attention_mask, tower, rng):
+        return encode_fn(params, input_ids, attention_mask, tower, not dropout, rng)
+
+    return encode
 
 
 def pmap_train_step(train_step: Callable, axis_name: str = "batch") -> Callable:

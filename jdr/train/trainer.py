@@ -22,13 +22,12 @@ from jdr.models import encoder as encoder_lib
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
 from jdr.train.checkpoint import Checkpointer
-from jdr.train.grad_cache import check_grad_cache_chunk, make_grad_cache_step
-from jdr.train.ltre import check_ltre_config
+from jdr.train.grad_cache import check_grad_cache_chunk, chunked_encoder
 from jdr.train.loop import MetricsWriter, run_loop, write_json
 from jdr.train.optim import make_optimizer
-from jdr.train.state import TrainState
+from jdr.train.objectives import Objective, objective_class, objective_for
 from jdr.train.data import SOURCE_KINDS, TrainingData, build_training_data, negative_counts
-from jdr.train.step import check_finite, make_train_step, pmap_train_step, replicate
+from jdr.train.step import bind_dropout, check_finite, make_train_step, pmap_train_step, replicate
 from jdr.train.workdir import CHECKPOINT_DIR, save_encoder_description
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,7 @@ class Run:
     model_dir: Path
     training: TrainingData
     batches: BatchBuilder
+    objective: Objective
 
     @property
     def source(self) -> TrainingSource:
@@ -61,29 +61,17 @@ def resolve_model(path: str) -> Path:
 
 
 def _validate(cfg) -> None:
-    """Cross-field checks that a locked ConfigDict cannot express."""
+    """Cross-field checks that a locked ConfigDict cannot express; the objective's own (`Objective.validate`)."""
     checks = [
         (cfg.train.steps >= 1, f"train.steps must be >= 1, got {cfg.train.steps}"),
-        (cfg.train.loss in ("info_nce", "triplet"), f"train.loss must be info_nce or triplet, got {cfg.train.loss!r}"),
         (cfg.train.temperature > 0, f"train.temperature must be > 0, got {cfg.train.temperature}"),
         (cfg.negatives.num >= 0, f"negatives.num must be >= 0, got {cfg.negatives.num}"),
         (cfg.negatives.refresh_mode in ("sync", "async"), "negatives.refresh_mode must be sync or async"),
         (cfg.negatives.refresh_every >= 0, "negatives.refresh_every must be >= 0"),
-        (cfg.train.loss != "triplet" or cfg.negatives.num >= 1, "train.loss=triplet needs negatives.num >= 1"),
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
         (cfg.data.source in SOURCE_KINDS, f"data.source must be one of {', '.join(SOURCE_KINDS)}, "
                                           f"got {cfg.data.source!r}"),
-        (not (cfg.moco.enabled and cfg.train.grad_cache_chunk), "moco.enabled and train.grad_cache_chunk: "
-                                                                 "GradCache runs the plain contrastive step only"),
     ]
-    if cfg.moco.enabled:
-        checks += [
-            (cfg.train.loss == "info_nce", "moco.enabled needs train.loss=info_nce"),
-            (cfg.model.tied, "moco.enabled needs model.tied=True (the key tower is a momentum copy of the one tower)"),
-            (0.0 <= cfg.moco.momentum < 1.0, f"moco.momentum must be in [0, 1), got {cfg.moco.momentum}"),
-            (cfg.moco.queue_size > 0 and cfg.moco.queue_size % cfg.train.global_batch_size == 0,
-             f"moco.queue_size {cfg.moco.queue_size} must be a positive multiple of train.global_batch_size"),
-        ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -91,21 +79,9 @@ def _validate(cfg) -> None:
     per_device = cfg.train.global_batch_size // (jax.process_count() * jax.local_device_count())
     try:
         check_grad_cache_chunk(cfg.train.grad_cache_chunk, per_device, 1 + cfg.negatives.num)
-        check_hard_in_batch(cfg, per_device)
-        check_ltre_config(cfg)
+        objective_class(cfg).validate(cfg, per_device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def check_hard_in_batch(cfg, per_device: int) -> None:
-    """EBR keys: k >= 0, weight >= 0, and k no more than the in-batch passages of other queries' groups."""
-    k, group = cfg.train.hard_in_batch_k, 1 + cfg.negatives.num
-    queries = cfg.train.global_batch_size if cfg.train.cross_device_negatives else per_device
-    if k < 0 or cfg.train.hard_in_batch_weight < 0:
-        raise ValueError("train.hard_in_batch_k and train.hard_in_batch_weight must be >= 0")
-    if k > (queries - 1) * group:
-        raise ValueError(f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of "
-                         "other queries")
 
 
 def prepare(cfg, workdir) -> Run:
@@ -114,6 +90,7 @@ def prepare(cfg, workdir) -> Run:
     from jdr.models.tokenize import pad_id
 
     _validate(cfg)
+    objective = objective_for(cfg)
     counts = negative_counts(cfg)
     if "ann" in counts and cfg.negatives.refresh_every == 0:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
@@ -130,10 +107,9 @@ def prepare(cfg, workdir) -> Run:
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            pad_queries_to_max=cfg.data.pad_queries_to_max,
                            pad_passages_to_max=cfg.data.pad_passages_to_max,
-                           false_negatives=(cfg.data.mask_false_negatives and cfg.train.loss == "info_nce"
-                                            and not cfg.ltre.enabled),
+                           false_negatives=cfg.data.mask_false_negatives and objective.masks_false_negatives(),
                            cross_device=cfg.train.cross_device_negatives)
-    return Run(cfg, workdir, params, spec, tokenizer, model_dir, training, batches)
+    return Run(cfg, workdir, params, spec, tokenizer, model_dir, training, batches, objective)
 
 
 def _encode_fn(spec):
@@ -159,52 +135,14 @@ def check_temperature(cfg, spec) -> str | None:
             f"model.normalize=True, or train.temperature=1.0 as DPR/Tevatron do for dot products")
 
 
-def _initial_state(cfg, run, tx):
-    """The unreplicated train state the run starts from (MoCo adds its key tower and queue)."""
-    if cfg.moco.enabled:
-        from jdr.train.moco import MocoState
-
-        return MocoState.create(run.params, tx, queue_size=cfg.moco.queue_size,
-                                dim=encoder_lib.embedding_dim(run.params, run.spec), seed=cfg.seed)
-    return TrainState.create(run.params, tx)
-
-
-def _make_step(cfg, run, tx, lr_at, index=None):
-    """The pmapped train step the config asks for: plain contrastive, GradCache, MoCo, or LTRe (over `index`)."""
-    if cfg.ltre.enabled:
-        from jdr.train.ltre import pmap_ltre_step
-
-        return pmap_ltre_step(_encode_fn(run.spec), index=index, top_k=cfg.ltre.top_k, search=cfg.ltre.search,
-                              loss_name=cfg.ltre.loss, tx=tx, lr_at=lr_at, dropout=cfg.train.dropout,
-                              loss_kwargs=({"metric_cut": cfg.ltre.metric_cut} if cfg.ltre.loss == "lambdarank"
-                                           else {"temperature": cfg.train.temperature}))
-    loss_kwargs = ({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                   else {"margin": cfg.train.margin})
-    if cfg.train.hard_in_batch_k:
-        loss_kwargs.update(hard_in_batch_k=cfg.train.hard_in_batch_k,
-                           hard_in_batch_weight=cfg.train.hard_in_batch_weight, hard_in_batch_margin=cfg.train.margin)
-    kwargs = dict(loss_name=cfg.train.loss, tx=tx, lr_at=lr_at, loss_kwargs=loss_kwargs,
-                  cross_device_negatives=cfg.train.cross_device_negatives, dropout=cfg.train.dropout)
-    if cfg.moco.enabled:
-        from jdr.train.moco import make_moco_train_step
-
-        return pmap_train_step(make_moco_train_step(_encode_fn(run.spec), momentum=cfg.moco.momentum, **kwargs))
+def _make_step(cfg, run, tx, lr_at):
+    """The pmapped train step: the one step over the run's objective, its encoder wrapped by GradCache when
+    `train.grad_cache_chunk` is set."""
+    encode_fn = _encode_fn(run.spec)
     if cfg.train.grad_cache_chunk:
-        return pmap_train_step(make_grad_cache_step(_encode_fn(run.spec), chunk=cfg.train.grad_cache_chunk,
-                                                    **kwargs))
-    return pmap_train_step(make_train_step(_encode_fn(run.spec), **kwargs))
-
-
-def _fixed_index(cfg, run, *, progress: bool):
-    """LTRe's fixed index (None otherwise); the run's batches become retrieval batches over it."""
-    if not cfg.ltre.enabled:
-        return None
-    from jdr.train.ltre import RetrievalBatches, build_fixed_index
-
-    index = build_fixed_index(cfg.ltre, run.params, run.spec, run.tokenizer, run.training.labeled.data.corpus,
-                              batch_size=cfg.eval.batch_size, progress=progress)
-    run.batches = RetrievalBatches(run.batches, index, cfg.ltre.max_positives)
-    return index
+        encode_fn = chunked_encoder(encode_fn, cfg.train.grad_cache_chunk)
+    step = pmap_train_step(make_train_step(encode_fn, run.objective, tx=tx, lr_at=lr_at, dropout=cfg.train.dropout))
+    return run.objective.wrap_pmapped(step, bind_dropout(encode_fn, cfg.train.dropout), axis_name="batch")
 
 
 def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) -> dict:
@@ -241,11 +179,8 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
                 schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
                 eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
-            if cfg.ltre.enabled:  # only the query tower trains: the passage tower encoded the fixed index
-                from jdr.train.ltre import freeze_passage_tower
-
-                tx = freeze_passage_tower(tx)
-            state = _initial_state(cfg, run, tx)
+            tx = run.objective.optimizer(tx)  # e.g. LTRe: only the query tower trains
+            state = run.objective.init_state(run.params, tx, spec=run.spec, seed=cfg.seed)
             rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
             micro = cfg.train.grad_accum_steps
             # Ask orbax to rank checkpoints only when the run has dev scores to rank them by.
@@ -277,8 +212,8 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 run.source.restore(extras["iterator_state"])
                 log.info("resumed from step %d", start_step)
 
-            index = _fixed_index(cfg, run, progress=progress and primary)
-            step_fn = _make_step(cfg, run, tx, lr_at, index)
+            run.objective.attach(run, progress=progress and primary)
+            step_fn = _make_step(cfg, run, tx, lr_at)
             state = replicate(state)
             writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
             watch = PreemptionWatch()

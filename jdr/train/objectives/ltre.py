@@ -20,6 +20,9 @@ Where the search runs (`search=`); both compute the same update (tests/test_ltre
 Per batch the step needs (per device, leading device axis when pmapped): `query_ids[B, Lq]`, `query_mask[B, Lq]`
 int32 and `positive_rows[B, P]` int32 — each query's positive documents as index rows, -1 padded
 (`FixedIndex.positive_rows`), P = `ltre.max_positives`.
+
+Config (`ltre.*`, see jdr/config.py; `check_ltre_config` lists the requirements): `model.tied=False`, no sampled
+negatives (`negatives.num=0`), no GradCache or EBR, one labelled training source.
 """
 
 from __future__ import annotations
@@ -35,11 +38,10 @@ from jax import lax
 
 from jdr.index.fixed import CANDIDATE_KEYS, FixedIndex
 from jdr.losses import RETRIEVAL
-from jdr.train.state import TrainState
-from jdr.train.step import EncodeFn, pmap_train_step
+from jdr.train.objectives.base import EncodeFn, Objective, register
 
-__all__ = ["SEARCH_MODES", "query_key", "freeze_passage_tower", "make_ltre_step", "make_query_embedder",
-           "pmap_ltre_step", "build_fixed_index", "check_ltre_config"]
+__all__ = ["SEARCH_MODES", "Ltre", "query_key", "freeze_passage_tower", "pmap_ltre_step", "build_fixed_index",
+           "check_ltre_config", "RetrievalBatches"]
 
 SEARCH_MODES = ("callback", "host")
 LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
@@ -47,7 +49,7 @@ LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
 
 def query_key(rng: jax.Array, step, axis_name: str) -> jax.Array:
     """The dropout key of a step's query encode: `make_train_step`'s derivation (fold in the step and the device's
-    axis index, split, first half). The host-search embedder uses it too, so the searched embedding is exactly the
+    axis index) then `Ltre.loss`'s (split, first half). The host-search embedder uses it too, so the searched embedding is exactly the
     one the loss differentiates."""
     rng = jax.random.fold_in(jax.random.fold_in(rng, step), lax.axis_index(axis_name))
     return jax.random.split(rng)[0]
@@ -74,92 +76,101 @@ def _retrieval_metrics(relevant, top_k: int) -> dict:
             f"retrieved_recall@{top_k}": jnp.mean(jnp.any(found, axis=1).astype(jnp.float32))}
 
 
-def make_ltre_step(encode_fn: EncodeFn, *, index: FixedIndex | None, top_k: int, loss_name: str, loss_kwargs: dict,
-                   tx: optax.GradientTransformation, search: str = "callback", lr_at: Callable | None = None,
-                   axis_name: str = "batch", dropout: bool = True) -> Callable:
-    """Build the per-device `train_step(state, batch, rng) -> (state, metrics)` of LTRe (pmap over `axis_name`).
+@register
+class Ltre(Objective):
+    """`index`: the `FixedIndex` (set by `attach`; None in host mode is fine for tests that feed candidates),
+    `top_k`, `loss_name` (a key of `jdr.losses.RETRIEVAL`), `loss_kwargs` (`metric_cut` / `temperature`),
+    `search` ("callback" | "host"). Scores are `q . cand_emb` in float32. Aux: the loss's, `retrieved_mrr@10`,
+    `retrieved_recall@{top_k}`. Optimizer: `freeze_passage_tower(tx)`."""
 
-    `batch`: `query_ids`, `query_mask`, `positive_rows` (see the module docstring); with `search="host"` also the
-    `CANDIDATE_KEYS` arrays of `FixedIndex.candidates` (then `index` may be None). `loss_name` is a key of
-    `jdr.losses.RETRIEVAL`, `loss_kwargs` its keyword arguments (`metric_cut` / `temperature`). `tx` should come
-    from `freeze_passage_tower`. Scores are `q . cand_emb` in float32. Metrics: loss, the loss's aux values,
-    `retrieved_mrr@10`, `retrieved_recall@{top_k}`, `grad_norm`, `lr` — pmeaned over devices.
-    """
-    if loss_name not in RETRIEVAL:
-        raise ValueError(f"ltre.loss: {loss_name!r} is not one of {', '.join(RETRIEVAL)}")
-    if search not in SEARCH_MODES:
-        raise ValueError(f"ltre.search: {search!r} is not one of {', '.join(SEARCH_MODES)}")
-    if search == "callback" and index is None:
-        raise ValueError("make_ltre_step: search='callback' needs the FixedIndex")
-    loss_fn = RETRIEVAL[loss_name]
+    name = "ltre"
 
-    def search_in_step(q, positive_rows):
+    def __init__(self, *, top_k: int, loss_name: str, loss_kwargs: dict, search: str = "callback",
+                 index: FixedIndex | None = None, max_positives: int = 8, config=None):
+        if loss_name not in RETRIEVAL:
+            raise ValueError(f"ltre.loss: {loss_name!r} is not one of {', '.join(RETRIEVAL)}")
+        if search not in SEARCH_MODES:
+            raise ValueError(f"ltre.search: {search!r} is not one of {', '.join(SEARCH_MODES)}")
+        self.top_k, self.loss_fn, self.loss_kwargs = top_k, RETRIEVAL[loss_name], dict(loss_kwargs)
+        self.search, self.index, self.max_positives, self.config = search, index, max_positives, config
+        self.batch_keys = LTRE_BATCH_KEYS + (CANDIDATE_KEYS if search == "host" else ())
+
+    @classmethod
+    def validate(cls, cfg, per_device: int) -> None:
+        check_ltre_config(cfg)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Ltre":
+        ltre = cfg.ltre
+        kwargs = {"metric_cut": ltre.metric_cut} if ltre.loss == "lambdarank" else {"temperature": cfg.train.temperature}
+        return cls(top_k=ltre.top_k, loss_name=ltre.loss, loss_kwargs=kwargs, search=ltre.search,
+                   max_positives=ltre.max_positives, config=ltre)
+
+    def optimizer(self, tx):
+        return freeze_passage_tower(tx)
+
+    def attach(self, run, *, progress: bool = True) -> None:
+        """Build the fixed index (`build_fixed_index`) from the run's initial params; batches become
+        `RetrievalBatches` over it."""
+        self.index = build_fixed_index(self.config, run.params, run.spec, run.tokenizer,
+                                       run.training.labeled.data.corpus, batch_size=run.cfg.eval.batch_size,
+                                       progress=progress)
+        run.batches = RetrievalBatches(run.batches, self.index, self.max_positives)
+
+    def _search_in_step(self, q, positive_rows):
+        if self.index is None:
+            raise ValueError("ltre: search='callback' needs the FixedIndex")
         b, slots = positive_rows.shape
-        c = top_k + slots
+        c = self.top_k + slots
         shapes = {"cand_emb": jax.ShapeDtypeStruct((b, c, q.shape[1]), jnp.float32),
                   "cand_relevant": jax.ShapeDtypeStruct((b, c), jnp.bool_),
                   "cand_valid": jax.ShapeDtypeStruct((b, c), jnp.bool_)}
+        index, top_k = self.index, self.top_k
         return jax.pure_callback(lambda qs, pos: index.candidates(qs, pos, top_k), shapes, q, positive_rows)
 
-    def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        needed = LTRE_BATCH_KEYS + (CANDIDATE_KEYS if search == "host" else ())
-        missing = [k for k in needed if k not in batch]
-        if missing:
-            raise ValueError(f"LTRe batch is missing {', '.join(missing)}")
-        key = query_key(rng, state.step, axis_name)
-        q, pull_back = jax.vjp(
-            lambda params: encode_fn(params, batch["query_ids"], batch["query_mask"], "query", not dropout, key),
-            state.params)
-        cands = {k: batch[k] for k in CANDIDATE_KEYS} if search == "host" else search_in_step(q, batch["positive_rows"])
+    def loss(self, encode, params, state, batch, rng, *, axis_name):
+        key = jax.random.split(rng)[0]  # `query_key`: the host-search embedder derives the same key
+        q = encode(params, batch["query_ids"], batch["query_mask"], "query", key)
+        cands = ({k: batch[k] for k in CANDIDATE_KEYS} if self.search == "host"
+                 else self._search_in_step(lax.stop_gradient(q), batch["positive_rows"]))
+        scores = jnp.einsum("bh,bch->bc", q.astype(jnp.float32), cands["cand_emb"])
+        loss, aux = self.loss_fn(scores, cands["cand_relevant"], cands["cand_valid"], **self.loss_kwargs)
+        return loss, {**aux, **_retrieval_metrics(cands["cand_relevant"], self.top_k)}, {}
 
-        def list_loss(q):
-            scores = jnp.einsum("bh,bch->bc", q.astype(jnp.float32), cands["cand_emb"])
-            return loss_fn(scores, cands["cand_relevant"], cands["cand_valid"], **loss_kwargs)
+    def wrap_pmapped(self, step, encode, *, axis_name: str):
+        """Host search: embed the queries with the step's parameters and key, search on the host, then step."""
+        if self.search == "callback":
+            return step
 
-        (loss, aux), dq = jax.value_and_grad(list_loss, has_aux=True)(q)
-        grads = lax.pmean(pull_back(dq)[0], axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = lax.pmean({"loss": loss, **aux, **_retrieval_metrics(cands["cand_relevant"], top_k)}, axis_name)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        if lr_at is not None:
-            metrics["lr"] = jnp.asarray(lr_at(state.step), jnp.float32)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        def embed_queries(state, batch, rng):
+            key = query_key(rng, state.step, axis_name)
+            return encode(state.params, batch["query_ids"], batch["query_mask"], "query", key)
 
-    return train_step
+        embed = jax.pmap(embed_queries, axis_name=axis_name, in_axes=(0, 0, None))
+        index, top_k = self.index, self.top_k
 
+        def search_then_step(state, batch, rng):
+            queries = {k: batch[k] for k in ("query_ids", "query_mask")}
+            q = np.asarray(embed(state, queries, rng))  # [devices, B, H]; blocks until the embeddings exist
+            per_device = [index.candidates(q[d], np.asarray(batch["positive_rows"][d]), top_k) for d in range(len(q))]
+            cands = {k: np.stack([c[k] for c in per_device]) for k in CANDIDATE_KEYS}
+            return step(state, {**batch, **cands}, rng)
 
-def make_query_embedder(encode_fn: EncodeFn, *, axis_name: str = "batch", dropout: bool = True) -> Callable:
-    """Per-device `embed(state, batch, rng) -> q[B, H]`: the query embedding the step at `state.step` will
-    differentiate (same parameters, same dropout key), for searching on the host between steps."""
-
-    def embed(state: TrainState, batch: dict, rng: jax.Array):
-        key = query_key(rng, state.step, axis_name)
-        return encode_fn(state.params, batch["query_ids"], batch["query_mask"], "query", not dropout, key)
-
-    return embed
+        return search_then_step
 
 
-def pmap_ltre_step(encode_fn: EncodeFn, *, index: FixedIndex, top_k: int, search: str = "callback",
-                   axis_name: str = "batch", dropout: bool = True, **step_kwargs) -> Callable:
+def pmap_ltre_step(encode_fn: EncodeFn, *, index: FixedIndex, top_k: int, loss_name: str, loss_kwargs: dict,
+                   tx: optax.GradientTransformation, search: str = "callback", lr_at: Callable | None = None,
+                   axis_name: str = "batch", dropout: bool = True) -> Callable:
     """The LTRe step as the training loop calls it: `step(state, batch, rng) -> (state, metrics)` over the local
-    devices (state replicated and donated, batch with a leading device axis, one rng), whichever `search` mode.
-    `step_kwargs` go to `make_ltre_step` (loss_name, loss_kwargs, tx, lr_at)."""
-    step = pmap_train_step(make_ltre_step(encode_fn, index=index, top_k=top_k, search=search, axis_name=axis_name,
-                                          dropout=dropout, **step_kwargs), axis_name)
-    if search == "callback":
-        return step
-    embed = jax.pmap(make_query_embedder(encode_fn, axis_name=axis_name, dropout=dropout), axis_name=axis_name,
-                     in_axes=(0, 0, None))
+    devices (state replicated and donated, batch with a leading device axis, one rng), whichever `search` mode:
+    `make_train_step` with the `Ltre` objective. `tx` should come from `freeze_passage_tower`."""
+    from jdr.train.step import bind_dropout, make_train_step, pmap_train_step
 
-    def search_then_step(state, batch, rng):
-        queries = {k: batch[k] for k in ("query_ids", "query_mask")}
-        q = np.asarray(embed(state, queries, rng))  # [devices, B, H]; blocks until the embeddings exist
-        per_device = [index.candidates(q[d], np.asarray(batch["positive_rows"][d]), top_k) for d in range(len(q))]
-        cands = {k: np.stack([c[k] for c in per_device]) for k in CANDIDATE_KEYS}
-        return step(state, {**batch, **cands}, rng)
-
-    return search_then_step
+    objective = Ltre(top_k=top_k, loss_name=loss_name, loss_kwargs=loss_kwargs, search=search, index=index)
+    step = pmap_train_step(make_train_step(encode_fn, objective, tx=tx, lr_at=lr_at, axis_name=axis_name,
+                                           dropout=dropout), axis_name)
+    return objective.wrap_pmapped(step, bind_dropout(encode_fn, dropout), axis_name=axis_name)
 
 
 def build_fixed_index(ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: int = 128,
@@ -192,7 +203,7 @@ def build_fixed_index(ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: 
 def check_ltre_config(cfg) -> None:
     """One-line `ValueError`s, before anything is compiled, for an `ltre` section that cannot run."""
     ltre = cfg.ltre
-    if not ltre.enabled:
+    if not (ltre.enabled or cfg.train.objective == "ltre"):
         return
     checks = [
         (not cfg.model.tied, "ltre.enabled needs model.tied=False (the query tower trains, the passage tower is "
