@@ -35,6 +35,7 @@ def get_config():
     c.train.schedule = "linear"
     c.train.temperature = 0.05
     c.train.matryoshka_dims = "384,256,128,64,32"
+    c.train.objective = "matryoshka"
     c.train.matryoshka_weights = ""  # 1 each
     c.eval.every = STEPS_PER_EPOCH
     c.eval.corpus_sample = 1000

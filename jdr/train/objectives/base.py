@@ -54,6 +54,10 @@ class Objective:
     def from_config(cls, cfg) -> "Objective":
         raise NotImplementedError
 
+    def check_encoder(self, params, spec) -> None:
+        """Checks against the loaded encoder (e.g. a width the objective needs), before the workdir is written:
+        raise `ValueError` with one line naming the config key."""
+
     def masks_false_negatives(self) -> bool:
         """Whether batches should carry `false_negatives` (the batch builder's relevance mask): True for an
         objective that scores in-batch passages (or other passages that may be a query's own positives)."""
