@@ -124,8 +124,8 @@ def train_config() -> ml_collections.ConfigDict:
     c.train.objective = ""
     # Matryoshka (train.objective "matryoshka"): the loss summed over these nested embedding prefixes, e.g.
     # "384,256,128,64,32"; weights "" = 1 each, else one per dim ("1,1,1,0.5,0.5").
-    c.train.matryoshka_dims = ""
-    c.train.matryoshka_weights = ""
+    c.train.matryoshka_dims = ""  # "" = off.
+    c.train.matryoshka_weights = ""  # "" = 1 each.
     c.train.loss = "info_nce"  # "info_nce" (softmax over in-batch + hard negatives) | "triplet".
     # InfoNCE temperature (scores / t); ST's MultipleNegativesRankingLoss uses 0.05 on cosine scores. Dot products
     # of unnormalised embeddings need ~1.0 (DPR, Tevatron): the trainer warns below 0.5 without model.normalize.
