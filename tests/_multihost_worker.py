@@ -49,7 +49,8 @@ def refresh_protocol(out: Path) -> None:
     import jax
 
     from jdr.data.beir import Corpus
-    from jdr.negatives import RefreshError, RefreshHook, build_table
+    from jdr.negatives import build_table
+    from jdr.train.refresh import RefreshError, RefreshHook
 
     pid = jax.process_index()
     ids = [f"d{i}" for i in range(30)]

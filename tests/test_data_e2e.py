@@ -70,3 +70,23 @@ def test_false_negative_mask_reaches_the_loss_and_the_log(tiny_model, tmp_path):
     assert _logged(masked, "train/false_negatives") == expected
     assert set(_logged(plain, "train/false_negatives").values()) == {0.0}
     assert _logged(masked, "train/loss")[1] < _logged(plain, "train/loss")[1]
+
+
+def test_triplet_with_in_batch_hard_negatives_gets_the_false_negative_mask(tiny_model, tmp_path):
+    """EBR (train.loss=triplet, train.hard_in_batch_k > 0) picks each query's hardest in-batch passages: on topics
+    where every document of a topic is relevant to every query of it, the batch builder's mask must reach the
+    triplet loss as it does info_nce's (known positives are never a hard negative); the count logged equals the
+    mask of the step's batch."""
+    data = tmp_path / "topics"
+    write_topic_beir(data, topics=3, docs_per_topic=(5, 7), train_queries_per_topic=4, test_queries_per_topic=1)
+    over = [f"model.path={tiny_model}", f"data.dataset={data}", *QUICK, "train.steps=1", "checkpoint.every=0",
+            "data.dev_queries=0", "negatives.source=random", "negatives.num=1", "train.loss=triplet",
+            "train.hard_in_batch_k=2"]
+    cfg = load_config("configs/tiny.py", over)
+    run = prepare(cfg, tmp_path / "probe")
+    fn = run.batches(run.source.next_batch()).get("false_negatives")  # the first batch the run will draw
+    assert fn is not None
+    expected = float(fn.sum() - fn.shape[0] * fn.shape[1])  # the own positives are never dropped
+    assert expected > 0
+    train(cfg, tmp_path / "run", progress=False)
+    assert _logged(tmp_path / "run", "train/false_negatives") == {1: expected}

@@ -97,8 +97,9 @@ def _max_rel_diff(a, b):
 
 
 @pytest.mark.parametrize("n_dev,per_device,chunk", [(1, 8, 2), (N_DEV, 2, 1)])
-def test_grad_cache_equals_plain_step_with_dropout(tiny, n_dev, per_device, chunk):
-    """Dropout on: loss, metrics and every gradient leaf equal the plain step over the same chunks and keys."""
+def test_grad_cache_with_dropout_equals_the_step_over_the_same_chunks_and_keys(tiny, n_dev, per_device, chunk):
+    """Dropout on: loss, metrics and every gradient leaf equal the plain step whose encoder embeds the same chunks
+    with the same keys, all activations kept (`chunked_encoder(remat=False)`) — not the unchunked plain step."""
     params, _, encode_fn = tiny
     group_size = 2
     batch = _batch(0, n_dev * per_device, group_size)
@@ -112,6 +113,23 @@ def test_grad_cache_equals_plain_step_with_dropout(tiny, n_dev, per_device, chun
     # Dropout really is on and really matters: another step key gives a gradient far outside the tolerance.
     other_state, _ = _run(ref_step, params, batch, n_dev, rng=jax.random.key(8))
     assert _max_rel_diff(other_state.opt_state, ref_state.opt_state) > 1e-2
+    # The unchunked plain step draws one key per tower, so its dropout masks (and gradient) differ.
+    plain_state, _ = _run(make_train_step(encode_fn, tx=GRAD_PROBE, **INFO_NCE), params, batch, n_dev)
+    assert _max_rel_diff(plain_state.opt_state, ref_state.opt_state) > 1e-2
+
+
+def test_grad_cache_without_dropout_equals_the_plain_step_on_the_tiny_bert(tiny):
+    """Dropout off, 8 devices, the real encoder: GradCache in chunks of 1 row equals `make_train_step` itself (the
+    one plain step, unchunked encoder): loss, metrics and every gradient leaf."""
+    params, _, encode_fn = tiny
+    batch = _batch(2, N_DEV * 2, 2)
+    gc_state, gc_metrics = _run(make_grad_cache_step(encode_fn, chunk=1, tx=GRAD_PROBE, dropout=False, **INFO_NCE),
+                                params, batch, N_DEV)
+    ref_state, ref_metrics = _run(make_train_step(encode_fn, tx=GRAD_PROBE, dropout=False, **INFO_NCE),
+                                  params, batch, N_DEV)
+    for k in ("loss", "accuracy", "pos_score", "neg_score", "grad_norm"):
+        np.testing.assert_allclose(gc_metrics[k], ref_metrics[k], rtol=1e-5, err_msg=k)
+    _assert_trees_close(gc_state.opt_state, ref_state.opt_state)
 
 
 def test_grad_cache_without_dropout_is_the_plain_step():

@@ -1,4 +1,5 @@
-"""RefreshHook (sync / async ANCE refresh) and ann_build_fn on a toy corpus."""
+"""RefreshHook (jdr.train.refresh: sync / async ANCE refresh) and ann_build_fn (jdr.negatives.refresh) on a toy
+corpus."""
 
 import threading
 import time
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from jdr.data.beir import Corpus
-from jdr.negatives import AnnRefreshConfig, NegativesTable, RefreshError, RefreshHook, ann_build_fn, build_table
+from jdr.negatives import AnnRefreshConfig, NegativesTable, ann_build_fn, build_table
+from jdr.train.refresh import RefreshError, RefreshHook
 
 N_DOCS, N_QUERIES, DIM = 30, 8, 8
 

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 def _run_failures() -> tuple[type, ...]:
     """Errors that end a run with one line: a failed refresh, checkpoint, or a non-finite loss (imported only
     when something failed: they pull in jax)."""
-    from jdr.negatives.refresh import RefreshError
+    from jdr.train.refresh import RefreshError
     from jdr.train.checkpoint import CheckpointError
 
     return RefreshError, CheckpointError, FloatingPointError

@@ -1,6 +1,7 @@
-"""Hard negatives: the immutable, versioned `NegativesTable`, its sources and the ANCE refresh hook."""
+"""Hard negatives: the immutable, versioned `NegativesTable`, its sources and the ANCE refresh's build (its
+scheduling during training is `jdr.train.refresh`)."""
 
-from jdr.negatives.refresh import AnnRefreshConfig, RefreshError, RefreshHook, RefreshRecord, ann_build_fn
+from jdr.negatives.refresh import AnnRefreshConfig, ann_build_fn
 from jdr.negatives.sources import SOURCES, build_table, parse_counts, source_counts
 from jdr.negatives.table import RANDOM, NegativesTable
 
@@ -9,9 +10,6 @@ __all__ = [
     "SOURCES",
     "AnnRefreshConfig",
     "NegativesTable",
-    "RefreshError",
-    "RefreshHook",
-    "RefreshRecord",
     "ann_build_fn",
     "build_table",
     "parse_counts",

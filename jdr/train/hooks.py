@@ -19,6 +19,7 @@ from jdr.data.labeled import LabeledData
 from jdr.distributed import sync
 from jdr.evaluate import TEST_RUN, evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
+from jdr.train.refresh import RefreshHook, RefreshPoll, swap_table
 from jdr.train.step import unreplicate
 
 log = logging.getLogger(__name__)
@@ -91,19 +92,7 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
     refresh = None
     if cfg.negatives.refresh_every > 0 and labeled is not None and labeled.table is not None:
         refresh = _refresh_hook(run, progress=progress and primary)
-
-        class _Poll:
-            every, needs_metrics, at_end, name = 1, False, False, "refresh"
-
-            def __call__(self, loop: LoopState, *, last: bool) -> None:
-                if last:  # a table mined now would never be trained on
-                    return
-                # loop.state is read only when a refresh starts: polling costs no device sync
-                table = refresh.on_step(loop.step, lambda: host_params(loop.state))
-                if table is not None:
-                    _swap(run, table, refresh, writer, loop.step)
-
-        hooks.append(_Poll())
+        hooks.append(RefreshPoll(refresh, run, writer, host_params))
 
     def evaluate_dev(loop: LoopState, last: bool) -> None:
         if dev is None:
@@ -123,7 +112,7 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
         if refresh is not None and cfg.negatives.refresh_mode == "sync":
             table = refresh.finish()  # sync semantics: nothing in flight may be lost by a restart
             if table is not None:
-                _swap(run, table, refresh, writer, loop.step)
+                swap_table(run, table, refresh, writer, loop.step)
         # Rank a checkpoint only by a dev score of its own step: an older one would pick the wrong best.
         fresh = loop.eval_step == loop.step
         metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} if fresh else {}
@@ -183,16 +172,11 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
     return Hooks(hooks, finish, refresh)
 
 
-def _swap(run, table, refresh, writer, step: int) -> None:
-    run.training.labeled.set_table(table)
-    writer.write(step, refresh.history[-1].metrics(), prefix="negatives")
-
-
 def _refresh_hook(run, *, progress: bool = False):
     """The ANCE refresh: encode corpus + training queries with a params snapshot, re-mine the dense sources (`ann`:
     faiss over the corpus; `memory`: the re-encoded corpus with the fixed augmentation memories), new table. The
     texts are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
-    from jdr.negatives.refresh import AnnRefreshConfig, RefreshHook, ann_build_fn
+    from jdr.negatives.refresh import AnnRefreshConfig, ann_build_fn
     from jdr.train.data import negative_counts, token_encoders
 
     cfg = run.cfg.negatives

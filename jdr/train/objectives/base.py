@@ -68,7 +68,9 @@ class Objective:
         return tx
 
     def init_state(self, params, tx: optax.GradientTransformation, *, spec=None, seed: int = 0) -> TrainState:
-        """The step-0 state. An objective with extra state returns a `TrainState` subclass (orbax saves it whole)."""
+        """The step-0 state. An objective with extra state returns a `TrainState` subclass (orbax saves it whole).
+        Trainable weights of the objective's own (a scoring head) must be in `params` to be trained (the step
+        differentiates `params` only); checkpoints and the end-of-run `export_encoder` then see them too."""
         return TrainState.create(params, tx)
 
     def attach(self, run, *, progress: bool = True) -> None:
