@@ -315,11 +315,13 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--resamples", type=int, default=10_000)
     p.add_argument("--idle", action="store_true", help="the machine ran nothing else: timings not marked")
+    p.add_argument("--skip", default="", help="comma-separated row names left out of this run and its table")
     args = p.parse_args(argv)
     from jdr.data.beir import load_beir, resolve_dataset
 
     test = load_beir(resolve_dataset(args.data), "test")
-    plan = rows(384, bool(args.matryoshka_workdir))
+    skip = {x for x in args.skip.split(",") if x}
+    plan = [r for r in rows(384, bool(args.matryoshka_workdir)) if r["name"] not in skip]
     run_rows(args, args.root, plan, test)
     print(write(args, summarize(args, args.root, plan, test), argv))
     return 0
