@@ -38,6 +38,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.model.pooling = ml_collections.config_dict.placeholder(str)
     # L2-normalise embeddings (cosine scores); None = the checkpoint's own (ST's Normalize module; plain HF: False).
     c.model.normalize = ml_collections.config_dict.placeholder(bool)
+    # Text put before every query / passage in training, evaluation, mining, refresh and the export's ST `prompts`
+    # (E5: "query: " / "passage: "); None = the checkpoint's own (its ST prompts "query" / "passage"), else "".
+    c.model.query_prefix = ml_collections.config_dict.placeholder(str)
+    c.model.passage_prefix = ml_collections.config_dict.placeholder(str)  # E.g. "passage: "; None: the checkpoint's.
 
     c.data = ml_collections.ConfigDict()
     # Training source: "beir" (data.dataset's qrels), "jsonl" (Tevatron JSONL), "triplets" (query/positive/negative
@@ -134,6 +138,10 @@ def train_config() -> ml_collections.ConfigDict:
     # "" = "ltre" if ltre.enabled, "moco" if
     # moco.enabled, else "contrastive" (configs written before this key).
     c.train.objective = ""
+    # Matryoshka (train.objective "matryoshka"): the loss summed over these nested embedding prefixes, e.g.
+    # "384,256,128,64,32"; weights "" = 1 each, else one per dim ("1,1,1,0.5,0.5").
+    c.train.matryoshka_dims = ""  # "" = off.
+    c.train.matryoshka_weights = ""  # "" = 1 each.
     c.train.loss = "info_nce"  # "info_nce" (softmax over in-batch + hard negatives) | "triplet".
     # InfoNCE temperature (scores / t); ST's MultipleNegativesRankingLoss uses 0.05 on cosine scores. Dot products
     # of unnormalised embeddings need ~1.0 (DPR, Tevatron): the trainer warns below 0.5 without model.normalize.

@@ -11,7 +11,15 @@ from pathlib import Path
 def load_model(args, query_max_length=None, passage_max_length=None):
     """`--model`: an HF/sentence-transformers dir, a hub name, `minilm` (the installed all-MiniLM-L6-v2), or a
     `jdr train` workdir (its latest checkpoint, `--step N` or `--step best`; `jdr.models.load_model`). Says on
-    stderr which checkpoint and token budgets a workdir gives."""
+    stderr which checkpoint and token budgets a workdir gives. `--dim k` (`dim_arg`) keeps the first k
+    dimensions, re-normalised."""
+    from jdr.models.encoder import with_truncation
+
+    params, spec, tok = _load_model(args, query_max_length, passage_max_length)
+    return params, with_truncation(params, spec, getattr(args, "truncate_dim", None)), tok
+
+
+def _load_model(args, query_max_length, passage_max_length):
     from jdr.models.resolve import load_model as load_any
 
     step_arg = getattr(args, "step", None)
@@ -39,6 +47,12 @@ def parse_step(text: str) -> int | str:
 
 STEP_HELP = ("checkpoint when --model is a workdir: a step, 'latest' (default) or 'best' (best dev score saved "
              "with a checkpoint)")
+
+
+def dim_arg(p):
+    p.add_argument("--dim", dest="truncate_dim", type=int, default=None,
+                   help="keep the first k embedding dimensions, re-normalised when the model normalises "
+                        "(Matryoshka; sentence-transformers' truncate_dim)")
 
 
 def model_args(p, required=True):

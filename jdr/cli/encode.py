@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 
-from jdr.cli.common import load_model, model_args
+from jdr.cli.common import dim_arg, load_model, model_args
 
 
 def add_arguments(p):
+    dim_arg(p)
     model_args(p)
     p.add_argument("--input", required=True, help="BEIR corpus.jsonl or queries.jsonl")
     p.add_argument("--output", required=True, help="embedding store dir (embeddings.npy, ids.txt, meta.json)")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from jdr.cli.common import load_model, model_args
+from jdr.cli.common import dim_arg, load_model, model_args
 
 
 def add_arguments(p):
+    dim_arg(p)
     model_args(p)
     p.add_argument("--data", required=True, help="BEIR dataset dir or name (e.g. scifact)")
     p.add_argument("--split", default="test")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-from jdr.cli.common import parse_step
+from jdr.cli.common import dim_arg, parse_step
 
 
 def add_arguments(p):
@@ -11,12 +10,14 @@ def add_arguments(p):
     p.add_argument("--output", required=True,
                    help="HF + sentence-transformers model dir to write (untied towers: OUTPUT/query, OUTPUT/passage)")
     p.add_argument("--step", type=parse_step, default=None, help="checkpoint: a step, 'latest' (default) or 'best'")
+    dim_arg(p)
     p.add_argument("--tower", choices=("query", "passage"), default=None,
                    help="export only this tower of an untied encoder (default: both)")
 
 
 def run(args) -> int:
     from jdr.models.cross_encoder_hf import export_cross_encoder, is_cross_encoder, load_cross_workdir
+    from jdr.models.encoder import with_truncation
     from jdr.models.hf import export, export_encoder
     from jdr.models.workdir import load_workdir
 
@@ -26,6 +27,7 @@ def run(args) -> int:
         print(f"exported cross-encoder step {step} to {args.output} (pairs of {spec.max_length} tokens)")
         return 0
     params, spec, tokenizer, step = load_workdir(args.workdir, step=args.step)
+    spec = with_truncation(params, spec, args.truncate_dim)  # recorded in jdr_encoder.json: ST's truncate_dim
     source = args.workdir  # its encoder/ holds the tokenizer files
     if args.tower and not spec.tied:
         written = [export(params, spec, source, args.output, tower=args.tower)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 
-from jdr.cli.common import load_model, model_args
+from jdr.cli.common import dim_arg, load_model, model_args
 
 
 def add_arguments(p):
+    dim_arg(p)
     model_args(p, required=False)
     p.add_argument("--index", default=None, action="append", metavar="[NAME=]INDEX",
                    help="index written by `jdr index` (with INDEX.ids.txt); repeat to search several memories as "
@@ -29,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--max-probe", type=int, default=None, help="SPANN: most posting lists to read (default 8)")
     p.add_argument("--eps2", type=float, default=None,
                    help="SPANN: read list j only if d(q,c_j) <= (1+eps2) d(q,c_nearest) (default: no pruning)")
+    p.add_argument("--rescore", type=int, default=None, metavar="M",
+                   help="quantized index (`jdr index --quantize`): re-score the top k*M with the float query")
     p.add_argument("--tag", default="jdr", help="run tag (last TREC column)")
 
 
@@ -51,7 +54,7 @@ def run(args) -> int:
     q_emb = encode_texts(params, spec, tok, [queries[q] for q in qids], tower="query", max_length=args.max_length,
                          batch_size=args.batch_size)
     hits = memories.search(q_emb, args.top_k, nprobe=args.nprobe, efSearch=args.ef_search,
-                           max_probe=args.max_probe, eps2=args.eps2)
+                           max_probe=args.max_probe, eps2=args.eps2, rescore=args.rescore)
     # one memory keeps plain doc ids (runs score against its qrels); several name their memory
     ids = (memories.qualified_ids(hits) if len(memories.memories) > 1 else
            [[memories.memories[0].doc_ids[r] for r in rr if r >= 0] for rr in hits.rows])

@@ -39,8 +39,9 @@ class PretokenizedTexts:
 
     @classmethod
     def from_texts(cls, tokenizer, ids: Sequence[str], texts: Sequence[str], max_length: int, *,
-                   chunk: int = 8192) -> "PretokenizedTexts":
-        """Tokenise `texts` (a `tokenizers.Tokenizer`, truncation at `max_length`) in chunks of `chunk` texts.
+                   chunk: int = 8192, prefix: str = "") -> "PretokenizedTexts":
+        """Tokenise `prefix + text` for each of `texts` (a `tokenizers.Tokenizer`, truncation at `max_length`) in
+        chunks of `chunk` texts.
         `texts` is any sequence supporting `len` and slices (e.g. `jdr.data.beir.PassageView`: the corpus is
         never joined into one list)."""
         if len(ids) != len(texts):
@@ -48,7 +49,7 @@ class PretokenizedTexts:
         lengths = np.zeros(len(texts), dtype=np.int64)
         parts = []  # one flat array per chunk: a million small arrays would cost ~100 bytes of header each
         for start in range(0, len(texts), chunk):
-            seqs = token_ids(tokenizer, texts[start:start + chunk], max_length)
+            seqs = token_ids(tokenizer, texts[start:start + chunk], max_length, prefix=prefix)
             lengths[start:start + len(seqs)] = [len(s) for s in seqs]
             count = int(lengths[start:start + len(seqs)].sum())
             parts.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=count))

@@ -116,13 +116,15 @@ class LabeledSource(TrainingSource):
     pre-tokenised stores built here (`queries_tokens`, `passage_tokens`, kept for the ANCE refresh, which
     re-encodes `passage_tokens` rather than re-tokenising the corpus). `key_prefix` namespaces the keys (a
     mixture gives each member its own). Ordering, uniqueness in a batch and determinism are `GroupIterator`'s.
+    `query_prefix` / `passage_prefix`: text put before every query / passage (the encoder's, `EncoderSpec`).
     `memory_passages`: documents of augmentation memories the table may sample (`memory` negatives), tokenised
     once here after the corpus; their keys are their `"memory:docid"` ids (`memory_ids`), never a corpus id.
     """
 
     def __init__(self, data: LabeledData, train_qids: Sequence[str], table: NegativesSampler | None, tokenizer, *,
                  query_max_length: int, passage_max_length: int, global_batch_size: int, num_negatives: int,
-                 seed: int, key_prefix: str = "", memory_passages: MemoryPassages | None = None):
+                 seed: int, key_prefix: str = "", memory_passages: MemoryPassages | None = None,
+                 query_prefix: str = "", passage_prefix: str = ""):
         self.data = data
         self.train_qids = list(train_qids)
         self.train_qrels = {q: data.qrels[q] for q in self.train_qids}
@@ -132,13 +134,15 @@ class LabeledSource(TrainingSource):
         self.group_size = 1 + num_negatives
         self.key_prefix = key_prefix
         self.query_tokens = PretokenizedTexts.from_texts(
-            tokenizer, self.train_qids, [data.queries[q] for q in self.train_qids], query_max_length)
+            tokenizer, self.train_qids, [data.queries[q] for q in self.train_qids], query_max_length,
+            prefix=query_prefix)
         ids, texts = data.corpus.ids, data.corpus.passage_view()
         self.memory_ids: tuple[str, ...] = ()
         if memory_passages is not None:
             self.memory_ids = tuple(memory_passages.ids)
             ids, texts = [*ids, *self.memory_ids], _Concatenated(texts, memory_passages.texts)
-        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, ids, texts, passage_max_length)
+        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, ids, texts, passage_max_length,
+                                                           prefix=passage_prefix)
 
     @property
     def table(self) -> NegativesSampler | None:

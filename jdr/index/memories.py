@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from jdr.index import faiss_index
+from jdr.index.quantized import QuantizedIndex, is_quantized
 from jdr.index.spann import SpannIndex
 from jdr.index.store import load_embeddings, load_ids
 
@@ -35,8 +36,10 @@ def ids_path(index_path: str | os.PathLike) -> Path:
     return Path(f"{index_path}.ids.txt")
 
 
-def open_index(path: str | os.PathLike) -> faiss.Index | SpannIndex:
-    """A SPANN index directory or a faiss index file."""
+def open_index(path: str | os.PathLike) -> faiss.Index | SpannIndex | QuantizedIndex:
+    """A quantized index directory (`jdr index --quantize`), a SPANN index directory or a faiss index file."""
+    if is_quantized(path):
+        return QuantizedIndex.load(path)
     return SpannIndex.load(path) if Path(path).is_dir() else faiss_index.load_index(path)
 
 
@@ -58,7 +61,7 @@ class Memory:
     """One memory: `name`, an open `index` (faiss or SPANN), its `doc_ids` (row i -> doc id) and the search
     parameters it uses unless a call gives others (`defaults`, e.g. `{"nprobe": 32}`; see `with_probe`)."""
     name: str
-    index: faiss.Index | SpannIndex
+    index: faiss.Index | SpannIndex | QuantizedIndex
     doc_ids: list[str]
     defaults: Mapping[str, int | float] = field(default_factory=dict)
 
@@ -95,23 +98,31 @@ class Memory:
             return self
         if isinstance(self.index, SpannIndex):
             return replace(self, defaults={**self.defaults, "max_probe": int(probe)})
+        if isinstance(self.index, QuantizedIndex):
+            return self
         if faiss.try_extract_index_ivf(self.index) is not None:
             return replace(self, defaults={**self.defaults, "nprobe": int(probe)})
         return self
 
     @property
     def metric(self) -> str:
-        if isinstance(self.index, SpannIndex):
+        if isinstance(self.index, (SpannIndex, QuantizedIndex)):
             return self.index.metric
         return "ip" if self.index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
 
     def search(self, queries, k: int, *, nprobe: int | None = None, efSearch: int | None = None,
-               max_probe: int | None = None, eps2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` -> `(scores[M, k], rows[M, k])`; faiss indexes take nprobe/efSearch, SPANN max_probe/eps2 (a
-        parameter left None takes this memory's `defaults`)."""
+               max_probe: int | None = None, eps2: float | None = None,
+               rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` -> `(scores[M, k], rows[M, k])`; faiss indexes take nprobe/efSearch, SPANN max_probe/eps2, a
+        quantized index `rescore` (re-score the top k*rescore with the float query; a parameter left None takes
+        this memory's `defaults`)."""
         given = dict(nprobe=nprobe, efSearch=efSearch, max_probe=max_probe, eps2=eps2)
         nprobe, efSearch, max_probe, eps2 = (self.defaults.get(p) if v is None else v for p, v in given.items())
         k = min(k, self.index.ntotal)
+        if isinstance(self.index, QuantizedIndex):
+            return self.index.search(queries, k, rescore=rescore or 0)
+        if rescore:
+            raise ValueError(f"memory {self.name}: --rescore needs an index built with `jdr index --quantize`")
         if isinstance(self.index, SpannIndex):
             hits = self.index.search(queries, k, eps2=eps2, **({} if max_probe is None else {"max_probe": max_probe}))
             return hits.scores, hits.rows

@@ -25,6 +25,10 @@ class EncoderSpec:
     none; its weights are `params["dense"] = {"kernel": [H, k], "bias": [k]}`, shared by both towers.
     `normalize_before_dense`: an ST `Normalize` module sits before the Dense (a whitened normalised model:
     Pooling, Normalize, Dense, Normalize); `normalize` is always the last step.
+    `truncate_dim`: keep the first k dimensions of the embedding (Matryoshka), re-normalised when `normalize`
+    (sentence-transformers' `truncate_dim`, whose cosine similarity normalises too); None keeps all.
+    `query_prefix` / `passage_prefix`: text put before every query / passage before tokenising ("query: ",
+    "passage: " for E5; sentence-transformers' `prompts` named "query" and "passage").
     """
 
     bert: BertConfig
@@ -37,8 +41,19 @@ class EncoderSpec:
     model_type: str = "bert"
     dense: str | None = None
     normalize_before_dense: bool = False
+    truncate_dim: int | None = None
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
     def __post_init__(self):
+        if self.truncate_dim is not None and not (
+                isinstance(self.truncate_dim, int) and self.truncate_dim >= 1
+                and (self.dense is not None or self.truncate_dim <= self.bert.hidden_size)):
+            raise ValueError(f"dim: {self.truncate_dim!r} is not in [1, {self.bert.hidden_size}] (the model's "
+                             f"embedding width)")
+        for key in ("query_prefix", "passage_prefix"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"{key}: must be a string, got {getattr(self, key)!r}")
         if self.dense not in DENSE_ACTIVATIONS:
             raise ValueError(f"dense: activation must be one of {sorted(DENSE_ACTIVATIONS, key=str)}, got {self.dense!r}")
         if self.normalize_before_dense and self.dense is None:
@@ -55,6 +70,10 @@ class EncoderSpec:
     def max_length(self, tower: str) -> int:
         """The token budget of `tower`."""
         return self.query_max_length if _check_tower(tower) == "query" else self.passage_max_length
+
+    def prefix(self, tower: str) -> str:
+        """The text put before every input of `tower`."""
+        return self.query_prefix if _check_tower(tower) == "query" else self.passage_prefix
 
     def module(self) -> BertModel:
         """The linen module with this spec's architecture and compute dtype."""
@@ -92,7 +111,8 @@ def encode(params, spec: EncoderSpec, input_ids, attention_mask, *, tower: str, 
     """Embed token arrays `input_ids[B,L]`, `attention_mask[B,L]` (int32) with `tower` -> float32 [B,H].
 
     BERT, then `spec.pooling` over unmasked tokens, then the Dense layer if `spec.dense` (H becomes its width),
-    then L2-normalise if `spec.normalize`. Pure; jit with `spec`,
+    then L2-normalise if `spec.normalize`, then keep the first `spec.truncate_dim` dimensions (re-normalised when
+    `spec.normalize`). Pure; jit with `spec`,
     `tower` and `deterministic` static. `rng` (dropout key) is required when `deterministic=False`.
     """
     if not deterministic and rng is None:
@@ -112,9 +132,28 @@ def head(params, spec: EncoderSpec, pooled):
         if spec.normalize_before_dense:
             out = l2_normalize(out)
         out = DENSE_ACTIVATIONS[spec.dense](out @ params["dense"]["kernel"] + params["dense"]["bias"])
+    if spec.truncate_dim is not None:
+        out = out[..., :spec.truncate_dim]
     return l2_normalize(out) if spec.normalize else out
 
 
-def embedding_dim(params, spec: EncoderSpec) -> int:
-    """Width of the embeddings `encode` returns: the Dense layer's output, else the hidden size."""
+def full_dim(params, spec: EncoderSpec) -> int:
+    """Width of the embedding before any truncation: the Dense layer's output, else the hidden size."""
     return int(params["dense"]["kernel"].shape[1]) if spec.dense is not None else spec.bert.hidden_size
+
+
+def embedding_dim(params, spec: EncoderSpec) -> int:
+    """Width of the embeddings `encode` returns: `spec.truncate_dim`, else the Dense layer's output, else the
+    hidden size."""
+    return spec.truncate_dim if spec.truncate_dim is not None else full_dim(params, spec)
+
+
+def with_truncation(params, spec: EncoderSpec, dim: int | None) -> EncoderSpec:
+    """`spec` returning the first `dim` dimensions (None: unchanged); a `dim` above the model's width is one
+    ValueError line."""
+    if dim is None:
+        return spec
+    width = full_dim(params, spec)
+    if not 1 <= dim <= width:
+        raise ValueError(f"--dim {dim}: the model's embeddings have {width} dimensions (give 1..{width})")
+    return dataclasses.replace(spec, truncate_dim=int(dim))

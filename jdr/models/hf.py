@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from jdr.errors import DataError
 from jdr.io import as_path, atomic_dir
 from jdr.models.bert import BertConfig, BertModel
-from jdr.models.encoder import EncoderSpec, make_params, tower_params
+from jdr.models.encoder import EncoderSpec, make_params, tower_params, with_truncation
 from jdr.models.tokenize import copy_tokenizer_files, load_tokenizer
 from jdr.models.workdir import tokenizer_files_dir
 
@@ -218,10 +218,27 @@ def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
         _ST_ACTIVATIONS[activation]
 
 
-def with_settings(spec: EncoderSpec, *, pooling: str | None = None, normalize: bool | None = None) -> EncoderSpec:
-    """`spec` with pooling / normalisation replaced where given (None keeps the checkpoint's own)."""
-    changes = {k: v for k, v in (("pooling", pooling), ("normalize", normalize)) if v is not None}
+def with_settings(spec: EncoderSpec, *, pooling: str | None = None, normalize: bool | None = None,
+                  query_prefix: str | None = None, passage_prefix: str | None = None) -> EncoderSpec:
+    """`spec` with pooling / normalisation / prefixes replaced where given (None keeps the checkpoint's own)."""
+    given = (("pooling", pooling), ("normalize", normalize), ("query_prefix", query_prefix),
+             ("passage_prefix", passage_prefix))
+    changes = {k: v for k, v in given if v is not None}
     return dataclasses.replace(spec, **changes) if changes else spec
+
+
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+
+
+def _st_prompts(d: Path) -> tuple[str, str]:
+    """(query prefix, passage prefix): the sentence-transformers prompts named "query" and "passage" (or
+    "document") in `config_sentence_transformers.json`, "" where absent."""
+    if not (d / ST_CONFIG_FILE).exists():
+        return "", ""
+    prompts = _read_json(d / ST_CONFIG_FILE).get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise DataError(d / ST_CONFIG_FILE, f"prompts must map names to strings, got {prompts!r}")
+    return prompts.get("query", ""), prompts.get("passage", prompts.get("document", ""))
 
 
 def load(
@@ -233,6 +250,8 @@ def load(
     passage_max_length: int | None = None,
     pooling: str | None = None,
     normalize: bool | None = None,
+    query_prefix: str | None = None,
+    passage_prefix: str | None = None,
 ) -> tuple[dict, EncoderSpec, Tokenizer]:
     """Load a BERT/RoBERTa (optionally sentence-transformers) model dir or hub id -> (params, spec, tokenizer).
     (`jdr.models.load` takes any model reference: also `minilm` and a `jdr train` workdir.)
@@ -240,9 +259,11 @@ def load(
     Pooling, normalisation and max length come from the sentence-transformers files when present (modules.json,
     1_Pooling/config.json, sentence_bert_config.json; both lengths from jdr's own `jdr_encoder.json`), else
     cls / none / 512. `pooling` ("cls" | "mean" | "max") and `normalize`
-    override them. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree,
+    override them. Prefixes: the ST prompts "query" / "passage" (`config_sentence_transformers.json`), unless
+    `query_prefix` / `passage_prefix` are given; a jdr export's `truncate_dim` (`jdr_encoder.json`) is kept. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree,
     "passage": copy}`; `dtype` is the compute dtype.
     """
+    settings = dict(pooling=pooling, normalize=normalize, query_prefix=query_prefix, passage_prefix=passage_prefix)
     d = resolve_model_dir(model_dir_or_hub_name)
     hf_cfg = _read_json(d / "config.json") if (d / "config.json").exists() else None
     if hf_cfg is None:
@@ -260,19 +281,27 @@ def load(
     st_pooling, st_normalize, max_len, before_dense, dense_dir = _st_settings(d, cfg)
     dense, activation = _read_dense(dense_dir, cfg.hidden_size) if dense_dir is not None else (None, None)
     query_len = passage_len = max_len
+    truncate_dim = None
     if (d / JDR_ENCODER_FILE).exists():  # a jdr export: both budgets (ST's max_seq_length is the tower's own)
         recorded = _read_json(d / JDR_ENCODER_FILE)
         query_len = min(int(recorded.get("query_max_length") or max_len), cfg.max_length)
         passage_len = min(int(recorded.get("passage_max_length") or max_len), cfg.max_length)
+        truncate_dim = recorded.get("truncate_dim")
+    prompts = _st_prompts(d)
     spec = EncoderSpec(
         bert=cfg, pooling=st_pooling, normalize=st_normalize, query_max_length=query_max_length or query_len,
         passage_max_length=passage_max_length or passage_len, tied=tied, dtype=dtype, model_type=model_type,
-        dense=activation, normalize_before_dense=before_dense,
+        dense=activation, normalize_before_dense=before_dense, query_prefix=prompts[0], passage_prefix=prompts[1],
     )
     params = make_params(tree, tied)
     if dense is not None:
         params["dense"] = jax_tree(dense)
-    return params, with_settings(spec, pooling=pooling, normalize=normalize), load_tokenizer(d)
+    if truncate_dim is not None:
+        try:
+            spec = with_truncation(params, spec, int(truncate_dim))
+        except ValueError as e:
+            raise DataError(d / JDR_ENCODER_FILE, f"truncate_dim: {e}") from None
+    return params, with_settings(spec, **settings), load_tokenizer(d)
 
 
 def jax_tree(tree: dict) -> dict:
@@ -286,7 +315,11 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
     `tokenizer` is a `tokenizers.Tokenizer`, or a model dir or `jdr train` workdir whose tokenizer files are copied.
     `load(out_dir)` gives back the same params and embeddings; sentence-transformers and transformers can load it
     too. sentence-transformers has one max length: the passage budget for a tied encoder or a passage tower, the
-    query budget for a query tower of an untied one; `jdr_encoder.json` records both budgets for jdr.
+    query budget for a query tower of an untied one; `jdr_encoder.json` records both budgets for jdr, and
+    `spec.truncate_dim` (the weights stay whole; `config_sentence_transformers.json` records it too, which
+    sentence-transformers reads as its `truncate_dim`: `encode(..., normalize_embeddings=True)` gives jdr's
+    embeddings). The prefixes become ST `prompts` "query" and "passage"
+    (`config_sentence_transformers.json`), so `encode(texts, prompt_name="query")` matches jdr's query tower.
     """
     out_dir = as_path(out_dir)
     flat = flatten_dict(tower_params(params, spec, tower))
@@ -318,9 +351,16 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
             dense = (np.asarray(params["dense"]["kernel"], np.float32), np.asarray(params["dense"]["bias"], np.float32),
                      spec.dense, spec.normalize_before_dense)
         write_st_files(tmp, spec.bert.hidden_size, spec.pooling, spec.normalize, max_len, dense=dense)
-        (tmp / JDR_ENCODER_FILE).write_text(json.dumps(
-            {"tower": "shared" if spec.tied else tower, "query_max_length": spec.query_max_length,
-             "passage_max_length": spec.passage_max_length}, indent=2))
+        st_config = {"prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
+                     "default_prompt_name": None, "similarity_fn_name": "cosine" if spec.normalize else "dot"}
+        if spec.truncate_dim is not None:  # read by sentence-transformers >= 5 (older: pass truncate_dim=k)
+            st_config["truncate_dim"] = spec.truncate_dim
+        (tmp / ST_CONFIG_FILE).write_text(json.dumps(st_config, indent=2))
+        record = {"tower": "shared" if spec.tied else tower, "query_max_length": spec.query_max_length,
+                  "passage_max_length": spec.passage_max_length}
+        if spec.truncate_dim is not None:
+            record["truncate_dim"] = spec.truncate_dim
+        (tmp / JDR_ENCODER_FILE).write_text(json.dumps(record, indent=2))
     return out_dir
 
 

@@ -157,11 +157,12 @@ def encode_texts(
     pack: bool = False,
 ) -> np.ndarray:
     """Embed `texts` with `tower` -> float32 `[N, H]` in the input order: tokenise (truncating at `max_length`,
-    default the tower's budget, which must fit the position table), then `encode_token_ids` (`pack`: see there)."""
+    default the tower's budget, which must fit the position table; the tower's prefix, `spec.prefix(tower)`, put
+    before each text), then `encode_token_ids` (`pack`: see there)."""
     if isinstance(texts, str):
         raise ValueError("encode_texts: texts must be a sequence of strings, not one string")
     max_length = check_max_length(spec, max_length or spec.max_length(tower))
-    tokens, offsets = ragged(token_ids(tokenizer, texts, max_length))
+    tokens, offsets = ragged(token_ids(tokenizer, texts, max_length, prefix=spec.prefix(tower)))
     return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=pad_id(tokenizer),
                             max_length=max_length, batch_size=batch_size, progress=progress, devices=devices,
                             pack=pack)

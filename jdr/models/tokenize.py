@@ -71,9 +71,11 @@ def pad_id(tokenizer: Tokenizer) -> int:
     return 0
 
 
-def token_ids(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text, with special tokens, truncated to `max_length` (unpadded, ragged)."""
-    return [e.ids for e in _truncating(tokenizer, max_length).encode_batch(list(texts))]
+def token_ids(tokenizer: Tokenizer, texts: Sequence[str], max_length: int, *, prefix: str = "") -> list[list[int]]:
+    """Token ids of each text, `prefix` put before it (an E5-style "query: "), with special tokens, truncated to
+    `max_length` (unpadded, ragged)."""
+    texts = [prefix + t for t in texts] if prefix else list(texts)
+    return [e.ids for e in _truncating(tokenizer, max_length).encode_batch(texts)]
 
 
 def ragged(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,9 @@ def selfsup_source(cfg, tokenizer, spec, counts: dict[str, int]) -> TrainingSour
                     "passage_augment": parse_augmentations(s.passage_augment)}
     except ValueError as e:
         raise ConfigError(f"data.selfsup: {e}") from None
+    if spec.query_prefix or spec.passage_prefix:
+        raise ConfigError("model.query_prefix / model.passage_prefix: data.source=selfsup builds pairs from corpus "
+                          "tokens and applies no prefix; set both to \"\"")
     corpus = load_corpus(resolve_dataset(cfg.data.dataset) / "corpus.jsonl")
     from jdr.data.selfsup.sentences import make_splitter
 

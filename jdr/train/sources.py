@@ -129,7 +129,8 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
     source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,
                            passage_max_length=spec.passage_max_length, global_batch_size=global_batch_size,
                            num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix,
-                           memory_passages=None if memory is None else memory[1])
+                           memory_passages=None if memory is None else memory[1],
+                           query_prefix=spec.query_prefix, passage_prefix=spec.passage_prefix)
     dev = None
     if dev_qids:
         dev = LabeledData(data.corpus, {q: data.queries[q] for q in dev_qids}, {q: data.qrels[q] for q in dev_qids},

@@ -65,6 +65,8 @@ def _validate(cfg) -> None:
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
         (cfg.data.source in SOURCE_KINDS, f"data.source must be one of {', '.join(SOURCE_KINDS)}, "
                                           f"got {cfg.data.source!r}"),
+        (not cfg.train.matryoshka_dims or cfg.train.objective == "matryoshka",
+         "train.matryoshka_dims is read by train.objective=matryoshka only; set that too"),
     ]
     for ok, message in checks:
         if not ok:
@@ -93,6 +95,10 @@ def prepare(cfg, workdir) -> Run:
         raise ConfigError("negatives: source 'ann' needs negatives.refresh_every > 0 (ANCE refresh)")
     workdir = as_path(workdir)
     params, spec, tokenizer, model_dir = objective.load_model(cfg)  # the dual encoder unless the objective says
+    try:
+        objective.check_encoder(params, spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
     batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
                            pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),

@@ -55,6 +55,10 @@ class Objective:
     def from_config(cls, cfg) -> Objective:
         raise NotImplementedError
 
+    def check_encoder(self, params, spec) -> None:
+        """Checks against the loaded encoder (e.g. a width the objective needs), before the workdir is written:
+        raise `ValueError` with one line naming the config key."""
+
     def masks_false_negatives(self) -> bool:
         """Whether batches should carry `false_negatives` (the batch builder's relevance mask): True for an
         objective that scores in-batch passages (or other passages that may be a query's own positives)."""
@@ -99,7 +103,8 @@ class Objective:
 
         m = load_model(cfg.model.path, tied=cfg.model.tied, dtype=cfg.model.dtype,
                        query_max_length=cfg.model.query_max_length, passage_max_length=cfg.model.passage_max_length,
-                       pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+                       pooling=cfg.model.pooling, normalize=cfg.model.normalize,
+                       query_prefix=cfg.model.query_prefix, passage_prefix=cfg.model.passage_prefix)
         return m.params, m.spec, m.tokenizer, m.path
 
     def save_description(self, workdir, spec, model_dir) -> None:
