@@ -106,8 +106,7 @@ def wait_for(store: Path, timeout_s: float = 3600) -> None:
 def embeddings(args, root: Path, test) -> dict[str, tuple[np.ndarray, list[str], np.ndarray, list[str]]]:
     """model -> (corpus emb, doc ids, query emb, query ids); queries (and a Matryoshka corpus) cached in ROOT."""
     from jdr.index.store import load_embeddings, save_embeddings
-    from jdr.models import encode_texts
-    from jdr.models.hf import load
+    from jdr.models import encode_texts, load  # any model reference: a workdir too
 
     qids = sorted(test.queries)
     models = {"released": (args.corpus, "minilm")}
@@ -119,13 +118,13 @@ def embeddings(args, root: Path, test) -> dict[str, tuple[np.ndarray, list[str],
         if name == "released":
             wait_for(corpus)
         elif not (corpus / "ids.txt").is_file():
-            params, spec, tok = load(model, passage_max_length=256)
+            params, spec, tok = load(model, step="best", passage_max_length=256)  # the dev-chosen checkpoint
             emb = encode_texts(params, spec, tok, test.corpus.passages(), tower="passage")
             save_embeddings(corpus, emb, test.corpus.ids, model=str(model), tower="passage")
         q_store = root / f"{name}_queries"
         if not (q_store / "ids.txt").is_file():
             if params is None:
-                params, spec, tok = load(model) if name == "mrl" else load(hf_minilm())
+                params, spec, tok = load(model, step="best") if name == "mrl" else load(hf_minilm())
             q = encode_texts(params, spec, tok, [test.queries[i] for i in qids], tower="query")
             save_embeddings(q_store, q, qids, model=str(model), tower="query")
         docs, doc_ids = load_embeddings(corpus, mmap=False)
