@@ -8,6 +8,7 @@ import resource
 import subprocess
 import time
 from pathlib import Path
+
 from jdr.run_info import cpu_model  # noqa: E402,F401  (re-exported; one definition: jdr/run_info.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"

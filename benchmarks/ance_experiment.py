@@ -42,9 +42,15 @@ from jdr.io import atomic_write  # noqa: E402
 from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.py)
 
 ROW_ORDER = ("random", "bm25", "ance", "hybrid", "denoised")
-LABELS = {"released": "all-MiniLM-L6-v2 as released (no fine-tuning)", "sparse": "BM25 (bm25s), sparse",
-          "random": "random negatives", "bm25": "BM25 negatives", "ance": "ANCE (BM25 warm start, ANN every epoch)",
-          "hybrid": "hybrid: 1 BM25 + 2 ANN", "denoised": "denoised ANN (skip top 3, teacher threshold 0)"}
+LABELS = {
+    "released": "all-MiniLM-L6-v2 as released (no fine-tuning)",
+    "sparse": "BM25 (bm25s), sparse",
+    "random": "random negatives",
+    "bm25": "BM25 negatives",
+    "ance": "ANCE (BM25 warm start, ANN every epoch)",
+    "hybrid": "hybrid: 1 BM25 + 2 ANN",
+    "denoised": "denoised ANN (skip top 3, teacher threshold 0)",
+}
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 # Reference costs on the 2-core CPU (issue 16): a step of 32 queries x (1 pos + 1 neg) at passage 256, a corpus
 # encode of 5 183 docs at 256 tokens. The estimate scales them by passage tokens (attention is a small share).
@@ -70,8 +76,14 @@ def steps_per_epoch(cfg) -> tuple[int, int]:
 
     data = load_labeled(cfg.data.source, cfg)
     train_qids, _ = split_dev(data.qrels, cfg.data.dev_queries, cfg.seed)
-    it = GroupIterator(train_qids, {q: data.qrels[q] for q in train_qids}, None,
-                       global_batch_size=cfg.train.global_batch_size, num_negatives=0, seed=cfg.seed)
+    it = GroupIterator(
+        train_qids,
+        {q: data.qrels[q] for q in train_qids},
+        None,
+        global_batch_size=cfg.train.global_batch_size,
+        num_negatives=0,
+        seed=cfg.seed,
+    )
     return it.steps_per_epoch(0), len(data.corpus)
 
 
@@ -97,23 +109,54 @@ class Plan:
         over = [f"seed={seed}", f"train.steps={self.steps}", f"eval.every={self.spe}", f"checkpoint.every={self.spe}"]
         if self.cfgs[row].negatives.refresh_every > 0:
             over.append(f"negatives.refresh_every={self.spe}")
-        return (["train", "--config", str(self.config_dir / f"{row}.py"), "--workdir", str(self.workdir(row, seed)),
-                 "--no-progress"] + [f"--config.{o}" for o in [*self.args.set, *over]])
+        return [
+            "train",
+            "--config",
+            str(self.config_dir / f"{row}.py"),
+            "--workdir",
+            str(self.workdir(row, seed)),
+            "--no-progress",
+        ] + [f"--config.{o}" for o in [*self.args.set, *over]]
 
     def test_cmd(self, model: str, run_dir: Path, step: int | str | None = None) -> list[str]:
-        return (["evaluate", "--model", model] + ([] if step is None else ["--step", str(step)]) +
-                ["--data", self.data, "--split", "test", "--max-length", str(self.args.eval_max_length),
-                 "--run-output", str(run_dir / TEST_RUN), "--json"])
+        return (
+            ["evaluate", "--model", model]
+            + ([] if step is None else ["--step", str(step)])
+            + [
+                "--data",
+                self.data,
+                "--split",
+                "test",
+                "--max-length",
+                str(self.args.eval_max_length),
+                "--run-output",
+                str(run_dir / TEST_RUN),
+                "--json",
+            ]
+        )
 
     def sparse_cmd(self) -> list[str]:
-        return ["search", "--bm25", "--data", self.data, "--split", "test", "--output",
-                str(self.root / "sparse" / TEST_RUN)]
+        return [
+            "search",
+            "--bm25",
+            "--data",
+            self.data,
+            "--split",
+            "test",
+            "--output",
+            str(self.root / "sparse" / TEST_RUN),
+        ]
 
     def estimate(self, row: str) -> float:
         """Seconds for one seed of `row`: steps, dev evals, refreshes, the test encode, ~60 s start-up/compile."""
         c, a = self.cfgs[row], self.args
-        step_s = a.step_seconds * c.train.global_batch_size * (1 + c.negatives.num) * c.model.passage_max_length \
+        step_s = (
+            a.step_seconds
+            * c.train.global_batch_size
+            * (1 + c.negatives.num)
+            * c.model.passage_max_length
             / REF_STEP_TOKENS
+        )
 
         def encode_s(docs, length):
             return a.encode_seconds * docs / REF_DOCS * length / 256
@@ -121,13 +164,22 @@ class Plan:
         dev_docs = (c.eval.corpus_sample + c.data.dev_queries) if c.eval.corpus_sample else self.n_docs
         evals = self.steps // self.spe + (self.steps % self.spe > 0)
         refreshes = (self.steps - 1) // self.spe if c.negatives.refresh_every > 0 else 0
-        return (self.steps * step_s + evals * encode_s(dev_docs, c.model.passage_max_length)
-                + refreshes * encode_s(self.n_docs, c.model.passage_max_length)
-                + encode_s(self.n_docs, a.eval_max_length) + 60)
+        return (
+            self.steps * step_s
+            + evals * encode_s(dev_docs, c.model.passage_max_length)
+            + refreshes * encode_s(self.n_docs, c.model.passage_max_length)
+            + encode_s(self.n_docs, a.eval_max_length)
+            + 60
+        )
 
     def describe(self) -> str:
-        total, lines = 0.0, [f"{len(self.rows)} rows x {len(self.seeds)} seed(s), {self.epochs} epochs = "
-                             f"{self.steps} steps ({self.spe} per epoch); root {self.root}"]
+        total, lines = (
+            0.0,
+            [
+                f"{len(self.rows)} rows x {len(self.seeds)} seed(s), {self.epochs} epochs = "
+                f"{self.steps} steps ({self.spe} per epoch); root {self.root}"
+            ],
+        )
         for row in self.rows:
             est = self.estimate(row)
             total += est * len(self.seeds)
@@ -140,8 +192,10 @@ class Plan:
             released = self.test_cmd(self.args.released_model, self.root / "released")
             lines.append(f"  [released] jdr {shlex.join(released)}")
         lines.append(f"  [sparse] jdr {shlex.join(self.sparse_cmd())}")
-        lines.append(f"estimated total ~{total / 60:.0f} min (step {self.args.step_seconds:g} s at 32 x 2 x 256 "
-                     f"passage tokens, corpus encode {self.args.encode_seconds:g} s at 256 tokens)")
+        lines.append(
+            f"estimated total ~{total / 60:.0f} min (step {self.args.step_seconds:g} s at 32 x 2 x 256 "
+            f"passage tokens, corpus encode {self.args.encode_seconds:g} s at 256 tokens)"
+        )
         return "\n".join(lines)
 
 
@@ -162,8 +216,9 @@ def jdr(cmd: list[str], log: Path) -> str:
         f.write(f"\n$ jdr {shlex.join(cmd)}\n")
         f.flush()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run([sys.executable, "-m", "jdr.cli", *cmd], stdout=subprocess.PIPE, stderr=f, text=True,
-                              env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "jdr.cli", *cmd], stdout=subprocess.PIPE, stderr=f, text=True, env=env
+        )
         f.write(done.stdout)
     if done.returncode != 0:
         raise SystemExit(f"jdr {cmd[0]} failed (exit {done.returncode}); see {log}")
@@ -198,13 +253,23 @@ def run_row(plan: Plan, row: str, seed: int) -> dict:
     step, dev, dev_curve = best_dev_step(wd)
     t0 = time.time()
     out = jdr(plan.test_cmd(str(wd), wd, step), wd.parent / f"seed{seed}.log")
-    record = {"row": row, "seed": seed, "step": step, "dev_ndcg@10": dev, "dev_curve": dev_curve,
-              "test": json.loads(out.strip().splitlines()[-1]), "train_wall_s": train_s,
-              "test_wall_s": time.time() - t0, "final": json.loads((wd / "final_metrics.json").read_text())}
+    record = {
+        "row": row,
+        "seed": seed,
+        "step": step,
+        "dev_ndcg@10": dev,
+        "dev_curve": dev_curve,
+        "test": json.loads(out.strip().splitlines()[-1]),
+        "train_wall_s": train_s,
+        "test_wall_s": time.time() - t0,
+        "final": json.loads((wd / "final_metrics.json").read_text()),
+    }
     with atomic_write(record_path) as f:
         json.dump(record, f, indent=1)
-    print(f"[{row} seed {seed}] step {step}: dev NDCG@10 {dev:.4f}, test NDCG@10 "
-          f"{record['test']['ndcg@10']:.4f}", flush=True)
+    print(
+        f"[{row} seed {seed}] step {step}: dev NDCG@10 {dev:.4f}, test NDCG@10 {record['test']['ndcg@10']:.4f}",
+        flush=True,
+    )
     return record
 
 
@@ -241,60 +306,98 @@ def build_results(plan: Plan, records: dict[str, list[dict]]) -> dict:
         for s, run in zip(plan.seeds, fused):
             write_trec_run(plan.root / f"fused_{method}" / f"seed{s}" / TEST_RUN, run, method, digits=10)
         runs[f"fused_{method}"] = fused
-    labels = {**LABELS, "fused_rrf": f"sparse BM25 + {best} row (RRF, k 60)",
-              "fused_linear": f"sparse BM25 + {best} row (min-max, 1:1)"}
+    labels = {
+        **LABELS,
+        "fused_rrf": f"sparse BM25 + {best} row (RRF, k 60)",
+        "fused_linear": f"sparse BM25 + {best} row (min-max, 1:1)",
+    }
     scores = {name: values(r) for name, r in {**refs, **runs}.items()}
     kw = dict(metrics=METRICS, resamples=plan.args.resamples, seed=0)
     baseline = plan.args.baseline if plan.args.baseline in scores else best
     main_cmp = compare_scores(scores, baseline=baseline, **kw)
-    fusion_cmp = compare_scores({k: scores[k] for k in (best, "sparse", "fused_rrf", "fused_linear")},
-                                baseline=best, **kw)
+    fusion_cmp = compare_scores(
+        {k: scores[k] for k in (best, "sparse", "fused_rrf", "fused_linear")}, baseline=best, **kw
+    )
     extra = {
         "dev NDCG@10": {row: f"{dev[row]:.4f}" for row in records},
         "step (dev)": {row: "/".join(str(r["step"]) for r in recs) for row, recs in records.items()},
-        "train + test min": {row: f"{np.mean([r['train_wall_s'] + r['test_wall_s'] for r in recs]) / 60:.1f}"
-                             for row, recs in records.items()},
+        "train + test min": {
+            row: f"{np.mean([r['train_wall_s'] + r['test_wall_s'] for r in recs]) / 60:.1f}"
+            for row, recs in records.items()
+        },
     }
     if len(plan.seeds) > 1:
-        extra["test NDCG@10 per seed"] = {row: " ".join(f"{r['test']['ndcg@10']:.4f}" for r in recs)
-                                          for row, recs in records.items()}
-    return {"main": main_cmp, "fusion": fusion_cmp, "labels": labels, "extra": extra, "best_dense": best,
-            "dev": dev, "records": records}
+        extra["test NDCG@10 per seed"] = {
+            row: " ".join(f"{r['test']['ndcg@10']:.4f}" for r in recs) for row, recs in records.items()
+        }
+    return {
+        "main": main_cmp,
+        "fusion": fusion_cmp,
+        "labels": labels,
+        "extra": extra,
+        "best_dense": best,
+        "dev": dev,
+        "records": records,
+    }
 
 
 def write_report(plan: Plan, res: dict, out: Path, argv: list[str]) -> str:
     seeds = ",".join(map(str, plan.seeds))
     wds = " ".join(str(plan.workdir(r, plan.seeds[0])) for r in plan.rows)
     names = ",".join([*plan.rows, "sparse"])
-    md = [f"# ANCE experiment with room to differ ({plan.data}, test evaluated once per row)", "",
-          f"Machine: {cpu_model()}, {os.cpu_count()} cores. Command: `python benchmarks/ance_experiment.py "
-          f"{shlex.join(argv)}`. {len(plan.rows)} rows x seeds {seeds}, {plan.epochs} epochs = {plan.steps} steps "
-          f"({plan.spe} per epoch), configs in `{plan.config_dir}` (see base.py for the design). Checkpoint per row: "
-          f"best dev NDCG@10 (dev: {plan.cfgs[plan.rows[0]].data.dev_queries} held-out train queries); test at "
-          f"{plan.args.eval_max_length} tokens. Fused: BM25 + the best dense row by dev NDCG@10 "
-          f"({res['best_dense']}).", "",
-          format_markdown(res["main"], labels=res["labels"], extra=res["extra"]), "",
-          "Fusion against the best dense row alone:", "",
-          format_markdown(res["fusion"], labels=res["labels"]), "",
-          f"Reproduce a table for seed {plan.seeds[0]} with `jdr compare --data {plan.data} --split test {wds} "
-          f"{plan.root}/sparse/{TEST_RUN} --names {names} --baseline {res['main'].baseline} --markdown` (workdirs "
-          f"hold their test_run.trec)."]
+    md = [
+        f"# ANCE experiment with room to differ ({plan.data}, test evaluated once per row)",
+        "",
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores. Command: `python benchmarks/ance_experiment.py "
+        f"{shlex.join(argv)}`. {len(plan.rows)} rows x seeds {seeds}, {plan.epochs} epochs = {plan.steps} steps "
+        f"({plan.spe} per epoch), configs in `{plan.config_dir}` (see base.py for the design). Checkpoint per row: "
+        f"best dev NDCG@10 (dev: {plan.cfgs[plan.rows[0]].data.dev_queries} held-out train queries); test at "
+        f"{plan.args.eval_max_length} tokens. Fused: BM25 + the best dense row by dev NDCG@10 "
+        f"({res['best_dense']}).",
+        "",
+        format_markdown(res["main"], labels=res["labels"], extra=res["extra"]),
+        "",
+        "Fusion against the best dense row alone:",
+        "",
+        format_markdown(res["fusion"], labels=res["labels"]),
+        "",
+        f"Reproduce a table for seed {plan.seeds[0]} with `jdr compare --data {plan.data} --split test {wds} "
+        f"{plan.root}/sparse/{TEST_RUN} --names {names} --baseline {res['main'].baseline} --markdown` (workdirs "
+        f"hold their test_run.trec).",
+    ]
     text = "\n".join(md) + "\n"
     with atomic_write(out.with_suffix(".md")) as f:
         f.write(text)
     with atomic_write(out.with_suffix(".json")) as f:
-        json.dump({"command": ["python", "benchmarks/ance_experiment.py", *argv], "cpu": cpu_model(),
-                   "epochs": plan.epochs, "steps": plan.steps, "steps_per_epoch": plan.spe, "seeds": plan.seeds,
-                   "rows": plan.rows, "configs": {r: to_dict(c) for r, c in plan.cfgs.items()},
-                   "best_dense": res["best_dense"], "dev_ndcg@10": res["dev"], "records": res["records"],
-                   "comparison": res["main"].to_dict(), "fusion": res["fusion"].to_dict()}, f, indent=1)
+        json.dump(
+            {
+                "command": ["python", "benchmarks/ance_experiment.py", *argv],
+                "cpu": cpu_model(),
+                "epochs": plan.epochs,
+                "steps": plan.steps,
+                "steps_per_epoch": plan.spe,
+                "seeds": plan.seeds,
+                "rows": plan.rows,
+                "configs": {r: to_dict(c) for r, c in plan.cfgs.items()},
+                "best_dense": res["best_dense"],
+                "dev_ndcg@10": res["dev"],
+                "records": res["records"],
+                "comparison": res["main"].to_dict(),
+                "fusion": res["fusion"].to_dict(),
+            },
+            f,
+            indent=1,
+        )
     return text
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="configs/ance_exp", help="dir of base.py + row overlays (paths are relative "
-                   "to the current directory: run from the repo root)")
+    p.add_argument(
+        "--configs",
+        default="configs/ance_exp",
+        help="dir of base.py + row overlays (paths are relative to the current directory: run from the repo root)",
+    )
     p.add_argument("--root", default="runs/ance_experiment", help="workdirs of the rows and references")
     p.add_argument("--rows", default=None, help="comma-separated subset of the rows (default: every overlay)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; per-query values averaged over them")
@@ -307,8 +410,11 @@ def main(argv=None) -> int:
     p.add_argument("--step-seconds", type=float, default=13.0, help="estimate: s/step at 32 x 2 x 256 passage tokens")
     p.add_argument("--encode-seconds", type=float, default=300.0, help="estimate: s per 5 183-doc encode at 256")
     p.add_argument("--plan", action="store_true", help="print the commands and the time estimate; run nothing")
-    p.add_argument("--out", default="benchmarks/results/ance_experiment",
-                   help="results path without extension (.md and .json are written)")
+    p.add_argument(
+        "--out",
+        default="benchmarks/results/ance_experiment",
+        help="results path without extension (.md and .json are written)",
+    )
     args = p.parse_args(argv)
     plan = Plan(args)
     print(plan.describe(), flush=True)

@@ -36,9 +36,12 @@ def _row(workdir: Path) -> dict:
     refreshes = final.get("negatives/refreshes", [])
     return {
         "run": workdir.name,
-        "negatives": run["config"]["negatives"]["source"] + (
-            f" ({run['config']['negatives']['refresh_mode']} refresh)" if run["config"]["negatives"]["refresh_every"]
-            else ""),
+        "negatives": run["config"]["negatives"]["source"]
+        + (
+            f" ({run['config']['negatives']['refresh_mode']} refresh)"
+            if run["config"]["negatives"]["refresh_every"]
+            else ""
+        ),
         "steps": final["step"],
         "ndcg@10": final["test/ndcg@10"],
         "mrr@10": final["test/mrr@10"],
@@ -90,20 +93,27 @@ def format_table(rows: list[dict], bare_encode_s: float | None, marks: dict | No
     """Markdown: one row per run. Refresh cost per refresh = encode + index + mine; "/ test encode" divides the
     whole refresh (the loop's wait in sync mode) by the same run's final test evaluation; "/ bare encode" by a
     separately measured bare corpus encode, when given. `marks`: {run: {metric: significance mark}}."""
-    lines = ["| negatives | steps | NDCG@10 | MRR@10 | R@100 | refreshes (skipped) | encode s | index s | mine s "
-             "| loop waited s | refresh / test encode (same run) | refresh / bare encode |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| negatives | steps | NDCG@10 | MRR@10 | R@100 | refreshes (skipped) | encode s | index s | mine s "
+        "| loop waited s | refresh / test encode (same run) | refresh / bare encode |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         n = max(r["refreshes"], 1)
         per = (r["encode_s"] + r["index_s"] + r["mine_s"]) / n
         ratio = f"{per / bare_encode_s:.2f}x" if bare_encode_s and r["refreshes"] else "-"
-        same_run = (" / ".join(f"{s / r['test_eval_s']:.2f}x" for s in r["refresh_s"])
-                    if r["refreshes"] and r.get("test_eval_s") else "-")
+        same_run = (
+            " / ".join(f"{s / r['test_eval_s']:.2f}x" for s in r["refresh_s"])
+            if r["refreshes"] and r.get("test_eval_s")
+            else "-"
+        )
         m = (marks or {}).get(r["run"], {})
-        lines.append(f"| {r['negatives']} | {r['steps']} | {r['ndcg@10']:.4f}{m.get('ndcg@10', '')} | "
-                     f"{r['mrr@10']:.4f}{m.get('mrr@10', '')} | {r['recall@100']:.4f}{m.get('recall@100', '')} | "
-                     f"{r['refreshes']} ({r['skipped']}) | {r['encode_s']:.0f} | "
-                     f"{r['index_s']:.1f} | {r['mine_s']:.1f} | {r['loop_wait_s']:.2f} | {same_run} | {ratio} |")
+        lines.append(
+            f"| {r['negatives']} | {r['steps']} | {r['ndcg@10']:.4f}{m.get('ndcg@10', '')} | "
+            f"{r['mrr@10']:.4f}{m.get('mrr@10', '')} | {r['recall@100']:.4f}{m.get('recall@100', '')} | "
+            f"{r['refreshes']} ({r['skipped']}) | {r['encode_s']:.0f} | "
+            f"{r['index_s']:.1f} | {r['mine_s']:.1f} | {r['loop_wait_s']:.2f} | {same_run} | {ratio} |"
+        )
     if bare_encode_s:
         lines.append(f"\nBare corpus encode of the base model (same machine): {bare_encode_s:.0f} s.")
     return "\n".join(lines)

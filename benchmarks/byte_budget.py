@@ -52,26 +52,43 @@ FLOAT32_NDCG_STATED = 0.6451  # benchmarks/results/distill_vq.md, the same model
 
 def rows(d: int, matryoshka: bool) -> list[dict]:
     """Every row: name, family (one curve in the PNG), model, dims, index kind and its parameters."""
-    out = [dict(name="float32", family="scalar (fp32 / fp16 / int8)", dims=d, faiss="Flat"),
-           dict(name="float16", family="scalar (fp32 / fp16 / int8)", dims=d, faiss="SQfp16"),
-           dict(name="int8", family="scalar (fp32 / fp16 / int8)", dims=d, quantize="int8")]
+    out = [
+        dict(name="float32", family="scalar (fp32 / fp16 / int8)", dims=d, faiss="Flat"),
+        dict(name="float16", family="scalar (fp32 / fp16 / int8)", dims=d, faiss="SQfp16"),
+        dict(name="int8", family="scalar (fp32 / fp16 / int8)", dims=d, quantize="int8"),
+    ]
     out.append(dict(name="binary", family="binary, first k dims", dims=d, quantize="binary"))
     for m in (1, 4, 10):
-        out.append(dict(name=f"binary_rescore{m}", family="binary + int8 rescore (M=10), first k dims"
-                        if m == 10 else "binary + int8 rescore (M=1, 4)", dims=d, quantize="binary", rescore=m))
+        out.append(
+            dict(
+                name=f"binary_rescore{m}",
+                family="binary + int8 rescore (M=10), first k dims" if m == 10 else "binary + int8 rescore (M=1, 4)",
+                dims=d,
+                quantize="binary",
+                rescore=m,
+            )
+        )
     for k in (256, 128, 64, 32):
         out.append(dict(name=f"dim{k}", family="float, first k dims (released)", dims=k, faiss="Flat"))
         out.append(dict(name=f"dim{k}_binary", family="binary, first k dims", dims=k, quantize="binary"))
-        out.append(dict(name=f"dim{k}_binary_rescore10", family="binary + int8 rescore (M=10), first k dims",
-                        dims=k, quantize="binary", rescore=10))
+        out.append(
+            dict(
+                name=f"dim{k}_binary_rescore10",
+                family="binary + int8 rescore (M=10), first k dims",
+                dims=k,
+                quantize="binary",
+                rescore=10,
+            )
+        )
     for b in (48, 16, 8):
         out.append(dict(name=f"pq{b}", family="faiss PQ", dims=d, faiss=f"PQ{b}"))
         out.append(dict(name=f"opq{b}", family="faiss OPQ+PQ", dims=d, faiss=f"OPQ{b},PQ{b}"))
     if matryoshka:
         for k in (384, 256, 128, 64, 32):
             out.append(dict(name=f"mrl{k}", family="Matryoshka-trained, float", dims=k, faiss="Flat", model="mrl"))
-            out.append(dict(name=f"mrl{k}_binary", family="Matryoshka-trained, binary", dims=k, quantize="binary",
-                            model="mrl"))
+            out.append(
+                dict(name=f"mrl{k}_binary", family="Matryoshka-trained, binary", dims=k, quantize="binary", model="mrl")
+            )
     for r in out:
         r.setdefault("model", "released")
         r["label"] = label(r)
@@ -81,8 +98,12 @@ def rows(d: int, matryoshka: bool) -> list[dict]:
 def label(r: dict) -> str:
     who = "Matryoshka model" if r["model"] == "mrl" else "released"
     what = r.get("faiss") or r["quantize"]
-    what = {"Flat": "float32 Flat", "SQfp16": "float16 (faiss SQfp16)", "int8": "int8 (calibrated ranges)",
-            "binary": "binary (Hamming)"}.get(what, f"faiss {what}")
+    what = {
+        "Flat": "float32 Flat",
+        "SQfp16": "float16 (faiss SQfp16)",
+        "int8": "int8 (calibrated ranges)",
+        "binary": "binary (Hamming)",
+    }.get(what, f"faiss {what}")
     if r.get("rescore"):
         what += f" + int8 rescore M={r['rescore']}"
     return f"{who}, {r['dims']} dims, {what}" if r["dims"] != 384 or r["model"] == "mrl" else f"{who}, {what}"
@@ -173,8 +194,11 @@ def run_rows(args, root: Path, plan: list[dict], test) -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
-    todo = [r for r in plan if not ((root / "runs" / f"{r['name']}.trec").is_file()
-                                   and (root / "runs" / f"{r['name']}.json").is_file())]
+    todo = [
+        r
+        for r in plan
+        if not ((root / "runs" / f"{r['name']}.trec").is_file() and (root / "runs" / f"{r['name']}.json").is_file())
+    ]
     if not todo:
         return
     emb = embeddings(args, root, test)
@@ -191,15 +215,24 @@ def run_rows(args, root: Path, plan: list[dict], test) -> None:
 def stated_references() -> list[dict]:
     """Distill-VQ rows as the earlier benchmarks state them (no per-query runs were kept: no paired test)."""
     refs = []
-    for file, keep in (("distill_vq.json", "jdr Distill-VQ OPQ+PQ"),
-                       ("distill_vq_qe.json", "jdr Distill-VQ + query encoder OPQ+PQ")):
+    for file, keep in (
+        ("distill_vq.json", "jdr Distill-VQ OPQ+PQ"),
+        ("distill_vq_qe.json", "jdr Distill-VQ + query encoder OPQ+PQ"),
+    ):
         path = REFERENCES / file
         if not path.is_file():
             continue
         for res in json.loads(path.read_text())["results"]:
             if res["method"] == keep and res.get("nprobe", "-") == "-":
-                refs.append({"label": f"{keep.removeprefix('jdr ')} ({file})", "bytes": res["bytes"],
-                             "ndcg@10": res["ndcg@10"], "recall@100": res["r@100"], "family": "Distill-VQ (stated)"})
+                refs.append(
+                    {
+                        "label": f"{keep.removeprefix('jdr ')} ({file})",
+                        "bytes": res["bytes"],
+                        "ndcg@10": res["ndcg@10"],
+                        "recall@100": res["r@100"],
+                        "family": "Distill-VQ (stated)",
+                    }
+                )
     return refs
 
 
@@ -222,15 +255,20 @@ def goals(res: dict) -> list[str]:
     lines = []
     for m in (1, 4, 10):
         v = means[f"binary_rescore{m}"]["ndcg@10"]
-        lines.append(f"binary + int8 rescore M={m}: NDCG@10 {v:.4f} = {v / base:.1%} of float32 (goal >= 95 %: "
-                     f"{'met' if v >= 0.95 * base else 'missed'})")
-    lines.append(f"binary alone: {means['binary']['ndcg@10'] / base:.1%} of float32; int8: "
-                 f"{means['int8']['ndcg@10'] / base:.1%}")
+        lines.append(
+            f"binary + int8 rescore M={m}: NDCG@10 {v:.4f} = {v / base:.1%} of float32 (goal >= 95 %: "
+            f"{'met' if v >= 0.95 * base else 'missed'})"
+        )
+    lines.append(
+        f"binary alone: {means['binary']['ndcg@10'] / base:.1%} of float32; int8: {means['int8']['ndcg@10'] / base:.1%}"
+    )
     at16 = {n: means[n]["ndcg@10"] for n, c in costs.items() if c["bytes"] <= 16}
     best = max(at16, key=at16.get)
-    lines.append(f"best at <= 16 B/doc searched: {costs[best]['label']} NDCG@10 {at16[best]:.4f} (+ "
-                 f"{costs[best]['rescore_bytes']} B/doc read for rescoring); Distill-VQ stated 0.5875 (index only) / "
-                 f"0.5975 (+ query encoder): goal 'beats 0.59' {'met' if at16[best] > 0.59 else 'missed'}")
+    lines.append(
+        f"best at <= 16 B/doc searched: {costs[best]['label']} NDCG@10 {at16[best]:.4f} (+ "
+        f"{costs[best]['rescore_bytes']} B/doc read for rescoring); Distill-VQ stated 0.5875 (index only) / "
+        f"0.5975 (+ query encoder): goal 'beats 0.59' {'met' if at16[best] > 0.59 else 'missed'}"
+    )
     plain16 = {n: v for n, v in at16.items() if not costs[n]["rescore_bytes"]}
     if plain16:
         b = max(plain16, key=plain16.get)
@@ -239,8 +277,10 @@ def goals(res: dict) -> list[str]:
         if name in means:
             ref = means["mrl384" if name == "mrl64" else "float32"]["ndcg@10"]
             v = means[name]["ndcg@10"]
-            lines.append(f"{who} at 64 dims: NDCG@10 {v:.4f} = {v / ref:.1%} of its own 384 dims (goal for the "
-                         f"Matryoshka model >= 95 %)")
+            lines.append(
+                f"{who} at 64 dims: NDCG@10 {v:.4f} = {v / ref:.1%} of its own 384 dims (goal for the "
+                f"Matryoshka model >= 95 %)"
+            )
     if "mrl64" not in means:
         lines.append("Matryoshka-trained rows: not run here (`--matryoshka-workdir`, configs/scifact_matryoshka.py)")
     return lines
@@ -276,30 +316,55 @@ def plot(res: dict, out: Path) -> None:
 def write(args, res: dict, argv: list[str]) -> str:
     load_note = "" if args.idle else " (under load: the 2-core machine was shared with other jobs)"
     costs = res["costs"]
-    extra = {"bytes/doc": {n: str(c["bytes"]) for n, c in costs.items()},
-             "+ rescore B/doc": {n: str(c["rescore_bytes"] or "") for n, c in costs.items()},
-             "search ms/query" + ("" if args.idle else " (under load)"):
-                 {n: f"{c['ms_per_query']:.3f}" for n, c in costs.items()}}
+    extra = {
+        "bytes/doc": {n: str(c["bytes"]) for n, c in costs.items()},
+        "+ rescore B/doc": {n: str(c["rescore_bytes"] or "") for n, c in costs.items()},
+        "search ms/query" + ("" if args.idle else " (under load)"): {
+            n: f"{c['ms_per_query']:.3f}" for n, c in costs.items()
+        },
+    }
     labels = {n: c["label"] for n, c in costs.items()}
-    refs = ["| stated reference (no per-query runs: no paired test) | NDCG@10 | R@100 | bytes/doc |",
-            "|---|---|---|---|"]
+    refs = [
+        "| stated reference (no per-query runs: no paired test) | NDCG@10 | R@100 | bytes/doc |",
+        "|---|---|---|---|",
+    ]
     refs += [f"| {r['label']} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['bytes']} |" for r in res["references"]]
-    md = ["# Every byte budget in one table (SciFact test, 300 queries)", "",
-          f"Machine: {cpu_model()}, {os.cpu_count()} cores; faiss on 1 thread{load_note}. Command: "
-          f"`python benchmarks/byte_budget.py {shlex.join(argv)}`. Corpus: all-MiniLM-L6-v2 embeddings of the 5 183 "
-          f"SciFact documents at 256 tokens (a `jdr encode` store); queries encoded here. Top {args.top_k} per "
-          f"query. bytes/doc = the codes searched per document (held in RAM); + rescore B/doc = int8 vectors read "
-          f"only for the k*M candidates. Truncated rows keep the first k dims, re-normalised (`--dim k`).", "",
-          format_markdown(res["comparison"], labels=labels, extra=extra), "", *refs, "",
-          "Goals (issue 25):", "", *[f"- {g}" for g in goals(res)], ""]
+    md = [
+        "# Every byte budget in one table (SciFact test, 300 queries)",
+        "",
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; faiss on 1 thread{load_note}. Command: "
+        f"`python benchmarks/byte_budget.py {shlex.join(argv)}`. Corpus: all-MiniLM-L6-v2 embeddings of the 5 183 "
+        f"SciFact documents at 256 tokens (a `jdr encode` store); queries encoded here. Top {args.top_k} per "
+        f"query. bytes/doc = the codes searched per document (held in RAM); + rescore B/doc = int8 vectors read "
+        f"only for the k*M candidates. Truncated rows keep the first k dims, re-normalised (`--dim k`).",
+        "",
+        format_markdown(res["comparison"], labels=labels, extra=extra),
+        "",
+        *refs,
+        "",
+        "Goals (issue 25):",
+        "",
+        *[f"- {g}" for g in goals(res)],
+        "",
+    ]
     text = "\n".join(md)
     with atomic_write(RESULTS / "byte_budget.md") as f:
         f.write(text)
     with atomic_write(RESULTS / "byte_budget.json") as f:
-        json.dump({"command": ["python", "benchmarks/byte_budget.py", *argv], "cpu": cpu_model(),
-                   "under_load": not args.idle, "rows": costs, "means": res["means"],
-                   "references": res["references"], "goals": goals(res),
-                   "comparison": res["comparison"].to_dict()}, f, indent=1)
+        json.dump(
+            {
+                "command": ["python", "benchmarks/byte_budget.py", *argv],
+                "cpu": cpu_model(),
+                "under_load": not args.idle,
+                "rows": costs,
+                "means": res["means"],
+                "references": res["references"],
+                "goals": goals(res),
+                "comparison": res["comparison"].to_dict(),
+            },
+            f,
+            indent=1,
+        )
     plot(res, RESULTS / "byte_budget.png")
     return text
 

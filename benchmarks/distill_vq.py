@@ -34,19 +34,18 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from jdr.compare import MARK, adjust_pvalues, mean_ci, paired_test
 from jdr.config import apply_overrides, load_config, to_dict
 from jdr.data.beir import load_beir
-from jdr.compare import MARK, adjust_pvalues, mean_ci, paired_test
 from jdr.evaluate import per_query_metrics, search_run
 from jdr.index.faiss_index import build_index, load_index, save_index, search
 from jdr.io import atomic_write
-from jdr.vq.teacher import load_teacher
 from jdr.vq.config import vq_config
 from jdr.vq.export import export_faiss
 from jdr.vq.init import read_faiss
 from jdr.vq.layer import VQSpec
+from jdr.vq.teacher import load_teacher
 from jdr.vq.train import teacher_recall, train_distill_vq
-
 
 FAISS_METHODS = ("PQ", "OPQ+PQ", "IVFPQ", "OPQ+IVFPQ")
 
@@ -70,8 +69,10 @@ def evaluate_row(index, name, nlist, nprobe, test_q, test_ids, doc_ids, qrels, d
     probe = min(nprobe, nlist) if nlist else None
     run = search_run(test_q, test_ids, index, doc_ids, 1000, nprobe=probe)
     rows = search(index, test_q, 100, nprobe=probe)[1]
-    per_query = {m: np.array(list(v.values())) for m, v in
-                 per_query_metrics(qrels, run, metrics=("ndcg@10", "recall@100")).items()}
+    per_query = {
+        m: np.array(list(v.values()))
+        for m, v in per_query_metrics(qrels, run, metrics=("ndcg@10", "recall@100")).items()
+    }
     lo, hi = mean_ci(per_query["ndcg@10"])
     return {
         "method": name,
@@ -107,8 +108,10 @@ def add_significance(results: list[dict], per_query: list[dict], resamples: int 
     for r in results:
         if "significance" in r:
             t = r["significance"]["ndcg@10"]
-            r["vs faiss (NDCG@10)"] = (f"{t['diff']:+.3f} [{t['diff_ci'][0]:+.3f}, {t['diff_ci'][1]:+.3f}] "
-                                      f"p {t['p_adjusted']:.3g}" + (MARK if t["significant"] else ""))
+            r["vs faiss (NDCG@10)"] = (
+                f"{t['diff']:+.3f} [{t['diff_ci'][0]:+.3f}, {t['diff_ci'][1]:+.3f}] "
+                f"p {t['p_adjusted']:.3g}" + (MARK if t["significant"] else "")
+            )
 
 
 def trained_faiss_index(docs, factory, seed, cache):
@@ -126,8 +129,24 @@ def trained_faiss_index(docs, factory, seed, cache):
     return index, train_s
 
 
-def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes, nlist, nprobes, cfg,
-                  cache=None, distill=True, tower=None, texts=None, methods=FAISS_METHODS):
+def run_benchmark(
+    docs,
+    doc_ids,
+    train_q,
+    test_q,
+    test_ids,
+    qrels,
+    *,
+    code_bytes,
+    nlist,
+    nprobes,
+    cfg,
+    cache=None,
+    distill=True,
+    tower=None,
+    texts=None,
+    methods=FAISS_METHODS,
+):
     """All methods at every code size -> list of result rows (dicts). IVF methods get one row per nprobe.
     Distill-VQ starts from the very faiss OPQ index reported beside it (its train_s includes that training).
     With `tower` (a `QueryTower` of the teacher) and `texts` = (train texts, test texts), also "Distill-VQ + query
@@ -138,7 +157,7 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
     results, per_query = [], []
 
     def emit(index, name, nl, train_s, b, queries=test_q):
-        for probe in (sorted({min(p, nl) for p in nprobes}) if nl else [0]):
+        for probe in sorted({min(p, nl) for p in nprobes}) if nl else [0]:
             row, values = evaluate_row(index, name, nl, probe, queries, test_ids, doc_ids, qrels, dense_rows, train_s)
             results.append(row | {"bytes": b})
             per_query.append(values)
@@ -148,7 +167,12 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
 
     for b in code_bytes:
         inits = {}
-        for name, nl, opq in (("PQ", 0, False), ("OPQ+PQ", 0, True), ("IVFPQ", nlist, False), ("OPQ+IVFPQ", nlist, True)):
+        for name, nl, opq in (
+            ("PQ", 0, False),
+            ("OPQ+PQ", 0, True),
+            ("IVFPQ", nlist, False),
+            ("OPQ+IVFPQ", nlist, True),
+        ):
             if name not in methods:
                 continue
             spec = VQSpec(d=d, M=b, K=256, nlist=nl, opq=opq)
@@ -171,25 +195,43 @@ def run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, *, code_bytes
             c = copy.deepcopy(cfg)
             c.vq.M, c.vq.nlist, c.vq.opq, c.train.query_encoder = b, 0, True, True
             t0 = time.time()
-            res = train_distill_vq(docs, train_q, c, init=read_faiss(index, spec, docs), query_tower=tower,
-                                   query_texts=texts[0])
+            res = train_distill_vq(
+                docs, train_q, c, init=read_faiss(index, spec, docs), query_tower=tower, query_texts=texts[0]
+            )
             train_s = faiss_s + time.time() - t0
-            emit(export_faiss(res.vq, docs), "jdr Distill-VQ + query encoder OPQ+PQ", 0, train_s, b,
-                 queries=res.query_tower.embed(texts[1]))
+            emit(
+                export_faiss(res.vq, docs),
+                "jdr Distill-VQ + query encoder OPQ+PQ",
+                0,
+                train_s,
+                b,
+                queries=res.query_tower.embed(texts[1]),
+            )
     add_significance(results, per_query)
     return results
 
 
 def format_table(results) -> str:
     """Markdown table of result rows; `†` marks a difference significant after correction."""
-    cols = ["bytes", "method", "nprobe", "dense_r@10", "dense_r@100", "ndcg@10", "ndcg@10 95% CI", "r@100",
-            "vs faiss (NDCG@10)", "train_s"]
+    cols = [
+        "bytes",
+        "method",
+        "nprobe",
+        "dense_r@10",
+        "dense_r@100",
+        "ndcg@10",
+        "ndcg@10 95% CI",
+        "r@100",
+        "vs faiss (NDCG@10)",
+        "train_s",
+    ]
     if any("vs config (NDCG@10)" in r for r in results):  # the ablation's dev-chosen rows
         cols.insert(-1, "vs config (NDCG@10)")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
-        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                                       for c in cols) + " |")
+        lines.append(
+            "| " + " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -201,8 +243,11 @@ def _load(cfg):
     train_q = np.concatenate([teacher.queries(train_ids), teacher.pseudo_queries()])
     test = load_beir(data_dir, "test")
     test_ids = list(test.qrels)
-    print(f"{len(teacher.doc_ids)} docs, {len(train_ids)} train queries + {len(train_q) - len(train_ids)} "
-          f"pseudo-queries, {len(test_ids)} test queries", file=sys.stderr)
+    print(
+        f"{len(teacher.doc_ids)} docs, {len(train_ids)} train queries + {len(train_q) - len(train_ids)} "
+        f"pseudo-queries, {len(test_ids)} test queries",
+        file=sys.stderr,
+    )
     inputs = teacher.doc_emb, teacher.doc_ids, train_q, teacher.queries(test_ids), test_ids, test.qrels
     return inputs, teacher, (train_ids, test_ids), data_dir
 
@@ -227,14 +272,28 @@ def main(argv=None) -> int:
     p.add_argument("--nprobe", default="16,64", help="lists probed at search, comma-separated")
     p.add_argument("--cache", help="dir to keep / reuse trained faiss indexes (<factory>.s<seed>.faiss)")
     p.add_argument("--faiss-only", action="store_true", help="skip Distill-VQ (e.g. to fill --cache)")
-    p.add_argument("--query-encoder", action="store_true",
-                   help="add Distill-VQ + query encoder (OPQ+PQ; lr train.encoder_lr; needs no pseudo-queries)")
-    p.add_argument("--methods", default=",".join(FAISS_METHODS),
-                   help="faiss baselines to run, comma-separated (Distill-VQ starts from the OPQ ones)")
-    p.add_argument("--ablation", action="store_true", help="dev-set ablation, then the dev-chosen config on test "
-                   "(benchmarks/distill_vq_ablation.py); --methods picks OPQ+PQ and/or OPQ+IVFPQ")
-    p.add_argument("--dev-queries", type=int, default=None, help="--ablation: train queries held out as dev "
-                   "(default: the config's data.dev_queries, else 100)")
+    p.add_argument(
+        "--query-encoder",
+        action="store_true",
+        help="add Distill-VQ + query encoder (OPQ+PQ; lr train.encoder_lr; needs no pseudo-queries)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(FAISS_METHODS),
+        help="faiss baselines to run, comma-separated (Distill-VQ starts from the OPQ ones)",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="dev-set ablation, then the dev-chosen config on test "
+        "(benchmarks/distill_vq_ablation.py); --methods picks OPQ+PQ and/or OPQ+IVFPQ",
+    )
+    p.add_argument(
+        "--dev-queries",
+        type=int,
+        default=None,
+        help="--ablation: train queries held out as dev (default: the config's data.dev_queries, else 100)",
+    )
     p.add_argument("--no-test", action="store_true", help="--ablation: stop after the dev choice")
     p.add_argument("--out", help="write the results as JSON here (and, with --ablation, markdown beside it)")
     p.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (0 = faiss's default)")
@@ -266,16 +325,48 @@ def main(argv=None) -> int:
             tower, texts = teacher.query_tower(), (teacher.texts(train_ids), teacher.texts(test_ids))
         code_bytes = [int(b) for b in a.bytes.split(",")]
     if a.ablation:
-        return _ablation(a, cfg, docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes, methods,
-                         None if a.random else (teacher, data_dir))
-    results = run_benchmark(docs, doc_ids, train_q, test_q, test_ids, qrels, code_bytes=code_bytes, nlist=a.nlist,
-                            nprobes=[int(x) for x in a.nprobe.split(",")], cfg=cfg, cache=a.cache,
-                            distill=not a.faiss_only, tower=tower, texts=texts, methods=methods)
+        return _ablation(
+            a,
+            cfg,
+            docs,
+            doc_ids,
+            train_q,
+            test_q,
+            test_ids,
+            qrels,
+            code_bytes,
+            methods,
+            None if a.random else (teacher, data_dir),
+        )
+    results = run_benchmark(
+        docs,
+        doc_ids,
+        train_q,
+        test_q,
+        test_ids,
+        qrels,
+        code_bytes=code_bytes,
+        nlist=a.nlist,
+        nprobes=[int(x) for x in a.nprobe.split(",")],
+        cfg=cfg,
+        cache=a.cache,
+        distill=not a.faiss_only,
+        tower=tower,
+        texts=texts,
+        methods=methods,
+    )
     print(format_table(results))
     if a.out:
         with atomic_write(a.out) as f:
-            json.dump({"command": " ".join(["python", "benchmarks/distill_vq.py", *sys.argv[1:]]),
-                       "config": to_dict(cfg), "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "command": " ".join(["python", "benchmarks/distill_vq.py", *sys.argv[1:]]),
+                    "config": to_dict(cfg),
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 
@@ -289,9 +380,22 @@ def _ablation(a, cfg, docs, doc_ids, train_q, test_q, test_ids, qrels, code_byte
         inputs = random_dev_split(train_q, docs, a.dev_queries or 60)
     else:
         inputs = _dev_inputs(cfg, *teacher, a.dev_queries or cfg.data.dev_queries or 100)
-    out = run_ablation(docs, doc_ids, *inputs, train_q, test_q, test_ids, qrels, code_bytes=code_bytes,
-                       nlist=a.nlist, nprobes=[int(x) for x in a.nprobe.split(",")], cfg=cfg, cache=a.cache,
-                       methods=methods or ("OPQ+PQ",), test=not a.no_test)
+    out = run_ablation(
+        docs,
+        doc_ids,
+        *inputs,
+        train_q,
+        test_q,
+        test_ids,
+        qrels,
+        code_bytes=code_bytes,
+        nlist=a.nlist,
+        nprobes=[int(x) for x in a.nprobe.split(",")],
+        cfg=cfg,
+        cache=a.cache,
+        methods=methods or ("OPQ+PQ",),
+        test=not a.no_test,
+    )
     command = " ".join(["python", "benchmarks/distill_vq.py", *sys.argv[1:]])
     text = f"Command: `{command}`\n\nDev ({len(inputs[2])} held-out train queries):\n\n{format_ablation(out)}"
     if "test" in out:

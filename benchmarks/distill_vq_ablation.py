@@ -27,8 +27,8 @@ import sys
 import time
 
 import numpy as np
-
 from distill_vq import add_significance, evaluate_row, trained_faiss_index  # the main benchmark's helpers
+
 from jdr.compare import MARK, adjust_pvalues, paired_test
 from jdr.config import apply_overrides
 from jdr.index.faiss_index import build_index, search
@@ -38,11 +38,18 @@ from jdr.vq.layer import VQSpec
 from jdr.vq.train import train_distill_vq
 
 FACTORS = {  # factor -> {variant name: overrides}
-    "candidates": {"topk=25": ["train.topk=25"], "topk=100": ["train.topk=100"], "topk=200": ["train.topk=200"],
-                   "no in-batch": ["train.in_batch=False"]},
+    "candidates": {
+        "topk=25": ["train.topk=25"],
+        "topk=100": ["train.topk=100"],
+        "topk=200": ["train.topk=200"],
+        "no in-batch": ["train.in_batch=False"],
+    },
     "loss": {"KL": ["train.loss=kl_distill"]},
-    "loss_temperature": {"T=0.02": ["train.loss_temperature=0.02"], "T=0.1": ["train.loss_temperature=0.1"],
-                         "T=0.2": ["train.loss_temperature=0.2"]},
+    "loss_temperature": {
+        "T=0.02": ["train.loss_temperature=0.02"],
+        "T=0.1": ["train.loss_temperature=0.1"],
+        "T=0.2": ["train.loss_temperature=0.2"],
+    },
     "tau": {"tau=0.05": ["train.tau=0.05"], "tau=0.2": ["train.tau=0.2"]},
     "ivf_weight": {"ivf_weight=0": ["train.ivf_weight=0.0"], "ivf_weight=2": ["train.ivf_weight=2.0"]},
 }
@@ -69,8 +76,26 @@ def _distill(docs, train_q, cfg, overrides, b, spec, index):
     return export_faiss(vq, docs), time.time() - t0
 
 
-def run_ablation(docs, doc_ids, train_q, dev_q, dev_ids, dev_qrels, all_train_q, test_q, test_ids, test_qrels, *,
-                 code_bytes, nlist, nprobes, cfg, cache=None, methods=("OPQ+PQ", "OPQ+IVFPQ"), test=True) -> dict:
+def run_ablation(
+    docs,
+    doc_ids,
+    train_q,
+    dev_q,
+    dev_ids,
+    dev_qrels,
+    all_train_q,
+    test_q,
+    test_ids,
+    test_qrels,
+    *,
+    code_bytes,
+    nlist,
+    nprobes,
+    cfg,
+    cache=None,
+    methods=("OPQ+PQ", "OPQ+IVFPQ"),
+    test=True,
+) -> dict:
     """The ablation (module docstring) -> {"dev": rows, "chosen": {(bytes, method): overrides}, "test": rows}.
     `train_q` = train queries minus dev (ablation), `all_train_q` = every train query (the final test rows)."""
     d = docs.shape[1]
@@ -87,8 +112,12 @@ def run_ablation(docs, doc_ids, train_q, dev_q, dev_ids, dev_qrels, all_train_q,
                 row = evaluate_row(ix, name, nl, probe, dev_q, dev_ids, doc_ids, dev_qrels, dense_dev, train_s)[0]
                 row |= {"bytes": b, "structure": method, "factor": factor, "overrides": list(overrides)}
                 dev_rows.append(row)
-                print(f"dev {b} B {method} {name}: NDCG@10 {row['ndcg@10']:.4f} dense-R@10 {row['dense_r@10']:.4f} "
-                      f"({train_s:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"dev {b} B {method} {name}: NDCG@10 {row['ndcg@10']:.4f} dense-R@10 {row['dense_r@10']:.4f} "
+                    f"({train_s:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return row
 
             score(index, f"faiss {method}", [], faiss_s, "faiss")
@@ -97,22 +126,28 @@ def run_ablation(docs, doc_ids, train_q, dev_q, dev_ids, dev_qrels, all_train_q,
             for factor, variants in FACTORS.items():
                 if factor == "ivf_weight" and not nl:
                     continue
-                rows = [score(*_distill_named(docs, train_q, cfg, o, b, spec, index, name), factor)
-                        for name, o in variants.items() if not _is_noop(cfg, o)]
+                rows = [
+                    score(*_distill_named(docs, train_q, cfg, o, b, spec, index, name), factor)
+                    for name, o in variants.items()
+                    if not _is_noop(cfg, o)
+                ]
                 best = max(rows, key=_key, default=None)
                 if best is not None and _key(best) > _key(base):
                     winners.append(best["overrides"])
-            candidates = [r for r in dev_rows if r["bytes"] == b and r["structure"] == method
-                          and r["factor"] != "faiss"]
+            candidates = [
+                r for r in dev_rows if r["bytes"] == b and r["structure"] == method and r["factor"] != "faiss"
+            ]
             if len(winners) > 1:
                 combined = [o for w in winners for o in w]
-                candidates.append(score(*_distill_named(docs, train_q, cfg, combined, b, spec, index,
-                                                        "combined winners"), "combined"))
+                candidates.append(
+                    score(*_distill_named(docs, train_q, cfg, combined, b, spec, index, "combined winners"), "combined")
+                )
             chosen[(b, method)] = max(candidates, key=_key)["overrides"]
     out = {"dev": dev_rows, "chosen": [{"bytes": b, "method": m, "overrides": o} for (b, m), o in chosen.items()]}
     if test:
-        out["test"] = _test_rows(docs, doc_ids, all_train_q, test_q, test_ids, test_qrels, chosen, nlist, nprobes,
-                                 cfg, cache)
+        out["test"] = _test_rows(
+            docs, doc_ids, all_train_q, test_q, test_ids, test_qrels, chosen, nlist, nprobes, cfg, cache
+        )
     return out
 
 
@@ -141,7 +176,7 @@ def _test_rows(docs, doc_ids, train_q, test_q, test_ids, qrels, chosen, nlist, n
             ix, s = _distill(docs, train_q, cfg, o, b, spec, index)
             entries.append((ix, f"jdr Distill-VQ{label} {method}", faiss_s + s, o))
         for ix, name, train_s, o in entries:
-            for probe in (sorted({min(p, nl) for p in nprobes}) if nl else [0]):
+            for probe in sorted({min(p, nl) for p in nprobes}) if nl else [0]:
                 row, values = evaluate_row(ix, name, nl, probe, test_q, test_ids, doc_ids, qrels, dense, train_s)
                 rows.append(row | {"bytes": b, "overrides": o})
                 per_query.append(values)
@@ -159,8 +194,10 @@ def _test_rows(docs, doc_ids, train_q, test_q, test_ids, qrels, chosen, nlist, n
     for r in rows:
         if "vs config" in r:
             t = r["vs config"]
-            r["vs config (NDCG@10)"] = (f"{t['diff']:+.3f} [{t['diff_ci'][0]:+.3f}, {t['diff_ci'][1]:+.3f}] "
-                                       f"p {t['p_adjusted']:.3g}" + (MARK if t["significant"] else ""))
+            r["vs config (NDCG@10)"] = (
+                f"{t['diff']:+.3f} [{t['diff_ci'][0]:+.3f}, {t['diff_ci'][1]:+.3f}] "
+                f"p {t['p_adjusted']:.3g}" + (MARK if t["significant"] else "")
+            )
     return rows
 
 
@@ -179,6 +216,8 @@ def format_ablation(out: dict) -> str:
     for r in out["dev"]:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     lines.append("")
-    lines += [f"- {c['bytes']} B {c['method']}: dev-chosen overrides {c['overrides'] or '(the config)'}"
-              for c in out["chosen"]]
+    lines += [
+        f"- {c['bytes']} B {c['method']}: dev-chosen overrides {c['overrides'] or '(the config)'}"
+        for c in out["chosen"]
+    ]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ import time
 
 from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child
 
+
 def load_texts(data: str | None, n: int) -> list[str]:
     """The first `n` passages of the BEIR corpus `data` (a dir or a name: jdr.data.resolve_dataset)."""
     from jdr.data.beir import load_corpus, resolve_dataset
@@ -50,8 +51,7 @@ def child_jdr(args) -> dict:
     import jax
     import numpy as np
 
-    from jdr.models import hf
-    from jdr.models import inference
+    from jdr.models import hf, inference
     from jdr.models.tokenize import bucket_length, token_ids
 
     params, spec, tok = hf.load(hf.find_minilm(), passage_max_length=args.max_length)
@@ -77,9 +77,16 @@ def child_jdr(args) -> dict:
         cost = fn.lower(placed, ids, ids).compile().cost_analysis()
         flops += float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
     seconds = statistics.median(times)
-    return {"docs_per_s": len(texts) / seconds, "seconds": times, "flops_per_pass": flops,
-            "gflop_per_s": flops / seconds / 1e9, "matmul_peak_gflop_per_s": matmul_peak() / 1e9,
-            "peak_rss_mib": peak_rss_mib(), "devices": len(jax.local_devices()), "jax": jax.__version__}
+    return {
+        "docs_per_s": len(texts) / seconds,
+        "seconds": times,
+        "flops_per_pass": flops,
+        "gflop_per_s": flops / seconds / 1e9,
+        "matmul_peak_gflop_per_s": matmul_peak() / 1e9,
+        "peak_rss_mib": peak_rss_mib(),
+        "devices": len(jax.local_devices()),
+        "jax": jax.__version__,
+    }
 
 
 def child_st(args) -> dict:
@@ -102,8 +109,14 @@ def child_st(args) -> dict:
         start = time.perf_counter()
         model.encode(texts, **kw)
         times.append(time.perf_counter() - start)
-    return {"docs_per_s": len(texts) / statistics.median(times), "seconds": times, "peak_rss_mib": peak_rss_mib(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "dtype": args.dtype}
+    return {
+        "docs_per_s": len(texts) / statistics.median(times),
+        "seconds": times,
+        "peak_rss_mib": peak_rss_mib(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+    }
 
 
 def write_results(result: dict) -> None:
@@ -134,11 +147,17 @@ def _table(section: dict, dtype: str | None) -> list[str]:
     ]
     for i, r in enumerate(section["rounds"]):
         j, s = r["jdr"], r.get("st")
-        lines.append(f"| {i} | {j['docs_per_s']:.1f} | {s['docs_per_s']:.1f} | {j['docs_per_s'] / s['docs_per_s']:.2f} "
-                     if s else f"| {i} | {j['docs_per_s']:.1f} | — | — ")
-        lines[-1] += (f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | "
-                      f"{s['peak_rss_mib']:.0f} |" if s else
-                      f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | — |")
+        lines.append(
+            f"| {i} | {j['docs_per_s']:.1f} | {s['docs_per_s']:.1f} | {j['docs_per_s'] / s['docs_per_s']:.2f} "
+            if s
+            else f"| {i} | {j['docs_per_s']:.1f} | — | — "
+        )
+        lines[-1] += (
+            f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | "
+            f"{s['peak_rss_mib']:.0f} |"
+            if s
+            else f"| {j['gflop_per_s']:.0f} | {j['matmul_peak_gflop_per_s']:.0f} | {j['peak_rss_mib']:.0f} | — |"
+        )
     if "jdr_over_st" in section:
         lines += ["", f"**jdr / sentence-transformers = {section['jdr_over_st']:.2f}x** (median of rounds)."]
     return lines
@@ -152,8 +171,11 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (both sides)")
-    ap.add_argument("--dtypes", default=None,
-                    help="comma list (float32,bfloat16): every dtype each round, each against the peer's same dtype")
+    ap.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list (float32,bfloat16): every dtype each round, each against the peer's same dtype",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds (one child per side per round)")
     ap.add_argument("--timed", type=int, default=2, help="timed passes per child after one warm-up pass")
     ap.add_argument("--st-python", default=sys.executable, help="python with torch + sentence-transformers")
@@ -166,8 +188,12 @@ def main() -> None:
     dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]
     if not set(dtypes) <= {"float32", "bfloat16"}:
         ap.error(f"--dtypes: {args.dtypes!r} (known: float32, bfloat16)")
-    base = [f"--docs={args.docs}", f"--max-length={args.max_length}", f"--batch={args.batch}",
-            f"--timed={args.timed}"] + ([f"--data={args.data}"] if args.data else [])
+    base = [
+        f"--docs={args.docs}",
+        f"--max-length={args.max_length}",
+        f"--batch={args.batch}",
+        f"--timed={args.timed}",
+    ] + ([f"--data={args.data}"] if args.data else [])
     result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model()}
     sections = {d: {"rounds": []} for d in dtypes}
     for i in range(args.repeats):
@@ -181,8 +207,11 @@ def main() -> None:
                     result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
                     args.skip_st = True
             sections[dtype]["rounds"].append(rnd)
-            print(f"round {i} {dtype}: jdr {rnd['jdr']['docs_per_s']:.1f} docs/s"
-                  + (f", sentence-transformers {rnd['st']['docs_per_s']:.1f} docs/s" if "st" in rnd else ""), flush=True)
+            print(
+                f"round {i} {dtype}: jdr {rnd['jdr']['docs_per_s']:.1f} docs/s"
+                + (f", sentence-transformers {rnd['st']['docs_per_s']:.1f} docs/s" if "st" in rnd else ""),
+                flush=True,
+            )
     for dtype, section in sections.items():
         rounds = section["rounds"]
         section["jdr_docs_per_s"] = statistics.median(r["jdr"]["docs_per_s"] for r in rounds)
@@ -190,12 +219,16 @@ def main() -> None:
             section["st_docs_per_s"] = statistics.median(r["st"]["docs_per_s"] for r in rounds)
             section["jdr_over_st"] = statistics.median(r["jdr"]["docs_per_s"] / r["st"]["docs_per_s"] for r in rounds)
         last = rounds[-1]["jdr"]
-        print(f"{dtype}: jdr {section['jdr_docs_per_s']:.1f} docs/s ({last['gflop_per_s']:.0f} GFLOP/s of a "
-              f"{last['matmul_peak_gflop_per_s']:.0f} GFLOP/s f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
-              + (f"; sentence-transformers {section['st_docs_per_s']:.1f} docs/s (peak RSS "
-                 f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB); jdr / ST = {section['jdr_over_st']:.2f}x"
-                 if "jdr_over_st" in section else f"; sentence-transformers skipped: "
-                 f"{result.get('st_skipped', '--skip-st')}"))
+        print(
+            f"{dtype}: jdr {section['jdr_docs_per_s']:.1f} docs/s ({last['gflop_per_s']:.0f} GFLOP/s of a "
+            f"{last['matmul_peak_gflop_per_s']:.0f} GFLOP/s f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
+            + (
+                f"; sentence-transformers {section['st_docs_per_s']:.1f} docs/s (peak RSS "
+                f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB); jdr / ST = {section['jdr_over_st']:.2f}x"
+                if "jdr_over_st" in section
+                else f"; sentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"
+            )
+        )
     print(f"CPU: {result['cpu']}")
     if len(dtypes) == 1:
         result.update(sections[dtypes[0]])  # the single-dtype layout of encode.json, as before

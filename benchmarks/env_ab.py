@@ -48,8 +48,11 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> dict:
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     rec = {"wall_s": time.perf_counter() - start, "rc": out.returncode}
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rec.update(user_s=after.ru_utime - before.ru_utime, sys_s=after.ru_stime - before.ru_stime,
-               minor_faults=after.ru_minflt - before.ru_minflt)
+    rec.update(
+        user_s=after.ru_utime - before.ru_utime,
+        sys_s=after.ru_stime - before.ru_stime,
+        minor_faults=after.ru_minflt - before.ru_minflt,
+    )
     if out.returncode:
         rec["error"] = (out.stderr.strip().splitlines() or ["?"])[-1][:300]
         return rec
@@ -86,25 +89,41 @@ def main() -> None:
         for name, env in arms:
             rnd[name] = run_measured(cmd, env)
             r = rnd[name]
-            print(f"round {i} {name}: " + (r.get("error") or
-                  f"steady {r.get('steady_s', float('nan')):.3f} s, wall {r['wall_s']:.1f} s, user {r['user_s']:.1f} s, "
-                  f"sys {r['sys_s']:.1f} s, minor faults {r['minor_faults']}"), flush=True)
+            print(
+                f"round {i} {name}: "
+                + (
+                    r.get("error")
+                    or f"steady {r.get('steady_s', float('nan')):.3f} s, wall {r['wall_s']:.1f} s, user {r['user_s']:.1f} s, "
+                    f"sys {r['sys_s']:.1f} s, minor faults {r['minor_faults']}"
+                ),
+                flush=True,
+            )
         rounds.append(rnd)
-    result = {"cpu": cpu_model(), "command": "python benchmarks/env_ab.py " + " ".join(sys.argv[1:]),
-              "note": args.note, "arms": {n: e for n, e in arms}, "rounds": rounds}
+    result = {
+        "cpu": cpu_model(),
+        "command": "python benchmarks/env_ab.py " + " ".join(sys.argv[1:]),
+        "note": args.note,
+        "arms": {n: e for n, e in arms},
+        "rounds": rounds,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Environment A/B: {args.out}", "", f"CPU: {result['cpu']}. Command: `{result['command']}`."
-             + (f" {args.note}" if args.note else ""), "",
-             "| arm | environment | steady s (median of rounds) | per round | timed call CPU s user / sys | "
-             "minor faults per call | whole child: wall s | user s | sys s | minor faults | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Environment A/B: {args.out}",
+        "",
+        f"CPU: {result['cpu']}. Command: `{result['command']}`." + (f" {args.note}" if args.note else ""),
+        "",
+        "| arm | environment | steady s (median of rounds) | per round | timed call CPU s user / sys | "
+        "minor faults per call | whole child: wall s | user s | sys s | minor faults | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     base = None
     for name, env in arms:
         runs = [r[name] for r in rounds if "error" not in r[name]]
         if not runs:
             lines.append(f"| {name} | `{env}` | failed: {rounds[0][name].get('error')} | | | | | |")
             continue
+
         def med(key, runs=runs):
             values = [r[key] for r in runs if key in r]
             return statistics.median(values) if values else float("nan")
@@ -113,10 +132,12 @@ def main() -> None:
         base = steady if base is None else base
         env_text = ";".join(f"{k}={v}" for k, v in env.items()) or "(unchanged)"
         per_round = ", ".join(f"{r.get('steady_s', float('nan')):.2f}" for r in runs)
-        lines.append(f"| {name} | `{env_text}` | {steady:.3f} ({base / steady:.2f}x the speed of {arms[0][0]}) | "
-                     f"{per_round} | {med('user_s_per_call'):.2f} / {med('sys_s_per_call'):.2f} | "
-                     f"{med('minor_faults_per_call'):.0f} | {med('wall_s'):.1f} | {med('user_s'):.1f} | {med('sys_s'):.1f} | "
-                     f"{med('minor_faults'):.0f} | {med('peak_rss_mib'):.0f} |")
+        lines.append(
+            f"| {name} | `{env_text}` | {steady:.3f} ({base / steady:.2f}x the speed of {arms[0][0]}) | "
+            f"{per_round} | {med('user_s_per_call'):.2f} / {med('sys_s_per_call'):.2f} | "
+            f"{med('minor_faults_per_call'):.0f} | {med('wall_s'):.1f} | {med('user_s'):.1f} | {med('sys_s'):.1f} | "
+            f"{med('minor_faults'):.0f} | {med('peak_rss_mib'):.0f} |"
+        )
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.py)
 
 
@@ -44,19 +45,42 @@ def count_in_batch(qrels: dict, *, batch: int = 32, epochs: int = 5, seed: int =
         per_row.extend((relevance_mask(exs, 0, len(exs)).sum(1) - 1).tolist())  # minus the own positive
     per_row = np.asarray(per_row)
     positives = [len(v) for v in relevant.values()]
-    return {"queries": len(qids), "pairs": len(it.pairs), "positives_per_query_mean": float(np.mean(positives)),
-            "batch": batch, "epochs": epochs, "rows_counted": int(len(per_row)),
-            "relevant_in_batch_per_query": float(per_row.mean()),
-            "queries_meeting_at_least_one": float((per_row > 0).mean())}
+    return {
+        "queries": len(qids),
+        "pairs": len(it.pairs),
+        "positives_per_query_mean": float(np.mean(positives)),
+        "batch": batch,
+        "epochs": epochs,
+        "rows_counted": int(len(per_row)),
+        "relevant_in_batch_per_query": float(per_row.mean()),
+        "queries_meeting_at_least_one": float((per_row > 0).mean()),
+    }
 
 
 def _overrides(model: Path, data: Path, *, mask: bool, seed: int, steps: int, lr: float, export: bool) -> list:
-    return [f"model.path={model}", f"data.dataset={data}", "model.query_max_length=16",
-            "model.passage_max_length=32", "data.dev_queries=0", f"data.mask_false_negatives={mask}",
-            "negatives.source=random", "negatives.num=1", f"train.steps={steps}", "train.global_batch_size=32",
-            f"train.lr={lr}", "train.warmup_steps=10", f"seed={seed}", "eval.every=0", "eval.final_test=true",
-            "eval.batch_size=128", "checkpoint.every=0", "checkpoint.async_save=false", f"export.at_end={export}",
-            "log.every=5", "log.tensorboard=false"]
+    return [
+        f"model.path={model}",
+        f"data.dataset={data}",
+        "model.query_max_length=16",
+        "model.passage_max_length=32",
+        "data.dev_queries=0",
+        f"data.mask_false_negatives={mask}",
+        "negatives.source=random",
+        "negatives.num=1",
+        f"train.steps={steps}",
+        "train.global_batch_size=32",
+        f"train.lr={lr}",
+        "train.warmup_steps=10",
+        f"seed={seed}",
+        "eval.every=0",
+        "eval.final_test=true",
+        "eval.batch_size=128",
+        "checkpoint.every=0",
+        "checkpoint.async_save=false",
+        f"export.at_end={export}",
+        "log.every=5",
+        "log.tensorboard=false",
+    ]
 
 
 def unmasked_floor(model: Path, data: Path, seed: int, steps: int) -> float:
@@ -65,14 +89,17 @@ def unmasked_floor(model: Path, data: Path, seed: int, steps: int) -> float:
     from jdr.config import load_config
     from jdr.train.trainer import prepare
 
-    run = prepare(load_config(None, _overrides(model, data, mask=True, seed=seed, steps=steps, lr=1e-3,
-                                               export=False)), Path(tempfile.mkdtemp()))
+    run = prepare(
+        load_config(None, _overrides(model, data, mask=True, seed=seed, steps=steps, lr=1e-3, export=False)),
+        Path(tempfile.mkdtemp()),
+    )
     ks = [run.batches(run.source.next_batch())["false_negatives"] for _ in range(steps)]
     return float(np.mean([np.log(m.reshape(-1, m.shape[-1]).sum(1)) for m in ks]))  # sum counts the own positive
 
 
-def train_once(model: Path, data: Path, workdir: Path, *, mask: bool, seed: int, steps: int, lr: float,
-               export: bool = False) -> dict:
+def train_once(
+    model: Path, data: Path, workdir: Path, *, mask: bool, seed: int, steps: int, lr: float, export: bool = False
+) -> dict:
     from jdr.config import load_config
     from jdr.train.trainer import train
 
@@ -83,13 +110,26 @@ def train_once(model: Path, data: Path, workdir: Path, *, mask: bool, seed: int,
     log = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     trainlog = [r for r in log if "train/loss" in r]
     tail = trainlog[-4:]  # the last 20 steps
-    return {"mask": mask, "seed": seed, "seconds": seconds, "start": str(model.name), "steps": steps,
-            "curve": [{"step": r["step"], "loss": r["train/loss"], "accuracy": r["train/accuracy"],
-                       "false_negatives": r["train/false_negatives"]} for r in trainlog],
-            "final_loss_last20": float(np.mean([r["train/loss"] for r in tail])),
-            "final_accuracy_last20": float(np.mean([r["train/accuracy"] for r in tail])),
-            "masked_pairs_per_step": float(np.mean([r["train/false_negatives"] for r in trainlog])),
-            "test": {k[5:]: v for k, v in final.items() if k.startswith("test/") and k != "test/eval_seconds"}}
+    return {
+        "mask": mask,
+        "seed": seed,
+        "seconds": seconds,
+        "start": str(model.name),
+        "steps": steps,
+        "curve": [
+            {
+                "step": r["step"],
+                "loss": r["train/loss"],
+                "accuracy": r["train/accuracy"],
+                "false_negatives": r["train/false_negatives"],
+            }
+            for r in trainlog
+        ],
+        "final_loss_last20": float(np.mean([r["train/loss"] for r in tail])),
+        "final_accuracy_last20": float(np.mean([r["train/accuracy"] for r in tail])),
+        "masked_pairs_per_step": float(np.mean([r["train/false_negatives"] for r in trainlog])),
+        "test": {k[5:]: v for k, v in final.items() if k.startswith("test/") and k != "test/eval_seconds"},
+    }
 
 
 def initial_test(model: Path, data: Path) -> dict:
@@ -116,18 +156,36 @@ def main() -> None:
     from jdr.models.testing import write_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="jdr-fn-"))
-    facts = write_topic_beir(tmp / "topics", topics=10, docs_per_topic=(20, 40), train_queries_per_topic=8,
-                             test_queries_per_topic=3, seed=0)
-    model = write_tiny_model(tmp / "model", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                             vocab_words=facts.pop("words"), max_seq_length=32)
-    result = {"cpu": cpu_model(), "conditions": "shared 2-core machine under load (other jobs running)",
-              "synthetic": facts, "steps": [int(x) for x in args.steps.split(",")], "lr": args.lr, "counts": {}, "runs": [], "continued": []}
+    facts = write_topic_beir(
+        tmp / "topics", topics=10, docs_per_topic=(20, 40), train_queries_per_topic=8, test_queries_per_topic=3, seed=0
+    )
+    model = write_tiny_model(
+        tmp / "model",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        vocab_words=facts.pop("words"),
+        max_seq_length=32,
+    )
+    result = {
+        "cpu": cpu_model(),
+        "conditions": "shared 2-core machine under load (other jobs running)",
+        "synthetic": facts,
+        "steps": [int(x) for x in args.steps.split(",")],
+        "lr": args.lr,
+        "counts": {},
+        "runs": [],
+        "continued": [],
+    }
     result["counts"]["synthetic_train"] = count_in_batch(load_beir(tmp / "topics", "train").qrels)
     if args.scifact:
         result["counts"]["scifact_train"] = count_in_batch(load_beir(args.scifact, "train").qrels)
     for name, c in result["counts"].items():
-        print(f"{name}: {c['relevant_in_batch_per_query']:.3f} relevant in-batch passages per query, "
-              f"{100 * c['queries_meeting_at_least_one']:.1f} % of queries meet at least one")
+        print(
+            f"{name}: {c['relevant_in_batch_per_query']:.3f} relevant in-batch passages per query, "
+            f"{100 * c['queries_meeting_at_least_one']:.1f} % of queries meet at least one"
+        )
     result["untrained_test"] = initial_test(model, tmp / "topics")
     result["unmasked_loss_floor"] = unmasked_floor(model, tmp / "topics", 0, max(result["steps"]))
     print(f"unmasked objective's loss floor on the seed-0 batches: {result['unmasked_loss_floor']:.3f}")
@@ -137,8 +195,16 @@ def main() -> None:
         for seed in seeds:
             for mask in (True, False):
                 keep = mask and seed == seeds[0] and steps == longest
-                r = train_once(model, tmp / "topics", tmp / f"run_{steps}_{seed}_{mask}", mask=mask, seed=seed,
-                               steps=steps, lr=args.lr, export=keep)
+                r = train_once(
+                    model,
+                    tmp / "topics",
+                    tmp / f"run_{steps}_{seed}_{mask}",
+                    mask=mask,
+                    seed=seed,
+                    steps=steps,
+                    lr=args.lr,
+                    export=keep,
+                )
                 result["runs"].append(r)
                 if keep:
                     result["released_test"] = r["test"]
@@ -146,8 +212,15 @@ def main() -> None:
     # the issue's protocol: a model that already retrieves well ("released"), pointed at the data for a few steps
     released = tmp / f"run_{longest}_{seeds[0]}_True" / "export"
     for mask in (True, False):
-        r = train_once(released, tmp / "topics", tmp / f"continue_{mask}", mask=mask, seed=seeds[0] + 100,
-                       steps=args.continue_steps, lr=args.lr)
+        r = train_once(
+            released,
+            tmp / "topics",
+            tmp / f"continue_{mask}",
+            mask=mask,
+            seed=seeds[0] + 100,
+            steps=args.continue_steps,
+            lr=args.lr,
+        )
         result["continued"].append(r)
         _print(r)
     # candidates per query: 32 queries x (1 positive + 1 negative)
@@ -160,46 +233,71 @@ def main() -> None:
 
 
 def _row(x: dict) -> str:
-    return (f"| {x['steps']} | {x['seed']} | {'on' if x['mask'] else 'off'} | {x['final_loss_last20']:.3f} | "
-            f"{x['final_accuracy_last20']:.3f} | {x['masked_pairs_per_step']:.1f} | {x['test']['ndcg@10']:.4f} | "
-            f"{x['test']['recall@100']:.4f} | {x['seconds']:.0f} s |")
+    return (
+        f"| {x['steps']} | {x['seed']} | {'on' if x['mask'] else 'off'} | {x['final_loss_last20']:.3f} | "
+        f"{x['final_accuracy_last20']:.3f} | {x['masked_pairs_per_step']:.1f} | {x['test']['ndcg@10']:.4f} | "
+        f"{x['test']['recall@100']:.4f} | {x['seconds']:.0f} s |"
+    )
 
 
 def _print(r: dict) -> None:
-    print(f"{r['start']} seed {r['seed']} mask {r['mask']!s:5} {r['steps']} steps: loss {r['final_loss_last20']:.3f} "
-          f"acc {r['final_accuracy_last20']:.3f} test ndcg@10 {r['test']['ndcg@10']:.4f} "
-          f"R@100 {r['test']['recall@100']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    print(
+        f"{r['start']} seed {r['seed']} mask {r['mask']!s:5} {r['steps']} steps: loss {r['final_loss_last20']:.3f} "
+        f"acc {r['final_accuracy_last20']:.3f} test ndcg@10 {r['test']['ndcg@10']:.4f} "
+        f"R@100 {r['test']['recall@100']:.4f} ({r['seconds']:.0f} s)",
+        flush=True,
+    )
 
 
 def render(r: dict) -> str:
-    lines = ["# In-batch false negatives", "", f"CPU: {r['cpu']} ({r['conditions']}); generated by "
-             "`benchmarks/false_negatives.py`.", "", "## How often (GroupIterator batches of 32 (query, positive)"
-             " pairs, 5 epochs)", "", "| training set | queries | positives / query | relevant in-batch passages"
-             " / query | queries meeting >= 1 |", "|---|---|---|---|---|"]
+    lines = [
+        "# In-batch false negatives",
+        "",
+        f"CPU: {r['cpu']} ({r['conditions']}); generated by `benchmarks/false_negatives.py`.",
+        "",
+        "## How often (GroupIterator batches of 32 (query, positive) pairs, 5 epochs)",
+        "",
+        "| training set | queries | positives / query | relevant in-batch passages / query | queries meeting >= 1 |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in r["counts"].items():
-        lines.append(f"| {name} | {c['queries']} | {c['positives_per_query_mean']:.2f} | "
-                     f"{c['relevant_in_batch_per_query']:.3f} | {100 * c['queries_meeting_at_least_one']:.1f} % |")
+        lines.append(
+            f"| {name} | {c['queries']} | {c['positives_per_query_mean']:.2f} | "
+            f"{c['relevant_in_batch_per_query']:.3f} | {100 * c['queries_meeting_at_least_one']:.1f} % |"
+        )
     s = r["synthetic"]
-    lines += ["", f"## Training with the mask on vs off (synthetic: {s['topics']} topics, {s['documents']} documents, "
-              f"{s['train_queries']} train / {s['test_queries']} test queries, {s['positives_per_query'][0]}-"
-              f"{s['positives_per_query'][1]} positives per query)", "",
-              "Tiny random-init BERT (2 layers, hidden 64), trained for the budget in the table (steps of 32 "
-              "queries), 1 random negative, "
-              f"InfoNCE t = 0.05, AdamW {r['lr']}; loss and accuracy are means over the last 20 steps; "
-              f"ln(64 candidates) = {r['ln_candidates']:.2f}; the unmasked objective's floor on these "
-              f"batches is {r['unmasked_loss_floor']:.3f} (mean ln(1 + k) over rows, k = the row's other labelled-relevant "
-              "passages: a model cannot tell which of them was drawn as the positive, so at best they tie). The two runs of a seed draw identical batches: the "
-              "masked pairs of the `on` run are present, unmasked, in the `off` run. Untrained model: test NDCG@10 "
-              f"{r['untrained_test']['ndcg@10']:.4f}.", "",
-              "| steps | seed | mask | train loss | train accuracy | masked pairs / step | test NDCG@10 | test R@100 "
-              "| wall |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Training with the mask on vs off (synthetic: {s['topics']} topics, {s['documents']} documents, "
+        f"{s['train_queries']} train / {s['test_queries']} test queries, {s['positives_per_query'][0]}-"
+        f"{s['positives_per_query'][1]} positives per query)",
+        "",
+        "Tiny random-init BERT (2 layers, hidden 64), trained for the budget in the table (steps of 32 "
+        "queries), 1 random negative, "
+        f"InfoNCE t = 0.05, AdamW {r['lr']}; loss and accuracy are means over the last 20 steps; "
+        f"ln(64 candidates) = {r['ln_candidates']:.2f}; the unmasked objective's floor on these "
+        f"batches is {r['unmasked_loss_floor']:.3f} (mean ln(1 + k) over rows, k = the row's other labelled-relevant "
+        "passages: a model cannot tell which of them was drawn as the positive, so at best they tie). The two runs of a seed draw identical batches: the "
+        "masked pairs of the `on` run are present, unmasked, in the `off` run. Untrained model: test NDCG@10 "
+        f"{r['untrained_test']['ndcg@10']:.4f}.",
+        "",
+        "| steps | seed | mask | train loss | train accuracy | masked pairs / step | test NDCG@10 | test R@100 "
+        "| wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for x in r["runs"]:
         lines.append(_row(x))
-    lines += ["", "## A trained model pointed at the data again (issue 11's protocol)", "",
-              f"Start: the seed-{r['runs'][0]['seed']} masked {max(r['steps'])}-step model above (test NDCG@10 "
-              f"{r['released_test']['ndcg@10']:.4f}), {r['continued'][0]['steps']} more steps, same settings.", "",
-              "| steps | seed | mask | train loss | train accuracy | masked pairs / step | test NDCG@10 | test R@100 "
-              "| wall |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## A trained model pointed at the data again (issue 11's protocol)",
+        "",
+        f"Start: the seed-{r['runs'][0]['seed']} masked {max(r['steps'])}-step model above (test NDCG@10 "
+        f"{r['released_test']['ndcg@10']:.4f}), {r['continued'][0]['steps']} more steps, same settings.",
+        "",
+        "| steps | seed | mask | train loss | train accuracy | masked pairs / step | test NDCG@10 | test R@100 "
+        "| wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += [_row(x) for x in r["continued"]]
     return "\n".join(lines) + "\n"
 

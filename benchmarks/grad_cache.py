@@ -98,8 +98,12 @@ def worker(args) -> dict:
     """One configuration in this process: compile, memory analysis, then (if it fits) time the steps."""
     import jax
 
-    out = {"batch": args.batch, "chunk": args.chunk, "devices": jax.local_device_count(),
-           "baseline_rss_gib": peak_rss_gib()}
+    out = {
+        "batch": args.batch,
+        "chunk": args.chunk,
+        "devices": jax.local_device_count(),
+        "baseline_rss_gib": peak_rss_gib(),
+    }
     compiled, state, batch, rng, out["compile_s"] = build(args, args.batch, args.chunk)
     mem = compiled.memory_analysis()
     xla = {k: getattr(mem, f"{k}_size_in_bytes") / GIB for k in ("argument", "output", "alias", "temp")}
@@ -123,8 +127,13 @@ def worker(args) -> dict:
     start = time.perf_counter()
     losses = [run() for _ in range(args.steps)]
     seconds = (time.perf_counter() - start) / args.steps
-    out.update(ran=True, seconds_per_step=seconds, seconds_per_example=seconds / args.batch,
-               peak_rss_gib=peak_rss_gib(), loss=losses[-1])
+    out.update(
+        ran=True,
+        seconds_per_step=seconds,
+        seconds_per_example=seconds / args.batch,
+        peak_rss_gib=peak_rss_gib(),
+        loss=losses[-1],
+    )
     return out
 
 
@@ -136,13 +145,20 @@ def ab_worker(args) -> dict:
         run()  # warm-up
     seconds = {c: 0.0 for c in runs}
     for i in range(args.ab_rounds):
-        for c in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+        for c in list(runs) if i % 2 == 0 else list(runs)[::-1]:
             start = time.perf_counter()
             runs[c]()
             seconds[c] += time.perf_counter() - start
     plain, cached = seconds[0] / args.ab_rounds, seconds[args.chunk] / args.ab_rounds
-    return {"batch": args.batch, "chunk": args.chunk, "rounds": args.ab_rounds, "plain_s_per_step": plain,
-            "grad_cache_s_per_step": cached, "grad_cache_over_plain": cached / plain, "load_avg": os.getloadavg()}
+    return {
+        "batch": args.batch,
+        "chunk": args.chunk,
+        "rounds": args.ab_rounds,
+        "plain_s_per_step": plain,
+        "grad_cache_s_per_step": cached,
+        "grad_cache_over_plain": cached / plain,
+        "load_avg": os.getloadavg(),
+    }
 
 
 def run_config(args, batch: int, chunk: int, mode: str = "--worker") -> dict:
@@ -159,12 +175,16 @@ def run_config(args, batch: int, chunk: int, mode: str = "--worker") -> dict:
 def markdown(result: dict) -> str:
     """The readable table: memory (XLA + RSS), s/example, GradCache / plain at the same batch."""
     a = result["args"]
-    lines = [f"# GradCache vs plain train step ({a['model']})", "",
-             f"CPU: {result['cpu']} ({result['cpu_count']} cores); {a['negatives']} hard negative(s), queries "
-             f"{a['query_len']} / passages {a['passage_len']} tokens, dropout on ({a['rng_impl']}), AdamW; memory "
-             f"budget {a['budget_gib']} GiB. Each row ran in its own process; rows over budget were not run.", "",
-             "| global batch | step | XLA peak (GiB) | peak RSS (GiB) | compile (s) | s/step | s/example | vs plain |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GradCache vs plain train step ({a['model']})",
+        "",
+        f"CPU: {result['cpu']} ({result['cpu_count']} cores); {a['negatives']} hard negative(s), queries "
+        f"{a['query_len']} / passages {a['passage_len']} tokens, dropout on ({a['rng_impl']}), AdamW; memory "
+        f"budget {a['budget_gib']} GiB. Each row ran in its own process; rows over budget were not run.",
+        "",
+        "| global batch | step | XLA peak (GiB) | peak RSS (GiB) | compile (s) | s/step | s/example | vs plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     plain = {r["batch"]: r for r in result["rows"] if r.get("chunk") == 0 and r.get("ran")}
     for r in result["rows"]:
         name = "plain" if r["chunk"] == 0 else f"GradCache c={r['chunk']}"
@@ -177,14 +197,19 @@ def markdown(result: dict) -> str:
             ratio = f"{r['seconds_per_example'] / plain[r['batch']]['seconds_per_example']:.2f}x"
         lines.append(
             f"| {r['batch']} | {name} | {r['xla_peak_gib']:.1f} | {r['peak_rss_gib']:.1f} | {r['compile_s']:.0f} | "
-            f"{r['seconds_per_step']:.1f} | {r['seconds_per_example']:.3f} | {ratio} |" if ran else
-            f"| {r['batch']} | {name} | {r['xla_peak_gib']:.1f} | not run: {r['predicted_peak_gib']:.1f} predicted > "
-            f"{r['limit_gib']:.1f} | {r['compile_s']:.0f} | | | |")
+            f"{r['seconds_per_step']:.1f} | {r['seconds_per_example']:.3f} | {ratio} |"
+            if ran
+            else f"| {r['batch']} | {name} | {r['xla_peak_gib']:.1f} | not run: {r['predicted_peak_gib']:.1f} predicted > "
+            f"{r['limit_gib']:.1f} | {r['compile_s']:.0f} | | | |"
+        )
     ab = result.get("same_process_ab")
     if ab and "error" not in ab:
-        lines += ["", f"Same process, alternating, {ab['rounds']} rounds at batch {ab['batch']}: plain "
-                  f"{ab['plain_s_per_step']:.1f} s/step, GradCache c={ab['chunk']} {ab['grad_cache_s_per_step']:.1f} "
-                  f"s/step: **{ab['grad_cache_over_plain']:.2f}x** (load average {ab['load_avg'][0]:.1f})."]
+        lines += [
+            "",
+            f"Same process, alternating, {ab['rounds']} rounds at batch {ab['batch']}: plain "
+            f"{ab['plain_s_per_step']:.1f} s/step, GradCache c={ab['chunk']} {ab['grad_cache_s_per_step']:.1f} "
+            f"s/step: **{ab['grad_cache_over_plain']:.2f}x** (load average {ab['load_avg'][0]:.1f}).",
+        ]
     elif ab:
         lines += ["", f"Same-process A/B: error {ab['error']}"]
     return "\n".join(lines) + "\n"
@@ -203,8 +228,12 @@ def main() -> None:
     ap.add_argument("--budget-gib", type=float, default=24.0, help="run a configuration only if it fits this")
     ap.add_argument("--rng-impl", default="threefry2x32", help="dropout PRNG (train.rng_impl)")
     ap.add_argument("--out", default=str(RESULTS), help="results path without extension")
-    ap.add_argument("--ab-rounds", type=int, default=3,
-                    help="plain vs GradCache alternated in one process at the smallest batch (0 = skip)")
+    ap.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=3,
+        help="plain vs GradCache alternated in one process at the smallest batch (0 = skip)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ab-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -226,9 +255,16 @@ def main() -> None:
     if args.ab_rounds:
         ab = run_config(args, batches[0], args.chunk, "--ab-worker")
         print(json.dumps(ab), flush=True)
-    result = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "rows": rows, "same_process_ab": ab,
-              "args": {**{k: v for k, v in vars(args).items() if k not in ("worker", "ab_worker", "batch")},
-                       "model": "all-MiniLM-L6-v2"}}
+    result = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+        "same_process_ab": ab,
+        "args": {
+            **{k: v for k, v in vars(args).items() if k not in ("worker", "ab_worker", "batch")},
+            "model": "all-MiniLM-L6-v2",
+        },
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from jdr.io import atomic_write

@@ -26,14 +26,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.py)
 
 
 def _vocab_words() -> list[str]:
     from jdr.models.hf import find_minilm
 
-    words = [w for w in (find_minilm() / "vocab.txt").read_text().split("\n")
-             if w.isalpha() and w.isascii() and len(w) > 2]
+    words = [
+        w for w in (find_minilm() / "vocab.txt").read_text().split("\n") if w.isalpha() and w.isascii() and len(w) > 2
+    ]
     return words
 
 
@@ -48,8 +50,8 @@ def generate(out: Path, lines: int, pool: int, seed: int) -> dict:
     texts = []
     for start in range(0, pool, 100_000):
         n = min(100_000, pool - start)
-        flat = words[rng.integers(0, len(words), size=int(lengths[start:start + n].sum()))]
-        cuts = np.cumsum(lengths[start:start + n])[:-1]
+        flat = words[rng.integers(0, len(words), size=int(lengths[start : start + n].sum()))]
+        cuts = np.cumsum(lengths[start : start + n])[:-1]
         texts.extend(" ".join(w) for w in np.split(flat, cuts))
     print(f"pool of {pool} passages in {time.perf_counter() - t0:.0f} s", flush=True)
     passages = [json.dumps({"docid": f"p{i}", "title": "", "text": t}) for i, t in enumerate(texts)]
@@ -64,9 +66,11 @@ def generate(out: Path, lines: int, pool: int, seed: int) -> dict:
             for j in range(n):
                 p = picks[j]
                 negs = [x for x in p[1:] if x != p[0]]
-                f.write(f'{{"query_id": "q{start + j}", "query": {json.dumps(" ".join(queries[j]))}, '
-                        f'"positive_passages": [{passages[p[0]]}], '
-                        f'"negative_passages": [{", ".join(passages[x] for x in negs)}]}}\n')
+                f.write(
+                    f'{{"query_id": "q{start + j}", "query": {json.dumps(" ".join(queries[j]))}, '
+                    f'"positive_passages": [{passages[p[0]]}], '
+                    f'"negative_passages": [{", ".join(passages[x] for x in negs)}]}}\n'
+                )
             print(f"{start + n} lines, {time.perf_counter() - t0:.0f} s", flush=True)
     return {"lines": lines, "pool": pool, "bytes": out.stat().st_size, "seconds": time.perf_counter() - t0}
 
@@ -88,8 +92,15 @@ def child(path: str) -> None:
     stages = []
 
     def mark(name, t0, **extra):
-        stages.append({"stage": name, "seconds": time.perf_counter() - t0, "rss": proc.memory_info().rss,
-                       "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **extra})
+        stages.append(
+            {
+                "stage": name,
+                "seconds": time.perf_counter() - t0,
+                "rss": proc.memory_info().rss,
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                **extra,
+            }
+        )
         print(json.dumps(stages[-1]), file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
@@ -98,13 +109,16 @@ def child(path: str) -> None:
     t0 = time.perf_counter()
     data = load_tevatron(path)
     mark("load", t0, passages=len(data.corpus), queries=len(data.queries))
-    cfg = load_config(None, ["negatives.source=file", "negatives.num=1", "negatives.depth=200",
-                             "data.dev_queries=0"])
+    cfg = load_config(None, ["negatives.source=file", "negatives.num=1", "negatives.depth=200", "data.dev_queries=0"])
     spec = SimpleNamespace(query_max_length=64, passage_max_length=256)
     t0 = time.perf_counter()
     source, _ = labeled_source(data, cfg, tokenizer, spec, global_batch_size=32, n_dev=0)
-    mark("source", t0, passage_tokens=int(len(source.passage_tokens.tokens)),
-         query_tokens=int(len(source.query_tokens.tokens)))
+    mark(
+        "source",
+        t0,
+        passage_tokens=int(len(source.passage_tokens.tokens)),
+        query_tokens=int(len(source.query_tokens.tokens)),
+    )
     t0 = time.perf_counter()
     for _ in range(100):
         source.next_batch()
@@ -116,16 +130,25 @@ def measure(path: Path, out: Path, label: str, jdr_root: str | None, note: str =
     env = dict(os.environ)
     root = jdr_root or str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__, "child", "--file", str(path)], env=env, check=True,
-                          stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "child", "--file", str(path)], env=env, check=True, stdout=subprocess.PIPE, text=True
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = result["queries"]
     base = result["stages"][0]["rss"]
     peak = max(s["peak_rss"] for s in result["stages"])
-    result.update(label=label, note=note, jdr_root=root, file=str(path), file_bytes=path.stat().st_size, cpu=cpu_model(),
-                  conditions="shared 2-core machine under load (other jobs running): times are not results",
-                  peak_above_baseline=peak - base, bytes_per_line=(peak - base) / lines,
-                  bytes_per_passage=(peak - base) / result["passages"])
+    result.update(
+        label=label,
+        note=note,
+        jdr_root=root,
+        file=str(path),
+        file_bytes=path.stat().st_size,
+        cpu=cpu_model(),
+        conditions="shared 2-core machine under load (other jobs running): times are not results",
+        peak_above_baseline=peak - base,
+        bytes_per_line=(peak - base) / lines,
+        bytes_per_passage=(peak - base) / result["passages"],
+    )
     runs = json.loads(out.with_suffix(".json").read_text())["runs"] if out.with_suffix(".json").exists() else []
     runs = [r for r in runs if r["label"] != label] + [result]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,23 +158,31 @@ def measure(path: Path, out: Path, label: str, jdr_root: str | None, note: str =
 
 
 def render(runs: list[dict]) -> str:
-    gb = 2 ** 30
+    gb = 2**30
     r0 = runs[-1]
-    lines = ["# Tevatron JSONL: memory of a 1 M-line file", "",
-             f"File: {r0['queries']:,} lines ({r0['file_bytes'] / gb:.2f} GiB), {r0['passages']:,} unique passages "
-             f"(1 positive + 8 negatives a line from a pool of 1.5 M, ~50 words each), queries of ~10 words; "
-             f"all-MiniLM-L6-v2 tokenizer, passages at 256 tokens, queries at 64. CPU: {r0['cpu']}, "
-             f"{r0['conditions']}. Generated by `benchmarks/jsonl_memory.py`.", "",
-             "| code | stage | seconds | RSS after (GiB) | peak RSS so far (GiB) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Tevatron JSONL: memory of a 1 M-line file",
+        "",
+        f"File: {r0['queries']:,} lines ({r0['file_bytes'] / gb:.2f} GiB), {r0['passages']:,} unique passages "
+        f"(1 positive + 8 negatives a line from a pool of 1.5 M, ~50 words each), queries of ~10 words; "
+        f"all-MiniLM-L6-v2 tokenizer, passages at 256 tokens, queries at 64. CPU: {r0['cpu']}, "
+        f"{r0['conditions']}. Generated by `benchmarks/jsonl_memory.py`.",
+        "",
+        "| code | stage | seconds | RSS after (GiB) | peak RSS so far (GiB) |",
+        "|---|---|---|---|---|",
+    ]
     for r in runs:
         for s in r["stages"]:
-            lines.append(f"| {r['label']} | {s['stage']} | {s['seconds']:.0f} | {s['rss'] / gb:.2f} | "
-                         f"{s['peak_rss'] / gb:.2f} |")
+            lines.append(
+                f"| {r['label']} | {s['stage']} | {s['seconds']:.0f} | {s['rss'] / gb:.2f} | {s['peak_rss'] / gb:.2f} |"
+            )
     lines += [""] + [f"`{r['label']}`: {r['note']}" + "  " for r in runs if r.get("note")]
     lines += ["", "| code | peak above baseline (GiB) | bytes / line | bytes / unique passage |", "|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['label']} | {r['peak_above_baseline'] / gb:.2f} | {r['bytes_per_line']:.0f} | "
-                     f"{r['bytes_per_passage']:.0f} |")
+        lines.append(
+            f"| {r['label']} | {r['peak_above_baseline'] / gb:.2f} | {r['bytes_per_line']:.0f} | "
+            f"{r['bytes_per_passage']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -69,8 +69,11 @@ def main() -> None:
     r = np.random.default_rng(0)
     docs = r.normal(size=(args.docs, spec.bert.hidden_size)).astype(np.float32)
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-    index = TimedIndex(FixedIndex.from_embeddings(docs, [str(i) for i in range(args.docs)]).index, docs,
-                       [str(i) for i in range(args.docs)])
+    index = TimedIndex(
+        FixedIndex.from_embeddings(docs, [str(i) for i in range(args.docs)]).index,
+        docs,
+        [str(i) for i in range(args.docs)],
+    )
     n_dev = jax.local_device_count()
     qi = r.integers(1000, spec.bert.vocab_size, size=(args.batch, args.query_len), dtype=np.int32)
     pos = np.full((args.batch, 2), -1, np.int32)
@@ -82,17 +85,25 @@ def main() -> None:
     rng = jax.random.key(0)
     runs = {}
     for mode in MODES:
-        step = pmap_ltre_step(encode_fn, index=index, top_k=args.top_k, search=mode, loss_name="lambdarank",
-                              loss_kwargs={}, tx=tx)
+        step = pmap_ltre_step(
+            encode_fn, index=index, top_k=args.top_k, search=mode, loss_name="lambdarank", loss_kwargs={}, tx=tx
+        )
         state = replicate(TrainState.create(params, tx))
         start = time.perf_counter()
         state, metrics = step(state, batch, rng)  # compile + first step
         jax.block_until_ready(metrics["loss"])
-        runs[mode] = {"step": step, "state": state, "compile_s": time.perf_counter() - start,
-                      "wall": 0.0, "in_call": 0.0, "search": 0.0, "steps": 0}
+        runs[mode] = {
+            "step": step,
+            "state": state,
+            "compile_s": time.perf_counter() - start,
+            "wall": 0.0,
+            "in_call": 0.0,
+            "search": 0.0,
+            "steps": 0,
+        }
 
     for round_ in range(args.rounds):
-        for mode in (MODES if round_ % 2 == 0 else MODES[::-1]):
+        for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
             run = runs[mode]
             TimedIndex.seconds = 0.0
             start = time.perf_counter()
@@ -105,24 +116,42 @@ def main() -> None:
             run["search"] += TimedIndex.seconds
             run["steps"] += args.steps
 
-    rows = {m: {"seconds_per_step": r_["wall"] / r_["steps"], "host_blocked_per_step": r_["in_call"] / r_["steps"],
-                "search_per_step": r_["search"] / r_["steps"], "compile_s": r_["compile_s"], "steps": r_["steps"]}
-            for m, r_ in runs.items()}
-    result = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "args": vars(args),
-              "devices": n_dev, "modes": rows,
-              "host_over_callback_seconds_per_step":
-                  rows["host"]["seconds_per_step"] / rows["callback"]["seconds_per_step"]}
-    lines = ["# LTRe search placement: in-step callback vs host between steps", "",
-             f"CPU: {result['cpu']} ({result['cpu_count']} cores, load average at the end "
-             f"{result['load_avg'][0]:.1f} — under load: only the ratio is indicative); MiniLM query tower, batch "
-             f"{args.batch} x {args.query_len} tokens, {args.docs} docs, top {args.top_k}, {args.rounds} alternating "
-             f"rounds x {args.steps} steps per mode.", "",
-             "| search | s/step | host blocked in the step call (s/step) | faiss search + gather (s/step) "
-             "| compile + 1st step (s) |",
-             "|---|---|---|---|---|"]
+    rows = {
+        m: {
+            "seconds_per_step": r_["wall"] / r_["steps"],
+            "host_blocked_per_step": r_["in_call"] / r_["steps"],
+            "search_per_step": r_["search"] / r_["steps"],
+            "compile_s": r_["compile_s"],
+            "steps": r_["steps"],
+        }
+        for m, r_ in runs.items()
+    }
+    result = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "args": vars(args),
+        "devices": n_dev,
+        "modes": rows,
+        "host_over_callback_seconds_per_step": rows["host"]["seconds_per_step"] / rows["callback"]["seconds_per_step"],
+    }
+    lines = [
+        "# LTRe search placement: in-step callback vs host between steps",
+        "",
+        f"CPU: {result['cpu']} ({result['cpu_count']} cores, load average at the end "
+        f"{result['load_avg'][0]:.1f} — under load: only the ratio is indicative); MiniLM query tower, batch "
+        f"{args.batch} x {args.query_len} tokens, {args.docs} docs, top {args.top_k}, {args.rounds} alternating "
+        f"rounds x {args.steps} steps per mode.",
+        "",
+        "| search | s/step | host blocked in the step call (s/step) | faiss search + gather (s/step) "
+        "| compile + 1st step (s) |",
+        "|---|---|---|---|---|",
+    ]
     for m, row in rows.items():
-        lines.append(f"| {m} | {row['seconds_per_step']:.2f} | {row['host_blocked_per_step']:.2f} | "
-                     f"{row['search_per_step']:.3f} | {row['compile_s']:.0f} |")
+        lines.append(
+            f"| {m} | {row['seconds_per_step']:.2f} | {row['host_blocked_per_step']:.2f} | "
+            f"{row['search_per_step']:.3f} | {row['compile_s']:.0f} |"
+        )
     lines += ["", f"host / callback seconds per step: **{result['host_over_callback_seconds_per_step']:.2f}x**"]
     table = "\n".join(lines) + "\n"
     from jdr.io import atomic_write

@@ -38,9 +38,14 @@ from jdr.compare import format_markdown  # noqa: E402
 from jdr.config import to_dict  # noqa: E402
 from jdr.io import atomic_dir, atomic_write  # noqa: E402
 
-LABELS = {"half": "negatives from the training part alone", "merged": "training part + aug, merged ranking",
-          "quota": "training part 100 + aug 100 candidates", "full": "full corpus as the training corpus (reference)",
-          "released": "all-MiniLM-L6-v2 as released (no fine-tuning)", "sparse": "BM25 (bm25s), sparse"}
+LABELS = {
+    "half": "negatives from the training part alone",
+    "merged": "training part + aug, merged ranking",
+    "quota": "training part 100 + aug 100 candidates",
+    "full": "full corpus as the training corpus (reference)",
+    "released": "all-MiniLM-L6-v2 as released (no fine-tuning)",
+    "sparse": "BM25 (bm25s), sparse",
+}
 
 
 def split_corpus(dataset: Path, train_dir: Path, aug_dir: Path, *, fraction: float, seed: int) -> dict:
@@ -61,8 +66,9 @@ def split_corpus(dataset: Path, train_dir: Path, aug_dir: Path, *, fraction: flo
         (tmp / "corpus.jsonl").write_text("".join(train), encoding="utf-8")
         (tmp / "queries.jsonl").write_text((dataset / "queries.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
         (tmp / "qrels").mkdir()
-        (tmp / "qrels" / "train.tsv").write_text((dataset / "qrels" / "train.tsv").read_text(encoding="utf-8"),
-                                                 encoding="utf-8")
+        (tmp / "qrels" / "train.tsv").write_text(
+            (dataset / "qrels" / "train.tsv").read_text(encoding="utf-8"), encoding="utf-8"
+        )
     aug_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(aug_dir / "corpus.jsonl") as f:
         f.write("".join(aug))
@@ -70,14 +76,28 @@ def split_corpus(dataset: Path, train_dir: Path, aug_dir: Path, *, fraction: flo
 
 
 def encode_cmd(corpus: Path, store: Path) -> list[str]:
-    return ["encode", "--model", "minilm", "--input", str(corpus), "--output", str(store), "--tower", "passage",
-            "--max-length", "128"]
+    return [
+        "encode",
+        "--model",
+        "minilm",
+        "--input",
+        str(corpus),
+        "--output",
+        str(store),
+        "--tower",
+        "passage",
+        "--max-length",
+        "128",
+    ]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="configs/memory_exp", help="dir of base.py + row overlays (run from the "
-                   "repo root: base.py's data paths are relative to it)")
+    p.add_argument(
+        "--configs",
+        default="configs/memory_exp",
+        help="dir of base.py + row overlays (run from the repo root: base.py's data paths are relative to it)",
+    )
     p.add_argument("--root", default="runs/memory_experiment", help="workdirs of the rows and references")
     p.add_argument("--data", default="scifact", help="the dataset split for training and tested on in full")
     p.add_argument("--augment-corpus", default=None, help="a real augmentation corpus.jsonl instead of the split")
@@ -123,21 +143,39 @@ def main(argv=None) -> int:
     runner.run_references(plan)
     runner.LABELS.update(LABELS)
     res = runner.build_results(plan, records)
-    kind = (f"real augmentation corpus {aug_corpus}" if args.augment_corpus else
-            "SIMULATION: the augmentation memory is a split of its own corpus")
-    md = [f"# Memory negatives on {args.data} ({kind})", "", f"Machine: {runner.cpu_model()}. Command: `python benchmarks/memory_negatives.py "
-          f"{shlex.join(sys.argv[1:] if argv is None else argv)}`. Split: {json.dumps(split)}. {plan.epochs} epochs "
-          f"= {plan.steps} steps; configs `{plan.config_dir}` (base.py: design). Test: the dev-chosen checkpoint, "
-          f"once, on the full corpus at {args.eval_max_length} tokens.", "",
-          format_markdown(res["main"], labels=res["labels"], extra=res["extra"])]
+    kind = (
+        f"real augmentation corpus {aug_corpus}"
+        if args.augment_corpus
+        else "SIMULATION: the augmentation memory is a split of its own corpus"
+    )
+    md = [
+        f"# Memory negatives on {args.data} ({kind})",
+        "",
+        f"Machine: {runner.cpu_model()}. Command: `python benchmarks/memory_negatives.py "
+        f"{shlex.join(sys.argv[1:] if argv is None else argv)}`. Split: {json.dumps(split)}. {plan.epochs} epochs "
+        f"= {plan.steps} steps; configs `{plan.config_dir}` (base.py: design). Test: the dev-chosen checkpoint, "
+        f"once, on the full corpus at {args.eval_max_length} tokens.",
+        "",
+        format_markdown(res["main"], labels=res["labels"], extra=res["extra"]),
+    ]
     out = Path(args.out)
     with atomic_write(out.with_suffix(".md")) as f:
         f.write("\n".join(md) + "\n")
     with atomic_write(out.with_suffix(".json")) as f:
-        json.dump({"command": ["python", "benchmarks/memory_negatives.py", *(argv or sys.argv[1:])],
-                   "cpu": runner.cpu_model(), "split": split, "steps": plan.steps, "seeds": plan.seeds,
-                   "configs": {r: to_dict(c) for r, c in plan.cfgs.items()}, "records": records,
-                   "comparison": res["main"].to_dict()}, f, indent=1)
+        json.dump(
+            {
+                "command": ["python", "benchmarks/memory_negatives.py", *(argv or sys.argv[1:])],
+                "cpu": runner.cpu_model(),
+                "split": split,
+                "steps": plan.steps,
+                "seeds": plan.seeds,
+                "configs": {r: to_dict(c) for r, c in plan.cfgs.items()},
+                "records": records,
+                "comparison": res["main"].to_dict(),
+            },
+            f,
+            indent=1,
+        )
     print("\n".join(md))
     return 0
 

@@ -34,8 +34,16 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spann_common import (build_ivf, cpu_model, exact_topk, ivf_curve, scanned_for_recall,  # noqa: E402
-                          spann_curve, write_json, write_text)
+from spann_common import (  # noqa: E402
+    build_ivf,
+    cpu_model,
+    exact_topk,
+    ivf_curve,
+    scanned_for_recall,
+    spann_curve,
+    write_json,
+    write_text,
+)
 
 from jdr.index.clustering import balanced_kmeans  # noqa: E402
 from jdr.index.spann import build_spann, head_candidates  # noqa: E402
@@ -43,13 +51,15 @@ from jdr.index.store import load_embeddings  # noqa: E402
 from jdr.run_info import run_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LADDER = [("none", {"max_replicas": 1}),
-          ("RNG eps1=0.05", {"eps1": 0.05, "max_replicas": 8}),
-          ("RNG eps1=0.1", {"eps1": 0.1, "max_replicas": 8}),
-          ("RNG eps1=0.2", {"eps1": 0.2, "max_replicas": 8}),
-          ("RNG eps1=0.5", {"eps1": 0.5, "max_replicas": 8}),
-          ("closure eps1=0.1 R=4", {"eps1": 0.1, "max_replicas": 4, "rng": False}),
-          ("closure eps1=0.2 R=8", {"eps1": 0.2, "max_replicas": 8, "rng": False})]
+LADDER = [
+    ("none", {"max_replicas": 1}),
+    ("RNG eps1=0.05", {"eps1": 0.05, "max_replicas": 8}),
+    ("RNG eps1=0.1", {"eps1": 0.1, "max_replicas": 8}),
+    ("RNG eps1=0.2", {"eps1": 0.2, "max_replicas": 8}),
+    ("RNG eps1=0.5", {"eps1": 0.5, "max_replicas": 8}),
+    ("closure eps1=0.1 R=4", {"eps1": 0.1, "max_replicas": 4, "rng": False}),
+    ("closure eps1=0.2 R=8", {"eps1": 0.2, "max_replicas": 8, "rng": False}),
+]
 PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -72,9 +82,9 @@ def fit_and_sample(emb: np.ndarray, n: int, *, components: int, seed: int) -> np
             m = min(50_000, counts[c] - s)
             if len(members) > 1:
                 z = rng.standard_normal((m, len(members)), dtype=np.float32)
-                out[pos:pos + m] = mean + z @ centred / np.sqrt(len(members) - 1)
+                out[pos : pos + m] = mean + z @ centred / np.sqrt(len(members) - 1)
             else:
-                out[pos:pos + m] = mean + iso * rng.standard_normal((m, d), dtype=np.float32)
+                out[pos : pos + m] = mean + iso * rng.standard_normal((m, d), dtype=np.float32)
             pos += m
     out = out[rng.permutation(n)]
     faiss.normalize_L2(out)
@@ -90,54 +100,82 @@ def measure(x: np.ndarray, q: np.ndarray, args, tmp: Path, log) -> dict:
     for label, kw in LADDER:
         index = build_spann(x, tmp / "index", list_size=args.list_size, heads=heads, head_cands=cands, **kw)
         curve = spann_curve(index, q, gt, probes=[p for p in PROBES if p <= len(heads)])
-        res["spann"].append({"label": label, "params": index.meta["params"],
-                             "duplication": index.meta["stats"]["duplication"], "memory": index.memory_bytes(),
-                             "curve": curve, **_need(curve, args.target)})
-        log(f"n={len(x)} {label}: dup {index.meta['stats']['duplication']:.2f}, lists for {args.target}: "
-            f"{res['spann'][-1]['lists_needed']}, scanned {res['spann'][-1]['scanned_needed']}")
+        res["spann"].append(
+            {
+                "label": label,
+                "params": index.meta["params"],
+                "duplication": index.meta["stats"]["duplication"],
+                "memory": index.memory_bytes(),
+                "curve": curve,
+                **_need(curve, args.target),
+            }
+        )
+        log(
+            f"n={len(x)} {label}: dup {index.meta['stats']['duplication']:.2f}, lists for {args.target}: "
+            f"{res['spann'][-1]['lists_needed']}, scanned {res['spann'][-1]['scanned_needed']}"
+        )
         del index
         shutil.rmtree(tmp / "index")
     ivf, ivf_s = build_ivf(x, len(heads), train_per_list=args.ivf_train_per_list)
     curve = ivf_curve(ivf, q, gt, probes=[p for p in PROBES if p <= len(heads)])
     res["ivf"] = {"nlist": len(heads), "build_seconds": ivf_s, "curve": curve, **_need(curve, args.target)}
-    log(f"n={len(x)} IVF{len(heads)}: lists for {args.target}: {res['ivf']['lists_needed']}, "
-        f"scanned {res['ivf']['scanned_needed']}")
+    log(
+        f"n={len(x)} IVF{len(heads)}: lists for {args.target}: {res['ivf']['lists_needed']}, "
+        f"scanned {res['ivf']['scanned_needed']}"
+    )
     return res
 
 
 def _need(curve: list[dict], target: float) -> dict:
     """Fewest lists probed (a measured point) and interpolated vectors scanned reaching `target` recall."""
     ok = [p for p in curve if p["recall"] >= target]
-    return {"lists_needed": min((p["lists"] for p in ok), default=None),
-            "scanned_needed": scanned_for_recall(curve, target)}
+    return {
+        "lists_needed": min((p["lists"] for p in ok), default=None),
+        "scanned_needed": scanned_for_recall(curve, target),
+    }
 
 
 def markdown(res: dict) -> str:
     a, tgt = res["args"], res["args"]["target"]
-    lines = [f"# Memory size vs duplication: SciFact + augmentation memory, recall@10 >= {tgt}", "",
-             f"CPU: {res['cpu']}; {res['load_note']}; total {res['seconds']:.0f}s. {res['queries']} SciFact queries; "
-             f"list size bound {a['list_size']} ({a['heads']} heads); augmentation = Gaussian mixture "
-             f"({a['components']} components) fitted to the {res['corpus']} MiniLM corpus embeddings.", "",
-             "Lists probed / vectors scanned per query to reach the target ('—': not reached by 256 lists):", "",
-             "| memory (aug + SciFact) | lists | " + " | ".join(f"{lab}" for lab, _ in LADDER) + " | faiss IVF |",
-             "|---|---|" + "---|" * (len(LADDER) + 1)]
+    lines = [
+        f"# Memory size vs duplication: SciFact + augmentation memory, recall@10 >= {tgt}",
+        "",
+        f"CPU: {res['cpu']}; {res['load_note']}; total {res['seconds']:.0f}s. {res['queries']} SciFact queries; "
+        f"list size bound {a['list_size']} ({a['heads']} heads); augmentation = Gaussian mixture "
+        f"({a['components']} components) fitted to the {res['corpus']} MiniLM corpus embeddings.",
+        "",
+        "Lists probed / vectors scanned per query to reach the target ('—': not reached by 256 lists):",
+        "",
+        "| memory (aug + SciFact) | lists | " + " | ".join(f"{lab}" for lab, _ in LADDER) + " | faiss IVF |",
+        "|---|---|" + "---|" * (len(LADDER) + 1),
+    ]
     for r in res["sizes"]:
-        cells = [f"dup {s['duplication']:.2f}: " + (f"{s['lists_needed']:.0f} / {s['scanned_needed']:,.0f}"
-                                                    if s["lists_needed"] is not None else "—") for s in r["spann"]]
+        cells = [
+            f"dup {s['duplication']:.2f}: "
+            + (f"{s['lists_needed']:.0f} / {s['scanned_needed']:,.0f}" if s["lists_needed"] is not None else "—")
+            for s in r["spann"]
+        ]
         iv = r["ivf"]
         cells.append(f"{iv['lists_needed']:.0f} / {iv['scanned_needed']:,.0f}" if iv["lists_needed"] else "—")
         lines.append(f"| {r['aug']:,} + {res['corpus']:,} | {r['lists']} | " + " | ".join(cells) + " |")
-    lines += ["", "Least duplication reaching the target within a budget of lists per query (SPANN ladder above; "
-              "IVF: reached or not):", "", "| memory | " + " | ".join(f"<= {b} lists" for b in a["budgets"]) + " |",
-              "|---|" + "---|" * len(a["budgets"])]
+    lines += [
+        "",
+        "Least duplication reaching the target within a budget of lists per query (SPANN ladder above; "
+        "IVF: reached or not):",
+        "",
+        "| memory | " + " | ".join(f"<= {b} lists" for b in a["budgets"]) + " |",
+        "|---|" + "---|" * len(a["budgets"]),
+    ]
     for r in res["sizes"]:
         cells = []
         for b in a["budgets"]:
             ok = [s for s in r["spann"] if s["lists_needed"] is not None and s["lists_needed"] <= b]
             best = min(ok, key=lambda s: s["duplication"], default=None)
             ivf_ok = r["ivf"]["lists_needed"] is not None and r["ivf"]["lists_needed"] <= b
-            cells.append(("—" if best is None else f"{best['duplication']:.2f} ({best['label']})") +
-                         f"; IVF {'yes' if ivf_ok else 'no'}")
+            cells.append(
+                ("—" if best is None else f"{best['duplication']:.2f} ({best['label']})")
+                + f"; IVF {'yes' if ivf_ok else 'no'}"
+            )
         lines.append(f"| {r['aug']:,} + {res['corpus']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -168,14 +206,20 @@ def main(argv=None) -> int:
     queries, _ = load_embeddings(args.query_emb, mmap=False)
     corpus, queries = (np.ascontiguousarray(a, np.float32) for a in (corpus, queries))
     union = np.empty((len(corpus) + max(sizes), corpus.shape[1]), np.float32)  # each size is a prefix
-    union[:len(corpus)] = corpus
-    union[len(corpus):] = fit_and_sample(corpus, max(sizes), components=args.components, seed=0)
+    union[: len(corpus)] = corpus
+    union[len(corpus) :] = fit_and_sample(corpus, max(sizes), components=args.components, seed=0)
     log(f"augmentation memory of {max(sizes):,} sampled")
-    res = {"args": vars(args), "cpu": cpu_model(), "load_note": args.load_note, "corpus": len(corpus),
-           "queries": len(queries), "sizes": []}
+    res = {
+        "args": vars(args),
+        "cpu": cpu_model(),
+        "load_note": args.load_note,
+        "corpus": len(corpus),
+        "queries": len(queries),
+        "sizes": [],
+    }
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="memory_size.") as tmp:
         for size in sizes:
-            r = measure(union[:len(corpus) + size], queries, args, Path(tmp), log)
+            r = measure(union[: len(corpus) + size], queries, args, Path(tmp), log)
             res["sizes"].append({"aug": size, **r})
     res["seconds"] = time.perf_counter() - t0
     res["run"] = run_record(vars(args), seed=0)

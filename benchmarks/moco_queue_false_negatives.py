@@ -33,10 +33,15 @@ def count(source, queue_size: int, steps: int) -> dict:
         queries_hit += sum(h > 0 for h in hits)
         queue.extend(ex.passage_keys[0] for ex in batch)
     n = steps * len(batch)
-    return {"steps": steps, "queries": n, "queue_size": queue_size,
-            "masked_pairs_per_step": sum(per_step) / steps, "queries_with_a_masked_row": queries_hit,
-            "fraction_of_queries": queries_hit / n, "first_step_with_a_hit": next(
-                (i + 1 for i, c in enumerate(per_step) if c), None)}
+    return {
+        "steps": steps,
+        "queries": n,
+        "queue_size": queue_size,
+        "masked_pairs_per_step": sum(per_step) / steps,
+        "queries_with_a_masked_row": queries_hit,
+        "fraction_of_queries": queries_hit / n,
+        "first_step_with_a_hit": next((i + 1 for i, c in enumerate(per_step) if c), None),
+    }
 
 
 def main(argv=None) -> int:

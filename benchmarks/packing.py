@@ -25,7 +25,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import RESULTS, cpu_model
 
 
@@ -51,13 +50,21 @@ def other_costs(args, texts) -> list[dict]:
 
     _, _, tok = hf.load(hf.find_minilm(), passage_max_length=512)
     out = []
-    for name, items, max_length in (("passages", texts, min(2 * args.max_length, 512)),
-                                    ("queries", query_texts(args.data), 64)):
+    for name, items, max_length in (
+        ("passages", texts, min(2 * args.max_length, 512)),
+        ("queries", query_texts(args.data), 64),
+    ):
         lengths = np.array([len(s) for s in token_ids(tok, items, max_length)])
         c = packing_cost(lengths, max_length, args.batch)
-        out.append({"what": name, "max_length": max_length, "median_length": float(np.median(lengths)),
-                    "bucketed_over_alone": c["bucketed_flops"] / c["real_flops_alone"],
-                    "packed_over_bucketed": c["packed_flops"] / c["bucketed_flops"]})
+        out.append(
+            {
+                "what": name,
+                "max_length": max_length,
+                "median_length": float(np.median(lengths)),
+                "bucketed_over_alone": c["bucketed_flops"] / c["real_flops_alone"],
+                "packed_over_bucketed": c["packed_flops"] / c["bucketed_flops"],
+            }
+        )
     return out
 
 
@@ -68,8 +75,14 @@ def cost(args, texts) -> dict:
 
     _, spec, tok = hf.load(hf.find_minilm(), passage_max_length=args.max_length)
     lengths = np.array([len(s) for s in token_ids(tok, texts, args.max_length)])
-    c = packing_cost(lengths, args.max_length, args.batch, hidden=spec.bert.hidden_size,
-                     intermediate=spec.bert.intermediate_size, layers=spec.bert.num_hidden_layers)
+    c = packing_cost(
+        lengths,
+        args.max_length,
+        args.batch,
+        hidden=spec.bert.hidden_size,
+        intermediate=spec.bert.intermediate_size,
+        layers=spec.bert.num_hidden_layers,
+    )
     c["length_percentiles"] = {str(p): float(np.percentile(lengths, p)) for p in (5, 25, 50, 75, 95)}
     c["at_max_length"] = int((lengths == args.max_length).sum())
     return c
@@ -97,8 +110,9 @@ def child(args) -> dict:
 
     params, spec, tok = hf.load(hf.find_minilm(), passage_max_length=args.max_length)
     texts = corpus_texts(args.data)[: args.time_docs]
-    kw = dict(tower="passage", max_length=args.max_length, batch_size=args.batch, progress=False,
-              pack=args.child == "packed")
+    kw = dict(
+        tower="passage", max_length=args.max_length, batch_size=args.batch, progress=False, pack=args.child == "packed"
+    )
     encode_texts(params, spec, tok, texts, **kw)  # compile
     start = time.perf_counter()
     encode_texts(params, spec, tok, texts, **kw)
@@ -120,15 +134,24 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     texts = corpus_texts(args.data)
-    result = {"cpu": cpu_model(), "command": "python benchmarks/packing.py " + " ".join(sys.argv[1:]),
-              "note": args.note, "cost": cost(args, texts), "other": other_costs(args, texts), "equality": equality(args, texts), "rounds": []}
+    result = {
+        "cpu": cpu_model(),
+        "command": "python benchmarks/packing.py " + " ".join(sys.argv[1:]),
+        "note": args.note,
+        "cost": cost(args, texts),
+        "other": other_costs(args, texts),
+        "equality": equality(args, texts),
+        "rounds": [],
+    }
     argv = [f"--max-length={args.max_length}", f"--batch={args.batch}", f"--time-docs={args.time_docs}"] + (
-        [f"--data={args.data}"] if args.data else [])
+        [f"--data={args.data}"] if args.data else []
+    )
     for i in range(args.timed):
         rnd = {}
         for side in ("plain", "packed"):
-            out = subprocess.run([sys.executable, __file__, "--child", side, *argv], check=True, capture_output=True,
-                                 text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", side, *argv], check=True, capture_output=True, text=True
+            )
             rnd[side] = json.loads(out.stdout.strip().splitlines()[-1])["docs_per_s"]
         result["rounds"].append(rnd)
         print(f"round {i}: plain {rnd['plain']:.1f} docs/s, packed {rnd['packed']:.1f} docs/s", flush=True)
@@ -136,26 +159,36 @@ def main() -> None:
     (RESULTS / "packing.json").write_text(json.dumps(result, indent=2) + "\n")
     c, e = result["cost"], result["equality"]
     lines = [
-        "# Sequence packing for inference (`encode_texts(pack=True)`, `jdr encode --pack`)", "",
-        f"CPU: {result['cpu']}. Command: `{result['command']}`." + (f" {args.note}" if args.note else ""), "",
+        "# Sequence packing for inference (`encode_texts(pack=True)`, `jdr encode --pack`)",
+        "",
+        f"CPU: {result['cpu']}. Command: `{result['command']}`." + (f" {args.note}" if args.note else ""),
+        "",
         f"Corpus: {c['texts']} passages at max length {args.max_length} (all-MiniLM-L6-v2 tokenizer); length "
         f"percentiles 5/25/50/75/95: {', '.join(f'{v:.0f}' for v in c['length_percentiles'].values())}; "
-        f"{c['at_max_length']} cut at {args.max_length}. Batch {args.batch}.", "",
+        f"{c['at_max_length']} cut at {args.max_length}. Batch {args.batch}.",
+        "",
         "| | tokens computed | x real tokens | forward GFLOP (dense + attention) | x FLOPs of each text alone |",
         "|---|---|---|---|---|",
         f"| each text alone, no padding | {c['real_tokens']} | 1.00 | {c['real_flops_alone'] / 1e9:.0f} | 1.00 |",
         f"| sorted + bucketed padding (default) | {c['bucketed_tokens']} | {c['bucketed_tokens'] / c['real_tokens']:.3f} "
         f"| {c['bucketed_flops'] / 1e9:.0f} | {c['bucketed_flops'] / c['real_flops_alone']:.3f} |",
         f"| packed ({c['packed_rows']} rows) | {c['packed_tokens']} | {c['packed_tokens'] / c['real_tokens']:.3f} | "
-        f"{c['packed_flops'] / 1e9:.0f} | {c['packed_flops'] / c['real_flops_alone']:.3f} |", "",
+        f"{c['packed_flops'] / 1e9:.0f} | {c['packed_flops'] / c['real_flops_alone']:.3f} |",
+        "",
         f"Packed attention spans the whole row (masked scores are computed), so packing's FLOPs count each text's "
         f"attention at the row length. Packed / bucketed FLOPs: **{c['packed_flops'] / c['bucketed_flops']:.3f}**.",
-        "", "Other length distributions (same batch):", "",
+        "",
+        "Other length distributions (same batch):",
+        "",
         "| texts | max length | median length | bucketed / each alone FLOPs | packed / bucketed FLOPs |",
         "|---|---|---|---|---|",
-        *(f"| {o['what']} | {o['max_length']} | {o['median_length']:.0f} | {o['bucketed_over_alone']:.3f} | "
-          f"{o['packed_over_bucketed']:.3f} |" for o in result["other"]),
-        "", f"Equality (float32, {e['texts']} passages incl. the shortest): max |packed - plain| = "
+        *(
+            f"| {o['what']} | {o['max_length']} | {o['median_length']:.0f} | {o['bucketed_over_alone']:.3f} | "
+            f"{o['packed_over_bucketed']:.3f} |"
+            for o in result["other"]
+        ),
+        "",
+        f"Equality (float32, {e['texts']} passages incl. the shortest): max |packed - plain| = "
         f"{e['max_abs_diff']:.2e}, min cosine {e['min_cosine']:.7f}.",
     ]
     if result["rounds"]:

@@ -41,11 +41,41 @@ if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):  # b
 
 from _common import RESULTS, cpu_model
 
-CATEGORIES = ("GEMM (dense layers)", "GEMM + residual + layernorm", "GEMM + GELU",
-              "attention (QK^T, softmax, PV fused)", "attention dots", "softmax", "layernorm", "GELU",
-              "copies / transposes", "bias adds / broadcasts", "embeddings (gather)", "other (pooling, normalize)")
-ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "select", "compare", "convert",
-               "broadcast", "bitcast", "reshape", "parameter", "constant", "and", "or", "not", "negate", "iota"}
+CATEGORIES = (
+    "GEMM (dense layers)",
+    "GEMM + residual + layernorm",
+    "GEMM + GELU",
+    "attention (QK^T, softmax, PV fused)",
+    "attention dots",
+    "softmax",
+    "layernorm",
+    "GELU",
+    "copies / transposes",
+    "bias adds / broadcasts",
+    "embeddings (gather)",
+    "other (pooling, normalize)",
+)
+ELEMENTWISE = {
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "maximum",
+    "minimum",
+    "select",
+    "compare",
+    "convert",
+    "broadcast",
+    "bitcast",
+    "reshape",
+    "parameter",
+    "constant",
+    "and",
+    "or",
+    "not",
+    "negate",
+    "iota",
+}
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([\w\-]+)\((.*)$")
 _COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 
@@ -94,8 +124,15 @@ def classify(opcode: str, rest: str, comps: dict) -> tuple[str, str | None]:
     inner = [(opcode, rest)] + [o for c in _called(rest) for o in ops_inside(comps, c)]
     kinds = {o for o, _ in inner}
     if "dot" in kinds or "convolution" in kinds:
-        library = ("YNNPACK" if "__ynn_fusion" in rest else "XNNPACK" if "__xnn_fusion" in rest else
-                   "oneDNN" if "onednn" in rest.lower() else "XLA (Eigen)")
+        library = (
+            "YNNPACK"
+            if "__ynn_fusion" in rest
+            else "XNNPACK"
+            if "__xnn_fusion" in rest
+            else "oneDNN"
+            if "onednn" in rest.lower()
+            else "XLA (Eigen)"
+        )
         if any(o == "dot" and "lhs_batch_dims" in r for o, r in inner):
             return ("attention (QK^T, softmax, PV fused)" if "exponential" in kinds else "attention dots"), library
         if "rsqrt" in kinds:
@@ -197,26 +234,47 @@ def main() -> None:
     flops = compiled.cost_analysis()
     flops = float((flops[0] if isinstance(flops, (list, tuple)) else flops)["flops"])
     wall = statistics.median(walls)
-    result = {"cpu": cpu_model(), "command": "python benchmarks/profile_encode.py " + " ".join(sys.argv[1:]),
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "devices": len(devices), "args": vars(args),
-              "wall_s_per_batch": walls, "thunk_s_per_batch": total, "by_category_s": dict(by_cat),
-              "by_library_s": dict(by_lib), "top": top, "flops_per_batch": flops}
+    result = {
+        "cpu": cpu_model(),
+        "command": "python benchmarks/profile_encode.py " + " ".join(sys.argv[1:]),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "devices": len(devices),
+        "args": vars(args),
+        "wall_s_per_batch": walls,
+        "thunk_s_per_batch": total,
+        "by_category_s": dict(by_cat),
+        "by_library_s": dict(by_lib),
+        "top": top,
+        "flops_per_batch": flops,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Per-op profile of one encode batch ({args.dtype}, {args.batch} x {args.length}, {len(devices)} "
-             f"device{'s' if len(devices) > 1 else ''})", "",
-             f"CPU: {result['cpu']}. Command: `{result['command']}`; XLA_FLAGS=`{result['xla_flags']}`. "
-             + (f"{args.note} " if args.note else "")
-             + f"Wall per batch (median of {args.steps}, under the profiler): {wall * 1e3:.0f} ms = "
-             f"{flops / wall / 1e9:.0f} GFLOP/s by XLA's count ({flops / 1e9:.0f} GFLOP); summed thunk time "
-             f"{total * 1e3:.0f} ms (thunks may overlap).", "",
-             "| category | thunks | ms per batch | % of thunk time |", "|---|---|---|---|"]
+    lines = [
+        f"# Per-op profile of one encode batch ({args.dtype}, {args.batch} x {args.length}, {len(devices)} "
+        f"device{'s' if len(devices) > 1 else ''})",
+        "",
+        f"CPU: {result['cpu']}. Command: `{result['command']}`; XLA_FLAGS=`{result['xla_flags']}`. "
+        + (f"{args.note} " if args.note else "")
+        + f"Wall per batch (median of {args.steps}, under the profiler): {wall * 1e3:.0f} ms = "
+        f"{flops / wall / 1e9:.0f} GFLOP/s by XLA's count ({flops / 1e9:.0f} GFLOP); summed thunk time "
+        f"{total * 1e3:.0f} ms (thunks may overlap).",
+        "",
+        "| category | thunks | ms per batch | % of thunk time |",
+        "|---|---|---|---|",
+    ]
     for c in CATEGORIES:
         if by_cat.get(c):
             lines.append(f"| {c} | {count[c]} | {by_cat[c] * 1e3:.1f} | {100 * by_cat[c] / total:.1f} |")
-    lines += ["", "Dots by library: " + ", ".join(f"{k} {v * 1e3:.0f} ms ({100 * v / total:.0f} %)"
-                                                  for k, v in by_lib.most_common()), "",
-              "Top thunks:", "", "| thunk | category | library | ms per batch |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Dots by library: "
+        + ", ".join(f"{k} {v * 1e3:.0f} ms ({100 * v / total:.0f} %)" for k, v in by_lib.most_common()),
+        "",
+        "Top thunks:",
+        "",
+        "| thunk | category | library | ms per batch |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {n} | {category[n]} | {library[n] or ''} | {t * 1e3:.1f} |" for n, t in top]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -35,8 +35,16 @@ def spann_curve(index, q, gt, probes=(1, 2, 4, 8, 16, 32, 64), eps2s=(), eps2_pr
         t = time.perf_counter()
         hits = index.search(q, k, max_probe=max_probe, eps2=eps2)
         ms = (time.perf_counter() - t) * 1000 / len(q)
-        points.append({"max_probe": max_probe, "eps2": eps2, "recall": recall(hits.rows, gt),
-                       "scanned": float(hits.scanned.mean()), "lists": float(hits.probed.mean()), "ms_per_query": ms})
+        points.append(
+            {
+                "max_probe": max_probe,
+                "eps2": eps2,
+                "recall": recall(hits.rows, gt),
+                "scanned": float(hits.scanned.mean()),
+                "lists": float(hits.probed.mean()),
+                "ms_per_query": ms,
+            }
+        )
     return points
 
 
@@ -64,8 +72,15 @@ def ivf_curve(ivf, q, gt, probes=(1, 2, 4, 8, 16, 32, 64, 128)) -> list[dict]:
         with faiss_single_thread():
             _, rows = ivf.search(q, k)
         ms = (time.perf_counter() - t) * 1000 / len(q)
-        points.append({"nprobe": nprobe, "recall": recall(rows, gt), "lists": float(nprobe),
-                       "scanned": faiss.cvar.indexIVF_stats.ndis / len(q), "ms_per_query": ms})
+        points.append(
+            {
+                "nprobe": nprobe,
+                "recall": recall(rows, gt),
+                "lists": float(nprobe),
+                "scanned": faiss.cvar.indexIVF_stats.ndis / len(q),
+                "ms_per_query": ms,
+            }
+        )
     return points
 
 

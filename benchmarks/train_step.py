@@ -30,7 +30,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child
 
 
@@ -96,8 +95,13 @@ def bench_jdr(args, model_dir, batch) -> dict:
         jax.block_until_ready(metrics["loss"])
 
     seconds = time_calls(run, args.steps)
-    out = {"seconds_per_step": seconds, "examples_per_s": args.batch / seconds, "peak_rss_mib": peak_rss_mib(),
-           "matmul_peak_flop_per_s": matmul_peak(), "devices": [str(d) for d in jax.local_devices()]}
+    out = {
+        "seconds_per_step": seconds,
+        "examples_per_s": args.batch / seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "matmul_peak_flop_per_s": matmul_peak(),
+        "devices": [str(d) for d in jax.local_devices()],
+    }
     if flops:
         out["flops_per_step"] = flops
         out["flop_per_s"] = flops / seconds
@@ -110,19 +114,25 @@ def bench_sentence_transformers(args, model_dir, batch) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
-
     torch.manual_seed(0)
     model = SentenceTransformer(str(model_dir), device="cpu")
     model.train()
     loss_fn = losses.MultipleNegativesRankingLoss(model, scale=20.0)  # scale 20 == temperature 0.05
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
     g = 1 + args.negatives
-    q = {"input_ids": torch.from_numpy(batch["query_ids"]).long(),
-         "attention_mask": torch.from_numpy(batch["query_mask"]).long()}
+    q = {
+        "input_ids": torch.from_numpy(batch["query_ids"]).long(),
+        "attention_mask": torch.from_numpy(batch["query_mask"]).long(),
+    }
     p = batch["passage_ids"].reshape(args.batch, g, -1)
     # MNRL takes columns (anchor, positive, negative...): column j holds every query's j-th passage.
-    columns = [{"input_ids": torch.from_numpy(np.ascontiguousarray(p[:, j])).long(),
-                "attention_mask": torch.ones(args.batch, p.shape[2], dtype=torch.long)} for j in range(g)]
+    columns = [
+        {
+            "input_ids": torch.from_numpy(np.ascontiguousarray(p[:, j])).long(),
+            "attention_mask": torch.ones(args.batch, p.shape[2], dtype=torch.long),
+        }
+        for j in range(g)
+    ]
 
     def run():
         opt.zero_grad()
@@ -132,8 +142,14 @@ def bench_sentence_transformers(args, model_dir, batch) -> dict:
         opt.step()
 
     seconds = time_calls(run, args.steps)
-    return {"seconds_per_step": seconds, "examples_per_s": args.batch / seconds, "peak_rss_mib": peak_rss_mib(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "dtype": args.dtype}
+    return {
+        "seconds_per_step": seconds,
+        "examples_per_s": args.batch / seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+    }
 
 
 def write_results(result: dict) -> None:
@@ -142,11 +158,14 @@ def write_results(result: dict) -> None:
     (RESULTS / "train_step.json").write_text(json.dumps(result, indent=2) + "\n")
     a = result["args"]
     sections = result.get("by_dtype") or {a.get("dtype", "float32"): result}
-    lines = ["# Train step: jdr vs sentence-transformers MultipleNegativesRankingLoss", "",
-             f"CPU: {result['cpu']}. Batch {a['batch']} queries x (1 + {a['negatives']}) passages, query "
-             f"{a['query_len']} / passage {a['passage_len']} tokens, AdamW, compute dtype{'s' if len(sections) > 1 else ''} "
-             f"{', '.join(sections)} (jdr `dtype`; the peer: torch.autocast for bfloat16); each side in its own "
-             f"process, {a['repeats']} alternating rounds of {a['steps']} timed steps after one warm-up step."]
+    lines = [
+        "# Train step: jdr vs sentence-transformers MultipleNegativesRankingLoss",
+        "",
+        f"CPU: {result['cpu']}. Batch {a['batch']} queries x (1 + {a['negatives']}) passages, query "
+        f"{a['query_len']} / passage {a['passage_len']} tokens, AdamW, compute dtype{'s' if len(sections) > 1 else ''} "
+        f"{', '.join(sections)} (jdr `dtype`; the peer: torch.autocast for bfloat16); each side in its own "
+        f"process, {a['repeats']} alternating rounds of {a['steps']} timed steps after one warm-up step.",
+    ]
     for dtype, section in sections.items():
         lines += [""] + ([f"## {dtype}", ""] if len(sections) > 1 else []) + _table(section)
     (RESULTS / "train_step.md").write_text("\n".join(lines) + "\n")
@@ -154,18 +173,31 @@ def write_results(result: dict) -> None:
 
 def _table(section: dict) -> list[str]:
     """One dtype's rounds as a markdown table and its median ratios."""
-    lines = ["| round | jdr s/step (dropout) | jdr s/step (no dropout) | dropout cost | ST s/step | jdr / ST | "
-             "jdr GFLOP/s | f32 matmul peak GFLOP/s | peak RSS MiB jdr / ST |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| round | jdr s/step (dropout) | jdr s/step (no dropout) | dropout cost | ST s/step | jdr / ST | "
+        "jdr GFLOP/s | f32 matmul peak GFLOP/s | peak RSS MiB jdr / ST |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(section["rounds"]):
         on, off, st = r["jdr"], r.get("jdr_nodrop"), r.get("st")
         lines.append(
             f"| {i} | {on['seconds_per_step']:.2f} | {off['seconds_per_step']:.2f} | "
-            f"{1 - off['seconds_per_step'] / on['seconds_per_step']:.0%} | " if off else f"| {i} | {on['seconds_per_step']:.2f} | — | — | ")
-        lines[-1] += (f"{st['seconds_per_step']:.2f} | {st['seconds_per_step'] / on['seconds_per_step']:.2f} | " if st else "— | — | ")
-        lines[-1] += (f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
-                      f"{on['peak_rss_mib']:.0f} / {st['peak_rss_mib']:.0f} |" if st else
-                      f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
-                      f"{on['peak_rss_mib']:.0f} / — |")
+            f"{1 - off['seconds_per_step'] / on['seconds_per_step']:.0%} | "
+            if off
+            else f"| {i} | {on['seconds_per_step']:.2f} | — | — | "
+        )
+        lines[-1] += (
+            f"{st['seconds_per_step']:.2f} | {st['seconds_per_step'] / on['seconds_per_step']:.2f} | "
+            if st
+            else "— | — | "
+        )
+        lines[-1] += (
+            f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
+            f"{on['peak_rss_mib']:.0f} / {st['peak_rss_mib']:.0f} |"
+            if st
+            else f"{on.get('flop_per_s', 0) / 1e9:.0f} | {on['matmul_peak_flop_per_s'] / 1e9:.0f} | "
+            f"{on['peak_rss_mib']:.0f} / — |"
+        )
     for key, label in (("jdr_over_st", "jdr / sentence-transformers"), ("dropout_cost", "dropout cost")):
         if key in section:
             lines.append(f"\n**{label}: {section[key]:.2f}** (median of rounds).")
@@ -184,8 +216,11 @@ def main() -> None:
     ap.add_argument("--st-python", default=sys.executable, help="python with torch + sentence-transformers")
     ap.add_argument("--skip-st", action="store_true", help="only time jdr")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (all sides)")
-    ap.add_argument("--dtypes", default=None,
-                    help="comma list (float32,bfloat16): every dtype each round, each against the peer's same dtype")
+    ap.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list (float32,bfloat16): every dtype each round, each against the peer's same dtype",
+    )
     ap.add_argument("--skip-nodrop", action="store_true", help="no jdr-without-dropout side (no dropout cost)")
     ap.add_argument("--child", choices=("jdr", "jdr_nodrop", "st"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -196,14 +231,23 @@ def main() -> None:
         _, spec, _ = hf.load(model_dir)
         batch = random_batch(args, spec.bert.vocab_size)
         args.dropout = args.child != "jdr_nodrop"
-        out = bench_sentence_transformers(args, model_dir, batch) if args.child == "st" else bench_jdr(args, model_dir, batch)
+        out = (
+            bench_sentence_transformers(args, model_dir, batch)
+            if args.child == "st"
+            else bench_jdr(args, model_dir, batch)
+        )
         print(json.dumps(out))
         return
     dtypes = args.dtypes.split(",") if args.dtypes else [args.dtype]
     if not set(dtypes) <= {"float32", "bfloat16"}:
         ap.error(f"--dtypes: {args.dtypes!r} (known: float32, bfloat16)")
-    base = [f"--batch={args.batch}", f"--negatives={args.negatives}", f"--query-len={args.query_len}",
-            f"--passage-len={args.passage_len}", f"--steps={args.steps}"]
+    base = [
+        f"--batch={args.batch}",
+        f"--negatives={args.negatives}",
+        f"--query-len={args.query_len}",
+        f"--passage-len={args.passage_len}",
+        f"--steps={args.steps}",
+    ]
     result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model()}
     sections = {d: {"rounds": []} for d in dtypes}
     jdr_sides = ("jdr",) if args.skip_nodrop else ("jdr", "jdr_nodrop")
@@ -218,26 +262,34 @@ def main() -> None:
                     result["st_skipped"] = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
                     args.skip_st = True
             sections[dtype]["rounds"].append(rnd)
-            print(f"round {i} {dtype}: " + ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in rnd.items()),
-                  flush=True)
+            print(
+                f"round {i} {dtype}: " + ", ".join(f"{k} {v['seconds_per_step']:.2f} s/step" for k, v in rnd.items()),
+                flush=True,
+            )
     print(f"CPU: {result['cpu']}")
     for dtype, section in sections.items():
         rounds = section["rounds"]
         if not args.skip_nodrop:
             section["dropout_cost"] = statistics.median(
-                1 - r["jdr_nodrop"]["seconds_per_step"] / r["jdr"]["seconds_per_step"] for r in rounds)
+                1 - r["jdr_nodrop"]["seconds_per_step"] / r["jdr"]["seconds_per_step"] for r in rounds
+            )
         if all("st" in r for r in rounds):
-            section["jdr_over_st"] = statistics.median(r["st"]["seconds_per_step"] / r["jdr"]["seconds_per_step"]
-                                                       for r in rounds)
+            section["jdr_over_st"] = statistics.median(
+                r["st"]["seconds_per_step"] / r["jdr"]["seconds_per_step"] for r in rounds
+            )
         last = rounds[-1]["jdr"]
-        print(f"{dtype}: jdr {last['examples_per_s']:.2f} examples/s with dropout "
-              f"({last.get('flop_per_s', 0) / 1e9:.0f} GFLOP/s of a {last['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s "
-              f"f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
-              + (f"; dropout costs {section['dropout_cost']:.0%} of the step" if "dropout_cost" in section else "")
-              + (f"; sentence-transformers {rounds[-1]['st']['examples_per_s']:.2f} examples/s (peak RSS "
-                 f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB); jdr / ST = {section['jdr_over_st']:.2f}x"
-                 if "jdr_over_st" in section else
-                 f"; sentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"))
+        print(
+            f"{dtype}: jdr {last['examples_per_s']:.2f} examples/s with dropout "
+            f"({last.get('flop_per_s', 0) / 1e9:.0f} GFLOP/s of a {last['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s "
+            f"f32 matmul peak, peak RSS {last['peak_rss_mib']:.0f} MiB)"
+            + (f"; dropout costs {section['dropout_cost']:.0%} of the step" if "dropout_cost" in section else "")
+            + (
+                f"; sentence-transformers {rounds[-1]['st']['examples_per_s']:.2f} examples/s (peak RSS "
+                f"{rounds[-1]['st']['peak_rss_mib']:.0f} MiB); jdr / ST = {section['jdr_over_st']:.2f}x"
+                if "jdr_over_st" in section
+                else f"; sentence-transformers skipped: {result.get('st_skipped', '--skip-st')}"
+            )
+        )
     if len(dtypes) == 1:
         result.update(sections[dtypes[0]])  # the single-dtype layout of train_step.json, as before
     else:

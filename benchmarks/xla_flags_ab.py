@@ -82,9 +82,12 @@ def timed_calls(call, timed: int) -> dict:
         call()
         times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"seconds": times, "user_s_per_call": (after.ru_utime - before.ru_utime) / timed,
-            "sys_s_per_call": (after.ru_stime - before.ru_stime) / timed,
-            "minor_faults_per_call": (after.ru_minflt - before.ru_minflt) / timed}
+    return {
+        "seconds": times,
+        "user_s_per_call": (after.ru_utime - before.ru_utime) / timed,
+        "sys_s_per_call": (after.ru_stime - before.ru_stime) / timed,
+        "minor_faults_per_call": (after.ru_minflt - before.ru_minflt) / timed,
+    }
 
 
 def child_matmul(dtype: str, timed: int) -> dict:
@@ -126,14 +129,19 @@ def child_encode(dtype: str, timed: int) -> dict:
     fn, replicated, _ = inference._compiled(tuple(jax.local_devices()), spec, "query")
     ids = np.zeros((64, 256), np.int32)
     hlo = fn.lower(jax.device_put(params, replicated), ids, ids).compile().as_text()
-    return {**out, "backends": dot_backends(hlo), "devices": jax.local_device_count(),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        **out,
+        "backends": dot_backends(hlo),
+        "devices": jax.local_device_count(),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def run_child(config: str, workload: str, timed: int) -> dict:
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + CONFIGS[config]).strip())
-    out = subprocess.run([sys.executable, __file__, "--child", workload, f"--timed={timed}"], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", workload, f"--timed={timed}"], env=env, capture_output=True, text=True
+    )
     if out.returncode:
         tail = (out.stderr.strip().splitlines() or ["?"])[-1]
         return {"rejected": f"rc {out.returncode}: {tail[:300]}"}
@@ -143,17 +151,27 @@ def run_child(config: str, workload: str, timed: int) -> dict:
 
 
 def write_md(result: dict, stem: str) -> None:
-    lines = [f"# XLA:CPU flag A/B ({', '.join(result['workloads'])})", "",
-             f"CPU: {result['cpu']}. {result['rounds']} interleaved rounds, {result['timed']} timed calls per child "
-             f"after a warm-up; median over rounds of each child's median. Command: `{result['command']}`"
-             + (f" Note: {result['note']}" if result.get("note") else ""), ""]
+    lines = [
+        f"# XLA:CPU flag A/B ({', '.join(result['workloads'])})",
+        "",
+        f"CPU: {result['cpu']}. {result['rounds']} interleaved rounds, {result['timed']} timed calls per child "
+        f"after a warm-up; median over rounds of each child's median. Command: `{result['command']}`"
+        + (f" Note: {result['note']}" if result.get("note") else ""),
+        "",
+    ]
     for w in result["workloads"]:
-        lines += [f"## {w}", "", "| config | XLA_FLAGS | median ms | per round ms | vs default | fastest call ms | "
-                  "fastest vs default | CPU s per call (user + sys) | dots: ynn / xnn / onednn / xla |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {w}",
+            "",
+            "| config | XLA_FLAGS | median ms | per round ms | vs default | fastest call ms | "
+            "fastest vs default | CPU s per call (user + sys) | dots: ynn / xnn / onednn / xla |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         base = result["summary"][w].get("default")
-        fastest = {c: min(min(r[w][c].get("seconds") or [float("inf")]) for r in result["per_round"])
-                   for c in result["configs"]}
+        fastest = {
+            c: min(min(r[w][c].get("seconds") or [float("inf")]) for r in result["per_round"])
+            for c in result["configs"]
+        }
         for c in result["configs"]:
             runs = [r[w][c] for r in result["per_round"]]
             rejected = next((r["rejected"] for r in runs if "rejected" in r), None)
@@ -166,11 +184,14 @@ def write_md(result: dict, stem: str) -> None:
             user = [r["user_s_per_call"] for r in runs if "user_s_per_call" in r]
             sys_ = [r["sys_s_per_call"] for r in runs if "sys_s_per_call" in r]
             cpu_text = f"{statistics.median(user):.3f} + {statistics.median(sys_):.3f}" if user else "—"
-            lines.append(f"| {c} | `{CONFIGS[c] or '(none)'}` | {med * 1e3:.1f} | "
-                         f"{per_round} | "
-                         f"{base / med:.2f}x | {fastest[c] * 1e3:.1f} | {fastest['default'] / fastest[c]:.2f}x | {cpu_text} | "
-                         f"{b['ynnpack']} / {b['xnnpack']} / {b['onednn']} / {b['xla_dot']} |"
-                         if base else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | | | | |")
+            lines.append(
+                f"| {c} | `{CONFIGS[c] or '(none)'}` | {med * 1e3:.1f} | "
+                f"{per_round} | "
+                f"{base / med:.2f}x | {fastest[c] * 1e3:.1f} | {fastest['default'] / fastest[c]:.2f}x | {cpu_text} | "
+                f"{b['ynnpack']} / {b['xnnpack']} / {b['onednn']} / {b['xla_dot']} |"
+                if base
+                else f"| {c} | `{CONFIGS[c]}` | {med * 1e3:.1f} | | | | | | |"
+            )
         lines.append("")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
@@ -182,8 +203,11 @@ def rewrite(stem: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="default,no_ynn,xnn_dot,onednn,onednn_custom_call,fast_math",
-                    help=f"comma list of {', '.join(CONFIGS)}")
+    ap.add_argument(
+        "--configs",
+        default="default,no_ynn,xnn_dot,onednn,onednn_custom_call,fast_math",
+        help=f"comma list of {', '.join(CONFIGS)}",
+    )
     ap.add_argument("--workloads", default="matmul-float32,matmul-bfloat16")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timed", type=int, default=5, help="timed calls per child after one warm-up")
@@ -199,21 +223,36 @@ def main() -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown configs {unknown} (known: {', '.join(CONFIGS)})")
-    result = {"cpu": cpu_model(), "configs": configs, "workloads": workloads, "rounds": args.rounds,
-              "timed": args.timed, "note": args.note, "per_round": [],
-              "command": "python benchmarks/xla_flags_ab.py " + " ".join(sys.argv[1:])}
+    result = {
+        "cpu": cpu_model(),
+        "configs": configs,
+        "workloads": workloads,
+        "rounds": args.rounds,
+        "timed": args.timed,
+        "note": args.note,
+        "per_round": [],
+        "command": "python benchmarks/xla_flags_ab.py " + " ".join(sys.argv[1:]),
+    }
     for i in range(args.rounds):
         rnd = {w: {} for w in workloads}
         for w in workloads:
             for c in configs:
                 rnd[w][c] = run_child(c, w, args.timed)
                 r = rnd[w][c]
-                print(f"round {i} {w} {c}: " + (r["rejected"] if "rejected" in r else
-                      f"{r['median_s'] * 1e3:.1f} ms, dots {r['backends']}"), flush=True)
+                print(
+                    f"round {i} {w} {c}: "
+                    + (r["rejected"] if "rejected" in r else f"{r['median_s'] * 1e3:.1f} ms, dots {r['backends']}"),
+                    flush=True,
+                )
         result["per_round"].append(rnd)
-    result["summary"] = {w: {c: statistics.median(r[w][c]["median_s"] for r in result["per_round"])
-                             for c in configs if all("median_s" in r[w][c] for r in result["per_round"])}
-                         for w in workloads}
+    result["summary"] = {
+        w: {
+            c: statistics.median(r[w][c]["median_s"] for r in result["per_round"])
+            for c in configs
+            if all("median_s" in r[w][c] for r in result["per_round"])
+        }
+        for w in workloads
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     write_md(result, args.out)

@@ -45,13 +45,23 @@ from jdr.run_info import cpu_model  # noqa: E402
 CONFIG = REPO / "configs" / "scifact_selfsup.py"
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 REFERENCE_ROWS = ("released", "released_bf16", "white384", "white256", "white128")
-LABELS = {"released": "all-MiniLM-L6-v2 as released (float32)",
-          "released_bf16": "released, bfloat16 compute",
-          "white384": "released + whitening, 384 dims", "white256": "released + whitening, 256 dims",
-          "white128": "released + whitening, 128 dims", "crop": "crop (Contriever)",
-          "crop_bf16": "crop, bfloat16 compute", "crop+moco": "crop + MoCo", "ict": "ICT (inverse cloze)",
-          "ict+moco": "ICT + MoCo", "simcse": "SimCSE dropout", "mirror": "Mirror-BERT spans",
-          "esimcse": "ESimCSE repetition", "title": "title / body", "bm25": "BM25 pseudo-queries"}
+LABELS = {
+    "released": "all-MiniLM-L6-v2 as released (float32)",
+    "released_bf16": "released, bfloat16 compute",
+    "white384": "released + whitening, 384 dims",
+    "white256": "released + whitening, 256 dims",
+    "white128": "released + whitening, 128 dims",
+    "crop": "crop (Contriever)",
+    "crop_bf16": "crop, bfloat16 compute",
+    "crop+moco": "crop + MoCo",
+    "ict": "ICT (inverse cloze)",
+    "ict+moco": "ICT + MoCo",
+    "simcse": "SimCSE dropout",
+    "mirror": "Mirror-BERT spans",
+    "esimcse": "ESimCSE repetition",
+    "title": "title / body",
+    "bm25": "BM25 pseudo-queries",
+}
 
 
 def training_rows() -> dict[str, list[str]]:
@@ -92,20 +102,33 @@ def reference_row(row: str, args, data) -> dict:
     dtype = "bfloat16" if row == "released_bf16" else "float32"
     cache = Path(args.cache)
     corpus_ids = list(data.corpus.ids)
-    docs = encode_store(cache / f"minilm_{'bf16' if dtype == 'bfloat16' else 'f32'}" / "corpus", corpus_ids,
-                        data.corpus.passages(), "passage", dtype, 256)
+    docs = encode_store(
+        cache / f"minilm_{'bf16' if dtype == 'bfloat16' else 'f32'}" / "corpus",
+        corpus_ids,
+        data.corpus.passages(),
+        "passage",
+        dtype,
+        256,
+    )
     qids = list(data.queries)
-    queries = encode_store(cache / f"minilm_{'bf16' if dtype == 'bfloat16' else 'f32'}" / "test_queries", qids,
-                           [data.queries[q] for q in qids], "query", dtype, 256)
+    queries = encode_store(
+        cache / f"minilm_{'bf16' if dtype == 'bfloat16' else 'f32'}" / "test_queries",
+        qids,
+        [data.queries[q] for q in qids],
+        "query",
+        dtype,
+        256,
+    )
     extra = {}
     if row == "released_bf16":
-        f32 = encode_store(cache / "minilm_f32" / "corpus", corpus_ids, data.corpus.passages(), "passage",
-                           "float32", 256)
+        f32 = encode_store(
+            cache / "minilm_f32" / "corpus", corpus_ids, data.corpus.passages(), "passage", "float32", 256
+        )
         extra["min_cosine_vs_float32"] = float(np.min(np.sum(f32 * docs, axis=1)))
     if row.startswith("white"):
         from jdr.models.whitening import fit_whitening
 
-        w = fit_whitening(docs, dim=int(row[len("white"):]))
+        w = fit_whitening(docs, dim=int(row[len("white") :]))
         docs, queries = w(docs), w(queries)
     return {"run": flat_run(queries, qids, docs, corpus_ids), **extra}
 
@@ -119,12 +142,22 @@ def train_row(row: str, overrides: list[str], args, dtype_note: list[str]) -> di
     if not (workdir / "final_metrics.json").is_file():  # a finished workdir (queue killed before row.json) is reused
         print("$", " ".join(cmd), flush=True)
         with open(log, "a") as f:
-            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            subprocess.run(
+                cmd,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                check=True,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
     timing = workdir / "timing.json"
     wall = json.loads(timing.read_text()).get("wall_seconds") if timing.is_file() else None
-    return {"run": read_trec_run(workdir / TEST_RUN), "command": " ".join(cmd[2:]), "train_wall_s": wall,
-            "final_metrics": json.loads((workdir / "final_metrics.json").read_text())}
+    return {
+        "run": read_trec_run(workdir / TEST_RUN),
+        "command": " ".join(cmd[2:]),
+        "train_wall_s": wall,
+        "final_metrics": json.loads((workdir / "final_metrics.json").read_text()),
+    }
 
 
 def per_query(qrels, run_file) -> dict[str, np.ndarray]:
@@ -158,27 +191,46 @@ def write_tables(root: Path, qrels, order: list[str], out: Path, argv: list[str]
         return
     scores = {r: per_query(qrels, done[r]["run_file"]) for r in names}
     cmp = compare_scores(scores, baseline="released", metrics=METRICS)
-    extra = {"precision": {r: done[r].get("precision", "") for r in names},
-             "minutes (wall)": {r: f"{done[r]['minutes']:.1f}" for r in names}}
+    extra = {
+        "precision": {r: done[r].get("precision", "") for r in names},
+        "minutes (wall)": {r: f"{done[r]['minutes']:.1f}" for r in names},
+    }
     decision = bf16_decision(done, qrels)
-    lines = ["# Zero-label SciFact (issue 23, queue item 1)", "",
-             f"CPU: {cpu_model()}. Minutes are wall time of the row on the shared 2-core machine (other work ran "
-             "beside the queue: not timing results). SciFact test, 300 queries, 5 183 docs, passages at 256 tokens "
-             "for evaluation. Training rows: `configs/scifact_selfsup.py` (100 steps x 32 pairs, in-batch "
-             "negatives, InfoNCE t=0.05, AdamW 1e-5) + the row's overrides, no labels and no dev choices.", "",
-             format_markdown(cmp, labels=LABELS, extra=extra), ""]
+    lines = [
+        "# Zero-label SciFact (issue 23, queue item 1)",
+        "",
+        f"CPU: {cpu_model()}. Minutes are wall time of the row on the shared 2-core machine (other work ran "
+        "beside the queue: not timing results). SciFact test, 300 queries, 5 183 docs, passages at 256 tokens "
+        "for evaluation. Training rows: `configs/scifact_selfsup.py` (100 steps x 32 pairs, in-batch "
+        "negatives, InfoNCE t=0.05, AdamW 1e-5) + the row's overrides, no labels and no dev choices.",
+        "",
+        format_markdown(cmp, labels=LABELS, extra=extra),
+        "",
+    ]
     if decision:
-        lines += [f"bfloat16 twin (crop vs crop_bf16): {'no' if decision == 'bfloat16' else 'a'} significant "
-                  f"difference on {', '.join(METRICS)} -> later training rows ran in {decision}.", ""]
-    lines += ["Commands (each row):", ""] + [f"- {r}: `{done[r].get('command', 'reference row (see script)')}`"
-                                              for r in names]
+        lines += [
+            f"bfloat16 twin (crop vs crop_bf16): {'no' if decision == 'bfloat16' else 'a'} significant "
+            f"difference on {', '.join(METRICS)} -> later training rows ran in {decision}.",
+            "",
+        ]
+    lines += ["Commands (each row):", ""] + [
+        f"- {r}: `{done[r].get('command', 'reference row (see script)')}`" for r in names
+    ]
     lines += ["", f"Reproduce: `python {' '.join(argv)}`"]
     with atomic_write(out.with_suffix(".md")) as f:
         f.write("\n".join(lines) + "\n")
     with atomic_write(out.with_suffix(".json")) as f:
-        f.write(json.dumps({
-        "cpu": cpu_model(), "rows": {r: {k: v for k, v in done[r].items() if k != "run"} for r in names},
-        "comparison": cmp.to_dict(), "bf16_decision": decision}, indent=2))
+        f.write(
+            json.dumps(
+                {
+                    "cpu": cpu_model(),
+                    "rows": {r: {k: v for k, v in done[r].items() if k != "run"} for r in names},
+                    "comparison": cmp.to_dict(),
+                    "bf16_decision": decision,
+                },
+                indent=2,
+            )
+        )
 
 
 def main(argv=None) -> int:
@@ -187,8 +239,12 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=str(REPO / "runs" / "zero_label"))
     ap.add_argument("--cache", default=str(REPO / ".cache" / "emb"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "zero_label"))
-    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                    help="compute dtype of the training rows after crop/crop_bf16 (auto: the paired test decides)")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="compute dtype of the training rows after crop/crop_bf16 (auto: the paired test decides)",
+    )
     ap.add_argument("--plan", action="store_true")
     args = ap.parse_args(argv)
     from jdr.data.beir import load_beir, resolve_dataset

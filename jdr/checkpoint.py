@@ -74,8 +74,16 @@ class Checkpointer:
     synchronises them); only the primary process sets aside incomplete steps.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best_metric: str | None = None,
-                 best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        keep_best_metric: str | None = None,
+        best_mode: str = "max",
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         if keep < 1:
             raise ValueError(f"checkpoint keep must be >= 1, got {keep}")
         if best_mode not in ("max", "min"):
@@ -92,8 +100,11 @@ class Checkpointer:
         best_fn = None
         if keep_best_metric is not None:
             best_fn = lambda metrics: float(metrics[keep_best_metric])  # noqa: E731
-            policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
-                                      keep_checkpoints_without_metrics=False))
+            policies.append(
+                ocm.BestN(
+                    get_metric_fn=best_fn, reverse=best_mode == "min", n=1, keep_checkpoints_without_metrics=False
+                )
+            )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=None if read_only else ocm.AnyPreservationPolicy(policies),
             best_fn=best_fn,  # with a best_fn orbax also writes the metrics, so the best survives a restart
@@ -106,13 +117,24 @@ class Checkpointer:
             save_interval_steps=0 if read_only else 1,
         )
         # Handlers named up front so a fresh manager can read item metadata (restore_params needs the tree).
-        handlers = {"state": ocp.PyTreeCheckpointHandler(), "arrays": ocp.StandardCheckpointHandler(),
-                    "meta": ocp.JsonCheckpointHandler()}
+        handlers = {
+            "state": ocp.PyTreeCheckpointHandler(),
+            "arrays": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
-    def save(self, step: int, state: Any, *, iterator_state: Mapping[str, Any], rng: jax.Array,
-             config: Mapping[str, Any], negatives: Mapping[str, Any] | None = None,
-             metrics: Mapping[str, float] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        iterator_state: Mapping[str, Any],
+        rng: jax.Array,
+        config: Mapping[str, Any],
+        negatives: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         """Checkpoint `state` (an unreplicated pytree, e.g. `TrainState`) at `step` with the resume extras.
 
         `iterator_state`: `GroupIterator.state()`; `rng`: the base jax key (typed or raw uint32);
@@ -171,8 +193,9 @@ class Checkpointer:
         step = self._complete_step(step)
         with self._errors("read", step):
             meta = self._meta(step)
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=_numpy_restore(abstract_state), arrays=ocp.args.StandardRestore()))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=_numpy_restore(abstract_state), arrays=ocp.args.StandardRestore())
+            )
             _check_digests(restored.state, meta, "state_crc32")
             _check_digests(restored.arrays, meta, "arrays_crc32")
             arrays = restored.arrays
@@ -182,8 +205,14 @@ class Checkpointer:
             if meta["negatives"] is not None:
                 negatives = _join_unstorable(_to_numpy(arrays.get("negatives", {})), meta["negatives"])
             metrics = self.metrics(step)
-        extras = {"step": int(meta["step"]), "iterator_state": meta["iterator_state"], "rng": rng,
-                  "config": meta["config"], "negatives": negatives, "metrics": metrics}
+        extras = {
+            "step": int(meta["step"]),
+            "iterator_state": meta["iterator_state"],
+            "rng": rng,
+            "config": meta["config"],
+            "negatives": negatives,
+            "metrics": metrics,
+        }
         return restored.state, extras
 
     def restore_params(self, step: int | None = None) -> Any:
@@ -197,8 +226,9 @@ class Checkpointer:
             tree = self._manager.item_metadata(step)["state"]
             if tree is None or "params" not in tree:
                 raise ValueError(f"checkpoint {self.directory / str(step)} holds no state.params")
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=_numpy_restore({"params": tree["params"]}, partial=True)))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=_numpy_restore({"params": tree["params"]}, partial=True))
+            )
             _check_digests(restored.state, meta, "state_crc32")
         return restored.state["params"]
 
@@ -212,8 +242,10 @@ class Checkpointer:
         Only steps saved with a dev score of their own step have metrics; none is a FileNotFoundError."""
         scored = {s: m[metric] for s in self.all_steps() if (m := self.metrics(s)) and metric in m}
         if not scored:
-            raise FileNotFoundError(f"no checkpoint in {self.directory} has a {metric!r} score "
-                                    f"(steps {self.all_steps()}); dev evaluation must run at a checkpoint step")
+            raise FileNotFoundError(
+                f"no checkpoint in {self.directory} has a {metric!r} score "
+                f"(steps {self.all_steps()}); dev evaluation must run at a checkpoint step"
+            )
         pick = max if mode == "max" else min
         return pick(scored, key=lambda s: (scored[s], s))
 
@@ -234,15 +266,17 @@ class Checkpointer:
             if step is None:
                 raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         elif step not in self.all_steps():
-            raise FileNotFoundError(f"no complete checkpoint of step {step} in {self.directory} "
-                                    f"(have {self.all_steps()})")
+            raise FileNotFoundError(
+                f"no complete checkpoint of step {step} in {self.directory} (have {self.all_steps()})"
+            )
         return step
 
     def _meta(self, step: int) -> dict:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"checkpoint {self.directory / str(step)}: format {meta.get('format')}, "
-                             f"this jdr reads format {_FORMAT}")
+            raise ValueError(
+                f"checkpoint {self.directory / str(step)}: format {meta.get('format')}, this jdr reads format {_FORMAT}"
+            )
         return meta
 
     def wait(self) -> None:
@@ -281,8 +315,9 @@ class Checkpointer:
     def _on_disk_steps(self) -> list[int]:
         """Committed steps as the directory shows them now (the manager's list may hold a failed step)."""
         try:
-            return sorted(int(p.name) for p in self.directory.iterdir()
-                          if p.name.isdigit() and (p / _COMMIT_MARKER).exists())
+            return sorted(
+                int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and (p / _COMMIT_MARKER).exists()
+            )
         except OSError:
             return []
 
@@ -328,8 +363,9 @@ def _split_unstorable(tree: dict, prefix: tuple = ()) -> tuple[dict, dict]:
             else:
                 value = np.asarray(value)
                 if value.dtype == object or value.dtype.kind in "USV":
-                    raise ValueError(f"checkpoint negatives: {'/'.join(path + (key,))} has dtype {value.dtype}; "
-                                     "store numbers only")
+                    raise ValueError(
+                        f"checkpoint negatives: {'/'.join(path + (key,))} has dtype {value.dtype}; store numbers only"
+                    )
                 if value.size:
                     out[key] = value
                 else:

@@ -26,8 +26,8 @@ formula below.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -52,8 +52,9 @@ def mean_ci(x: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def paired_test(x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: int = 0,
-                confidence: float = 0.95) -> dict[str, float | tuple[float, float]]:
+def paired_test(
+    x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float | tuple[float, float]]:
     """Paired two-sided tests of `x[n]` (a run's per-query values) against `y[n]` (the baseline's, same queries).
 
     Returns `diff` (mean of x - y), `diff_ci` (t confidence interval of it), `p_permutation` (randomization test,
@@ -66,15 +67,26 @@ def paired_test(x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: 
     diff = float(d.mean())
     if np.all(d == 0):
         return {"diff": 0.0, "diff_ci": (0.0, 0.0), "p_permutation": 1.0, "p_t": 1.0}
-    perm = stats.permutation_test((x, y), _mean_difference, permutation_type="samples", vectorized=True,
-                                  n_resamples=resamples, batch=1000, alternative="two-sided",
-                                  rng=np.random.default_rng(seed))
+    perm = stats.permutation_test(
+        (x, y),
+        _mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=resamples,
+        batch=1000,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
     if np.ptp(d) <= 1e-12 * max(1.0, abs(diff)):  # no spread (up to rounding): the t statistic is infinite
         return {"diff": diff, "diff_ci": (diff, diff), "p_permutation": float(perm.pvalue), "p_t": 0.0}
     t = stats.ttest_rel(x, y)
     ci = t.confidence_interval(confidence)
-    return {"diff": diff, "diff_ci": (float(ci.low), float(ci.high)), "p_permutation": float(perm.pvalue),
-            "p_t": float(t.pvalue)}
+    return {
+        "diff": diff,
+        "diff_ci": (float(ci.low), float(ci.high)),
+        "p_permutation": float(perm.pvalue),
+        "p_t": float(t.pvalue),
+    }
 
 
 def _mean_difference(x, y, axis=-1):
@@ -121,14 +133,28 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """JSON-able: settings, `n_queries`, `baseline`, `metrics` and per run `name`, `info` and `metrics`."""
-        return {**self.settings, "n_queries": self.n_queries, "baseline": self.baseline,
-                "metrics": list(self.metrics), "runs": [dataclasses.asdict(r) for r in self.runs]}
+        return {
+            **self.settings,
+            "n_queries": self.n_queries,
+            "baseline": self.baseline,
+            "metrics": list(self.metrics),
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+        }
 
 
-def compare_scores(scores: Mapping[str, Mapping[str, np.ndarray]], *, baseline: str | None = None,
-                   metrics: Sequence[str] = METRICS, test: str = "permutation", correction: str = "holm",
-                   alpha: float = 0.05, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0,
-                   info: Mapping[str, dict] | None = None) -> Comparison:
+def compare_scores(
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    baseline: str | None = None,
+    metrics: Sequence[str] = METRICS,
+    test: str = "permutation",
+    correction: str = "holm",
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+    info: Mapping[str, dict] | None = None,
+) -> Comparison:
     """Compare per-query values `scores[run][metric] -> [n]` (every run aligned on the same n queries) with the
     `baseline` run (default: the first). The family corrected by `correction` is every (run, metric) pair against
     the baseline, with the p-values of `test` ("permutation" or "t")."""
@@ -160,14 +186,28 @@ def compare_scores(scores: Mapping[str, Mapping[str, np.ndarray]], *, baseline: 
     for entry, p_adj in zip(family, adjust_pvalues([e[key] for e in family], correction)):
         entry["p_adjusted"] = float(p_adj)
         entry["significant"] = bool(p_adj < alpha)
-    settings = {"test": test, "correction": correction, "alpha": alpha, "confidence": confidence,
-                "resamples": resamples, "seed": seed, "comparisons": len(family),
-                "exact_permutation": n < 64 and 2 ** n <= resamples}
+    settings = {
+        "test": test,
+        "correction": correction,
+        "alpha": alpha,
+        "confidence": confidence,
+        "resamples": resamples,
+        "seed": seed,
+        "comparisons": len(family),
+        "exact_permutation": n < 64 and 2**n <= resamples,
+    }
     return Comparison(baseline, [runs[name] for name in names], tuple(metrics), n, settings)
 
 
-def compare_runs(qrels: Qrels, runs: Mapping[str, Run], *, ignore_identical_ids: bool = False,
-                 metrics: Sequence[str] = METRICS, info: Mapping[str, dict] | None = None, **kwargs) -> Comparison:
+def compare_runs(
+    qrels: Qrels,
+    runs: Mapping[str, Run],
+    *,
+    ignore_identical_ids: bool = False,
+    metrics: Sequence[str] = METRICS,
+    info: Mapping[str, dict] | None = None,
+    **kwargs,
+) -> Comparison:
     """`compare_scores` of runs `{name: {qid: {docid: score}}}` against `qrels`: per-query values from pytrec_eval
     over the judged queries (a judged query missing from a run scores 0; unjudged run queries are ignored —
     both counted in each run's `info`). `kwargs` go to `compare_scores`."""
@@ -178,8 +218,10 @@ def compare_runs(qrels: Qrels, runs: Mapping[str, Run], *, ignore_identical_ids:
         judged = judged or list(per_query[metrics[0]])
         scores[name] = {m: np.array([per_query[m][q] for q in judged]) for m in metrics}
         info.setdefault(name, {}).update(
-            queries_in_run=len(run), missing_queries=sum(1 for q in judged if not run.get(q)),
-            unjudged_queries_ignored=sum(1 for q in run if q not in per_query[metrics[0]]))
+            queries_in_run=len(run),
+            missing_queries=sum(1 for q in judged if not run.get(q)),
+            unjudged_queries_ignored=sum(1 for q in run if q not in per_query[metrics[0]]),
+        )
     return compare_scores(scores, metrics=metrics, info=info, **kwargs)
 
 
@@ -189,8 +231,11 @@ def run_path(source: str | Path) -> Path:
     path = Path(source)
     if path.is_dir():
         if not (path / TEST_RUN).is_file():
-            raise DataError(path, f"a directory without {TEST_RUN}: give a TREC run file or a `jdr train` workdir "
-                                  "whose final test evaluation has run")
+            raise DataError(
+                path,
+                f"a directory without {TEST_RUN}: give a TREC run file or a `jdr train` workdir "
+                "whose final test evaluation has run",
+            )
         return path / TEST_RUN
     return path
 
@@ -236,36 +281,58 @@ def judgments(qrels_path: str | None = None, data: str | None = None, split: str
 # -- tables -----------------------------------------------------------------------------------------------------
 def _test_sentence(c: Comparison) -> str:
     s = c.settings
-    test = ("paired randomization test (" + ("exact" if s["exact_permutation"] else f"{s['resamples']} resamples")
-            + ")" if s["test"] == "permutation" else "paired t-test")
-    corr = {"holm": "Holm-corrected", "bh": "Benjamini-Hochberg-corrected", "by": "Benjamini-Yekutieli-corrected",
-            "none": "uncorrected"}[s["correction"]]
-    return (f"two-sided {test}, {corr} over {s['comparisons']} comparisons (runs x metrics), p < {s['alpha']}; "
-            f"{c.n_queries} judged queries, a query missing from a run scores 0")
+    test = (
+        "paired randomization test (" + ("exact" if s["exact_permutation"] else f"{s['resamples']} resamples") + ")"
+        if s["test"] == "permutation"
+        else "paired t-test"
+    )
+    corr = {
+        "holm": "Holm-corrected",
+        "bh": "Benjamini-Hochberg-corrected",
+        "by": "Benjamini-Yekutieli-corrected",
+        "none": "uncorrected",
+    }[s["correction"]]
+    return (
+        f"two-sided {test}, {corr} over {s['comparisons']} comparisons (runs x metrics), p < {s['alpha']}; "
+        f"{c.n_queries} judged queries, a query missing from a run scores 0"
+    )
 
 
-def format_markdown(c: Comparison, digits: int = 4, *, labels: Mapping[str, str] | None = None,
-                    extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
+def format_markdown(
+    c: Comparison,
+    digits: int = 4,
+    *,
+    labels: Mapping[str, str] | None = None,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
+) -> str:
     """A markdown table, one row per run, cells `mean` + `MARK` where the difference from the baseline is
     significant after correction; then a table of each run's difference from the baseline with its confidence
     interval (Student t, `paired_test`'s `diff_ci`); a footnote (the last line) names the test. `labels`: display names by run name; `extra`:
     more columns, `{header: {run name: cell}}` (a missing cell is empty)."""
     labels, extra = labels or {}, extra or {}
-    lines = ["| run | " + " | ".join([LABELS.get(m, m) for m in c.metrics] + list(extra)) + " |",
-             "|---|" + "---|" * (len(c.metrics) + len(extra))]
+    lines = [
+        "| run | " + " | ".join([LABELS.get(m, m) for m in c.metrics] + list(extra)) + " |",
+        "|---|" + "---|" * (len(c.metrics) + len(extra)),
+    ]
     for r in c.runs:
         label = labels.get(r.name, r.name) + (" (baseline)" if r.name == c.baseline else "")
-        cells = [f"{r.metrics[m]['mean']:.{digits}f}" + (MARK if r.metrics[m].get("significant") else "")
-                 for m in c.metrics] + [column.get(r.name, "") for column in extra.values()]
+        cells = [
+            f"{r.metrics[m]['mean']:.{digits}f}" + (MARK if r.metrics[m].get("significant") else "") for m in c.metrics
+        ] + [column.get(r.name, "") for column in extra.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     base = labels.get(c.baseline, c.baseline)
     pct = f"{c.settings['confidence']:.0%}".replace("%", " %")
-    lines += ["", f"| difference from {base} ({pct} CI) | " + " | ".join(LABELS.get(m, m) for m in c.metrics) + " |",
-              "|---|" + "---|" * len(c.metrics)]
+    lines += [
+        "",
+        f"| difference from {base} ({pct} CI) | " + " | ".join(LABELS.get(m, m) for m in c.metrics) + " |",
+        "|---|" + "---|" * len(c.metrics),
+    ]
     for r in c.runs:
         if r.name != c.baseline:
-            cells = [f"{e['diff']:+.{digits}f} [{e['diff_ci'][0]:+.{digits}f}, {e['diff_ci'][1]:+.{digits}f}]"
-                     for e in (r.metrics[m] for m in c.metrics)]
+            cells = [
+                f"{e['diff']:+.{digits}f} [{e['diff_ci'][0]:+.{digits}f}, {e['diff_ci'][1]:+.{digits}f}]"
+                for e in (r.metrics[m] for m in c.metrics)
+            ]
             lines.append(f"| {labels.get(r.name, r.name)} | " + " | ".join(cells) + " |")
     lines.append(f"\n{MARK} significantly different from {base}: {_test_sentence(c)}.")
     return "\n".join(lines)
@@ -284,9 +351,17 @@ def format_text(c: Comparison, digits: int = 4) -> str:
                 rows.append(row + ["baseline"] + [""] * 5)
                 continue
             lo, hi = e["diff_ci"]
-            rows.append(row + [f"{e['diff']:+.{digits}f}", f"[{lo:+.{digits}f}, {hi:+.{digits}f}]",
-                               _p(e["p_permutation"]), _p(e["p_t"]), _p(e["p_adjusted"]),
-                               MARK if e["significant"] else ""])
+            rows.append(
+                row
+                + [
+                    f"{e['diff']:+.{digits}f}",
+                    f"[{lo:+.{digits}f}, {hi:+.{digits}f}]",
+                    _p(e["p_permutation"]),
+                    _p(e["p_t"]),
+                    _p(e["p_adjusted"]),
+                    MARK if e["significant"] else "",
+                ]
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         out.append(f"\n{LABELS.get(m, m)}")
         out.extend(("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths))).rstrip() for row in rows)
@@ -295,4 +370,3 @@ def format_text(c: Comparison, digits: int = 4) -> str:
 
 def _p(p: float) -> str:
     return f"{p:.4f}" if p >= 1e-4 or p == 0 else f"{p:.1e}"
-

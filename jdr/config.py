@@ -11,8 +11,8 @@ import ast
 import difflib
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import ml_collections
 

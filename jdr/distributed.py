@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import logging
 import os
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -226,8 +226,9 @@ def raise_if_any_failed(name: str, error: BaseException | None, exc_type: type =
         client, index = _distributed_client(), jax.process_index()
         client.key_value_set(f"jdr/{name}/{index}", "" if error is None else _one_line(error))
         others = [p for p in range(jax.process_count()) if p != index]
-        failed = [(p, m) for p in others if (m := client.blocking_key_value_get(f"jdr/{name}/{p}",
-                                                                                 _BARRIER_TIMEOUT_MS))]
+        failed = [
+            (p, m) for p in others if (m := client.blocking_key_value_get(f"jdr/{name}/{p}", _BARRIER_TIMEOUT_MS))
+        ]
     if isinstance(error, exc_type):
         raise error
     if error is not None:

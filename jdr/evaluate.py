@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytrec_eval
@@ -68,8 +68,9 @@ def _cut(run: Run, k: int) -> Run:
     return {q: dict(ranked(docs)[:k]) for q, docs in run.items()}
 
 
-def per_query_metrics(qrels: Qrels, run: Run, *, ignore_identical_ids: bool = False,
-                      metrics: tuple[str, ...] = METRIC_KEYS) -> dict[str, dict[str, float]]:
+def per_query_metrics(
+    qrels: Qrels, run: Run, *, ignore_identical_ids: bool = False, metrics: tuple[str, ...] = METRIC_KEYS
+) -> dict[str, dict[str, float]]:
     """Per-query values `{metric: {qid: value}}` of `run` against `qrels`, via pytrec_eval (`metrics` from
     METRIC_KEYS) — what paired significance tests need.
 
@@ -107,8 +108,9 @@ def compute_metrics(qrels: Qrels, run: Run, *, ignore_identical_ids: bool = Fals
     return {k: sum(v.values()) / len(v) for k, v in per_query.items()}
 
 
-def search_run(query_emb, query_ids, index, doc_ids, k: int, *, nprobe: int | None = None,
-               efSearch: int | None = None) -> Run:
+def search_run(
+    query_emb, query_ids, index, doc_ids, k: int, *, nprobe: int | None = None, efSearch: int | None = None
+) -> Run:
     """Search `query_emb[M, d]` against a faiss `index` whose row i is `doc_ids[i]` -> `{qid: {docid: score}}`
     with up to `k` docs per query."""
     if len(query_ids) != len(query_emb):
@@ -123,27 +125,58 @@ def search_run(query_emb, query_ids, index, doc_ids, k: int, *, nprobe: int | No
     }
 
 
-def retrieve(params, spec, tokenizer, corpus, queries: dict[str, str], *, factory: str = "Flat", k: int = 1000,
-             query_max_length: int | None = None, passage_max_length: int | None = None, batch_size: int = 64,
-             nprobe: int | None = None, progress: bool = False) -> Run:
+def retrieve(
+    params,
+    spec,
+    tokenizer,
+    corpus,
+    queries: dict[str, str],
+    *,
+    factory: str = "Flat",
+    k: int = 1000,
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
+    batch_size: int = 64,
+    nprobe: int | None = None,
+    progress: bool = False,
+) -> Run:
     """Encode `corpus` (a `jdr.data.Corpus`, passage tower) and `queries` ({qid: text}, query tower), index the
     passages with faiss `factory`, and return the top-`k` run. Max lengths of None use the spec's."""
     from jdr.distributed import encode_sharded
     from jdr.models.inference import encode_texts  # jax is imported only when a model is actually run
 
     # Multi-host: each process encodes its share of the corpus, all get every row (a no-op for one process).
-    doc_emb = encode_sharded(lambda texts: encode_texts(params, spec, tokenizer, texts, tower="passage",
-                                                        max_length=passage_max_length, batch_size=batch_size,
-                                                        progress=progress), corpus.passages())
+    doc_emb = encode_sharded(
+        lambda texts: encode_texts(
+            params,
+            spec,
+            tokenizer,
+            texts,
+            tower="passage",
+            max_length=passage_max_length,
+            batch_size=batch_size,
+            progress=progress,
+        ),
+        corpus.passages(),
+    )
     qids = list(queries)
-    q_emb = encode_texts(params, spec, tokenizer, [queries[q] for q in qids], tower="query",
-                         max_length=query_max_length, batch_size=batch_size, progress=progress)
+    q_emb = encode_texts(
+        params,
+        spec,
+        tokenizer,
+        [queries[q] for q in qids],
+        tower="query",
+        max_length=query_max_length,
+        batch_size=batch_size,
+        progress=progress,
+    )
     index = faiss_index.build_index(np.asarray(doc_emb, np.float32), factory)
     return search_run(np.asarray(q_emb, np.float32), qids, index, corpus.ids, k, nprobe=nprobe)
 
 
-def evaluate_model(params, spec, tokenizer, data, *, prefix: str = "", run_output: str | os.PathLike | None = None,
-                   **retrieve_kwargs) -> Iterator[tuple[str, float]]:
+def evaluate_model(
+    params, spec, tokenizer, data, *, prefix: str = "", run_output: str | os.PathLike | None = None, **retrieve_kwargs
+) -> Iterator[tuple[str, float]]:
     """Retrieve over `data` (a `jdr.data.BeirData` split) and yield `(prefix + metric, value)` pairs, big_vision
     evaluator style. Identical query/doc ids are ignored, as BEIR does. `run_output`: also write the TREC run
     there (atomically), for `jdr compare`."""
@@ -162,5 +195,6 @@ def bm25_run(corpus, queries: dict[str, str], k: int = 1000, *, preset: str = "l
 
     qids = list(queries)
     scores, rows = bm25_candidates(corpus.passages(), [queries[q] for q in qids], k, preset=preset)
-    return {q: {corpus.ids[r]: float(s) for s, r in zip(srow, rrow) if r >= 0}
-            for q, srow, rrow in zip(qids, scores, rows)}
+    return {
+        q: {corpus.ids[r]: float(s) for s, r in zip(srow, rrow) if r >= 0} for q, srow, rrow in zip(qids, scores, rows)
+    }

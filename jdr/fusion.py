@@ -18,7 +18,7 @@ metrics were computed with. A query present in only some runs is fused from thos
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,8 +49,14 @@ def _cut(fused: dict[str, dict[str, float]], top_k: int | None) -> Run:
     return {q: dict(ranked(docs)[:top_k] if top_k else ranked(docs)) for q, docs in fused.items()}
 
 
-def rrf(runs: Sequence[Run], *, k: float = 60.0, weights: Sequence[float] | None = None, depth: int | None = None,
-        top_k: int | None = 1000) -> Run:
+def rrf(
+    runs: Sequence[Run],
+    *,
+    k: float = 60.0,
+    weights: Sequence[float] | None = None,
+    depth: int | None = None,
+    top_k: int | None = 1000,
+) -> Run:
     """Reciprocal rank fusion of `runs`: each query's docs scored `sum_i w_i / (k + rank_i)` over the runs' top
     `depth` (None = all), the best `top_k` kept (None = all)."""
     w = _weights(runs, weights)
@@ -78,8 +84,14 @@ def normalize(scores: np.ndarray, norm: str) -> np.ndarray:
     return (scores - scores.mean()) / scores.std()
 
 
-def linear(runs: Sequence[Run], *, weights: Sequence[float] | None = None, norm: str = "minmax",
-           depth: int | None = None, top_k: int | None = 1000) -> Run:
+def linear(
+    runs: Sequence[Run],
+    *,
+    weights: Sequence[float] | None = None,
+    norm: str = "minmax",
+    depth: int | None = None,
+    top_k: int | None = 1000,
+) -> Run:
     """Weighted sum of per-query normalised scores (`normalize`) over the runs' top `depth` docs; a doc missing
     from a run gets that run's lowest normalised score for the query. The best `top_k` kept (None = all)."""
     w = _weights(runs, weights)
@@ -102,8 +114,16 @@ def linear(runs: Sequence[Run], *, weights: Sequence[float] | None = None, norm:
     return _cut(fused, top_k)
 
 
-def fuse(runs: Sequence[Run], method: str = "rrf", *, k: float = 60.0, weights: Sequence[float] | None = None,
-         norm: str = "minmax", depth: int | None = None, top_k: int | None = 1000) -> Run:
+def fuse(
+    runs: Sequence[Run],
+    method: str = "rrf",
+    *,
+    k: float = 60.0,
+    weights: Sequence[float] | None = None,
+    norm: str = "minmax",
+    depth: int | None = None,
+    top_k: int | None = 1000,
+) -> Run:
     """`rrf` or `linear` fusion of `runs` by name (the `jdr fuse` entry point); `k` is RRF's, `norm` linear's."""
     if method == "rrf":
         return rrf(runs, k=k, weights=weights, depth=depth, top_k=top_k)

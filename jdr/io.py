@@ -15,8 +15,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from etils import epath
 
@@ -32,8 +32,10 @@ def as_path(path: str | os.PathLike) -> epath.Path:
         return epath.Path(text).expanduser()
     scheme = text.split("://", 1)[0]
     if scheme not in CLOUD_SCHEMES:
-        raise ValueError(f"{text}: only local paths and {', '.join(s + '://' for s in CLOUD_SCHEMES)} URIs are "
-                         "supported (orbax writes checkpoints to no other storage)")
+        raise ValueError(
+            f"{text}: only local paths and {', '.join(s + '://' for s in CLOUD_SCHEMES)} URIs are "
+            "supported (orbax writes checkpoints to no other storage)"
+        )
     if not _cloud_backend_available():
         raise ValueError(f"{text}: gs:// paths need gcsfs (pip install gcsfs) or tensorflow; neither is installed")
     return epath.Path(text)
@@ -142,6 +144,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a local temp directory; on success it replaces `path` (an old `path` is removed first)."""
     if not is_local(path):
+
         def make(d: Path) -> Path:
             (d / "dir").mkdir()
             return d / "dir"

@@ -26,9 +26,7 @@ def _check_group(q, p, group_size: int) -> None:
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if q.ndim != 2 or p.ndim != 2 or p.shape[0] != q.shape[0] * group_size or p.shape[1] != q.shape[1]:
-        raise ValueError(
-            f"expected q[B,H] and p[B*G,H] with G={group_size}; got q{tuple(q.shape)} p{tuple(p.shape)}"
-        )
+        raise ValueError(f"expected q[B,H] and p[B*G,H] with G={group_size}; got q{tuple(q.shape)} p{tuple(p.shape)}")
 
 
 def _gathered_scores(q, p, group_size: int, axis_name: str | None):
@@ -77,9 +75,20 @@ def hardest_in_batch(scores, labels, dropped, *, group_size: int, k: int, margin
     return hinge.mean(), {"hard_in_batch_loss": hinge.mean(), "hard_in_batch_active": active}
 
 
-def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None = None,
-             false_negatives=None, extra_negatives=None, extra_false_negatives=None, hard_in_batch_k: int = 0,
-             hard_in_batch_weight: float = 1.0, hard_in_batch_margin: float = 0.2):
+def info_nce(
+    q,
+    p,
+    *,
+    temperature: float,
+    group_size: int,
+    axis_name: str | None = None,
+    false_negatives=None,
+    extra_negatives=None,
+    extra_false_negatives=None,
+    hard_in_batch_k: int = 0,
+    hard_in_batch_weight: float = 1.0,
+    hard_in_batch_margin: float = 0.2,
+):
     """InfoNCE / MultipleNegativesRanking: each query's softmax cross-entropy over every passage in the batch.
 
     Each query scores its positive against all other passages: the hard negatives of every group plus all other
@@ -125,8 +134,11 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
     is_pos = jnp.arange(scores.shape[1])[None, :] == labels[:, None]
     dropped = _dropped_columns(false_negatives, scores, is_pos)
     n_dropped = jnp.sum(dropped).astype(jnp.float32)  # in-batch pairs only
-    hard = hardest_in_batch(scores, labels, dropped, group_size=group_size, k=hard_in_batch_k,
-                            margin=hard_in_batch_margin) if hard_in_batch_k else None
+    hard = (
+        hardest_in_batch(scores, labels, dropped, group_size=group_size, k=hard_in_batch_k, margin=hard_in_batch_margin)
+        if hard_in_batch_k
+        else None
+    )
     if extra_negatives is not None:
         extra = lax.stop_gradient(jnp.asarray(extra_negatives, jnp.float32))
         if extra.ndim != 2 or extra.shape[1] != q.shape[1]:
@@ -136,8 +148,7 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
         extra_dropped = pad
         if extra_false_negatives is not None:
             if tuple(extra_false_negatives.shape) != (b, extra.shape[0]):
-                raise ValueError(f"extra_false_negatives {tuple(extra_false_negatives.shape)} != "
-                                 f"{(b, extra.shape[0])}")
+                raise ValueError(f"extra_false_negatives {tuple(extra_false_negatives.shape)} != {(b, extra.shape[0])}")
             extra_dropped = jnp.asarray(extra_false_negatives, bool)
         is_pos, dropped = jnp.concatenate([is_pos, pad], 1), jnp.concatenate([dropped, extra_dropped], 1)
     logits = jnp.where(dropped, -jnp.inf, scores / temperature)
@@ -157,8 +168,18 @@ def info_nce(q, p, *, temperature: float, group_size: int, axis_name: str | None
     return loss, aux
 
 
-def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | None = None, false_negatives=None,
-                   hard_in_batch_k: int = 0, hard_in_batch_weight: float = 1.0, hard_in_batch_margin: float = 0.2):
+def triplet_margin(
+    q,
+    p,
+    *,
+    group_size: int,
+    margin: float,
+    axis_name: str | None = None,
+    false_negatives=None,
+    hard_in_batch_k: int = 0,
+    hard_in_batch_weight: float = 1.0,
+    hard_in_batch_margin: float = 0.2,
+):
     """Triplet hinge loss `mean(relu(margin - s(q,p+) + s(q,p-)))` over each query's own hard negatives.
 
     Scores are dot products. `q[B,H]`, `p[B*G,H]` with `G = group_size >= 2` (positive first in each group).
@@ -190,8 +211,9 @@ def triplet_margin(q, p, *, group_size: int, margin: float, axis_name: str | Non
         scores, labels = _gathered_scores(q, p, group_size, axis_name)
         is_pos = jnp.arange(scores.shape[1])[None, :] == labels[:, None]
         dropped = _dropped_columns(false_negatives, scores, is_pos)
-        term, hard_aux = hardest_in_batch(scores, labels, dropped, group_size=group_size, k=hard_in_batch_k,
-                                          margin=hard_in_batch_margin)
+        term, hard_aux = hardest_in_batch(
+            scores, labels, dropped, group_size=group_size, k=hard_in_batch_k, margin=hard_in_batch_margin
+        )
         loss = loss + hard_in_batch_weight * term
         n_dropped = jnp.sum(dropped).astype(jnp.float32)
         aux.update(hard_aux, false_negatives=n_dropped if axis_name is None else lax.psum(n_dropped, axis_name))
@@ -284,8 +306,9 @@ def margin_mse(student, teacher, *, mask=None):
 
 def _check_retrieved(scores, relevant, valid) -> None:
     if scores.ndim != 2 or tuple(relevant.shape) != tuple(scores.shape) or tuple(valid.shape) != tuple(scores.shape):
-        raise ValueError(f"expected scores, relevant, valid all [B,C]; got {scores.shape}, {relevant.shape}, "
-                         f"{valid.shape}")
+        raise ValueError(
+            f"expected scores, relevant, valid all [B,C]; got {scores.shape}, {relevant.shape}, {valid.shape}"
+        )
 
 
 def lambdarank_pairwise(scores, relevant, valid, *, metric_cut: int = 0):

@@ -92,8 +92,19 @@ def listwise_kl(student, teacher, *, teacher_temperature: float = 1.0):
 DISTILL = {"margin_mse": margin_mse, "kl": listwise_kl}  # config `distill.loss`
 
 
-def distill(q, p, teacher, *, loss: str, group_size: int, temperature: float, teacher_temperature: float = 1.0,
-            info_nce_weight: float = 0.0, axis_name: str | None = None, false_negatives=None):
+def distill(
+    q,
+    p,
+    teacher,
+    *,
+    loss: str,
+    group_size: int,
+    temperature: float,
+    teacher_temperature: float = 1.0,
+    info_nce_weight: float = 0.0,
+    axis_name: str | None = None,
+    false_negatives=None,
+):
     """The bi-encoder's distillation objective: `DISTILL[loss]` between the student's group logits
     `q . p / temperature` and the teacher's `teacher[B, G]`, plus `info_nce_weight` x `info_nce` (same
     temperature, gathered over `axis_name`, `false_negatives` masked) when the weight is > 0.
@@ -105,13 +116,16 @@ def distill(q, p, teacher, *, loss: str, group_size: int, temperature: float, te
     teacher = _groups(teacher)
     kw = {"teacher_temperature": teacher_temperature} if loss == "kl" else {}
     term = DISTILL[loss](student, teacher, **kw)
-    aux = {"distill_loss": term,
-           "top1_agreement": jnp.mean(jnp.argmax(student, axis=1) == jnp.argmax(teacher, axis=1)),
-           "pos_score": jnp.mean(student[:, 0] * temperature)}
+    aux = {
+        "distill_loss": term,
+        "top1_agreement": jnp.mean(jnp.argmax(student, axis=1) == jnp.argmax(teacher, axis=1)),
+        "pos_score": jnp.mean(student[:, 0] * temperature),
+    }
     total = term
     if info_nce_weight > 0:
-        contrastive, c_aux = info_nce(q, p, temperature=temperature, group_size=group_size, axis_name=axis_name,
-                                      false_negatives=false_negatives)
+        contrastive, c_aux = info_nce(
+            q, p, temperature=temperature, group_size=group_size, axis_name=axis_name, false_negatives=false_negatives
+        )
         total = total + info_nce_weight * contrastive
         aux.update({"info_nce_loss": contrastive, **{f"info_nce_{k}": v for k, v in c_aux.items()}})
     return total, aux

@@ -75,8 +75,10 @@ def preload_mimalloc(argv: list[str]) -> None:
         return
     lib = find_mimalloc()
     if lib is None:
-        raise SystemExit("jdr: error: JDR_MALLOC=mimalloc but no libmimalloc.so found: `pip install cmeel-mimalloc` "
-                         "or set JDR_MIMALLOC=/path/to/libmimalloc.so")
+        raise SystemExit(
+            "jdr: error: JDR_MALLOC=mimalloc but no libmimalloc.so found: `pip install cmeel-mimalloc` "
+            "or set JDR_MIMALLOC=/path/to/libmimalloc.so"
+        )
     env = dict(os.environ, LD_PRELOAD=" ".join(filter(None, (lib, os.environ.get("LD_PRELOAD")))))
     sys.stdout.flush()
     sys.stderr.flush()

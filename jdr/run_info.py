@@ -13,8 +13,21 @@ from pathlib import Path
 from jdr.io import as_path, atomic_write
 
 PACKAGES = (
-    "jdr", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "faiss-cpu", "numpy", "tokenizers",
-    "transformers", "safetensors", "pytrec-eval-terrier", "bm25s", "ml-collections", "tensorboardX",
+    "jdr",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "faiss-cpu",
+    "numpy",
+    "tokenizers",
+    "transformers",
+    "safetensors",
+    "pytrec-eval-terrier",
+    "bm25s",
+    "ml-collections",
+    "tensorboardX",
 )
 
 
@@ -36,8 +49,13 @@ def git_commit(repo: Path | None = None) -> str | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None

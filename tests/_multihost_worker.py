@@ -139,8 +139,12 @@ def main(argv=None) -> int:
         queries, passages = global_batch(s)
         q = tokenize(tokenizer, queries, SEQ, length=SEQ)
         p = tokenize(tokenizer, passages, SEQ, length=SEQ)
-        batch = {"query_ids": q.input_ids, "query_mask": q.attention_mask,
-                 "passage_ids": p.input_ids, "passage_mask": p.attention_mask}
+        batch = {
+            "query_ids": q.input_ids,
+            "query_mask": q.attention_mask,
+            "passage_ids": p.input_ids,
+            "passage_mask": p.attention_mask,
+        }
         # Each process feeds only its rows; reshaped to [local devices, per device, L].
         local = {k: v[distributed.host_shard(len(v))] for k, v in batch.items()}
         local = {k: v.reshape(n_local, -1, *v.shape[1:]) for k, v in local.items()}
@@ -159,8 +163,14 @@ def main(argv=None) -> int:
     out = Path(args.out) / f"process_{args.process_id}.npz"
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **{f"param/{k}": v for k, v in flat.items()}, losses=np.array(losses),
-                     axis_index=axis_index, embeddings=emb, primary=np.array(distributed.is_primary()))
+            np.savez(
+                f,
+                **{f"param/{k}": v for k, v in flat.items()},
+                losses=np.array(losses),
+                axis_index=axis_index,
+                embeddings=emb,
+                primary=np.array(distributed.is_primary()),
+            )
     distributed.sync("worker_done")
     return 0
 

@@ -2,9 +2,7 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -66,8 +64,16 @@ def minilm_dir() -> Path:
         missing(str(e))
 
 
-TOPICS = ("cancer tumor", "virus infection", "brain blood", "gene dna", "immune response", "drug therapy",
-          "protein receptor", "cell growth")
+TOPICS = (
+    "cancer tumor",
+    "virus infection",
+    "brain blood",
+    "gene dna",
+    "immune response",
+    "drug therapy",
+    "protein receptor",
+    "cell growth",
+)
 
 
 def write_toy_beir(path: Path, *, n_train: int = 32, n_test: int = 8, docs_per_topic: int = 6) -> Path:

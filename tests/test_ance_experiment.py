@@ -40,7 +40,8 @@ def test_rows_differ_only_in_negatives():
     assert ltre.pop("ltre")["enabled"] and ltre["negatives"]["num"] == 0
     assert ltre["model"] == {**base["model"], "tied": False, "passage_max_length": 256}
     assert {k: v for k, v in ltre.items() if k not in ("negatives", "model")} == {
-        k: v for k, v in base.items() if k not in ("negatives", "model", "ltre")}
+        k: v for k, v in base.items() if k not in ("negatives", "model", "ltre")
+    }
     assert not base["eval"]["final_test"]  # the runner tests at 256 tokens
 
 
@@ -58,8 +59,9 @@ def _fake_jdr(calls, quality, qrels):
             steps = int(next(c.split("=")[1] for c in cmd if c.startswith("--config.train.steps=")))
             row = wd.parent.name
             dev = {steps // 2: 0.5 + quality[row], steps: 0.5 + quality[row] - (0.1 if row == "bm25" else 0)}
-            (wd / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "dev/ndcg@10": v}) + "\n"
-                                                      for s, v in dev.items()))
+            (wd / "metrics.jsonl").write_text(
+                "".join(json.dumps({"step": s, "dev/ndcg@10": v}) + "\n" for s, v in dev.items())
+            )
             (wd / "final_metrics.json").write_text(json.dumps({"step": steps}))
             return ""
         out = Path(arg.get("--run-output") or arg["--output"])
@@ -77,6 +79,7 @@ def _fake_jdr(calls, quality, qrels):
 
 def test_runner_chooses_on_dev_resumes_fuses_and_marks(tmp_path, monkeypatch, capsys):
     from conftest import write_toy_beir
+
     from jdr.data.beir import load_beir
 
     data = write_toy_beir(tmp_path / "toy", n_test=24)
@@ -84,8 +87,20 @@ def test_runner_chooses_on_dev_resumes_fuses_and_marks(tmp_path, monkeypatch, ca
     calls = []
     quality = {"random": 0, "bm25": 0, "ance": 1, "hybrid": 0, "denoised": 0, "ltre": 0, "sparse": 0, "released": 0}
     monkeypatch.setattr(runner, "jdr", _fake_jdr(calls, quality, load_beir(data, "test").qrels))
-    args = ["--set", f"data.dataset={data}", "--set", "data.dev_queries=4", "--set", "train.global_batch_size=8",
-            "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "res"), "--released-model", "tiny"]
+    args = [
+        "--set",
+        f"data.dataset={data}",
+        "--set",
+        "data.dev_queries=4",
+        "--set",
+        "train.global_batch_size=8",
+        "--root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "res"),
+        "--released-model",
+        "tiny",
+    ]
     assert runner.main(args) == 0
     trains = [c for c in calls if c[0] == "train"]
     assert [Path(c[2]).stem for c in trains] == list(ROWS)
@@ -99,7 +114,10 @@ def test_runner_chooses_on_dev_resumes_fuses_and_marks(tmp_path, monkeypatch, ca
     md = (tmp_path / "res.md").read_text()
     assert "| ANCE (BM25 warm start, ANN every epoch) | 1.0000† | 1.0000† | 1.0000 | 1.0000 | 1.5000 | 6 |" in md
     assert "| BM25 negatives (baseline) | 0.6309 | 0.5000 |" in md
-    assert "| sparse BM25 + ance row (RRF, k 60) |" in md and "Fused: BM25 + the best dense row by dev NDCG@10 (ance)" in md
+    assert (
+        "| sparse BM25 + ance row (RRF, k 60) |" in md
+        and "Fused: BM25 + the best dense row by dev NDCG@10 (ance)" in md
+    )
     assert (tmp_path / "runs" / "fused_rrf" / "seed0" / TEST_RUN).is_file()
     record = json.loads((tmp_path / "res.json").read_text())
     assert record["best_dense"] == "ance" and record["comparison"]["baseline"] == "bm25"

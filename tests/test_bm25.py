@@ -27,8 +27,9 @@ def test_bm25s_preset_is_the_former_setup_and_k1_b_override():
     scores, rows = bm25_candidates(PASSAGES, queries, k=3, preset="bm25s")
     former = bm25s.BM25(k1=1.5, b=0.75)
     former.index(bm25s.tokenize(PASSAGES, stopwords="en", show_progress=False), show_progress=False)
-    want_rows, want = former.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=3,
-                                      show_progress=False)
+    want_rows, want = former.retrieve(
+        bm25s.tokenize(queries, stopwords="en", show_progress=False), k=3, show_progress=False
+    )
     for q in range(2):
         got = {int(r): s for r, s in zip(rows[q], scores[q]) if r >= 0}
         assert got == pytest.approx({int(r): s for r, s in zip(want_rows[q], want[q]) if s > 0})
@@ -46,18 +47,23 @@ def stem_beir(tmp_path):
 
     d = tmp_path / "beir"
     (d / "qrels").mkdir(parents=True)
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n"
-                                            for i, t in enumerate(PASSAGES)))
-    (d / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "run"}) + "\n"
-                                     + json.dumps({"_id": "q2", "text": "cat"}) + "\n")
+    (d / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(PASSAGES))
+    )
+    (d / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "run"}) + "\n" + json.dumps({"_id": "q2", "text": "cat"}) + "\n"
+    )
     for split in ("train", "test"):
         (d / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td1\t1\n")
     return d
 
 
 def test_jdr_search_bm25_preset(stem_beir, tmp_path):
-    former = bm25_run(Corpus(["d0", "d1", "d2"], ["", "", ""], PASSAGES, {"d0": 0, "d1": 1, "d2": 2}),
-                    {"q1": "run", "q2": "cat"}, preset="bm25s")
+    former = bm25_run(
+        Corpus(["d0", "d1", "d2"], ["", "", ""], PASSAGES, {"d0": 0, "d1": 1, "d2": 2}),
+        {"q1": "run", "q2": "cat"},
+        preset="bm25s",
+    )
     runs = {}
     for preset in ("lucene", "bm25s", None):
         out = tmp_path / f"{preset}.trec"
@@ -85,8 +91,22 @@ def spy(monkeypatch):
 
 def test_jdr_mine_bm25_preset(toy_beir, tmp_path, spy):
     assert main(["mine", "--data", str(toy_beir), "--output", str(tmp_path / "a.jsonl"), "--depth", "5"]) == 0
-    assert main(["mine", "--data", str(toy_beir), "--output", str(tmp_path / "b.jsonl"), "--depth", "5",
-                 "--bm25-preset", "bm25s"]) == 0
+    assert (
+        main(
+            [
+                "mine",
+                "--data",
+                str(toy_beir),
+                "--output",
+                str(tmp_path / "b.jsonl"),
+                "--depth",
+                "5",
+                "--bm25-preset",
+                "bm25s",
+            ]
+        )
+        == 0
+    )
     assert spy == ["lucene", "bm25s"]
 
 
@@ -95,8 +115,16 @@ def test_bm25_negatives_take_the_config_preset(tiny_model, toy_beir, tmp_path, s
     from jdr.train.trainer import prepare
 
     def cfg(*over):
-        return load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}",
-                                               "train.global_batch_size=8", "negatives.source=bm25", *over])
+        return load_config(
+            "configs/tiny.py",
+            [
+                f"model.path={tiny_model}",
+                f"data.dataset={toy_beir}",
+                "train.global_batch_size=8",
+                "negatives.source=bm25",
+                *over,
+            ],
+        )
 
     assert cfg().negatives.bm25_preset == "lucene"
     prepare(cfg(), tmp_path / "a")
@@ -118,7 +146,10 @@ def test_no_third_party_debug_record_reaches_stderr(caplog, capsys):
         bm25_candidates(PASSAGES, ["run"], k=2)
     finally:
         logging.getLogger().removeHandler(handler)
-    leaked = [f"{r.levelname}:{r.name}:{r.getMessage()}" for r in caplog.records
-              if r.levelno < logging.WARNING and not r.name.startswith("jdr")]
+    leaked = [
+        f"{r.levelname}:{r.name}:{r.getMessage()}"
+        for r in caplog.records
+        if r.levelno < logging.WARNING and not r.name.startswith("jdr")
+    ]
     assert leaked == []
     assert capsys.readouterr().err == ""

@@ -30,7 +30,7 @@ def toy(toy_beir):
     data = load_beir(toy_beir, "train")
     qids = sorted(data.qrels)[:4]
     offsets, pos = positives_csr(qids, data.qrels, data.corpus.index)
-    rows = np.array([[r for r in range(12) if r not in pos[offsets[i]:offsets[i + 1]]][:8] for i in range(4)])
+    rows = np.array([[r for r in range(12) if r not in pos[offsets[i] : offsets[i + 1]]][:8] for i in range(4)])
     rows[0, 6:] = -1
     return data, qids, rows, offsets, pos
 
@@ -40,8 +40,14 @@ def _logits(ce, data, qids, rows):
     out = np.full(rows.shape, np.nan, np.float32)
     for i, q in enumerate(qids):
         valid = rows[i] >= 0
-        out[i, valid] = score_texts(params, spec, tok, [data.queries[q]] * int(valid.sum()),
-                                    [data.corpus.passage(int(r)) for r in rows[i, valid]], progress=False)
+        out[i, valid] = score_texts(
+            params,
+            spec,
+            tok,
+            [data.queries[q]] * int(valid.sum()),
+            [data.corpus.passage(int(r)) for r in rows[i, valid]],
+            progress=False,
+        )
     return out
 
 
@@ -63,9 +69,21 @@ def test_margin_is_measured_from_the_weakest_positive(ce, toy):
     data, qids, rows, offsets, pos = toy
     logits = _logits(ce, data, qids, rows)
     _, params, spec, tok = ce
-    weakest = np.array([min(score_texts(params, spec, tok, [data.queries[q]] * int(offsets[i + 1] - offsets[i]),
-                                        [data.corpus.passage(int(r)) for r in pos[offsets[i]:offsets[i + 1]]],
-                                        progress=False)) for i, q in enumerate(qids)])
+    weakest = np.array(
+        [
+            min(
+                score_texts(
+                    params,
+                    spec,
+                    tok,
+                    [data.queries[q]] * int(offsets[i + 1] - offsets[i]),
+                    [data.corpus.passage(int(r)) for r in pos[offsets[i] : offsets[i + 1]]],
+                    progress=False,
+                )
+            )
+            for i, q in enumerate(qids)
+        ]
+    )
     f = CrossEncoderFilter(*ce[1:], data.corpus, data.queries, margin=0.01, depth=8)
     want = np.nan_to_num(logits >= (weakest - 0.01)[:, None], nan=False).astype(bool) & (rows >= 0)
     np.testing.assert_array_equal(f.drop_mask(qids, rows, offsets, pos) & (rows >= 0), want)
@@ -80,8 +98,10 @@ def test_mine_with_a_cross_encoder_drops_the_judged_candidates(ce, toy_beir, tmp
     plain, denoised = tmp_path / "plain.jsonl", tmp_path / "ce.jsonl"
     common = ["mine", "--data", str(toy_beir), "--source", "bm25", "--num", "0", "--depth", "6", "--json"]
     assert main(common + ["--output", str(plain)]) == 0
-    assert main(common + ["--output", str(denoised), "--ce-model", str(ce[0]), "--ce-threshold=-1e9",
-                          "--ce-depth", "2"]) == 0
+    assert (
+        main(common + ["--output", str(denoised), "--ce-model", str(ce[0]), "--ce-threshold=-1e9", "--ce-depth", "2"])
+        == 0
+    )
     a = [json.loads(x) for x in plain.read_text().splitlines()]
     b = [json.loads(x) for x in denoised.read_text().splitlines()]
     for x, y in zip(a, b):  # everything judged is dropped at threshold -inf: the first 2 of each window go
@@ -116,13 +136,14 @@ def test_ance_refresh_applies_the_cross_encoder_filter_to_its_candidates():
 
     def build(candidate_filter):
         cfg = AnnRefreshConfig(depth=5, candidate_filter=candidate_filter)
-        fn = ann_build_fn(lambda _: p, lambda _, qs: q[[qids.index(x) for x in qs]], corpus, qids, qrels, cfg,
-                          initial=base)
+        fn = ann_build_fn(
+            lambda _: p, lambda _, qs: q[[qids.index(x) for x in qs]], corpus, qids, qrels, cfg, initial=base
+        )
         return fn({}, 10)
 
     plain, fake = build(None), _DropFirst()
     filtered = build(fake)
-    (called_qids, rows, offsets, pos), = fake.calls
+    ((called_qids, rows, offsets, pos),) = fake.calls
     assert called_qids == qids and np.diff(offsets).tolist() == [1] * 5  # each query's positive passed along
     np.testing.assert_array_equal(filtered.candidates["ann"][:, :4], plain.candidates["ann"][:, 1:5])
     assert filtered.timings["ce_dropped"] == 5

@@ -32,18 +32,23 @@ def test_distillation_rows_differ_from_infonce_only_in_the_objective():
         assert cfg["train"].pop("objective") == "distill" and cfg.pop("distill")["loss"] == row
         assert cfg["train"] == {k: v for k, v in base["train"].items() if k != "objective"}, row
         assert {k: v for k, v in cfg.items() if k != "train"} == {
-            k: v for k, v in base.items() if k not in ("train", "distill")}, row
+            k: v for k, v in base.items() if k not in ("train", "distill")
+        }, row
     ance, denoised = (to_dict(load_config(CONFIGS / f"{r}.py")) for r in ("ance", "ance_ce_denoised"))
+
     def plain(negatives):
         return {k: v for k, v in negatives.items() if not k.startswith("ce_denoise")}
 
     assert plain(denoised["negatives"]) == plain(ance["negatives"]) and denoised["negatives"]["ce_denoise_margin"] == 0
-    assert {k: v for k, v in denoised.items() if k != "negatives"} == {k: v for k, v in ance.items() if k != "negatives"}
+    assert {k: v for k, v in denoised.items() if k != "negatives"} == {
+        k: v for k, v in ance.items() if k != "negatives"
+    }
 
 
 def test_plan_prints_every_step_and_runs_nothing(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("cross_encoder_experiment",
-                                                  REPO / "benchmarks" / "cross_encoder_experiment.py")
+    spec = importlib.util.spec_from_file_location(
+        "cross_encoder_experiment", REPO / "benchmarks" / "cross_encoder_experiment.py"
+    )
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     root = tmp_path / "root"

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+from jdr.checkpoint import Checkpointer, CheckpointError
 from jdr.negatives.table import NegativesTable
-from jdr.checkpoint import CheckpointError, Checkpointer
 from jdr.train.state import TrainState
 
 
@@ -17,8 +17,10 @@ def make_state(seed=0):
     Random fill instead of real updates: op-by-op optax updates cost seconds of compiles on a loaded CPU.
     """
     rng = np.random.default_rng(seed)
-    params = {"dense": {"kernel": np.zeros((4, 3), np.float32), "bias": np.zeros(3, np.float32)},
-              "emb": np.zeros((5, 4), jnp.bfloat16)}
+    params = {
+        "dense": {"kernel": np.zeros((4, 3), np.float32), "bias": np.zeros(3, np.float32)},
+        "emb": np.zeros((5, 4), jnp.bfloat16),
+    }
     state = TrainState.create(params, optax.adamw(1e-2))
 
     def fill(x):
@@ -43,13 +45,14 @@ def make_table():
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(6)}
     qids = sorted(qrels)
     ranked = np.tile(np.arange(10), (6, 1))
-    table = NegativesTable.create(qids, docs, qrels, {"bm25": ranked}, {"bm25": 2, "random": 1}, depth=5,
-                                  version=3)
+    table = NegativesTable.create(qids, docs, qrels, {"bm25": ranked}, {"bm25": 2, "random": 1}, depth=5, version=3)
     return table, docs, qrels
 
 
-EXTRAS = dict(iterator_state={"epoch": 1, "index": 7, "table_version": 3, "seed": 0},
-              config={"lr": 1e-3, "model": {"name": "tiny", "layers": [2, 2]}})
+EXTRAS = dict(
+    iterator_state={"epoch": 1, "index": 7, "table_version": 3, "seed": 0},
+    config={"lr": 1e-3, "model": {"name": "tiny", "layers": [2, 2]}},
+)
 
 
 @pytest.mark.parametrize("async_save", [True, False])
@@ -76,16 +79,21 @@ def test_round_trip_in_a_new_manager_is_bit_identical(tmp_path, async_save):
     back = NegativesTable.from_arrays(extras["negatives"], docs, qrels)
     assert back.version == 3 and dict(back.counts) == dict(table.counts)
     for q in table.qids:
-        assert np.array_equal(back.candidates["bm25"][back.qids.index(q)],
-                              table.candidates["bm25"][table.qids.index(q)])
+        assert np.array_equal(
+            back.candidates["bm25"][back.qids.index(q)], table.candidates["bm25"][table.qids.index(q)]
+        )
         assert back.sample(q, np.random.default_rng(1)) == table.sample(q, np.random.default_rng(1))
     fresh.close()
 
 
 def test_raw_key_empty_arrays_and_no_negatives(tmp_path):
     state = make_state()
-    negatives = {"candidates": {}, "counts": {"random": np.asarray(2)}, "pos_rows": np.zeros((0,), np.int32),
-                 "block": np.zeros((3, 0), np.int64)}
+    negatives = {
+        "candidates": {},
+        "counts": {"random": np.asarray(2)},
+        "pos_rows": np.zeros((0,), np.int32),
+        "block": np.zeros((3, 0), np.int64),
+    }
     with Checkpointer(tmp_path, async_save=False) as ckpt:
         ckpt.save(1, state, rng=jax.random.PRNGKey(7), negatives=negatives, **EXTRAS)
         ckpt.save(2, state, rng=jax.random.PRNGKey(8), negatives=None, **EXTRAS)
@@ -242,11 +250,15 @@ def _roberta_style_model(src, dst):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    corpus = ["the protein expression of cells in patients with cancer", "gene therapy for the immune response",
-              "blood levels were increased after treatment"] * 20
+    corpus = [
+        "the protein expression of cells in patients with cancer",
+        "gene therapy for the immune response",
+        "blood levels were increased after treatment",
+    ] * 20
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
-    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
-                                                      ("<s>", tok.token_to_id("<s>")))
+    tok.post_processor = processors.RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>"))
+    )
     tok.save(str(dst / "tokenizer.json"))
     tok.model.save(str(dst))  # vocab.json + merges.txt, the files transformers' RobertaTokenizer reads
     (dst / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
@@ -297,8 +309,11 @@ def test_a_damaged_array_fails_its_crc(tmp_path):
     (tmp_path / "2" / "state").rename(tmp_path / "state.orig")
     ocp.PyTreeCheckpointer().save(tmp_path / "2" / "state", bad)
     reader = Checkpointer(tmp_path, read_only=True)
-    with pytest.raises(CheckpointError, match=r"checkpoint .*/2 cannot be read \(ValueError: array "
-                                              r"params/dense/kernel does not match the CRC32.*resume from step 1"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint .*/2 cannot be read \(ValueError: array "
+        r"params/dense/kernel does not match the CRC32.*resume from step 1",
+    ):
         reader.restore(2, abstract_state=state)
     assert_tree_identical(reader.restore(1, abstract_state=state)[0], jax.device_get(state))
     reader.close()

@@ -30,9 +30,24 @@ def test_missing_data_skips_for_a_developer_and_fails_in_ci(monkeypatch):
 def test_scifact_test_without_shared_data(tmp_path, ci):
     """End to end through the fixture: `JDR_SHARED` pointing at nothing skips, and with CI=true fails."""
     env = {**os.environ, "JDR_SHARED": str(tmp_path / "nothing"), "CI": ci}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                        "tests/test_data.py::test_real_scifact"], cwd=REPO_ROOT, env=env, capture_output=True,
-                       text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rs",
+            "tests/test_data.py::test_real_scifact",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if ci:
         assert r.returncode == 1 and "CI=true: the data must be present" in r.stdout, r.stdout
     else:

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_data import write_beir
 
 from jdr.cli import COMMANDS, main
 from jdr.evaluate import read_trec_run
-from test_data import write_beir
 
 
 def test_help_lists_commands(capsys):
@@ -24,8 +24,11 @@ def test_help_lists_commands(capsys):
 
 def test_console_script_help():
     # the venv's bin dir is not on PATH when pytest runs as `.venv/bin/python -m pytest`
-    exe = (shutil.which("jdr") or shutil.which("jdr", path=str(Path(sys.executable).parent))
-           or pytest.skip("jdr console script not installed"))
+    exe = (
+        shutil.which("jdr")
+        or shutil.which("jdr", path=str(Path(sys.executable).parent))
+        or pytest.skip("jdr console script not installed")
+    )
     r = subprocess.run([exe, "evaluate", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--run-output" in r.stdout
 
@@ -85,8 +88,22 @@ def tiny(tmp_path_factory):
 
 def test_evaluate_json(tiny, tmp_path, capsys):
     model, ds = tiny
-    code = main(["evaluate", "--model", str(model), "--data", str(ds), "--max-length", "32", "--batch-size", "4",
-                 "--run-output", str(tmp_path / "run.trec"), "--json"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(model),
+            "--data",
+            str(ds),
+            "--max-length",
+            "32",
+            "--batch-size",
+            "4",
+            "--run-output",
+            str(tmp_path / "run.trec"),
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     metrics = json.loads(out[-1])
@@ -99,13 +116,43 @@ def test_evaluate_json(tiny, tmp_path, capsys):
 def test_encode_index_search(tiny, tmp_path, capsys):
     model, ds = tiny
     emb, index, run = tmp_path / "emb", tmp_path / "idx.faiss", tmp_path / "run.trec"
-    assert main(["encode", "--model", str(model), "--input", str(ds / "corpus.jsonl"), "--output", str(emb),
-                 "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(model),
+                "--input",
+                str(ds / "corpus.jsonl"),
+                "--output",
+                str(emb),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert json.loads((emb / "meta.json").read_text())["dims"] == 32
     assert main(["index", "--embeddings", str(emb), "--factory", "Flat", "--output", str(index)]) == 0
     assert (tmp_path / "idx.faiss.ids.txt").read_text().split() == ["d1", "d2", "d3"]
-    assert main(["search", "--model", str(model), "--index", str(index), "--queries", str(ds / "queries.jsonl"),
-                 "--top-k", "2", "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                str(model),
+                "--index",
+                str(index),
+                "--queries",
+                str(ds / "queries.jsonl"),
+                "--top-k",
+                "2",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     got = read_trec_run(run)
     assert set(got) == {"q1", "q2", "q3"} and all(len(d) == 2 and set(d) <= {"d1", "d2", "d3"} for d in got.values())
     lines = run.read_text().splitlines()

@@ -7,12 +7,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from _fake_gcs import fake_gcs
+
 from jdr.config import load_config
 from jdr.io import as_path, atomic_dir, atomic_path, atomic_write
-from jdr.train.trainer import train
 from jdr.models.workdir import load_workdir
+from jdr.train.trainer import train
 
 
 def test_unsupported_uris_are_one_line():
@@ -49,9 +49,17 @@ def test_train_on_a_gs_workdir_resumes_and_reads_back(tiny_model, toy_beir, tmp_
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # a gs:// path taken for a local one would appear here as ./gs:/...
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.py", [
-        f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=4", "checkpoint.every=2",
-        "eval.every=2", "log.every=1"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={toy_beir}",
+            "train.steps=4",
+            "checkpoint.every=2",
+            "eval.every=2",
+            "log.every=1",
+        ],
+    )
     with fake_gcs(tmp_path / "bucket-root", monkeypatch) as root:
         out = train(cfg, "gs://bkt/runs/tiny", progress=False, stop_at=3)  # a crash after step 3
         assert out["stopped"]
@@ -60,13 +68,20 @@ def test_train_on_a_gs_workdir_resumes_and_reads_back(tiny_model, toy_beir, tmp_
     assert list(cwd.iterdir()) == []
     run = root / "bkt" / "runs" / "tiny"
     assert final["step"] == step == 4 and np.isfinite(final["test/ndcg@10"])
-    for name in ("run.json", "encoder/spec.json", "encoder/tokenizer.json", "checkpoints/4/commit_success.txt",
-                 "metrics.jsonl", "timing.json", "final_metrics.json", "export/model.safetensors",
-                 "export/modules.json"):
+    for name in (
+        "run.json",
+        "encoder/spec.json",
+        "encoder/tokenizer.json",
+        "checkpoints/4/commit_success.txt",
+        "metrics.jsonl",
+        "timing.json",
+        "final_metrics.json",
+        "export/model.safetensors",
+        "export/modules.json",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in x]
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
     assert logged == [1, 2, 3, 4]  # step 3, logged before the crash, once
     assert json.loads((run / "final_metrics.json").read_text())["step"] == 4
     # the bucket holds the real thing: the exported encoder is the step-4 checkpoint

@@ -66,8 +66,11 @@ SECOND = {q: {"other": 2.0, f"rel{i}": 1.0} for i, q in enumerate(QRELS)}  # ...
 
 def test_compare_runs_flags_and_missing_queries():
     missing = {q: docs for q, docs in FIRST.items() if q != "q7"}  # q7 missing: scores 0 there
-    c = compare_runs(QRELS, {"second": SECOND, "first": FIRST, "missing": {**missing, "unjudged": {"x": 1.0}}},
-                     metrics=("ndcg@10", "mrr@10", "recall@100"))
+    c = compare_runs(
+        QRELS,
+        {"second": SECOND, "first": FIRST, "missing": {**missing, "unjudged": {"x": 1.0}}},
+        metrics=("ndcg@10", "mrr@10", "recall@100"),
+    )
     assert c.baseline == "second" and c.n_queries == 8 and c.settings["comparisons"] == 6
     assert c.settings["exact_permutation"]
     first = c.runs[1].metrics
@@ -89,18 +92,26 @@ def test_compare_runs_flags_and_missing_queries():
     lo, hi = first["ndcg@10"]["diff_ci"]
     assert table[6] == "| difference from second (95 % CI) | NDCG@10 | MRR@10 | R@100 |"
     assert table[8].startswith(f"| first | {first['ndcg@10']['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | ")
-    assert table[9] == "| missing | " + " | ".join(
-        f"{e['diff']:+.4f} [{e['diff_ci'][0]:+.4f}, {e['diff_ci'][1]:+.4f}]"
-        for e in (miss.metrics[m] for m in ("ndcg@10", "mrr@10", "recall@100"))) + " |"
+    assert (
+        table[9]
+        == "| missing | "
+        + " | ".join(
+            f"{e['diff']:+.4f} [{e['diff_ci'][0]:+.4f}, {e['diff_ci'][1]:+.4f}]"
+            for e in (miss.metrics[m] for m in ("ndcg@10", "mrr@10", "recall@100"))
+        )
+        + " |"
+    )
     with pytest.raises(ValueError, match="baseline 'nope' is not one of"):
-        compare_scores({"a": {"ndcg@10": np.ones(3)}, "b": {"ndcg@10": np.ones(3)}}, baseline="nope",
-                       metrics=("ndcg@10",))
+        compare_scores(
+            {"a": {"ndcg@10": np.ones(3)}, "b": {"ndcg@10": np.ones(3)}}, baseline="nope", metrics=("ndcg@10",)
+        )
 
 
 @pytest.fixture()
 def runs(tmp_path):
-    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q}\t{d}\t1\n" for q, docs in QRELS.items() for d in docs))
+    (tmp_path / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, docs in QRELS.items() for d in docs)
+    )
     for name, run in (("second", SECOND), ("first", FIRST)):
         write_trec_run(tmp_path / f"{name}.trec", run)
     return tmp_path
@@ -110,18 +121,41 @@ def test_cli_json_markdown_text(runs, capsys):
     args = ["compare", "--qrels", str(runs / "qrels.tsv"), str(runs / "second.trec"), str(runs / "first.trec")]
     assert main(args + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {"qrels", "test", "correction", "alpha", "confidence", "resamples", "seed", "comparisons", "n_queries",
-            "baseline", "metrics", "runs"} <= set(out)
+    assert {
+        "qrels",
+        "test",
+        "correction",
+        "alpha",
+        "confidence",
+        "resamples",
+        "seed",
+        "comparisons",
+        "n_queries",
+        "baseline",
+        "metrics",
+        "runs",
+    } <= set(out)
     assert out["baseline"] == "second" and out["n_queries"] == 8 and out["metrics"][0] == "ndcg@10"
     base, first = out["runs"]
     assert base["name"] == "second" and set(base["metrics"]["ndcg@10"]) == {"mean", "ci"}
-    assert set(first["metrics"]["mrr@10"]) == {"mean", "ci", "diff", "diff_ci", "p_permutation", "p_t",
-                                               "p_adjusted", "significant"}
+    assert set(first["metrics"]["mrr@10"]) == {
+        "mean",
+        "ci",
+        "diff",
+        "diff_ci",
+        "p_permutation",
+        "p_t",
+        "p_adjusted",
+        "significant",
+    }
     assert first["info"]["source"] == str(runs / "first.trec") and first["info"]["missing_queries"] == 0
     assert main(args + ["--markdown", "--baseline", "first", "--correction", "bh", "--test", "t"]) == 0
     md = capsys.readouterr().out
     assert "| first (baseline) |" in md and "| second | 0.6309† | 0.5000† |" in md and "paired t-test" in md
-    assert "| difference from first (95 % CI) | NDCG@10 | MRR@10 |" in md and "| second | -0.3691 [-0.3691, -0.3691] |" in md
+    assert (
+        "| difference from first (95 % CI) | NDCG@10 | MRR@10 |" in md
+        and "| second | -0.3691 [-0.3691, -0.3691] |" in md
+    )
     assert main(args + ["--names", "B,A", "--metrics", "mrr@10"]) == 0
     text = capsys.readouterr().out
     assert "MRR@10" in text and "NDCG@10" not in text and "  A  " in text
@@ -132,8 +166,9 @@ def test_cli_trec_qrels_and_workdir_input(runs, capsys):
     workdir = runs / "my_run"
     workdir.mkdir()
     (runs / "first.trec").rename(workdir / TEST_RUN)
-    assert main(["compare", "--qrels", str(runs / "qrels.trec"), str(runs / "second.trec"), str(workdir),
-                 "--json"]) == 0
+    assert (
+        main(["compare", "--qrels", str(runs / "qrels.trec"), str(runs / "second.trec"), str(workdir), "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in out["runs"]] == ["second", "my_run"]
     assert out["runs"][1]["metrics"]["mrr@10"]["mean"] == 1.0
@@ -151,24 +186,32 @@ def test_cli_errors_name_file_and_line(runs, toy_beir, capsys):
     ok = str(runs / "second.trec")
     bad = runs / "bad.trec"
     bad.write_text("q0 Q0 rel0 1 2.0 t\nq0 Q0 other 2\n")
-    assert _error(capsys, ["compare", *qrels, ok, str(bad)]) == f"jdr: error: {bad}:2: expected 6 columns " \
-                                                              "(qid Q0 docid rank score tag), got 4"
+    assert (
+        _error(capsys, ["compare", *qrels, ok, str(bad)]) == f"jdr: error: {bad}:2: expected 6 columns "
+        "(qid Q0 docid rank score tag), got 4"
+    )
     bad.write_bytes(b"q0 Q0 rel0 1 2.0 t\nq0 Q0 \xff 2 1.0 t\n")
     assert _error(capsys, ["compare", *qrels, ok, str(bad)]).startswith(f"jdr: error: {bad}:2: not UTF-8")
     # a query of another split (q0 is a train query) is known and ignored; an unknown one is an error
     bad.write_text("q0 Q0 d0_0 1 2.0 t\nzzz Q0 d0_0 1 2.0 t\n")
     data = ["--data", str(toy_beir), "--split", "test"]
-    assert _error(capsys, ["compare", *data, str(bad), str(bad), "--names", "a,b"]) == \
-        f"jdr: error: {bad}:2: query id 'zzz' is not in the queries"
+    assert (
+        _error(capsys, ["compare", *data, str(bad), str(bad), "--names", "a,b"])
+        == f"jdr: error: {bad}:2: query id 'zzz' is not in the queries"
+    )
     bad.write_text("q35 Q0 nodoc 1 2.0 t\n")
-    assert _error(capsys, ["compare", *data, str(bad), str(bad), "--names", "a,b"]) == \
-        f"jdr: error: {bad}:1: doc id 'nodoc' is not in the corpus"
+    assert (
+        _error(capsys, ["compare", *data, str(bad), str(bad), "--names", "a,b"])
+        == f"jdr: error: {bad}:1: doc id 'nodoc' is not in the corpus"
+    )
     assert "run names ['second', 'second'] repeat" in _error(capsys, ["compare", *qrels, ok, ok])
     assert f"{runs}: a directory without {TEST_RUN}" in _error(capsys, ["compare", *qrels, ok, str(runs)])
-    assert "baseline 'x' is not one of" in _error(capsys, ["compare", *qrels, ok, str(runs / "first.trec"),
-                                                           "--baseline", "x"])
-    assert "unknown metric(s) ['ndcg@5']" in _error(capsys, ["compare", *qrels, ok, str(runs / "first.trec"),
-                                                              "--metrics", "ndcg@5"])
+    assert "baseline 'x' is not one of" in _error(
+        capsys, ["compare", *qrels, ok, str(runs / "first.trec"), "--baseline", "x"]
+    )
+    assert "unknown metric(s) ['ndcg@5']" in _error(
+        capsys, ["compare", *qrels, ok, str(runs / "first.trec"), "--metrics", "ndcg@5"]
+    )
 
 
 @pytest.mark.slow  # one tiny `jdr train` (compile-bound: ~45 s alone, ~110 s on a loaded 2-core machine)
@@ -186,16 +229,41 @@ def test_train_workdir_writes_its_test_run(tiny_model, toy_beir, tmp_path, capsy
         return real_evaluate_model(*args, **kwargs)
 
     monkeypatch.setattr(hooks, "evaluate_model", recording_evaluate_model)
-    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=2",
-                                          "eval.every=0", "checkpoint.every=0", "export.at_end=false",
-                                          "data.dev_queries=0", "eval.passage_max_length=24"])
+    cfg = load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={toy_beir}",
+            "train.steps=2",
+            "eval.every=0",
+            "checkpoint.every=0",
+            "export.at_end=false",
+            "data.dev_queries=0",
+            "eval.passage_max_length=24",
+        ],
+    )
     assert cfg.model.passage_max_length != 24
     final = train(cfg, tmp_path / "run", progress=False)
     assert lengths == [24]
     assert (tmp_path / "run" / TEST_RUN).is_file()
     capsys.readouterr()
-    assert main(["compare", "--data", str(toy_beir), "--split", "test", str(tmp_path / "run"),
-                 str(tmp_path / "run" / TEST_RUN), "--names", "a,b", "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(toy_beir),
+                "--split",
+                "test",
+                str(tmp_path / "run"),
+                str(tmp_path / "run" / TEST_RUN),
+                "--names",
+                "a,b",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     for metric in ("ndcg@10", "mrr@10", "recall@100"):
         assert out["runs"][0]["metrics"][metric]["mean"] == pytest.approx(final[f"test/{metric}"], abs=1e-5)

@@ -62,22 +62,35 @@ def test_every_default_field_has_a_comment():
 
 def test_overrides_coerce_types():
     cfg = train_config()
-    apply_overrides(cfg, ["train.lr=3e-4", "train.steps=7", "model.tied=false", "negatives.source=bm25",
-                          "train.warmup_steps=0", "train.lr=1", "negatives.denoise_threshold=0.1"])
+    apply_overrides(
+        cfg,
+        [
+            "train.lr=3e-4",
+            "train.steps=7",
+            "model.tied=false",
+            "negatives.source=bm25",
+            "train.warmup_steps=0",
+            "train.lr=1",
+            "negatives.denoise_threshold=0.1",
+        ],
+    )
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.train.steps == 7 and cfg.model.tied is False and cfg.negatives.source == "bm25"
     assert cfg.negatives.denoise_threshold == 0.1
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
-    ("trian.lr=1", "unknown config key 'trian'"),
-    ("train.steps=1.5", "config key 'train.steps' expects int, got 1.5"),
-    ("model.tied=maybe", "config key 'model.tied' expects bool"),
-    ("train=3", "is a section"),
-    ("train.steps", "must look like key=value"),
-    ("negatives.denoise_threshold=abc", "negatives.denoise_threshold"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+        ("trian.lr=1", "unknown config key 'trian'"),
+        ("train.steps=1.5", "config key 'train.steps' expects int, got 1.5"),
+        ("model.tied=maybe", "config key 'model.tied' expects bool"),
+        ("train=3", "is a section"),
+        ("train.steps", "must look like key=value"),
+        ("negatives.denoise_threshold=abc", "negatives.denoise_threshold"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         apply_overrides(train_config(), [override])
@@ -86,8 +99,10 @@ def test_bad_overrides_name_the_key(override, message):
 
 def test_typo_inside_a_config_file_names_the_file(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from jdr.config import train_config\n\ndef get_config():\n"
-                   "    c = train_config()\n    c.train.lrr = 1.0\n    return c\n")
+    bad.write_text(
+        "from jdr.config import train_config\n\ndef get_config():\n"
+        "    c = train_config()\n    c.train.lrr = 1.0\n    return c\n"
+    )
     with pytest.raises(ConfigError, match="bad.py.*lrr"):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):

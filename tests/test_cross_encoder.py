@@ -17,9 +17,12 @@ from jdr.models.testing import write_tiny_model
 from jdr.models.tokenize import pad_id, tokenize
 
 QUERIES = ["cancer risk in patients", "virus infection of cells", "gene expression", "drug therapy"]
-PASSAGES = ["the tumor growth factor was increased in cancer patients with risk",
-            "the virus infection of human cells", "dna and rna expression levels were associated",
-            "clinical treatment with the drug was not associated with the immune response of mice"]
+PASSAGES = [
+    "the tumor growth factor was increased in cancer patients with risk",
+    "the virus infection of human cells",
+    "dna and rna expression levels were associated",
+    "clinical treatment with the drug was not associated with the immune response of mice",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +72,15 @@ def test_pairs_joined_on_device_equal_the_tokenizers_pair_encoding(tiny_ce):
     _, params, spec, tok = tiny_ce
     q = tokenize(tok, QUERIES, 16)
     p = tokenize(tok, PASSAGES, 40)
-    ids, mask, types = join_pairs(jnp.asarray(q.input_ids), jnp.asarray(q.attention_mask),
-                                  jnp.asarray(p.input_ids), jnp.asarray(p.attention_mask))
+    ids, mask, types = join_pairs(
+        jnp.asarray(q.input_ids), jnp.asarray(q.attention_mask), jnp.asarray(p.input_ids), jnp.asarray(p.attention_mask)
+    )
     ref_ids, ref_types, offsets = pair_tokens(tok, QUERIES, PASSAGES, 64)
     for i in range(len(QUERIES)):
         n = int(mask[i].sum())
         assert n == offsets[i + 1] - offsets[i]
-        np.testing.assert_array_equal(np.asarray(ids[i, :n]), ref_ids[offsets[i]:offsets[i + 1]])
-        np.testing.assert_array_equal(np.asarray(types[i, :n]), ref_types[offsets[i]:offsets[i + 1]])
+        np.testing.assert_array_equal(np.asarray(ids[i, :n]), ref_ids[offsets[i] : offsets[i + 1]])
+        np.testing.assert_array_equal(np.asarray(types[i, :n]), ref_types[offsets[i] : offsets[i + 1]])
         assert not np.asarray(mask[i, n:]).any()
 
 
@@ -89,7 +93,7 @@ def test_score_texts_over_eight_devices_equals_one_padded_batch(tiny_ce):
     typ, mask = np.zeros_like(pad), np.zeros_like(pad)
     for i in range(len(QUERIES)):
         n = offsets[i + 1] - offsets[i]
-        pad[i, :n], typ[i, :n], mask[i, :n] = ids[offsets[i]:offsets[i + 1]], types[offsets[i]:offsets[i + 1]], 1
+        pad[i, :n], typ[i, :n], mask[i, :n] = ids[offsets[i] : offsets[i + 1]], types[offsets[i] : offsets[i + 1]], 1
     want = np.asarray(score(params, spec, pad, mask, typ))
     np.testing.assert_allclose(got, np.tile(want, 3), atol=1e-5)
     assert len(set(np.round(want, 5))) == len(want)  # the pairs score differently: order is meaningful

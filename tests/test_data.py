@@ -17,8 +17,9 @@ CORPUS = [
 QUERIES = [{"_id": "q1", "text": "query one"}, {"_id": "q2", "text": "query two"}, {"_id": "q3", "text": "unjudged"}]
 
 
-def write_beir(root, corpus=CORPUS, queries=QUERIES, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\n",
-               split="test"):
+def write_beir(
+    root, corpus=CORPUS, queries=QUERIES, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\n", split="test"
+):
     root.mkdir(parents=True, exist_ok=True)
     (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
     (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
@@ -161,7 +162,11 @@ def test_resolve_failure_lists_places(no_places, monkeypatch):
         resolve_dataset("toy")
     msg = str(e.value)
     assert "\n" not in msg
-    for place in (no_places / "env" / "toy", no_places / "repo" / "shared" / "data" / "toy", no_places / "cache" / "toy"):
+    for place in (
+        no_places / "env" / "toy",
+        no_places / "repo" / "shared" / "data" / "toy",
+        no_places / "cache" / "toy",
+    ):
         assert str(place) in msg
     assert "toy.zip" in msg and "network is unreachable" in msg
     assert not (no_places / "cache" / "toy").exists()

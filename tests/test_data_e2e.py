@@ -10,11 +10,17 @@ import pytest
 from jdr.cli import main
 from jdr.config import load_config
 from jdr.data.testing import write_topic_beir
-from jdr.train.trainer import prepare, train
 from jdr.models.workdir import load_workdir
+from jdr.train.trainer import prepare, train
 
-QUICK = ["eval.every=0", "eval.final_test=false", "export.at_end=false", "train.global_batch_size=8",
-         "log.every=1", "log.tensorboard=false"]
+QUICK = [
+    "eval.every=0",
+    "eval.final_test=false",
+    "export.at_end=false",
+    "train.global_batch_size=8",
+    "log.every=1",
+    "log.tensorboard=false",
+]
 
 
 def _params(workdir):
@@ -31,8 +37,14 @@ def _logged(workdir, key):
 def test_mine_then_train_from_the_file_resumes_exactly(tiny_model, toy_beir, tmp_path, capsys):
     mined = tmp_path / "train.jsonl"
     assert main(["mine", "--data", str(toy_beir), "--depth", "10", "--num", "3", "--output", str(mined)]) == 0
-    cfg = ["data.source=jsonl", f"data.jsonl.path={mined}", "negatives.source=file", "negatives.depth=3",
-           "train.steps=7", "checkpoint.every=2"]
+    cfg = [
+        "data.source=jsonl",
+        f"data.jsonl.path={mined}",
+        "negatives.source=file",
+        "negatives.depth=3",
+        "train.steps=7",
+        "checkpoint.every=2",
+    ]
     over = [f"model.path={tiny_model}", f"data.dataset={toy_beir}", *QUICK, *cfg]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     final = train(load_config("configs/tiny.py", over), straight, progress=False)
@@ -55,8 +67,15 @@ def test_false_negative_mask_reaches_the_loss_and_the_log(tiny_model, tmp_path):
     the mask off nothing is dropped and the first step's loss (same params, batch, dropout) is higher."""
     data = tmp_path / "topics"
     write_topic_beir(data, topics=3, docs_per_topic=(5, 7), train_queries_per_topic=4, test_queries_per_topic=1)
-    over = [f"model.path={tiny_model}", f"data.dataset={data}", *QUICK, "train.steps=2", "checkpoint.every=0",
-            "data.dev_queries=0", "negatives.source=random"]
+    over = [
+        f"model.path={tiny_model}",
+        f"data.dataset={data}",
+        *QUICK,
+        "train.steps=2",
+        "checkpoint.every=0",
+        "data.dev_queries=0",
+        "negatives.source=random",
+    ]
     cfg = load_config("configs/tiny.py", over)
     run = prepare(cfg, tmp_path / "probe")
     expected = {}
@@ -79,9 +98,18 @@ def test_triplet_with_in_batch_hard_negatives_gets_the_false_negative_mask(tiny_
     mask of the step's batch."""
     data = tmp_path / "topics"
     write_topic_beir(data, topics=3, docs_per_topic=(5, 7), train_queries_per_topic=4, test_queries_per_topic=1)
-    over = [f"model.path={tiny_model}", f"data.dataset={data}", *QUICK, "train.steps=2", "checkpoint.every=0",
-            "data.dev_queries=0", "negatives.source=random", "negatives.num=1", "train.loss=triplet",
-            "train.hard_in_batch_k=2"]
+    over = [
+        f"model.path={tiny_model}",
+        f"data.dataset={data}",
+        *QUICK,
+        "train.steps=2",
+        "checkpoint.every=0",
+        "data.dev_queries=0",
+        "negatives.source=random",
+        "negatives.num=1",
+        "train.loss=triplet",
+        "train.hard_in_batch_k=2",
+    ]
     cfg = load_config("configs/tiny.py", over)
     run = prepare(cfg, tmp_path / "probe")
     fn = run.batches(run.source.next_batch()).get("false_negatives")  # the first batch the run will draw

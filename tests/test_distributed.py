@@ -133,8 +133,20 @@ def test_two_processes_match_one_process(tmp_path):
     base = [sys.executable, str(WORKER), "--model-dir", str(model), "--steps", "3", "--corpus", "13"]
     _run_workers(
         [
-            (base + ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
-                     "--out", str(multi)], _worker_env(4))
+            (
+                base
+                + [
+                    "--coordinator",
+                    f"localhost:{port}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                    "--out",
+                    str(multi),
+                ],
+                _worker_env(4),
+            )
             for i in range(2)
         ]
         + [(base + ["--out", str(single)], _worker_env(8))],
@@ -164,10 +176,23 @@ def test_two_processes_match_one_process(tmp_path):
 def _train_command(workdir: Path, model: Path, data: Path, steps: int) -> list[str]:
     """The real `jdr train` entry point (what tpu_scripts/ launch on every host), on the tiny config."""
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
-    return [sys.executable, "-c", "import sys; from jdr.cli import main; sys.exit(main())", "train",
-            "--config", str(tiny), "--workdir", str(workdir), "--no-progress",
-            f"--config.model.path={model}", f"--config.data.dataset={data}", f"--config.train.steps={steps}",
-            "--config.checkpoint.every=4", "--config.eval.every=4", "--config.log.every=2"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from jdr.cli import main; sys.exit(main())",
+        "train",
+        "--config",
+        str(tiny),
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+        f"--config.model.path={model}",
+        f"--config.data.dataset={data}",
+        f"--config.train.steps={steps}",
+        "--config.checkpoint.every=4",
+        "--config.eval.every=4",
+        "--config.log.every=2",
+    ]
 
 
 def _leaves(workdir: Path, step: int | None = None) -> tuple[int, list[np.ndarray]]:
@@ -193,13 +218,23 @@ def test_two_process_jdr_train_checkpoints_and_resumes_on_one_process(tiny_model
     port = _free_port()
     workers = []
     for i in range(2):
-        env = {**_worker_env(4), "JDR_COORDINATOR": f"localhost:{port}", "JDR_NUM_PROCESSES": "2",
-               "JDR_PROCESS_ID": str(i)}
+        env = {
+            **_worker_env(4),
+            "JDR_COORDINATOR": f"localhost:{port}",
+            "JDR_NUM_PROCESSES": "2",
+            "JDR_PROCESS_ID": str(i),
+        }
         workers.append((_train_command(multi, tiny_model, toy_beir, steps=8), env))
     _run_workers(workers, tmp_path)
 
-    overrides = [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=8", "checkpoint.every=4",
-                 "eval.every=4", "log.every=2"]
+    overrides = [
+        f"model.path={tiny_model}",
+        f"data.dataset={toy_beir}",
+        "train.steps=8",
+        "checkpoint.every=4",
+        "eval.every=4",
+        "log.every=2",
+    ]
     ref = train(load_config("configs/tiny.py", overrides), single, progress=False)
 
     # Process 0 wrote the shared outputs once; the multi-host run's numbers are the single-host run's.
@@ -233,14 +268,34 @@ def test_async_refresh_is_decided_once_for_every_process(tmp_path):
 
     port, out = _free_port(), tmp_path / "out"
     out.mkdir()
-    _run_workers([([sys.executable, str(WORKER), "--refresh-protocol", "--coordinator", f"localhost:{port}",
-                    "--num-processes", "2", "--process-id", str(i), "--out", str(out)], _worker_env(1))
-                  for i in range(2)], tmp_path)
+    _run_workers(
+        [
+            (
+                [
+                    sys.executable,
+                    str(WORKER),
+                    "--refresh-protocol",
+                    "--coordinator",
+                    f"localhost:{port}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                    "--out",
+                    str(out),
+                ],
+                _worker_env(1),
+            )
+            for i in range(2)
+        ],
+        tmp_path,
+    )
     p0, p1 = (json.loads((out / f"refresh_{i}.json").read_text()) for i in range(2))
     assert p0["swapped"] and p0["swapped"] == p1["swapped"] and p0["skipped"] == p1["skipped"]
     # process 0's own build takes 0.05 s: it swaps at the first poll after the build started, and so does process 1
     assert [s[0] - s[2] for s in p0["swapped"] if s[0] != "finish"] == [1] * len(
-        [s for s in p0["swapped"] if s[0] != "finish"])
+        [s for s in p0["swapped"] if s[0] != "finish"]
+    )
     (step0, message0), (step1, message1) = p0["failure"], p1["failure"]
     assert step0 == step1 == 3
     assert message1.startswith("negatives refresh for step 2 failed: MemoryError: out of memory")

@@ -91,11 +91,12 @@ def test_search_run():
 
 
 def test_retrieve_and_evaluate_model(tmp_path):
+    from test_data import write_beir
+
     from jdr.data import load_beir
     from jdr.evaluate import evaluate_model, retrieve
     from jdr.models.hf import load
     from jdr.models.testing import write_tiny_model
-    from test_data import write_beir
 
     params, spec, tok = load(write_tiny_model(tmp_path / "model"))
     data = load_beir(write_beir(tmp_path / "ds"))

@@ -97,8 +97,12 @@ def test_bm25_run_hand_corpus():
     from jdr.data.beir import Corpus
 
     ids = ["a", "b", "c"]
-    corpus = Corpus(ids, ["", "", ""], ["cancer tumor growth", "virus infection spread", "tumor cells"],
-                    {d: i for i, d in enumerate(ids)})
+    corpus = Corpus(
+        ids,
+        ["", "", ""],
+        ["cancer tumor growth", "virus infection spread", "tumor cells"],
+        {d: i for i, d in enumerate(ids)},
+    )
     run = bm25_run(corpus, {"q1": "tumor cancer", "q2": "unrelated words"}, k=10)
     assert list(run["q1"]) == ["a", "c"]  # a matches both terms, c one, b none (left out)
     assert run["q1"]["a"] > run["q1"]["c"] > 0
@@ -119,8 +123,21 @@ def test_jdr_search_bm25(toy_beir, tmp_path, capsys):
     assert compute_metrics(test.qrels, run)["recall@100"] > 0.5  # toy queries share words with their positive
     assert out.read_text().split()[5] == "bm25"
     all_q = tmp_path / "all.trec"
-    assert main(["search", "--bm25", "--corpus", str(toy_beir / "corpus.jsonl"), "--queries",
-                 str(toy_beir / "queries.jsonl"), "--output", str(all_q)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--bm25",
+                "--corpus",
+                str(toy_beir / "corpus.jsonl"),
+                "--queries",
+                str(toy_beir / "queries.jsonl"),
+                "--output",
+                str(all_q),
+            ]
+        )
+        == 0
+    )
     assert len(read_trec_run(all_q)) == 40
     capsys.readouterr()
     assert main(["search", "--bm25", "--output", str(out)]) == 2

@@ -50,8 +50,10 @@ def bag_encode(params, ids, mask, tower, deterministic, rng):
     return jnp.tanh(x.sum(1) / mask.sum(1, keepdims=True) @ params["dense"])
 
 
-BAG_PARAMS = {"emb": jax.random.normal(jax.random.key(0), (60, 8)),
-              "dense": jax.random.normal(jax.random.key(1), (8, 8))}
+BAG_PARAMS = {
+    "emb": jax.random.normal(jax.random.key(0), (60, 8)),
+    "dense": jax.random.normal(jax.random.key(1), (8, 8)),
+}
 
 
 def _batch(seed, n_queries, group_size, lq=6, lp=8, vocab=60):
@@ -74,8 +76,11 @@ def _shard(batch, n):
 
 def _run(step_fn, params, batch, n_dev, tx=GRAD_PROBE, steps=1, rng=jax.random.key(7)):
     """Run a per-device step pmapped over `n_dev` devices; (state on host, metrics of the last step)."""
-    step = pmap_train_step(step_fn) if n_dev == N_DEV else jax.pmap(
-        step_fn, axis_name="batch", in_axes=(0, 0, None), devices=jax.local_devices()[:n_dev])
+    step = (
+        pmap_train_step(step_fn)
+        if n_dev == N_DEV
+        else jax.pmap(step_fn, axis_name="batch", in_axes=(0, 0, None), devices=jax.local_devices()[:n_dev])
+    )
     state = replicate(TrainState.create(params, tx), jax.local_devices()[:n_dev])
     for _ in range(steps):
         state, metrics = step(state, _shard(batch, n_dev), rng)
@@ -103,8 +108,9 @@ def test_grad_cache_with_dropout_equals_the_step_over_the_same_chunks_and_keys(t
     params, _, encode_fn = tiny
     group_size = 2
     batch = _batch(0, n_dev * per_device, group_size)
-    gc_state, gc_metrics = _run(make_grad_cache_step(encode_fn, chunk=chunk, tx=GRAD_PROBE, **INFO_NCE),
-                                params, batch, n_dev)
+    gc_state, gc_metrics = _run(
+        make_grad_cache_step(encode_fn, chunk=chunk, tx=GRAD_PROBE, **INFO_NCE), params, batch, n_dev
+    )
     ref_step = make_train_step(chunked_encoder(encode_fn, chunk, remat=False), tx=GRAD_PROBE, **INFO_NCE)
     ref_state, ref_metrics = _run(ref_step, params, batch, n_dev)
     for k in ("loss", "accuracy", "pos_score", "neg_score", "grad_norm"):
@@ -123,10 +129,12 @@ def test_grad_cache_without_dropout_equals_the_plain_step_on_the_tiny_bert(tiny)
     one plain step, unchunked encoder): loss, metrics and every gradient leaf."""
     params, _, encode_fn = tiny
     batch = _batch(2, N_DEV * 2, 2)
-    gc_state, gc_metrics = _run(make_grad_cache_step(encode_fn, chunk=1, tx=GRAD_PROBE, dropout=False, **INFO_NCE),
-                                params, batch, N_DEV)
-    ref_state, ref_metrics = _run(make_train_step(encode_fn, tx=GRAD_PROBE, dropout=False, **INFO_NCE),
-                                  params, batch, N_DEV)
+    gc_state, gc_metrics = _run(
+        make_grad_cache_step(encode_fn, chunk=1, tx=GRAD_PROBE, dropout=False, **INFO_NCE), params, batch, N_DEV
+    )
+    ref_state, ref_metrics = _run(
+        make_train_step(encode_fn, tx=GRAD_PROBE, dropout=False, **INFO_NCE), params, batch, N_DEV
+    )
     for k in ("loss", "accuracy", "pos_score", "neg_score", "grad_norm"):
         np.testing.assert_allclose(gc_metrics[k], ref_metrics[k], rtol=1e-5, err_msg=k)
     _assert_trees_close(gc_state.opt_state, ref_state.opt_state)
@@ -141,10 +149,12 @@ def test_grad_cache_without_dropout_is_the_plain_step():
     fn = np.zeros((N_DEV * per_device, columns), bool)
     fn[0, 5] = fn[3, 20] = fn[9, 2] = True  # (query, gathered passage) pairs labelled relevant
     batch["false_negatives"] = fn
-    gc_state, gc_metrics = _run(make_grad_cache_step(encode_fn, chunk=1, tx=GRAD_PROBE, dropout=False, **INFO_NCE),
-                                params, batch, N_DEV)
-    ref_state, ref_metrics = _run(make_train_step(encode_fn, tx=GRAD_PROBE, dropout=False, **INFO_NCE),
-                                  params, batch, N_DEV)
+    gc_state, gc_metrics = _run(
+        make_grad_cache_step(encode_fn, chunk=1, tx=GRAD_PROBE, dropout=False, **INFO_NCE), params, batch, N_DEV
+    )
+    ref_state, ref_metrics = _run(
+        make_train_step(encode_fn, tx=GRAD_PROBE, dropout=False, **INFO_NCE), params, batch, N_DEV
+    )
     assert float(ref_metrics["false_negatives"][0]) == 3.0
     for k in ("loss", "false_negatives", "grad_norm"):
         np.testing.assert_allclose(gc_metrics[k], ref_metrics[k], rtol=1e-5, err_msg=k)
@@ -166,15 +176,23 @@ def test_recompute_with_other_dropout_keys_is_caught(tiny):
     def pull_back(p, i, m, k, ct, tower):
         return jax.vjp(lambda w: encode_fn(w, i, m, tower, False, k), p)[1](ct)[0]
 
-    inputs = {t: (batch[f"{t}_ids"].reshape(-1, chunk, batch[f"{t}_ids"].shape[1]),
-                  batch[f"{t}_mask"].reshape(-1, chunk, batch[f"{t}_mask"].shape[1])) for t in tower_keys}
+    inputs = {
+        t: (
+            batch[f"{t}_ids"].reshape(-1, chunk, batch[f"{t}_ids"].shape[1]),
+            batch[f"{t}_mask"].reshape(-1, chunk, batch[f"{t}_mask"].shape[1]),
+        )
+        for t in tower_keys
+    }
     keys = {t: chunk_keys(k, inputs[t][0].shape[0]) for t, k in tower_keys.items()}
 
     def manual_grad_cache(recompute_keys):
-        embed = {t: jnp.concatenate([forward(params, i, m, k, t) for i, m, k in zip(*inputs[t], keys[t])])
-                 for t in tower_keys}
+        embed = {
+            t: jnp.concatenate([forward(params, i, m, k, t) for i, m, k in zip(*inputs[t], keys[t])])
+            for t in tower_keys
+        }
         loss, cached = jax.value_and_grad(
-            lambda e: losses.info_nce(e["query"], e["passage"], temperature=0.05, group_size=2)[0])(embed)
+            lambda e: losses.info_nce(e["query"], e["passage"], temperature=0.05, group_size=2)[0]
+        )(embed)
         grads = jax.tree.map(jnp.zeros_like, params)
         for t in tower_keys:
             for i, m, k, ct in zip(*inputs[t], recompute_keys[t], cached[t].reshape(-1, chunk, cached[t].shape[1])):
@@ -203,8 +221,9 @@ def test_grad_cache_with_multisteps_accumulation():
     tx, _ = make_optimizer(lr=1e-2, total_steps=4, warmup_steps=0, grad_accum_steps=2)
     batch = _batch(3, 4, 2)
     gc, _ = _run(make_grad_cache_step(encode_fn, chunk=2, tx=tx, **INFO_NCE), params, batch, 1, tx=tx, steps=2)
-    ref, _ = _run(make_train_step(chunked_encoder(encode_fn, 2, remat=False), tx=tx, **INFO_NCE), params, batch, 1,
-                  tx=tx, steps=2)
+    ref, _ = _run(
+        make_train_step(chunked_encoder(encode_fn, 2, remat=False), tx=tx, **INFO_NCE), params, batch, 1, tx=tx, steps=2
+    )
     assert _max_rel_diff(ref.params, jax.device_get(params)) > 1e-4  # the 2nd micro-step applied an update
     _assert_trees_close(gc.params, ref.params)
 
@@ -245,9 +264,21 @@ def test_chunk_config_errors():
 def _train_cfg(tiny_model, toy_beir, *overrides):
     from jdr.config import load_config
 
-    return load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=3",
-                                           "checkpoint.every=0", "eval.every=0", "eval.final_test=false",
-                                           "export.at_end=false", "log.every=1", "log.tensorboard=false", *overrides])
+    return load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={toy_beir}",
+            "train.steps=3",
+            "checkpoint.every=0",
+            "eval.every=0",
+            "eval.final_test=false",
+            "export.at_end=false",
+            "log.every=1",
+            "log.tensorboard=false",
+            *overrides,
+        ],
+    )
 
 
 def test_jdr_train_with_grad_cache_and_hardest_in_batch(tiny_model, toy_beir, tmp_path):
@@ -256,18 +287,24 @@ def test_jdr_train_with_grad_cache_and_hardest_in_batch(tiny_model, toy_beir, tm
 
     from jdr.train.trainer import train
 
-    final = train(_train_cfg(tiny_model, toy_beir, "train.grad_cache_chunk=1", "train.hard_in_batch_k=2"),
-                  tmp_path / "run", progress=False)
+    final = train(
+        _train_cfg(tiny_model, toy_beir, "train.grad_cache_chunk=1", "train.hard_in_batch_k=2"),
+        tmp_path / "run",
+        progress=False,
+    )
     assert final["step"] == 3
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["train/loss"]) and "train/hard_in_batch_loss" in r for r in logged if "train/loss" in r)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.grad_cache_chunk=3", "train.grad_cache_chunk=3 does not divide the 4 passage rows per device"),
-    ("train.hard_in_batch_k=31", "train.hard_in_batch_k=31 exceeds the 30 in-batch passages of other queries"),
-    ("ltre.enabled=true", "ltre.enabled needs model.tied=False"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.grad_cache_chunk=3", "train.grad_cache_chunk=3 does not divide the 4 passage rows per device"),
+        ("train.hard_in_batch_k=31", "train.hard_in_batch_k=31 exceeds the 30 in-batch passages of other queries"),
+        ("ltre.enabled=true", "ltre.enabled needs model.tied=False"),
+    ],
+)
 def test_train_config_errors_before_compile(tiny_model, toy_beir, tmp_path, override, message):
     from jdr.config import ConfigError
     from jdr.train.trainer import train

@@ -89,8 +89,11 @@ def test_unique_in_batch_avoids_repeated_query_and_positive():
     epoch0 = [b for b in batches if b.epoch == 0]
     assert max(Counter((g.query_id, g.positive_id) for b in epoch0 for g in b.groups).values()) == 1
     plain = make_iter(batch=6, unique_in_batch=False)
-    clashes = [b for b in take(plain, 3 * plain.steps_per_epoch())
-               if len({g.query_id for g in b.groups}) < 6 or len({g.positive_id for g in b.groups}) < 6]
+    clashes = [
+        b
+        for b in take(plain, 3 * plain.steps_per_epoch())
+        if len({g.query_id for g in b.groups}) < 6 or len({g.positive_id for g in b.groups}) < 6
+    ]
     assert clashes  # the data does produce clashes, so the check above means something
 
 
@@ -164,7 +167,7 @@ def test_pretokenized_matches_tokenizer(texts):
     tok, queries, passages, qtexts, dtexts = texts
     assert len(passages) == NUM_DOCS and passages.tokens.dtype == np.int32
     for i in (0, 17, NUM_DOCS - 1):
-        stored = passages.tokens[passages.offsets[i]:passages.offsets[i + 1]]
+        stored = passages.tokens[passages.offsets[i] : passages.offsets[i + 1]]
         assert stored.tolist() == token_ids(tok, [dtexts[i]], 24)[0]
     assert passages.lengths.max() == 24  # some passages were truncated
     with pytest.raises(ValueError, match="doc id 'nope' was not pre-tokenised"):
@@ -177,15 +180,20 @@ def examples(batch, queries, passages, qrels=None):
     out = []
     for g in batch.groups:
         docs = (g.positive_id, *g.negative_ids)
-        out.append(Example(queries.tokens_of(queries.index[g.query_id]),
-                           tuple(passages.tokens_of(passages.index[d]) for d in docs), g.query_id, docs,
-                           frozenset(d for d, r in qrels[g.query_id].items() if r > 0)))
+        out.append(
+            Example(
+                queries.tokens_of(queries.index[g.query_id]),
+                tuple(passages.tokens_of(passages.index[d]) for d in docs),
+                g.query_id,
+                docs,
+                frozenset(d for d, r in qrels[g.query_id].items() if r > 0),
+            )
+        )
     return out
 
 
 def builder(devices=1, **kw):
-    return BatchBuilder(query_max_length=8, passage_max_length=24, pad_token_id=0, local_device_count=devices,
-                        **kw)
+    return BatchBuilder(query_max_length=8, passage_max_length=24, pad_token_id=0, local_device_count=devices, **kw)
 
 
 @pytest.mark.parametrize("devices", [1, 2, 4])
@@ -205,14 +213,14 @@ def test_batch_layout_padding_and_masks(texts, devices):
     for i, grp in enumerate(batch.groups):
         d, j = divmod(i, per)
         qrow = queries.index[grp.query_id]
-        q = queries.tokens[queries.offsets[qrow]:queries.offsets[qrow + 1]]
-        assert out["query_ids"][d, j, :len(q)].tolist() == q.tolist()
-        assert out["query_mask"][d, j].sum() == len(q) and (out["query_ids"][d, j, len(q):] == 0).all()
+        q = queries.tokens[queries.offsets[qrow] : queries.offsets[qrow + 1]]
+        assert out["query_ids"][d, j, : len(q)].tolist() == q.tolist()
+        assert out["query_mask"][d, j].sum() == len(q) and (out["query_ids"][d, j, len(q) :] == 0).all()
         for k, doc in enumerate((grp.positive_id, *grp.negative_ids)):
             row = passages.index[doc]
-            ref = passages.tokens[passages.offsets[row]:passages.offsets[row + 1]]
-            assert out["passage_ids"][d, j * g + k, :len(ref)].tolist() == ref.tolist()  # row i*G is the positive
-            assert flat_p[i * g + k, :len(ref)].tolist() == ref.tolist()
+            ref = passages.tokens[passages.offsets[row] : passages.offsets[row + 1]]
+            assert out["passage_ids"][d, j * g + k, : len(ref)].tolist() == ref.tolist()  # row i*G is the positive
+            assert flat_p[i * g + k, : len(ref)].tolist() == ref.tolist()
             assert flat_m[i * g + k].tolist() == [1] * len(ref) + [0] * (flat_m.shape[1] - len(ref))
     fixed = builder(devices)(examples(batch, queries, passages))  # default: queries padded to the budget
     assert fixed["query_ids"].shape == (devices, per, 8)
@@ -232,10 +240,10 @@ def test_hosts_pad_to_the_same_global_bucket(texts):
     _, queries, passages = texts[:3]
     short = [f"d{i}" for i in range(NUM_DOCS) if passages.lengths[i] <= 10]
     long_ = [f"d{i}" for i in range(NUM_DOCS) if passages.lengths[i] > 16]
-    exs = [Example(queries.tokens_of(0), (passages.tokens_of(passages.index[short[0]]),), "q0", (short[0],),
-                   frozenset()),
-           Example(queries.tokens_of(1), (passages.tokens_of(passages.index[long_[0]]),), "q2", (long_[0],),
-                   frozenset())]
+    exs = [
+        Example(queries.tokens_of(0), (passages.tokens_of(passages.index[short[0]]),), "q0", (short[0],), frozenset()),
+        Example(queries.tokens_of(1), (passages.tokens_of(passages.index[long_[0]]),), "q2", (long_[0],), frozenset()),
+    ]
     out = builder(1, process_index=0, process_count=2)(exs)
     assert out["passage_ids"].shape == (1, 1, 24)  # from the other host's long passage
     assert out["passage_mask"][0, 0].sum() == passages.lengths[passages.index[short[0]]]
@@ -276,15 +284,18 @@ def test_false_negative_mask_by_hand():
     expected[1, [2, 5]] = True  # own positive, and x again as q2's negative
     expected[2, [4]] = True
     np.testing.assert_array_equal(mask, expected)
-    out = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1,
-                       process_index=1, process_count=3)(exs)
+    out = BatchBuilder(
+        query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1, process_index=1, process_count=3
+    )(exs)
     np.testing.assert_array_equal(out["false_negatives"][0], expected[1:2])  # host 1 keeps row 1, all columns
-    local = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=3,
-                         cross_device=False)(exs)
+    local = BatchBuilder(
+        query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=3, cross_device=False
+    )(exs)
     assert local["false_negatives"].shape == (3, 1, 2)  # each device scores its own two passages
     np.testing.assert_array_equal(local["false_negatives"][:, 0], [[True, False], [True, False], [True, False]])
-    off = BatchBuilder(query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1,
-                       false_negatives=False)(exs)
+    off = BatchBuilder(
+        query_max_length=4, passage_max_length=4, pad_token_id=0, local_device_count=1, false_negatives=False
+    )(exs)
     assert "false_negatives" not in off
 
 
@@ -294,7 +305,8 @@ def test_ragged_subset_is_the_rows_tokens_in_order(texts):
     rows = [17, 0, 59, 17]
     tokens, offsets = passages.ragged(rows)
     assert offsets[0] == 0 and len(offsets) == len(rows) + 1 and offsets[-1] == len(tokens)
-    assert [tokens[offsets[i]:offsets[i + 1]].tolist() for i in range(len(rows))] == \
-        [passages.tokens_of(r).tolist() for r in rows]
+    assert [tokens[offsets[i] : offsets[i + 1]].tolist() for i in range(len(rows))] == [
+        passages.tokens_of(r).tolist() for r in rows
+    ]
     whole = passages.ragged(np.arange(len(passages)))
     assert whole[0] is passages.tokens and whole[1] is passages.offsets

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jdr.errors import DataError
-from jdr.index import build_index, load_embeddings, load_index, save_embeddings, save_index, search
-from jdr.index import store
+from jdr.index import build_index, load_embeddings, load_index, save_embeddings, save_index, search, store
 
 
 @pytest.fixture(scope="module")

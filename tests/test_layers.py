@@ -100,12 +100,14 @@ def test_imports_go_down_the_layers():
         if b is None or a == b:
             continue
         if LEVEL[b] >= LEVEL[a]:
-            bad.append(f"{MODULES[src].relative_to(ROOT)}:{line}: {a} (layer {LEVEL[a]}) imports {dst} "
-                       f"(layer {LEVEL[b]})")
+            bad.append(
+                f"{MODULES[src].relative_to(ROOT)}:{line}: {a} (layer {LEVEL[a]}) imports {dst} (layer {LEVEL[b]})"
+            )
         allowed = ONLY.get((a, b))
         if allowed is not None and dst not in allowed:
-            bad.append(f"{MODULES[src].relative_to(ROOT)}:{line}: {a} may take only {sorted(allowed)} of {b}, "
-                       f"imports {dst}")
+            bad.append(
+                f"{MODULES[src].relative_to(ROOT)}:{line}: {a} may take only {sorted(allowed)} of {b}, imports {dst}"
+            )
     assert bad == [], "\n".join(bad)
 
 
@@ -116,7 +118,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[str]:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -171,6 +173,8 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
 def test_design_quotes_the_layers():
     """docs/DESIGN.md's layer list (the lines `N. jdr.a, jdr.b` in its layers section) is LAYERS."""
     text = (ROOT / "docs" / "DESIGN.md").read_text()
-    quoted = [[u.strip(" `") for u in m.group(2).split(",")]
-              for m in re.finditer(r"^ *(\d+)\. (`jdr[^\n]*)$", text, flags=re.M)]
+    quoted = [
+        [u.strip(" `") for u in m.group(2).split(",")]
+        for m in re.finditer(r"^ *(\d+)\. (`jdr[^\n]*)$", text, flags=re.M)
+    ]
     assert quoted == LAYERS

@@ -50,8 +50,9 @@ class Poll:
 
 def test_hooks_that_need_nothing_do_not_sync_the_device():
     log = []
-    loop = run_loop(0, 0, 10, lambda s: None, _fake_step(log), [Poll(log)], examples_per_step=1,
-                    check_loss=_check, progress=False)
+    loop = run_loop(
+        0, 0, 10, lambda s: None, _fake_step(log), [Poll(log)], examples_per_step=1, check_loss=_check, progress=False
+    )
     assert loop.step == 10
     syncs = [e[1] for e in log if e[0] == "sync"]
     assert sorted(syncs) == list(range(1, 11))  # every loss is checked exactly once
@@ -70,16 +71,35 @@ def test_hooks_that_need_nothing_do_not_sync_the_device():
 def test_non_finite_loss_stops_before_any_hook_reads_the_state():
     log = []
     with pytest.raises(FloatingPointError, match="step 4"):
-        run_loop(0, 0, 10, lambda s: None, _fake_step(log, nan_at=4), [Poll(log)], examples_per_step=1,
-                 check_loss=_check, progress=False)
+        run_loop(
+            0,
+            0,
+            10,
+            lambda s: None,
+            _fake_step(log, nan_at=4),
+            [Poll(log)],
+            examples_per_step=1,
+            check_loss=_check,
+            progress=False,
+        )
     assert not [e for e in log if e[0] == "read_state"]
 
 
 def test_cadences_count_optimizer_steps_under_accumulation():
     log, seen = [], []
     hook = FunctionHook(2, lambda loop, last: seen.append((loop.step, loop.state)), name="ckpt")
-    loop = run_loop(0, 0, 4, lambda s: None, _fake_step(log), [hook], examples_per_step=1, accum=3,
-                    check_loss=_check, progress=False)
+    loop = run_loop(
+        0,
+        0,
+        4,
+        lambda s: None,
+        _fake_step(log),
+        [hook],
+        examples_per_step=1,
+        accum=3,
+        check_loss=_check,
+        progress=False,
+    )
     # 3 micro-steps per optimizer step; the hook sees whole optimizer steps only
     assert seen == [(2, 6), (4, 12)] and loop.state == 12
     assert [e[1] for e in log if e[0] == "dispatch"] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
@@ -90,8 +110,16 @@ def test_a_hook_can_stop_the_loop():
         if loop.step == 3:
             loop.stop = "preempted"
 
-    loop = run_loop(0, 0, 10, lambda s: None, _fake_step([]), [FunctionHook(1, stop, needs_metrics=False)],
-                    examples_per_step=1, progress=False)
+    loop = run_loop(
+        0,
+        0,
+        10,
+        lambda s: None,
+        _fake_step([]),
+        [FunctionHook(1, stop, needs_metrics=False)],
+        examples_per_step=1,
+        progress=False,
+    )
     assert (loop.step, loop.stop, loop.state) == (3, "preempted", 3)
 
 
@@ -126,8 +154,18 @@ def test_accumulated_step_logs_the_mean_over_micro_steps_and_every_example(monke
         return state + 1, {"loss": float(state), "grad_norm": 10.0 * state}
 
     hook = FunctionHook(1, lambda loop, last: seen.append((dict(loop.metrics), loop.examples_per_second)))
-    run_loop(0, 0, 2, lambda s: None, step_fn, [hook], examples_per_step=4, accum=3, progress=False,
-             on_metrics=lambda step, m: {k: float(v) for k, v in m.items()})
+    run_loop(
+        0,
+        0,
+        2,
+        lambda s: None,
+        step_fn,
+        [hook],
+        examples_per_step=4,
+        accum=3,
+        progress=False,
+        on_metrics=lambda step, m: {k: float(v) for k, v in m.items()},
+    )
     # micro-steps see states 0, 1, 2 (step 1) and 3, 4, 5 (step 2)
     assert [m for m, _ in seen] == [{"loss": 1.0, "grad_norm": 10.0}, {"loss": 4.0, "grad_norm": 40.0}]
     assert [eps for _, eps in seen] == [4.0, 4.0]  # 3 micro-batches of 4 examples in 3 s

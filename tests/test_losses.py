@@ -101,8 +101,8 @@ def test_info_nce_false_negative_mask_follows_all_gather():
     p = r.normal(size=(d * b * g, h)).astype(np.float32)
     mask = r.random((d * b, d * b * g)) < 0.3
     per_shard, aux = jax.vmap(
-        lambda qs, ps, ms: losses.info_nce(qs, ps, temperature=0.3, group_size=g, axis_name="i",
-                                           false_negatives=ms), axis_name="i"
+        lambda qs, ps, ms: losses.info_nce(qs, ps, temperature=0.3, group_size=g, axis_name="i", false_negatives=ms),
+        axis_name="i",
     )(q.reshape(d, b, h), p.reshape(d, b * g, h), mask.reshape(d, b, d * b * g))
     whole, aux_whole = losses.info_nce(q, p, temperature=0.3, group_size=g, false_negatives=mask)
     np.testing.assert_allclose(per_shard.mean(), whole, rtol=1e-5)
@@ -213,12 +213,15 @@ def _ebr_toy():
     return q, p
 
 
-@pytest.mark.parametrize("k,mask_q0_n1,term,active", [
-    # q0's in-batch candidates are q1's group {p1+ 0.3, n1 0.7}; q1's are {p0+ 0.1, n0 0.8}. Margin 0.5.
-    (1, False, (0.3 + 0.7) / 2, 1.0),       # q0: n1 -> relu(.5-.9+.7)=.3; q1: n0 -> relu(.5-.6+.8)=.7
-    (2, False, (0.3 + 0.0 + 0.7 + 0.0) / 4, 0.5),  # 2nd choices p1 (relu(.5-.9+.3)=0), p0 (relu(.5-.6+.1)=0)
-    (1, True, (0.0 + 0.7) / 2, 0.5),        # n1 labelled relevant to q0: its hardest is p1 -> 0
-])
+@pytest.mark.parametrize(
+    "k,mask_q0_n1,term,active",
+    [
+        # q0's in-batch candidates are q1's group {p1+ 0.3, n1 0.7}; q1's are {p0+ 0.1, n0 0.8}. Margin 0.5.
+        (1, False, (0.3 + 0.7) / 2, 1.0),  # q0: n1 -> relu(.5-.9+.7)=.3; q1: n0 -> relu(.5-.6+.8)=.7
+        (2, False, (0.3 + 0.0 + 0.7 + 0.0) / 4, 0.5),  # 2nd choices p1 (relu(.5-.9+.3)=0), p0 (relu(.5-.6+.1)=0)
+        (1, True, (0.0 + 0.7) / 2, 0.5),  # n1 labelled relevant to q0: its hardest is p1 -> 0
+    ],
+)
 def test_hardest_in_batch_by_hand(k, mask_q0_n1, term, active):
     q, p = _ebr_toy()
     mask = np.zeros((2, 4), bool)
@@ -229,8 +232,16 @@ def test_hardest_in_batch_by_hand(k, mask_q0_n1, term, active):
     np.testing.assert_allclose(aux["hard_in_batch_loss"], term, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(aux["hard_in_batch_active"], active, rtol=1e-6)
     np.testing.assert_allclose(total, base + 2.0 * term, rtol=1e-6)
-    trip, trip_aux = losses.triplet_margin(q, p, group_size=2, margin=0.5, false_negatives=mask,
-                                           hard_in_batch_k=k, hard_in_batch_weight=2.0, hard_in_batch_margin=0.5)
+    trip, trip_aux = losses.triplet_margin(
+        q,
+        p,
+        group_size=2,
+        margin=0.5,
+        false_negatives=mask,
+        hard_in_batch_k=k,
+        hard_in_batch_weight=2.0,
+        hard_in_batch_margin=0.5,
+    )
     np.testing.assert_allclose(trip, 0.0 + 2.0 * term, rtol=1e-6, atol=1e-7)  # own triplets: both outside margin
     assert float(trip_aux["active"]) == 0.0
 
@@ -254,8 +265,9 @@ def test_hardest_in_batch_over_named_axis_matches_global_batch():
     q = r.normal(size=(d * b, h)).astype(np.float32)
     p = r.normal(size=(d * b * g, h)).astype(np.float32)
     kw = dict(temperature=0.3, group_size=g, hard_in_batch_k=3, hard_in_batch_margin=1.0)
-    per_shard = jax.vmap(lambda qs, ps: losses.info_nce(qs, ps, axis_name="i", **kw)[1]["hard_in_batch_loss"],
-                         axis_name="i")(q.reshape(d, b, h), p.reshape(d, b * g, h))
+    per_shard = jax.vmap(
+        lambda qs, ps: losses.info_nce(qs, ps, axis_name="i", **kw)[1]["hard_in_batch_loss"], axis_name="i"
+    )(q.reshape(d, b, h), p.reshape(d, b * g, h))
     whole = losses.info_nce(q, p, **kw)[1]["hard_in_batch_loss"]
     assert float(whole) > 0
     np.testing.assert_allclose(per_shard.mean(), whole, rtol=1e-5)

@@ -23,7 +23,7 @@ def test_localized_contrastive_by_hand():
     assert float(loss) == pytest.approx(want, rel=1e-6)
     assert float(aux["accuracy"]) == 0.5 and float(aux["pos_score"]) == 1.0 and float(aux["neg_score"]) == 0.25
     half, _ = localized_contrastive(S, temperature=2.0)
-    assert float(half) == pytest.approx(((_lse([1, .5, 0]) - 1) + (_lse([0, .5, -.5]) - 0)) / 2, rel=1e-6)
+    assert float(half) == pytest.approx(((_lse([1, 0.5, 0]) - 1) + (_lse([0, 0.5, -0.5]) - 0)) / 2, rel=1e-6)
 
 
 def test_pointwise_bce_by_hand():
@@ -59,12 +59,11 @@ def test_listwise_kl_by_hand_with_teacher_temperature():
 def test_distill_uses_group_logits_and_adds_weighted_info_nce():
     rng = np.random.default_rng(0)
     q, p = rng.standard_normal((2, 4)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
-    logits = np.stack([p[3 * i:3 * i + 3] @ q[i] for i in range(2)]) / 0.5
+    logits = np.stack([p[3 * i : 3 * i + 3] @ q[i] for i in range(2)]) / 0.5
     np.testing.assert_allclose(np.asarray(group_scores(q, p, 3)) / 0.5, logits, rtol=1e-5)
     alone, aux = distill(q, p, T, loss="margin_mse", group_size=3, temperature=0.5)
     assert float(alone) == pytest.approx(float(margin_mse(logits, T)), rel=1e-5)
-    both, aux = distill(q, p, T, loss="kl", group_size=3, temperature=0.5, teacher_temperature=2.0,
-                        info_nce_weight=0.3)
+    both, aux = distill(q, p, T, loss="kl", group_size=3, temperature=0.5, teacher_temperature=2.0, info_nce_weight=0.3)
     nce, _ = losses.info_nce(jnp.asarray(q), jnp.asarray(p), temperature=0.5, group_size=3)
     want = float(listwise_kl(logits, T, teacher_temperature=2.0)) + 0.3 * float(nce)
     assert float(both) == pytest.approx(want, rel=1e-5)

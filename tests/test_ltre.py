@@ -93,8 +93,9 @@ def test_compressed_index_scores_are_its_reconstructions(tmp_path, factory, one_
 def _train(toy, n_dev, search, steps, loss_name="lambdarank", loss_kwargs=None, lr=0.05):
     params, index, _, _ = toy
     tx = freeze_passage_tower(optax.adamw(lr, weight_decay=0.1))
-    step = pmap_ltre_step(bag_encode, index=index, top_k=10, search=search, loss_name=loss_name,
-                          loss_kwargs=loss_kwargs or {}, tx=tx)
+    step = pmap_ltre_step(
+        bag_encode, index=index, top_k=10, search=search, loss_name=loss_name, loss_kwargs=loss_kwargs or {}, tx=tx
+    )
     state = replicate(TrainState.create(params, tx), jax.local_devices()[:n_dev])
     batch, history = _batch(toy, n_dev), []
     for _ in range(steps):
@@ -165,12 +166,15 @@ def _cfg(**ltre):
     return cfg
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"top_k": 0}, "ltre.top_k must be >= 1"),
-    ({"loss": "ranknet"}, "ltre.loss must be one of lambdarank, listwise"),
-    ({"search": "thread"}, "ltre.search must be one of callback, host"),
-    ({"index": "/nonexistent/index.faiss"}, "ltre.index: /nonexistent/index.faiss does not exist"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"top_k": 0}, "ltre.top_k must be >= 1"),
+        ({"loss": "ranknet"}, "ltre.loss must be one of lambdarank, listwise"),
+        ({"search": "thread"}, "ltre.search must be one of callback, host"),
+        ({"index": "/nonexistent/index.faiss"}, "ltre.index: /nonexistent/index.faiss does not exist"),
+    ],
+)
 def test_ltre_config_errors(change, message):
     check_ltre_config(_cfg())
     with pytest.raises(ValueError, match=message):
@@ -194,14 +198,29 @@ def test_jdr_train_runs_ltre_with_the_passage_tower_fixed(tiny_model, toy_beir, 
 
     from jdr.config import load_config
     from jdr.models.hf import load
-    from jdr.train.trainer import train
     from jdr.models.workdir import load_workdir
+    from jdr.train.trainer import train
 
-    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.steps=4",
-                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
-                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
-                                          "checkpoint.every=2", "eval.every=0", "eval.final_test=false",
-                                          "export.at_end=false", "log.every=1", "log.tensorboard=false"])
+    cfg = load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={toy_beir}",
+            "train.steps=4",
+            "model.tied=false",
+            "negatives.source=none",
+            "negatives.num=0",
+            "ltre.enabled=true",
+            "ltre.top_k=10",
+            "ltre.max_positives=2",
+            "checkpoint.every=2",
+            "eval.every=0",
+            "eval.final_test=false",
+            "export.at_end=false",
+            "log.every=1",
+            "log.tensorboard=false",
+        ],
+    )
     final = train(cfg, tmp_path / "run", progress=False)
     assert final["step"] == 4
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -242,11 +261,24 @@ def test_jdr_train_refuses_too_many_positives_before_compiling(tiny_model, toy_b
     with open(data / "qrels" / "train.tsv", "a") as f:
         f.write("q5\td0_1\t1\nq5\td0_2\t1\n")  # q5: 3 positives
     monkeypatch.setattr(trainer, "make_train_step", lambda *a, **k: pytest.fail("a step was built"))
-    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={data}", "train.steps=4",
-                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
-                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
-                                          "eval.every=0", "eval.final_test=false", "export.at_end=false",
-                                          "log.tensorboard=false"])
+    cfg = load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={data}",
+            "train.steps=4",
+            "model.tied=false",
+            "negatives.source=none",
+            "negatives.num=0",
+            "ltre.enabled=true",
+            "ltre.top_k=10",
+            "ltre.max_positives=2",
+            "eval.every=0",
+            "eval.final_test=false",
+            "export.at_end=false",
+            "log.tensorboard=false",
+        ],
+    )
     with pytest.raises(ValueError, match="query 'q5' has 3 positives, more than ltre.max_positives=2"):
         train(cfg, tmp_path / "run", progress=False)
 
@@ -257,17 +289,33 @@ def test_jdr_train_ltre_from_a_whitened_model(tiny_model, toy_beir, tmp_path):
     from jdr.cli import main
     from jdr.config import load_config
     from jdr.models.hf import load
-    from jdr.train.trainer import train
     from jdr.models.workdir import load_workdir
+    from jdr.train.trainer import train
 
     whitened = tmp_path / "whitened"
-    assert main(["whiten", "--model", str(tiny_model), "--data", str(toy_beir), "--output", str(whitened),
-                 "--dim", "16"]) == 0
-    cfg = load_config("configs/tiny.py", [f"model.path={whitened}", f"data.dataset={toy_beir}", "train.steps=2",
-                                          "model.tied=false", "negatives.source=none", "negatives.num=0",
-                                          "ltre.enabled=true", "ltre.top_k=10", "ltre.max_positives=2",
-                                          "checkpoint.every=2", "eval.every=0", "eval.final_test=false",
-                                          "export.at_end=false", "log.tensorboard=false"])
+    assert (
+        main(["whiten", "--model", str(tiny_model), "--data", str(toy_beir), "--output", str(whitened), "--dim", "16"])
+        == 0
+    )
+    cfg = load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={whitened}",
+            f"data.dataset={toy_beir}",
+            "train.steps=2",
+            "model.tied=false",
+            "negatives.source=none",
+            "negatives.num=0",
+            "ltre.enabled=true",
+            "ltre.top_k=10",
+            "ltre.max_positives=2",
+            "checkpoint.every=2",
+            "eval.every=0",
+            "eval.final_test=false",
+            "export.at_end=false",
+            "log.tensorboard=false",
+        ],
+    )
     assert train(cfg, tmp_path / "run", progress=False)["step"] == 2
     params, _, _, _ = load_workdir(tmp_path / "run")
     start, _, _ = load(whitened, tied=False)

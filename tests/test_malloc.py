@@ -12,8 +12,9 @@ PROBE = "from jdr.malloc import tune_malloc; print(tune_malloc())"
 
 def _probe(**env) -> str:
     full = {k: v for k, v in os.environ.items() if k not in ("JDR_MALLOC", "LD_PRELOAD")} | env
-    return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=full,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=full, check=True
+    ).stdout.strip()
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -26,7 +27,6 @@ def test_tune_malloc_applies_only_when_asked():
 def test_python_m_jdr_cli_is_the_jdr_command():
     r = subprocess.run([sys.executable, "-m", "jdr.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: jdr" in r.stdout
-
 
 
 def test_jdr_malloc_mimalloc_reexecs_the_command_under_ld_preload(monkeypatch, tmp_path):
@@ -61,6 +61,10 @@ def test_jdr_command_runs_under_the_installed_mimalloc():
     env = {k: v for k, v in os.environ.items() if k not in ("JDR_MALLOC", "LD_PRELOAD")}
     if find_mimalloc() is None:
         pytest.skip("cmeel-mimalloc not installed")
-    r = subprocess.run([sys.executable, "-m", "jdr.cli", "--help"], capture_output=True, text=True,
-                       env=env | {"JDR_MALLOC": "mimalloc"})
+    r = subprocess.run(
+        [sys.executable, "-m", "jdr.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env=env | {"JDR_MALLOC": "mimalloc"},
+    )
     assert r.returncode == 0 and "usage: jdr" in r.stdout and "cannot be preloaded" not in r.stderr, r.stderr

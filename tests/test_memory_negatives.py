@@ -35,7 +35,7 @@ def _brute(q, parts, exclude, quotas):
         for m, (name, x) in enumerate(parts):
             s = x @ q[i]
             ranked = [r for r in np.argsort(-s, kind="stable") if r not in exclude.get(name, [set()] * len(q))[i]]
-            cands += [(s[r], m, r) for r in ranked[:quotas.get(name, 0)]]
+            cands += [(s[r], m, r) for r in ranked[: quotas.get(name, 0)]]
         cands.sort(key=lambda c: -c[0])
         out.append([(m, int(r)) for _, m, r in cands])
     return out
@@ -54,9 +54,13 @@ def mixture(tmp_path_factory):
     parts = [("a", _unit(rng, 120)), ("b", _unit(rng, 90)), ("c", _unit(rng, 200))]
     spann = build_spann(parts[2][1], tmp / "c.spann", list_size=30, eps1=0.1, max_replicas=2)
     ids_path(tmp / "c.spann").write_text("".join(f"c{i}\n" for i in range(200)))
-    memories = Memories([Memory("a", build_index(parts[0][1]), [f"a{i}" for i in range(120)]),
-                         Memory("b", build_index(parts[1][1], "IVF4,Flat"), [f"b{i}" for i in range(90)]).with_probe(4),
-                         Memory.load(f"c={tmp / 'c.spann'}").with_probe(spann.meta["heads"])])
+    memories = Memories(
+        [
+            Memory("a", build_index(parts[0][1]), [f"a{i}" for i in range(120)]),
+            Memory("b", build_index(parts[1][1], "IVF4,Flat"), [f"b{i}" for i in range(90)]).with_probe(4),
+            Memory.load(f"c={tmp / 'c.spann'}").with_probe(spann.meta["heads"]),
+        ]
+    )
     return memories, parts, _unit(rng, 12)
 
 
@@ -65,8 +69,11 @@ def test_mining_equals_brute_force_over_the_union(mixture, mix):
     memories, parts, q = mixture
     depth = 15
     # exclude each query's own nearest rows of a and c (as positives would be): they must not come back
-    exclude = {name: [set(np.argsort(-(x @ q[i]))[: 1 + i % 3].tolist()) for i in range(len(q))]
-               for name, x in parts if name != "b"}
+    exclude = {
+        name: [set(np.argsort(-(x @ q[i]))[: 1 + i % 3].tolist()) for i in range(len(q))]
+        for name, x in parts
+        if name != "b"
+    }
     hits = memories.mine(q, depth=depth, mix=mix, exclude={k: _csr(v) for k, v in exclude.items()})
     quotas = {name: depth for name, _ in parts} if mix is None else mix
     expected = _brute(q, parts, exclude, quotas)
@@ -106,8 +113,9 @@ def toy():
     qids = [f"q{i}" for i in range(10)]
     qrels = {q: {f"d{i}": 1, f"d{(i + 7) % 40}": int(i % 2)} for i, q in enumerate(qids)}
     q_emb[:4] = p_emb[:4]  # these queries' nearest document is their positive: exclusion must drop it
-    memory = MemoryNegatives(ids, [Memory.from_arrays("aug", aug, [f"x{i}" for i in range(30)])],
-                             corpus_index=corpus.index)
+    memory = MemoryNegatives(
+        ids, [Memory.from_arrays("aug", aug, [f"x{i}" for i in range(30)])], corpus_index=corpus.index
+    )
     return corpus, qids, qrels, p_emb, aug, q_emb, memory
 
 
@@ -117,17 +125,18 @@ def test_memory_rows_and_ids_follow_the_corpus(toy):
     scores, rows = memory.mine(q_emb, p_emb, 12, offsets, pos)
     union = np.concatenate([p_emb, aug])
     for i, q in enumerate(qids):
-        own = set(pos[offsets[i]:offsets[i + 1]].tolist())
+        own = set(pos[offsets[i] : offsets[i + 1]].tolist())
         s = union @ q_emb[i]
         expected = [r for r in np.argsort(-s, kind="stable") if r not in own][:12]
         assert rows[i].tolist() == expected
         np.testing.assert_allclose(scores[i], s[expected], rtol=1e-5)
     assert (rows >= 40).any() and (rows < 40).any()
-    table = build_table({"memory": 2, "random": 1}, corpus, {}, qrels, qids, depth=12, query_emb=q_emb,
-                        passage_emb=p_emb, memory=memory)
+    table = build_table(
+        {"memory": 2, "random": 1}, corpus, {}, qrels, qids, depth=12, query_emb=q_emb, passage_emb=p_emb, memory=memory
+    )
     assert table.memory_ids == tuple(f"aug:x{i}" for i in range(30))
     ranked = table.ranked("q0", "memory")
-    assert ranked == [corpus.ids[r] if r < 40 else f"aug:x{r - 40}" for r in rows[0][:len(ranked)].tolist()]
+    assert ranked == [corpus.ids[r] if r < 40 else f"aug:x{r - 40}" for r in rows[0][: len(ranked)].tolist()]
     drawn = [d for s in range(40) for d in table.sample("q1", np.random.default_rng(s))]
     assert any(d.startswith("aug:") for d in drawn) and not set(drawn) & {"d1"}
     # the checkpoint form is integers only, and needs the same memory documents back
@@ -146,12 +155,21 @@ def test_memory_rows_and_ids_follow_the_corpus(toy):
 
 def test_refresh_re_mines_the_corpus_and_keeps_the_augmentation_memory(toy):
     corpus, qids, qrels, p_emb, aug, q_emb, memory = toy
-    table = build_table({"memory": 2}, corpus, {}, qrels, qids, depth=12, query_emb=q_emb, passage_emb=p_emb,
-                        memory=memory)
+    table = build_table(
+        {"memory": 2}, corpus, {}, qrels, qids, depth=12, query_emb=q_emb, passage_emb=p_emb, memory=memory
+    )
     moved = _unit(np.random.default_rng(3), 40)  # the corpus re-encoded by a later model
     cfg = AnnRefreshConfig(depth=12, counts={"memory": 2}, refresh_fraction=0.5)
-    build = ann_build_fn(lambda params: moved, lambda params, sel: q_emb[[qids.index(q) for q in sel]], corpus,
-                         qids, qrels, cfg, initial=table, memory=memory)
+    build = ann_build_fn(
+        lambda params: moved,
+        lambda params, sel: q_emb[[qids.index(q) for q in sel]],
+        corpus,
+        qids,
+        qrels,
+        cfg,
+        initial=table,
+        memory=memory,
+    )
     new = build(None, 4)
     offsets, pos = positives_csr(qids, qrels, corpus.index)
     _, expected = memory.mine(q_emb, moved, 12, offsets, pos)
@@ -167,6 +185,7 @@ def test_refresh_re_mines_the_corpus_and_keeps_the_augmentation_memory(toy):
 
 # -- the trainer -------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def memory_files(tiny_model, tmp_path_factory):
     """Two augmentation memories in the toy BEIR topics, encoded with the tiny model: `aug` an embedding store
@@ -179,9 +198,15 @@ def memory_files(tiny_model, tmp_path_factory):
     for name, n in (("aug", 24), ("idx", 12)):
         corpus = tmp / name / "corpus.jsonl"
         corpus.parent.mkdir()
-        corpus.write_text("".join(json.dumps({"_id": f"{name}{i}", "title": topics[i % 6],
-                                              "text": f"{topics[(i + 1) % 6]} study number {i}"}) + "\n"
-                                  for i in range(n)))
+        corpus.write_text(
+            "".join(
+                json.dumps(
+                    {"_id": f"{name}{i}", "title": topics[i % 6], "text": f"{topics[(i + 1) % 6]} study number {i}"}
+                )
+                + "\n"
+                for i in range(n)
+            )
+        )
         store = tmp / name / "store"
         assert main(["encode", "--model", str(tiny_model), "--input", str(corpus), "--output", str(store)]) == 0
         paths[name] = (store, corpus)
@@ -192,21 +217,38 @@ def memory_files(tiny_model, tmp_path_factory):
 
 def _cfg(tiny_model, toy_beir, memory_files, *overrides):
     memories = ";".join(f"{n}={i},{c}" for n, (i, c) in memory_files.items())
-    return load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}",
-                                           "negatives.source=memory", "negatives.num=2",
-                                           f"negatives.memories={memories}", *overrides])
+    return load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={toy_beir}",
+            "negatives.source=memory",
+            "negatives.num=2",
+            f"negatives.memories={memories}",
+            *overrides,
+        ],
+    )
 
 
-def test_training_on_memory_negatives_resumes_bit_identically(tiny_model, toy_beir, memory_files, tmp_path,
-                                                               monkeypatch):
+def test_training_on_memory_negatives_resumes_bit_identically(
+    tiny_model, toy_beir, memory_files, tmp_path, monkeypatch
+):
     import jax
 
     from jdr.data.labeled import LabeledSource
-    from jdr.train.trainer import train
     from jdr.models.workdir import load_workdir
+    from jdr.train.trainer import train
 
-    over = ["negatives.memory_mix=train:4,aug:4,idx:2", "negatives.refresh_every=4", "train.steps=8",
-            "checkpoint.every=4", "eval.every=0", "eval.final_test=false", "export.at_end=false", "log.every=1"]
+    over = [
+        "negatives.memory_mix=train:4,aug:4,idx:2",
+        "negatives.refresh_every=4",
+        "train.steps=8",
+        "checkpoint.every=4",
+        "eval.every=0",
+        "eval.final_test=false",
+        "export.at_end=false",
+        "log.every=1",
+    ]
     keys = []
     original = LabeledSource.next_batch
 
@@ -229,8 +271,10 @@ def test_training_on_memory_negatives_resumes_bit_identically(tiny_model, toy_be
     train(_cfg(tiny_model, toy_beir, memory_files, *over), resumed, progress=False)
     a, b = (jax.tree_util.tree_leaves(load_workdir(w)[0]) for w in (straight, resumed))
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
-    logged = [[json.loads(x).get("train/loss") for x in (w / "metrics.jsonl").read_text().splitlines()]
-              for w in (straight, resumed)]
+    logged = [
+        [json.loads(x).get("train/loss") for x in (w / "metrics.jsonl").read_text().splitlines()]
+        for w in (straight, resumed)
+    ]
     assert [v for v in logged[0] if v is not None] == [v for v in logged[1] if v is not None]
     # the step-4 checkpoint gave back the refreshed table, memory rows and all
     restored = tables[0]
@@ -238,21 +282,25 @@ def test_training_on_memory_negatives_resumes_bit_identically(tiny_model, toy_be
     assert (restored.candidates["memory"] >= len(restored.corpus_ids)).any()
 
 
-@pytest.mark.parametrize("change, pattern", [
-    ({"memories": "aug=/nowhere/aug.faiss,{aug_corpus}"}, r"negatives.memories: aug: /nowhere/aug.faiss: no such"),
-    ({"memories": "aug={aug_store},/nowhere/corpus.jsonl"}, r"aug: /nowhere/corpus.jsonl: no such corpus file"),
-    ({"memories": "aug={aug_store}"}, r"bad entry 'aug=.*'; expected 'name=INDEX_OR_STORE,CORPUS'"),
-    ({"memories": "train={aug_store},{aug_corpus}"}, r"memory name 'train' must be unique"),
-    ({"memories": "aug={narrow},{aug_corpus}"}, r"aug holds 8-dim vectors but the model embeds to 32"),
-    ({"memories": "aug={l2},{aug_corpus}"}, r"aug ranks by l2, the model scores by inner product"),
-    ({"memories": "aug={aug_store},{short_corpus}"}, r"doc id 'aug23' of .*ids.txt is not in .*short.jsonl"),
-    ({"memory_mix": "train:4,wiki:2"}, r"negatives.memory_mix: unknown memory 'wiki'; memories are train, aug"),
-    ({"memory_mix": "train:8,aug:8"}, r"quotas sum to 16, more than negatives.depth=10"),
-    ({"source": "random"}, r"negatives.memories is set but no negatives come from them"),
-    ({"memories": ""}, r"negatives source 'memory' needs negatives.memories"),
-])
-def test_config_errors_are_one_line_before_anything_is_encoded(tiny_model, toy_beir, memory_files, tmp_path,
-                                                                change, pattern):
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"memories": "aug=/nowhere/aug.faiss,{aug_corpus}"}, r"negatives.memories: aug: /nowhere/aug.faiss: no such"),
+        ({"memories": "aug={aug_store},/nowhere/corpus.jsonl"}, r"aug: /nowhere/corpus.jsonl: no such corpus file"),
+        ({"memories": "aug={aug_store}"}, r"bad entry 'aug=.*'; expected 'name=INDEX_OR_STORE,CORPUS'"),
+        ({"memories": "train={aug_store},{aug_corpus}"}, r"memory name 'train' must be unique"),
+        ({"memories": "aug={narrow},{aug_corpus}"}, r"aug holds 8-dim vectors but the model embeds to 32"),
+        ({"memories": "aug={l2},{aug_corpus}"}, r"aug ranks by l2, the model scores by inner product"),
+        ({"memories": "aug={aug_store},{short_corpus}"}, r"doc id 'aug23' of .*ids.txt is not in .*short.jsonl"),
+        ({"memory_mix": "train:4,wiki:2"}, r"negatives.memory_mix: unknown memory 'wiki'; memories are train, aug"),
+        ({"memory_mix": "train:8,aug:8"}, r"quotas sum to 16, more than negatives.depth=10"),
+        ({"source": "random"}, r"negatives.memories is set but no negatives come from them"),
+        ({"memories": ""}, r"negatives source 'memory' needs negatives.memories"),
+    ],
+)
+def test_config_errors_are_one_line_before_anything_is_encoded(
+    tiny_model, toy_beir, memory_files, tmp_path, change, pattern
+):
     from jdr.train.trainer import prepare
 
     store, corpus = memory_files["aug"]
@@ -262,11 +310,22 @@ def test_config_errors_are_one_line_before_anything_is_encoded(tiny_model, toy_b
     save_index(build_index(_unit(rng, 24, 32), metric="l2"), tmp_path / "l2.faiss")
     ids_path(tmp_path / "l2.faiss").write_text("".join(f"{i}\n" for i in ids))
     (tmp_path / "short.jsonl").write_text("".join(corpus.read_text().splitlines(True)[:-1]))
-    paths = dict(aug_store=store, aug_corpus=corpus, narrow=tmp_path / "narrow", l2=tmp_path / "l2.faiss",
-                 short_corpus=tmp_path / "short.jsonl")
+    paths = dict(
+        aug_store=store,
+        aug_corpus=corpus,
+        narrow=tmp_path / "narrow",
+        l2=tmp_path / "l2.faiss",
+        short_corpus=tmp_path / "short.jsonl",
+    )
     settings = {"source": "memory", "memories": "aug={aug_store},{aug_corpus}", **change}
-    cfg = load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}",
-                                          *(f"negatives.{k}={v.format(**paths)}" for k, v in settings.items())])
+    cfg = load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={toy_beir}",
+            *(f"negatives.{k}={v.format(**paths)}" for k, v in settings.items()),
+        ],
+    )
     with pytest.raises(ConfigError, match=pattern) as e:
         prepare(cfg, tmp_path / "w")
     assert "\n" not in str(e.value)
@@ -290,8 +349,11 @@ def test_experiment_split_and_rows(toy_beir, tmp_path):
     assert not set(part.corpus.ids) & set(aug.ids) and len(part.corpus) + len(aug) == len(whole.corpus)
     assert {d for rels in whole.qrels.values() for d in rels} <= set(part.corpus.ids) and part.qrels == whole.qrels
     assert counts["aug"] == len(aug) > 0
-    rows = {r: to_dict(load_config(REPO / "configs" / "memory_exp" / f"{r}.py")) for r in ("half", "merged", "quota",
-                                                                                            "full")}
+    rows = {
+        r: to_dict(load_config(REPO / "configs" / "memory_exp" / f"{r}.py"))
+        for r in ("half", "merged", "quota", "full")
+    }
+
     def rest(cfg):
         cfg = json.loads(json.dumps(cfg))
         cfg.pop("negatives")
@@ -305,8 +367,8 @@ def test_experiment_split_and_rows(toy_beir, tmp_path):
 
 def test_memory_probe_reaches_ivf_and_spann_memories(tiny_model, toy_beir, memory_files, tmp_path):
     from jdr.index.store import load_embeddings
-    from jdr.train.sources import load_labeled
     from jdr.train.memories import load_memories
+    from jdr.train.sources import load_labeled
 
     emb, ids = load_embeddings(memory_files["aug"][0])
     save_index(build_index(emb, "IVF2,Flat"), tmp_path / "ivf.faiss")
@@ -314,9 +376,15 @@ def test_memory_probe_reaches_ivf_and_spann_memories(tiny_model, toy_beir, memor
     build_spann(np.asarray(emb), tmp_path / "s.spann", list_size=8, eps1=0.1, max_replicas=2)
     ids_path(tmp_path / "s.spann").write_text("".join(f"{i}\n" for i in ids))
     corpus = memory_files["aug"][1]
-    cfg = load_config("configs/tiny.py", [f"data.dataset={toy_beir}", "negatives.source=memory",
-                                          f"negatives.memories=ivf={tmp_path / 'ivf.faiss'},{corpus};"
-                                          f"s={tmp_path / 's.spann'},{corpus}", "negatives.memory_probe=3"])
+    cfg = load_config(
+        "configs/tiny.py",
+        [
+            f"data.dataset={toy_beir}",
+            "negatives.source=memory",
+            f"negatives.memories=ivf={tmp_path / 'ivf.faiss'},{corpus};s={tmp_path / 's.spann'},{corpus}",
+            "negatives.memory_probe=3",
+        ],
+    )
     negatives, passages = load_memories(cfg, load_labeled("beir", cfg), 32)
     assert [m.defaults for m in negatives.augment] == [{"nprobe": 3}, {"max_probe": 3}]
     assert passages.ids[:2] == ["ivf:aug0", "ivf:aug1"] and len(passages.texts) == 48

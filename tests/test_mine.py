@@ -45,8 +45,9 @@ QUERIES = {q: f"alpha {q}" for q in ("q0", "q1", "q2", "q3")}  # the last word i
 def _mine(source="ann", **kw):
     kw.setdefault("depth", 5)
     scorer = FakeScorer()
-    mined = mine_negatives(hand_corpus(), QUERIES, QRELS,
-                           MineSettings({source: kw.pop("num", 0)}, **kw), scorer=scorer, progress=False)
+    mined = mine_negatives(
+        hand_corpus(), QUERIES, QRELS, MineSettings({source: kw.pop("num", 0)}, **kw), scorer=scorer, progress=False
+    )
     return mined, scorer
 
 
@@ -104,8 +105,14 @@ def test_sampling_is_seeded_in_rank_order_and_num_zero_keeps_all():
 
 def test_hybrid_draws_each_source_in_order_without_repeats():
     scorer = FakeScorer()
-    mined = mine_negatives(hand_corpus(), QUERIES, QRELS, MineSettings({"bm25": 2, "ann": 2}, depth=5, seed=1),
-                           scorer=scorer, progress=False)
+    mined = mine_negatives(
+        hand_corpus(),
+        QUERIES,
+        QRELS,
+        MineSettings({"bm25": 2, "ann": 2}, depth=5, seed=1),
+        scorer=scorer,
+        progress=False,
+    )
     assert scorer.asked == [[0, 1, 2, 3, 4, 5]]  # ANN embeds the whole corpus once; no second call for BM25
     for negs in mined.negatives:
         docs = [r for r, _, _, _ in negs]
@@ -187,11 +194,20 @@ def test_mined_file_trains_on_exactly_the_bm25_table_groups(tiny_model, toy_beir
     same ranked lists, same sampled negatives -> identical token arrays, batch after batch."""
     out = tmp_path / "mined.jsonl"
     _mine_cli(toy_beir, out, "--depth", "3", "--sample-range", "0-3", "--num", "0")
-    common = [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "negatives.depth=3", "negatives.num=1",
-              "train.global_batch_size=8"]
+    common = [
+        f"model.path={tiny_model}",
+        f"data.dataset={toy_beir}",
+        "negatives.depth=3",
+        "negatives.num=1",
+        "train.global_batch_size=8",
+    ]
     beir = prepare(load_config("configs/tiny.py", [*common, "negatives.source=bm25"]), tmp_path / "a")
-    mined = prepare(load_config("configs/tiny.py", [*common, "negatives.source=file", "data.source=jsonl",
-                                                    f"data.jsonl.path={out}"]), tmp_path / "b")
+    mined = prepare(
+        load_config(
+            "configs/tiny.py", [*common, "negatives.source=file", "data.source=jsonl", f"data.jsonl.path={out}"]
+        ),
+        tmp_path / "b",
+    )
     assert sorted(beir.training.dev.qrels) == sorted(mined.training.dev.qrels)
     table_a, table_b = beir.source.table, mined.source.table
     for q in beir.source.train_qids:

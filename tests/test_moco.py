@@ -11,10 +11,10 @@ import pytest
 from test_train_step import GRAD_PROBE, N_DEV, _batch, _shard, bag_encode
 
 from jdr import losses
+from jdr.checkpoint import Checkpointer
 from jdr.models import encoder as enc
 from jdr.models import hf
 from jdr.models.testing import write_tiny_model
-from jdr.checkpoint import Checkpointer
 from jdr.train.objectives.moco import MocoState, make_moco_train_step
 from jdr.train.optim import make_optimizer
 from jdr.train.step import pmap_train_step, replicate, unreplicate
@@ -49,9 +49,9 @@ def test_queue_is_fifo_over_the_global_batch():
         written.append(np.asarray(keys[::g]))
         queue = np.asarray(host.queue)
         assert int(host.queue_ptr) == (t + 1) * b % k
-        np.testing.assert_allclose(queue[t * b % k:t * b % k + b], written[t], atol=1e-6)
+        np.testing.assert_allclose(queue[t * b % k : t * b % k + b], written[t], atol=1e-6)
         if t < 2:  # rows not yet written keep their initial values
-            np.testing.assert_array_equal(queue[(t + 1) * b:], initial[(t + 1) * b:])
+            np.testing.assert_array_equal(queue[(t + 1) * b :], initial[(t + 1) * b :])
     # After 4 steps the 4th batch has overwritten the oldest (the 1st); the 2nd and 3rd remain, in order.
     np.testing.assert_allclose(queue, np.concatenate([written[3], written[1], written[2]]), atol=1e-6)
 
@@ -99,8 +99,9 @@ def test_moco_rejects_bad_settings():
 
 @pytest.fixture(scope="module")
 def tiny_tied(tmp_path_factory):
-    path = write_tiny_model(tmp_path_factory.mktemp("moco") / "bert", hidden_size=16, num_layers=1,
-                            intermediate_size=32)
+    path = write_tiny_model(
+        tmp_path_factory.mktemp("moco") / "bert", hidden_size=16, num_layers=1, intermediate_size=32
+    )
     params, spec, _ = hf.load(path)
     return params, functools.partial(_encode, spec=spec)
 
@@ -127,7 +128,7 @@ def test_pmap_moco_step_equals_one_device_holding_the_global_batch(tiny_tied):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
     np.testing.assert_allclose(many.queue, one.queue, atol=1e-6)  # same keys, same global order
     assert int(many.queue_ptr) == int(one.queue_ptr) == N_DEV * per_device
-    assert not np.allclose(many.queue[:N_DEV * per_device], np.asarray(state.queue)[:N_DEV * per_device])
+    assert not np.allclose(many.queue[: N_DEV * per_device], np.asarray(state.queue)[: N_DEV * per_device])
 
 
 def test_resume_through_the_checkpointer_is_bit_identical(tmp_path):
@@ -164,9 +165,16 @@ def _examples(batch, docs, relevant):
     """Examples of one-passage groups from token arrays: query i's positive is document docs[i]."""
     from jdr.data.source import Example
 
-    return [Example(batch["query_ids"][i][batch["query_mask"][i] > 0],
-                    (batch["passage_ids"][i][batch["passage_mask"][i] > 0],), f"q{i}", (docs[i],),
-                    frozenset(relevant[i])) for i in range(len(docs))]
+    return [
+        Example(
+            batch["query_ids"][i][batch["query_mask"][i] > 0],
+            (batch["passage_ids"][i][batch["passage_mask"][i] > 0],),
+            f"q{i}",
+            (docs[i],),
+            frozenset(relevant[i]),
+        )
+        for i in range(len(docs))
+    ]
 
 
 def test_queue_rows_of_a_querys_relevant_documents_are_masked_and_counted():
@@ -177,8 +185,14 @@ def test_queue_rows_of_a_querys_relevant_documents_are_masked_and_counted():
     from jdr.train.objectives.moco import DocIdBatches, doc_id_hash
 
     b = 4
-    builder = BatchBuilder(query_max_length=6, passage_max_length=8, pad_token_id=0, local_device_count=1,
-                           pad_queries_to_max=True, pad_passages_to_max=True)
+    builder = BatchBuilder(
+        query_max_length=6,
+        passage_max_length=8,
+        pad_token_id=0,
+        local_device_count=1,
+        pad_queries_to_max=True,
+        pad_passages_to_max=True,
+    )
     batches = DocIdBatches(builder)
     docs = ["d0", "d1", "d2", "d3"]
     relevant = [{"d0", "d2"}, {"d1"}, {"d2"}, {"d3"}]

@@ -13,7 +13,16 @@ from safetensors.numpy import load_file, save_file
 
 from jdr.errors import DataError
 from jdr.models import (
-    BertConfig, bucket_length, encode, encode_texts, encode_token_ids, export, l2_normalize, load, pool, tokenize,
+    BertConfig,
+    bucket_length,
+    encode,
+    encode_texts,
+    encode_token_ids,
+    export,
+    l2_normalize,
+    load,
+    pool,
+    tokenize,
     tower_params,
 )
 from jdr.models.testing import write_tiny_model
@@ -155,8 +164,14 @@ def test_load_accepts_bert_prefixed_names(tiny_dir, tiny, tmp_path):
 def test_export_round_trip_is_bit_identical(tiny_dir, tiny, tmp_path):
     params, spec, tok = tiny
     out = export(params, spec, tok, tmp_path / "exported")
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json",
-                 "sentence_bert_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+    ):
         assert (out / name).exists(), name
     assert "sentence_transformers.models.Normalize" in (out / "modules.json").read_text()
     # HF layout: same names and shapes as the source checkpoint (minus the position_ids buffer).
@@ -225,8 +240,10 @@ def test_hash_dropout_mask_statistics():
     other = np.asarray(hash_bits(jax.random.key(1), shape) >= np.uint32(round(0.1 * 2**32)))
     assert abs((keep & other).mean() - 0.81) < 3e-3
     # Same key, same bits (jitted or not, any PRNG impl); the scaled output is unbiased.
-    np.testing.assert_array_equal(np.asarray(jax.jit(hash_bits, static_argnums=1)(jax.random.key(0), shape)),
-                                  np.asarray(hash_bits(jax.random.key(0), shape)))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(hash_bits, static_argnums=1)(jax.random.key(0), shape)),
+        np.asarray(hash_bits(jax.random.key(0), shape)),
+    )
     assert hash_bits(jax.random.key(0, impl="rbg"), (3, 5)).shape == (3, 5)
     x = jnp.ones(shape[:3])
     y = Dropout(0.1).apply({}, x, False, rngs={"dropout": jax.random.key(3)})
@@ -260,8 +277,9 @@ def test_encode_token_ids_equals_encode_texts_and_checks_its_input(tiny):
 
     tokens, offsets = ragged(token_ids(tok, TEXTS, 32))
     assert tokens.dtype == np.int32 and offsets.dtype == np.int64 and offsets[-1] == len(tokens)
-    got = encode_token_ids(params, spec, tokens, offsets, tower="passage", pad_token_id=pad_id(tok), batch_size=2,
-                           progress=False)
+    got = encode_token_ids(
+        params, spec, tokens, offsets, tower="passage", pad_token_id=pad_id(tok), batch_size=2, progress=False
+    )
     np.testing.assert_array_equal(got, encode_texts(params, spec, tok, TEXTS, batch_size=2, progress=False))
     with pytest.raises(ValueError, match="text 3 has 2[0-9] tokens, more than max_length 16"):
         encode_token_ids(params, spec, tokens, offsets, max_length=16, progress=False)
@@ -272,8 +290,10 @@ def test_encode_token_ids_equals_encode_texts_and_checks_its_input(tiny):
 def test_max_length_beyond_position_table_is_one_clear_error(tiny):
     params, spec, tok = tiny  # the tiny model has 64 positions
     assert spec.bert.max_length == 64
-    for call in (lambda: encode_texts(params, spec, tok, TEXTS, max_length=65, progress=False),
-                 lambda: encode_token_ids(params, spec, np.zeros(1, np.int32), np.array([0, 1]), max_length=65)):
+    for call in (
+        lambda: encode_texts(params, spec, tok, TEXTS, max_length=65, progress=False),
+        lambda: encode_token_ids(params, spec, np.zeros(1, np.int32), np.array([0, 1]), max_length=65),
+    ):
         with pytest.raises(ValueError, match="max_length 65 is outside \\[1, 64\\]") as e:
             call()
         assert "\n" not in str(e.value)
@@ -291,8 +311,9 @@ def test_encode_over_eight_devices_equals_one_device(tiny):
     eight = encode_texts(params, spec, tok, texts, batch_size=8, progress=False)
     np.testing.assert_allclose(eight, one, atol=1e-6)
     # Rows that do not fill every device are padded up to a multiple of the device count.
-    np.testing.assert_allclose(encode_texts(params, spec, tok, texts[:3], batch_size=2, progress=False), one[:3],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        encode_texts(params, spec, tok, texts[:3], batch_size=2, progress=False), one[:3], atol=1e-6
+    )
 
 
 def test_encode_compiles_each_bucket_once_per_process(tiny):
@@ -309,8 +330,16 @@ def test_encode_compiles_each_bucket_once_per_process(tiny):
 
 def test_roberta_position_offset():
     cfg = BertConfig.from_hf_dict(
-        {"model_type": "roberta", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 34, "pad_token_id": 1}
+        {
+            "model_type": "roberta",
+            "vocab_size": 50,
+            "hidden_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 16,
+            "max_position_embeddings": 34,
+            "pad_token_id": 1,
+        }
     )
     assert cfg.position_offset == 2 and cfg.max_length == 32
     assert BertConfig.from_hf_dict(cfg.to_hf_dict("roberta")) == cfg

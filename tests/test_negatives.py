@@ -27,8 +27,10 @@ def toy():
     qrels["q0"]["d20"] = 2
     qrels["q1"]["d25"] = 0  # judged non-relevant: not a positive, may be served
     rng = np.random.default_rng(0)
-    emb = {"q": rng.normal(size=(N_QUERIES, DIM)).astype(np.float32),
-           "p": rng.normal(size=(N_DOCS, DIM)).astype(np.float32)}
+    emb = {
+        "q": rng.normal(size=(N_QUERIES, DIM)).astype(np.float32),
+        "p": rng.normal(size=(N_DOCS, DIM)).astype(np.float32),
+    }
     return corpus, queries, qrels, emb
 
 
@@ -41,8 +43,14 @@ def _table(toy, counts, depth=5, **kw):
     return build_table(counts, corpus, queries, qrels, depth=depth, query_emb=emb["q"], passage_emb=emb["p"], **kw)
 
 
-ALL_SOURCES = [{"random": 3}, {"gold": 3}, {"bm25": 3}, {"ann": 3}, {"bm25": 1, "ann": 2, "random": 1},
-               {"gold": 1, "bm25": 2}]
+ALL_SOURCES = [
+    {"random": 3},
+    {"gold": 3},
+    {"bm25": 3},
+    {"ann": 3},
+    {"bm25": 1, "ann": 2, "random": 1},
+    {"gold": 1, "bm25": 2},
+]
 
 
 @pytest.mark.parametrize("counts", ALL_SOURCES, ids=lambda c: "+".join(c))
@@ -114,7 +122,7 @@ def test_bm25_ranks_exact_term_match_first_and_skip_top_drops_it(toy):
     for i in range(1, N_QUERIES):
         plain, skip = table.ranked(f"q{i}", "bm25"), skipped.ranked(f"q{i}", "bm25")
         assert f"d{i + 10}" not in skip
-        assert skip[:len(plain) - 1] == plain[1:]
+        assert skip[: len(plain) - 1] == plain[1:]
 
 
 def test_bm25_drops_docs_sharing_no_term(toy):
@@ -156,10 +164,11 @@ def test_denoise_threshold_and_skip_top():
     assert denoise(rows, scores=scores, threshold=0.7).tolist() == [[6, 8, -1, -1, -1], [1, 3, -1, -1, -1]]
     # relative to the positive's score: drop candidates scoring >= reference - threshold
     ref = np.array([1.0, np.nan])
-    assert denoise(rows, scores=scores, threshold=0.15, reference=ref).tolist() == \
-        [[6, 7, 8, -1, -1], [1, 2, 3, -1, -1]]
-    assert denoise(rows, skip_top=1, scores=scores, threshold=0.85).tolist() == \
-        [[6, 7, 8, -1, -1], [3, -1, -1, -1, -1]]
+    assert denoise(rows, scores=scores, threshold=0.15, reference=ref).tolist() == [
+        [6, 7, 8, -1, -1],
+        [1, 2, 3, -1, -1],
+    ]
+    assert denoise(rows, skip_top=1, scores=scores, threshold=0.85).tolist() == [[6, 7, 8, -1, -1], [3, -1, -1, -1, -1]]
     with pytest.raises(ValueError, match="teacher scores"):
         denoise(rows, threshold=0.5)
 
@@ -189,8 +198,13 @@ def test_round_trip_through_arrays(toy, tmp_path):
     ckpt.save(tmp_path / "neg", arrays)
     ckpt.wait_until_finished()
     back = NegativesTable.from_arrays(ckpt.restore(tmp_path / "neg"), corpus.ids, qrels)
-    assert (back.version, back.created_step, back.source, back.depth, dict(back.counts)) == \
-        (4, 120, "hybrid", table.depth, dict(table.counts))
+    assert (back.version, back.created_step, back.source, back.depth, dict(back.counts)) == (
+        4,
+        120,
+        "hybrid",
+        table.depth,
+        dict(table.counts),
+    )
     assert back.qids == table.qids
     for name in table.candidates:
         assert np.array_equal(back.candidates[name], table.candidates[name])

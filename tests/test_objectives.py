@@ -31,11 +31,14 @@ def test_objective_name_follows_train_objective_and_the_legacy_switches():
     assert {"contrastive", "moco", "ltre"} <= set(OBJECTIVES)
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"train__objective": "matryoshka_typo"}, "train.objective: 'matryoshka_typo' is not one of contrastive, "),
-    ({"train__objective": "contrastive", "moco__enabled": True}, "contradicts moco.enabled=True"),
-    ({"moco__enabled": True, "ltre__enabled": True}, "exclude each other"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"train__objective": "matryoshka_typo"}, "train.objective: 'matryoshka_typo' is not one of contrastive, "),
+        ({"train__objective": "contrastive", "moco__enabled": True}, "contradicts moco.enabled=True"),
+        ({"moco__enabled": True, "ltre__enabled": True}, "exclude each other"),
+    ],
+)
 def test_unknown_or_contradictory_objective_is_one_line(fields, message):
     with pytest.raises(ValueError, match=message):
         objective_class(_cfg(**fields))
@@ -53,19 +56,24 @@ class SquaredNorm(Objective):
     batch_keys = ("x",)
 
     def init_state(self, params, tx, *, spec=None, seed=0):
-        return CountingState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                             calls=jnp.zeros((), jnp.int32))
+        return CountingState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), calls=jnp.zeros((), jnp.int32)
+        )
 
     def loss(self, encode, params, state, batch, rng, *, axis_name):
         scores = batch["x"] @ params["w"]
-        return jnp.mean(scores ** 2), {"mean_score": jnp.mean(scores)}, {"calls": state.calls + 1}
+        return jnp.mean(scores**2), {"mean_score": jnp.mean(scores)}, {"calls": state.calls + 1}
 
 
 def test_the_one_step_runs_an_objective_it_knows_nothing_about():
     objective = SquaredNorm()
     params = {"w": jnp.asarray([1.0, -2.0])}
-    step = jax.pmap(make_train_step(lambda *a: None, objective, tx=optax.sgd(0.1), dropout=False),
-                    axis_name="batch", in_axes=(0, 0, None), devices=jax.local_devices()[:1])
+    step = jax.pmap(
+        make_train_step(lambda *a: None, objective, tx=optax.sgd(0.1), dropout=False),
+        axis_name="batch",
+        in_axes=(0, 0, None),
+        devices=jax.local_devices()[:1],
+    )
     state = replicate(objective.init_state(params, optax.sgd(0.1)), jax.local_devices()[:1])
     x = np.asarray([[[1.0, 1.0], [2.0, 0.0]]], np.float32)  # [devices, B, 2]
     for _ in range(2):

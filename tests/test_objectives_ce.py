@@ -30,8 +30,13 @@ GRAD_PROBE = optax.GradientTransformation(  # state = the pmean'd gradient the s
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "bert", hidden_size=16, num_layers=1,
-                            intermediate_size=32, max_position_embeddings=64)
+    return write_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "bert",
+        hidden_size=16,
+        num_layers=1,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
 
 
 def _batch(seed, n_queries, lq=6, lp=8, vocab=60):
@@ -47,8 +52,13 @@ def _batch(seed, n_queries, lq=6, lp=8, vocab=60):
 
     qi, qm = tokens(n_queries, lq)
     pi, pm = tokens(n_queries * GROUP, lp)
-    return {"query_ids": qi, "query_mask": qm, "passage_ids": pi, "passage_mask": pm,
-            "teacher_scores": r.normal(size=(n_queries, GROUP)).astype(np.float32) * 3}
+    return {
+        "query_ids": qi,
+        "query_mask": qm,
+        "passage_ids": pi,
+        "passage_mask": pm,
+        "teacher_scores": r.normal(size=(n_queries, GROUP)).astype(np.float32) * 3,
+    }
 
 
 def _shard(batch):
@@ -81,8 +91,9 @@ def test_cross_encoder_step_on_eight_devices_equals_one_device(tiny_dir, loss):
     new_state, metrics = pmap_train_step(step)(state, _shard(batch), jax.random.key(0))
 
     def full_loss(p):
-        ids, mask, types = join_pairs(batch["query_ids"], batch["query_mask"], batch["passage_ids"],
-                                      batch["passage_mask"])
+        ids, mask, types = join_pairs(
+            batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"]
+        )
         return RERANK[loss](score(p, spec, ids, mask, types).reshape(-1, GROUP))[0]
 
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(full_loss))(params)

@@ -74,11 +74,14 @@ def test_packed_embeddings_equal_unpacked(tiny, pooling):
 def test_packed_equals_unpacked_with_dense_head_roberta_offset_and_eight_devices(tiny):
     params, spec, tok = tiny
     bert = dataclasses.replace(spec.bert, position_offset=2)  # RoBERTa-style: positions start at pad + 1
-    spec = dataclasses.replace(spec, bert=bert, passage_max_length=bert.max_length, dense="tanh",
-                               normalize_before_dense=True)
+    spec = dataclasses.replace(
+        spec, bert=bert, passage_max_length=bert.max_length, dense="tanh", normalize_before_dense=True
+    )
     rng = np.random.default_rng(0)
-    params = {**params, "dense": {"kernel": rng.standard_normal((32, 16)).astype(np.float32) * 0.3,
-                                  "bias": np.zeros(16, np.float32)}}
+    params = {
+        **params,
+        "dense": {"kernel": rng.standard_normal((32, 16)).astype(np.float32) * 0.3, "bias": np.zeros(16, np.float32)},
+    }
     assert jax.local_device_count() == 8
     tokens, offsets = ragged(token_ids(tok, TEXTS, 48))
     kw = dict(tower="passage", pad_token_id=pad_id(tok), batch_size=8, progress=False)
@@ -101,7 +104,23 @@ def test_cli_encode_pack_writes_the_same_store(tiny, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
     for name, extra in (("plain", []), ("packed", ["--pack"])):
-        assert main(["encode", "--model", str(model), "--input", str(corpus), "--output", str(tmp_path / name),
-                     "--batch-size", "4", *extra]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "packed" / "embeddings.npy"),
-                               np.load(tmp_path / "plain" / "embeddings.npy"), atol=1e-5)
+        assert (
+            main(
+                [
+                    "encode",
+                    "--model",
+                    str(model),
+                    "--input",
+                    str(corpus),
+                    "--output",
+                    str(tmp_path / name),
+                    "--batch-size",
+                    "4",
+                    *extra,
+                ]
+            )
+            == 0
+        )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "packed" / "embeddings.npy"), np.load(tmp_path / "plain" / "embeddings.npy"), atol=1e-5
+    )

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_distributed import _free_port, _leaves, _run_workers, _worker_env
 
 from jdr.train.preemption import EXIT_RESTART, PreemptionWatch
-from test_distributed import _free_port, _leaves, _run_workers, _worker_env
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 STEPS = 30
@@ -25,11 +25,26 @@ TIMEOUT_S = 600
 
 
 def _command(workdir: Path, model: Path, data: Path) -> list[str]:
-    return [sys.executable, "-c", "import sys; from jdr.cli import main; sys.exit(main())", "train",
-            "--config", str(TINY), "--workdir", str(workdir), "--no-progress",
-            f"--config.model.path={model}", f"--config.data.dataset={data}", f"--config.train.steps={STEPS}",
-            "--config.checkpoint.every=1000", "--config.eval.every=0", "--config.eval.final_test=false",
-            "--config.export.at_end=false", "--config.log.every=1", "--config.log.tensorboard=false"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from jdr.cli import main; sys.exit(main())",
+        "train",
+        "--config",
+        str(TINY),
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+        f"--config.model.path={model}",
+        f"--config.data.dataset={data}",
+        f"--config.train.steps={STEPS}",
+        "--config.checkpoint.every=1000",
+        "--config.eval.every=0",
+        "--config.eval.final_test=false",
+        "--config.export.at_end=false",
+        "--config.log.every=1",
+        "--config.log.tensorboard=false",
+    ]
 
 
 def _run(workdir: Path, model: Path, data: Path, n: int, logs: Path) -> None:
@@ -38,7 +53,7 @@ def _run(workdir: Path, model: Path, data: Path, n: int, logs: Path) -> None:
         from jdr.config import load_config
         from jdr.train.trainer import train
 
-        overrides = [a[len("--config."):] for a in _command(workdir, model, data) if a.startswith("--config.")]
+        overrides = [a[len("--config.") :] for a in _command(workdir, model, data) if a.startswith("--config.")]
         assert train(load_config(TINY, overrides), workdir, progress=False)["step"] == STEPS
         return
     _run_workers([(_command(workdir, model, data), env) for env in _envs(n)], logs)
@@ -48,8 +63,15 @@ def _envs(n: int) -> list[dict]:
     if n == 1:
         return [_worker_env(8)]
     port = _free_port()
-    return [{**_worker_env(8 // n), "JDR_COORDINATOR": f"localhost:{port}", "JDR_NUM_PROCESSES": str(n),
-             "JDR_PROCESS_ID": str(i)} for i in range(n)]
+    return [
+        {
+            **_worker_env(8 // n),
+            "JDR_COORDINATOR": f"localhost:{port}",
+            "JDR_NUM_PROCESSES": str(n),
+            "JDR_PROCESS_ID": str(i),
+        }
+        for i in range(n)
+    ]
 
 
 def _logged_step(workdir: Path) -> int:

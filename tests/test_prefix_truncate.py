@@ -42,8 +42,19 @@ def test_cli_dim_above_width_exits_2_with_one_line(tiny, tmp_path, capsys):
     from test_data import write_beir
 
     model = write_tiny_model(tmp_path / "m")
-    code = main(["encode", "--model", str(model), "--input", str(write_beir(tmp_path / "ds") / "corpus.jsonl"),
-                 "--output", str(tmp_path / "emb"), "--dim", "64"])
+    code = main(
+        [
+            "encode",
+            "--model",
+            str(model),
+            "--input",
+            str(write_beir(tmp_path / "ds") / "corpus.jsonl"),
+            "--output",
+            str(tmp_path / "emb"),
+            "--dim",
+            "64",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--dim 64" in err and "32 dimensions" in err
     assert not (tmp_path / "emb").exists()
@@ -75,8 +86,11 @@ def test_export_records_prompts_and_truncation_and_loads_back(tiny, tmp_path):
     assert json.loads((out / "jdr_encoder.json").read_text())["truncate_dim"] == 16
     params2, spec2, tok2 = load(out)
     assert (spec2.query_prefix, spec2.passage_prefix, spec2.truncate_dim) == ("query: ", "passage: ", 16)
-    np.testing.assert_allclose(encode_texts(params2, spec2, tok2, TEXTS, tower="query", progress=False),
-                               encode_texts(params, spec, tok, TEXTS, tower="query", progress=False), atol=1e-6)
+    np.testing.assert_allclose(
+        encode_texts(params2, spec2, tok2, TEXTS, tower="query", progress=False),
+        encode_texts(params, spec, tok, TEXTS, tower="query", progress=False),
+        atol=1e-6,
+    )
     params3, spec3, _ = load(out, query_prefix="", passage_prefix="")  # the config's prefixes win
     assert (spec3.query_prefix, spec3.passage_prefix) == ("", "")
 

@@ -113,18 +113,51 @@ def test_save_load_round_trip_and_memory(tmp_path):
 
 
 def test_cli_index_quantize_and_search_rescore(tmp_path, capsys):
-    from jdr.models.testing import write_tiny_model
     from test_data import write_beir
+
+    from jdr.models.testing import write_tiny_model
 
     model, ds = write_tiny_model(tmp_path / "model"), write_beir(tmp_path / "ds")
     emb, index, run = tmp_path / "emb", tmp_path / "bin", tmp_path / "run.trec"
-    assert main(["encode", "--model", str(model), "--input", str(ds / "corpus.jsonl"), "--output", str(emb),
-                 "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(model),
+                "--input",
+                str(ds / "corpus.jsonl"),
+                "--output",
+                str(emb),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert main(["index", "--embeddings", str(emb), "--quantize", "binary", "--output", str(index)]) == 0
     out = capsys.readouterr().out
     assert "4 B/doc searched" in out and "32 B/doc kept for rescoring" in out  # 32 dims: 4 sign bytes, int8
     assert json.loads((index / "quantized.json").read_text())["keep"] == "int8"
-    assert main(["search", "--model", str(model), "--index", str(index), "--queries", str(ds / "queries.jsonl"),
-                 "--top-k", "2", "--rescore", "2", "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                str(model),
+                "--index",
+                str(index),
+                "--queries",
+                str(ds / "queries.jsonl"),
+                "--top-k",
+                "2",
+                "--rescore",
+                "2",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     got = read_trec_run(run)
     assert set(got) == {"q1", "q2", "q3"} and all(len(d) == 2 for d in got.values())

@@ -33,8 +33,9 @@ def _fake_build(base: NegativesTable, log=None, delay: threading.Event | None = 
             assert delay.wait(10), "test never released the build"
         rng = np.random.default_rng(int(np.asarray(params["w"]).sum()) + step)
         rows = np.stack([rng.permutation(N_DOCS)[:6] for _ in base.qids])
-        return base.replace_candidates("ann", rows, counts={"ann": 2}, timings={"encode_s": 0.1, "index_s": 0.2,
-                                                                                 "mine_s": 0.3})
+        return base.replace_candidates(
+            "ann", rows, counts={"ann": 2}, timings={"encode_s": 0.1, "index_s": 0.2, "mine_s": 0.3}
+        )
 
     return build
 
@@ -161,8 +162,9 @@ def test_ann_build_fn_full_and_partial_refresh(toy):
 
     t1 = hook.on_step(10, {"id": 0})  # the initial table has no ann rows: every query is mined
     assert t1.counts == {"ann": 2} and t1.source == "ann" and t1.version == 1
-    assert [t1.candidates["ann"][i, :5].tolist() for i in range(N_QUERIES)] == \
-        _brute_force(q[0], p[0], range(N_QUERIES), 5)
+    assert [t1.candidates["ann"][i, :5].tolist() for i in range(N_QUERIES)] == _brute_force(
+        q[0], p[0], range(N_QUERIES), 5
+    )
     assert set(hook.history[-1].timings) == {"encode_s", "index_s", "mine_s"}
 
     t2 = hook.on_step(20, {"id": 1})  # half the queries re-mined with the new model, the rest kept
@@ -181,12 +183,26 @@ def test_ann_build_fn_rejects_broken_embeddings(toy):
     corpus, qrels, base = toy
     qids = list(base.qids)
     nan = np.full((N_DOCS, DIM), np.nan, dtype=np.float32)
-    build = ann_build_fn(lambda params: nan, lambda params, w: np.zeros((len(w), DIM), np.float32), corpus, qids,
-                         qrels, AnnRefreshConfig(depth=5), initial=base)
+    build = ann_build_fn(
+        lambda params: nan,
+        lambda params, w: np.zeros((len(w), DIM), np.float32),
+        corpus,
+        qids,
+        qrels,
+        AnnRefreshConfig(depth=5),
+        initial=base,
+    )
     with pytest.raises(RefreshError, match="step 4 failed: ValueError: ann: passage embeddings hold NaN"):
         RefreshHook(4, build, mode="sync").on_step(4, {})
-    empty = ann_build_fn(lambda params: np.zeros((0, DIM), np.float32), lambda params, w: np.zeros((len(w), DIM)),
-                         corpus, qids, qrels, AnnRefreshConfig(depth=5), initial=base)
+    empty = ann_build_fn(
+        lambda params: np.zeros((0, DIM), np.float32),
+        lambda params, w: np.zeros((len(w), DIM)),
+        corpus,
+        qids,
+        qrels,
+        AnnRefreshConfig(depth=5),
+        initial=base,
+    )
     with pytest.raises(RefreshError, match="step 4 failed"):
         RefreshHook(4, empty, mode="sync").on_step(4, {})
 
@@ -205,7 +221,6 @@ def test_ann_refresh_after_bm25_warm_start_keeps_bm25_rows(toy):
     new = RefreshHook(1, build, mode="sync").on_step(1, {"id": 0})
     assert new.counts == {"ann": 2, "bm25": 1} and new.source == "hybrid"
     assert np.array_equal(new.candidates["bm25"], warm.candidates["bm25"])
-    assert [new.candidates["ann"][i, :5].tolist() for i in range(N_QUERIES)] == \
-        _brute_force(q, p, range(N_QUERIES), 5)
+    assert [new.candidates["ann"][i, :5].tolist() for i in range(N_QUERIES)] == _brute_force(q, p, range(N_QUERIES), 5)
     with pytest.raises(ValueError, match="sample no 'ann'"):
         ann_build_fn(enc_c, enc_q, texts, qids, qrels, AnnRefreshConfig(counts={"bm25": 3}), initial=warm)

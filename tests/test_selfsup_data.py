@@ -4,8 +4,19 @@ dropout / title / BM25 pairs, and determinism per (seed, epoch, position)."""
 import numpy as np
 import pytest
 
-from jdr.data.selfsup import (Augmentation, BM25Pairs, CorpusTokens, CropPairs, DropoutPairs, ICTPairs, TitlePairs,
-                              augment, chunk_documents, parse_augmentations, split_sentences)
+from jdr.data.selfsup import (
+    Augmentation,
+    BM25Pairs,
+    CorpusTokens,
+    CropPairs,
+    DropoutPairs,
+    ICTPairs,
+    TitlePairs,
+    augment,
+    chunk_documents,
+    parse_augmentations,
+    split_sentences,
+)
 from jdr.models.testing import DEFAULT_WORDS, build_wordpiece_tokenizer, tiny_vocab
 
 WORDS = [w for w in DEFAULT_WORDS if len(w) > 3]
@@ -38,10 +49,13 @@ def toy(tokenizer):
 
 # -- sentences ------------------------------------------------------------------------------------------------
 
+
 def test_split_sentences_handles_abbreviations_initials_headings_and_decimals():
-    text = ("BACKGROUND Tumours grow (e.g. in mice) as shown by Smith et al. In Fig. 2 the rate rose. Cells vs. "
-            "controls differed. Data from Lipman, D. J. and Pearson, W. R. were used. Seventy (10. 4%) died. "
-            "METHODS AND RESULTS We treated 17 mice. 1. First item here. Was it real? Yes!")
+    text = (
+        "BACKGROUND Tumours grow (e.g. in mice) as shown by Smith et al. In Fig. 2 the rate rose. Cells vs. "
+        "controls differed. Data from Lipman, D. J. and Pearson, W. R. were used. Seventy (10. 4%) died. "
+        "METHODS AND RESULTS We treated 17 mice. 1. First item here. Was it real? Yes!"
+    )
     got = [text[s:e] for s, e in split_sentences(text)]
     assert got == [
         "BACKGROUND",
@@ -69,6 +83,7 @@ def test_split_sentences_covers_every_character():
 
 # -- tokens ---------------------------------------------------------------------------------------------------
 
+
 def test_corpus_tokens_match_the_tokenizer(tokenizer, toy):
     corpus, titles, texts = toy
     sp = corpus.special
@@ -91,6 +106,7 @@ def test_corpus_tokens_match_the_tokenizer(tokenizer, toy):
 
 # -- cropping -------------------------------------------------------------------------------------------------
 
+
 def test_chunk_documents_tiles_each_document_on_a_moving_grid():
     lengths = np.array([5, 10, 11, 30, 64, 0])
     offsets = np.array([3, 0, 7, 4, 9, 2])
@@ -108,8 +124,15 @@ def test_chunk_documents_tiles_each_document_on_a_moving_grid():
 
 def test_crop_spans_lie_inside_their_chunk_within_the_ratio_bounds(toy):
     corpus, _, _ = toy
-    gen = CropPairs(corpus, chunk_length=32, ratio_min=0.1, ratio_max=0.5, min_chunk_length=8,
-                    query_max_length=64, passage_max_length=64)
+    gen = CropPairs(
+        corpus,
+        chunk_length=32,
+        ratio_min=0.1,
+        ratio_max=0.5,
+        min_chunk_length=8,
+        query_max_length=64,
+        passage_max_length=64,
+    )
     rng = np.random.default_rng(0)
     for n in (8, 13, 32):
         spans = np.stack([gen.crop_spans(n, rng) for _ in range(2000)])  # [draws, view, (start, len)]
@@ -120,16 +143,17 @@ def test_crop_spans_lie_inside_their_chunk_within_the_ratio_bounds(toy):
     plan = gen.epoch_plan(3, 1)
     for p in range(50):
         doc, start, length = plan[p]
-        chunk = corpus.passage(doc)[start:start + length].tolist()
+        chunk = corpus.passage(doc)[start : start + length].tolist()
         ex = gen.examples(3, 1, [p])[0]
         # The views are contiguous pieces of the chunk, at the spans the same rng draws.
         (qs, ql), (ks, kl) = gen.crop_spans(int(length), np.random.default_rng([3, 1, p]))
-        assert ex.query[1:-1].tolist() == chunk[qs:qs + ql]
-        assert ex.passages[0][1:-1].tolist() == chunk[ks:ks + kl]
+        assert ex.query[1:-1].tolist() == chunk[qs : qs + ql]
+        assert ex.passages[0][1:-1].tolist() == chunk[ks : ks + kl]
         assert ex.passage_keys == (corpus.ids[doc],) and ex.relevant == {corpus.ids[doc]}
 
 
 # -- ICT ------------------------------------------------------------------------------------------------------
+
 
 def test_ict_removes_the_query_sentence_at_the_configured_rate(toy):
     corpus, _, _ = toy
@@ -145,7 +169,7 @@ def test_ict_removes_the_query_sentence_at_the_configured_rate(toy):
         s = int(ex.query_key.rsplit("#s", 1)[1]) + corpus.doc_sentences[doc]
         assert query == corpus.sentence(s).tolist()
         lo = len(corpus.title(doc)) + corpus.sentence_offsets[s] - corpus.body_offsets[doc]
-        if key == full[:lo] + full[lo + len(query):]:
+        if key == full[:lo] + full[lo + len(query) :]:
             removed += 1
         else:
             assert key == full
@@ -162,10 +186,11 @@ def test_ict_queries_are_real_sentences_within_the_key_budget(toy):
         q = ex.query[1:-1].tolist()
         key = ex.passages[0].tolist()
         # Not removed (p = 0): the sentence starts inside the truncated key.
-        assert any(key[i:i + 1] == q[:1] for i in range(len(key)))
+        assert any(key[i : i + 1] == q[:1] for i in range(len(key)))
 
 
 # -- augmentations --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["delete", "replace", "mask", "shuffle", "repeat"])
 def test_augmentations_change_exactly_the_expected_fraction(toy, kind):
@@ -209,21 +234,28 @@ def test_span_mask_and_parse(toy):
     assert (augment(short, Augmentation("span", 5), np.random.default_rng(0), sp) == sp.mask_id).sum() == 2
     assert parse_augmentations("delete:0.1, span:5") == (Augmentation("delete", 0.1), Augmentation("span", 5))
     assert parse_augmentations("none") == ()
-    for bad, msg in [("drop:0.1", "not one of"), ("delete", "kind:value"), ("mask:1.5", r"\[0, 1\]"),
-                     ("span:2.5", "positive integer"), ("delete:x", "not a number")]:
+    for bad, msg in [
+        ("drop:0.1", "not one of"),
+        ("delete", "kind:value"),
+        ("mask:1.5", r"\[0, 1\]"),
+        ("span:2.5", "positive integer"),
+        ("delete:x", "not a number"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             parse_augmentations(bad)
 
 
 # -- dropout, title, BM25 pairs -------------------------------------------------------------------------------
 
+
 def test_dropout_title_and_bm25_pairs(toy):
     corpus, titles, texts = toy
     drop = DropoutPairs(corpus, query_max_length=16, passage_max_length=64)
     for ex in drop.examples(0, 0, range(10)):
         assert ex.query.tolist() == ex.passages[0].tolist() and len(ex.query) <= 16
-    mirror = DropoutPairs(corpus, query_max_length=32, passage_max_length=32,
-                          query_augment=parse_augmentations("span:5"))
+    mirror = DropoutPairs(
+        corpus, query_max_length=32, passage_max_length=32, query_augment=parse_augmentations("span:5")
+    )
     ex = mirror.examples(0, 0, [0])[0]
     assert (ex.query != ex.passages[0]).sum() == 5
 
@@ -245,11 +277,15 @@ def test_dropout_title_and_bm25_pairs(toy):
 
 # -- determinism ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make", [
-    lambda c, t, x: CropPairs(c, chunk_length=24, query_augment=parse_augmentations("delete:0.1")),
-    lambda c, t, x: ICTPairs(c, passage_augment=parse_augmentations("mask:0.2")),
-    lambda c, t, x: BM25Pairs(c, t, x),
-])
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c, t, x: CropPairs(c, chunk_length=24, query_augment=parse_augmentations("delete:0.1")),
+        lambda c, t, x: ICTPairs(c, passage_augment=parse_augmentations("mask:0.2")),
+        lambda c, t, x: BM25Pairs(c, t, x),
+    ],
+)
 def test_examples_are_a_function_of_seed_epoch_position(tokenizer, make):
     ids, titles, texts = _toy_texts()
     a = make(CorpusTokens.from_texts(tokenizer, ids, titles, texts), titles, texts)

@@ -12,12 +12,12 @@ from jdr.config import load_config
 from jdr.data.beir import load_beir
 from jdr.data.selfsup import CorpusTokens, CropPairs
 from jdr.data.selfsup.source import PairSource
-from jdr.negatives.documents import document_negatives
 from jdr.evaluate import compute_metrics, retrieve
 from jdr.models.hf import load
 from jdr.models.testing import DEFAULT_WORDS, build_wordpiece_tokenizer, tiny_vocab
-from jdr.train.trainer import train
 from jdr.models.workdir import load_workdir
+from jdr.negatives.documents import document_negatives
+from jdr.train.trainer import train
 
 N_DOCS = 16
 
@@ -29,14 +29,16 @@ def write_topic_corpus(path, seed=0):
     which a random-init encoder does not do and contrastive training on the corpus teaches."""
     r = np.random.default_rng(seed)
     words = [w for w in DEFAULT_WORDS if len(w) > 2]
-    topics = np.asarray(words[:3 * N_DOCS]).reshape(N_DOCS, 3)
-    shared = words[3 * N_DOCS:]
+    topics = np.asarray(words[: 3 * N_DOCS]).reshape(N_DOCS, 3)
+    shared = words[3 * N_DOCS :]
     path.mkdir(parents=True)
     (path / "qrels").mkdir()
     with open(path / "corpus.jsonl", "w") as f:
         for d in range(N_DOCS):
-            sentences = [" ".join(r.permutation(list(r.choice(topics[d], 2)) + list(r.choice(shared, 6)))).capitalize()
-                         + "." for _ in range(6)]
+            sentences = [
+                " ".join(r.permutation(list(r.choice(topics[d], 2)) + list(r.choice(shared, 6)))).capitalize() + "."
+                for _ in range(6)
+            ]
             f.write(json.dumps({"_id": f"d{d}", "title": "", "text": " ".join(sentences)}) + "\n")
     with open(path / "queries.jsonl", "w") as f, open(path / "qrels" / "test.tsv", "w") as q:
         q.write("query-id\tcorpus-id\tscore\n")
@@ -53,11 +55,26 @@ def topic_beir(tmp_path_factory):
 
 
 def _cfg(tiny_model, data, *overrides):
-    return load_config("configs/tiny.py", [
-        f"model.path={tiny_model}", f"data.dataset={data}", "data.source=selfsup", "negatives.source=none",
-        "negatives.num=0", "train.steps=30", "train.lr=2e-3", "train.temperature=0.1", "data.dev_queries=0",
-        "eval.every=0", "checkpoint.every=0", "export.at_end=false", "log.every=1", "model.passage_max_length=48",
-        *overrides])
+    return load_config(
+        "configs/tiny.py",
+        [
+            f"model.path={tiny_model}",
+            f"data.dataset={data}",
+            "data.source=selfsup",
+            "negatives.source=none",
+            "negatives.num=0",
+            "train.steps=30",
+            "train.lr=2e-3",
+            "train.temperature=0.1",
+            "data.dev_queries=0",
+            "eval.every=0",
+            "checkpoint.every=0",
+            "export.at_end=false",
+            "log.every=1",
+            "model.passage_max_length=48",
+            *overrides,
+        ],
+    )
 
 
 def _mrr(params, spec, tok, data):
@@ -66,21 +83,31 @@ def _mrr(params, spec, tok, data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [
-    ["data.selfsup.pairs=crop", "data.selfsup.chunk_length=32", "data.selfsup.ratio_min=0.2",
-     "data.selfsup.ratio_max=0.5", "data.selfsup.query_augment=delete:0.1"],
-    ["data.selfsup.pairs=ict", "moco.enabled=true", "moco.momentum=0.9", "moco.queue_size=64"],
-], ids=["crop", "ict+moco"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "data.selfsup.pairs=crop",
+            "data.selfsup.chunk_length=32",
+            "data.selfsup.ratio_min=0.2",
+            "data.selfsup.ratio_max=0.5",
+            "data.selfsup.query_augment=delete:0.1",
+        ],
+        ["data.selfsup.pairs=ict", "moco.enabled=true", "moco.momentum=0.9", "moco.queue_size=64"],
+    ],
+    ids=["crop", "ict+moco"],
+)
 def test_random_init_tiny_bert_learns_to_retrieve_from_a_raw_corpus(tiny_model, topic_beir, tmp_path, overrides):
     data = load_beir(topic_beir, "test")
     params, spec, tok = load(tiny_model)
     before = _mrr(params, spec, tok, data)
     workdir = tmp_path / "run"
     final = train(_cfg(tiny_model, topic_beir, *overrides), workdir, progress=False)
-    losses = [json.loads(x)["train/loss"] for x in (workdir / "metrics.jsonl").read_text().splitlines()
-              if "train/loss" in x]
+    losses = [
+        json.loads(x)["train/loss"] for x in (workdir / "metrics.jsonl").read_text().splitlines() if "train/loss" in x
+    ]
     # Against the worst early 5-step window: a MoCo loss first rises while real keys replace the queue's noise.
-    peak = max(np.mean(losses[i:i + 5]) for i in range(6))
+    peak = max(np.mean(losses[i : i + 5]) for i in range(6))
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * peak, losses
     trained, tspec, ttok, _ = load_workdir(workdir)
     after = _mrr(trained, tspec, ttok, data)
@@ -100,8 +127,9 @@ def test_pair_source_batches_resume_and_negatives(tmp_path):
     table = document_negatives(corpus, {"bm25": 1, "random": 1}, depth=5, seed=0)
 
     def source():
-        return PairSource(CropPairs(tokens, chunk_length=24), global_batch_size=8, seed=3, negatives=table,
-                          num_negatives=2)
+        return PairSource(
+            CropPairs(tokens, chunk_length=24), global_batch_size=8, seed=3, negatives=table, num_negatives=2
+        )
 
     def flat(batch):
         return [(e.query.tolist(), [p.tolist() for p in e.passages], e.passage_keys) for e in batch]
@@ -118,7 +146,7 @@ def test_pair_source_batches_resume_and_negatives(tmp_path):
         b.next_batch()
     c = source()
     c.restore(json.loads(json.dumps(b.state())))
-    assert [flat(c.next_batch()) for _ in range(per_epoch - 1)] == batches[3:per_epoch + 2]
+    assert [flat(c.next_batch()) for _ in range(per_epoch - 1)] == batches[3 : per_epoch + 2]
     with pytest.raises(ValueError, match="generator"):
         c.restore({**b.state(), "generator": "ict"})
     with pytest.raises(ValueError, match="cannot fill one global batch"):
@@ -160,8 +188,12 @@ def test_dropout_views_get_two_different_masks(tiny_model):
     batch["passage_ids"], batch["passage_mask"] = batch["query_ids"], batch["query_mask"]  # the same text twice
     tx = optax.sgd(0.0)
     devices = jax.local_devices()[:1]
-    step = jax.pmap(make_train_step(encode, loss_name="info_nce", loss_kwargs={"temperature": 1.0}, tx=tx),
-                    axis_name="batch", in_axes=(0, 0, None), devices=devices)
+    step = jax.pmap(
+        make_train_step(encode, loss_name="info_nce", loss_kwargs={"temperature": 1.0}, tx=tx),
+        axis_name="batch",
+        in_axes=(0, 0, None),
+        devices=devices,
+    )
     state = replicate(TrainState.create(params, tx), devices)
 
     def pos_score(key):

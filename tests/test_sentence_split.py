@@ -18,8 +18,13 @@ def _spans(splitter, text):
 def test_lowercase_rules_split_lower_cased_and_caseless_text():
     assert _spans(make_splitter("regex"), LOWER) == [LOWER]  # no capital after any stop: one "sentence"
     assert _spans(make_splitter("lowercase"), LOWER) == [
-        "tumours grow (e.g. in mice) fast.", "cells vs. controls differed.", "was it real?", "yes!", "結果は良い。",
-        "次の文です。"]
+        "tumours grow (e.g. in mice) fast.",
+        "cells vs. controls differed.",
+        "was it real?",
+        "yes!",
+        "結果は良い。",
+        "次の文です。",
+    ]
     cased = "Cells grew. In Fig. 2 the rate rose. Was it real? Yes!"
     assert _spans(make_splitter("lowercase"), cased) == _spans(split_sentences, cased)
 
@@ -43,8 +48,11 @@ def lower_beir(tmp_path_factory):
     ids, titles, texts = _toy_texts(12)
     d = tmp_path_factory.mktemp("lower") / "beir"
     d.mkdir()
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t.lower(), "text": x.lower()}) + "\n"
-                                            for i, t, x in zip(ids, titles, texts)))
+    (d / "corpus.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": i, "title": t.lower(), "text": x.lower()}) + "\n" for i, t, x in zip(ids, titles, texts)
+        )
+    )
     return d
 
 
@@ -53,10 +61,20 @@ def test_ict_on_a_lower_cased_corpus_needs_the_lowercase_split(tiny_model, lower
     from jdr.train.trainer import prepare
 
     def cfg(*over):
-        return load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={lower_beir}",
-                                               "data.source=selfsup", "data.selfsup.pairs=ict", "negatives.source=none",
-                                               "negatives.num=0", "data.dev_queries=0", "train.global_batch_size=8",
-                                               *over])
+        return load_config(
+            "configs/tiny.py",
+            [
+                f"model.path={tiny_model}",
+                f"data.dataset={lower_beir}",
+                "data.source=selfsup",
+                "data.selfsup.pairs=ict",
+                "negatives.source=none",
+                "negatives.num=0",
+                "data.dev_queries=0",
+                "train.global_batch_size=8",
+                *over,
+            ],
+        )
 
     with pytest.raises(ConfigError, match="yields no training pairs"):
         prepare(cfg(), tmp_path / "a")

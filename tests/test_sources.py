@@ -14,17 +14,17 @@ from jdr.config import ConfigError, load_config
 from jdr.data import msmarco
 from jdr.data.batching import BatchBuilder
 from jdr.data.beir import load_beir, load_corpus, load_qrels, load_queries
-from jdr.errors import DataError
 from jdr.data.mixture import split_rows
 from jdr.data.tevatron import load_tevatron, write_tevatron
 from jdr.data.triplets import load_triplets
+from jdr.errors import DataError
 from jdr.train.trainer import prepare, train
 
 
 # -- toy files from the toy BEIR fixture ------------------------------------------------------------------------
 def _negatives(data, qid, n=3):
     pos = set(d for d, r in data.qrels[qid].items() if r > 0)
-    return [d for d in data.corpus.ids if d not in pos][int(qid[1:]) % 7::5][:n]
+    return [d for d in data.corpus.ids if d not in pos][int(qid[1:]) % 7 :: 5][:n]
 
 
 def _passage(data, d):
@@ -37,22 +37,48 @@ def write_files(beir_dir: Path, out: Path) -> dict[str, Path]:
     data = load_beir(beir_dir, "train")
     out.mkdir(parents=True, exist_ok=True)
     qids = sorted(data.qrels)
-    write_tevatron(out / "train.jsonl", ({"query_id": q, "query": data.queries[q],
-                                          "positive_passages": [_passage(data, d) for d in data.qrels[q]],
-                                          "negative_passages": [_passage(data, d) for d in _negatives(data, q)]}
-                                         for q in qids))
-    rows = [(data.queries[q], data.corpus.passage(data.corpus.index[p]), data.corpus.passage(data.corpus.index[n]))
-            for q in qids for p in data.qrels[q] for n in _negatives(data, q, 2)]
-    (out / "triplets.jsonl").write_text("".join(json.dumps({"anchor": a, "positive": p, "negative": n}) + "\n"
-                                                for a, p, n in rows))
+    write_tevatron(
+        out / "train.jsonl",
+        (
+            {
+                "query_id": q,
+                "query": data.queries[q],
+                "positive_passages": [_passage(data, d) for d in data.qrels[q]],
+                "negative_passages": [_passage(data, d) for d in _negatives(data, q)],
+            }
+            for q in qids
+        ),
+    )
+    rows = [
+        (data.queries[q], data.corpus.passage(data.corpus.index[p]), data.corpus.passage(data.corpus.index[n]))
+        for q in qids
+        for p in data.qrels[q]
+        for n in _negatives(data, q, 2)
+    ]
+    (out / "triplets.jsonl").write_text(
+        "".join(json.dumps({"anchor": a, "positive": p, "negative": n}) + "\n" for a, p, n in rows)
+    )
     (out / "triplets.tsv").write_text("".join(f"{a}\t{p}\t{n}\n" for a, p, n in rows))
-    (out / "collection.tsv").write_text("".join(f"{d}\t{data.corpus.passage(i)}\n" for i, d in enumerate(data.corpus.ids)))
+    (out / "collection.tsv").write_text(
+        "".join(f"{d}\t{data.corpus.passage(i)}\n" for i, d in enumerate(data.corpus.ids))
+    )
     (out / "queries.tsv").write_text("".join(f"{q}\t{data.queries[q]}\n" for q in qids))
     (out / "qrels.tsv").write_text("".join(f"{q} 0 {d} 1\n" for q in qids for d in data.qrels[q]))
-    (out / "triples.tsv").write_text("".join(f"{q}\t{p}\t{n}\n" for q in qids for p in data.qrels[q]
-                                             for n in _negatives(data, q, 2)))
-    return {k: out / k for k in ("train.jsonl", "triplets.jsonl", "triplets.tsv", "collection.tsv", "queries.tsv",
-                                 "qrels.tsv", "triples.tsv")}
+    (out / "triples.tsv").write_text(
+        "".join(f"{q}\t{p}\t{n}\n" for q in qids for p in data.qrels[q] for n in _negatives(data, q, 2))
+    )
+    return {
+        k: out / k
+        for k in (
+            "train.jsonl",
+            "triplets.jsonl",
+            "triplets.tsv",
+            "collection.tsv",
+            "queries.tsv",
+            "qrels.tsv",
+            "triples.tsv",
+        )
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +94,28 @@ def source_overrides(kind, files, toy_beir):
     if kind in ("triplets.jsonl", "triplets.tsv"):
         return ["data.source=triplets", f"data.triplets.path={files[kind]}", "negatives.source=file"]
     if kind == "msmarco":
-        return ["data.source=msmarco", f"data.msmarco.collection={files['collection.tsv']}",
-                f"data.msmarco.queries={files['queries.tsv']}", f"data.msmarco.qrels={files['qrels.tsv']}",
-                f"data.msmarco.triples={files['triples.tsv']}", "negatives.source=file"]
+        return [
+            "data.source=msmarco",
+            f"data.msmarco.collection={files['collection.tsv']}",
+            f"data.msmarco.queries={files['queries.tsv']}",
+            f"data.msmarco.qrels={files['qrels.tsv']}",
+            f"data.msmarco.triples={files['triples.tsv']}",
+            "negatives.source=file",
+        ]
     if kind == "mixture":
-        return ["data.source=mixture", "negatives.source=file",
-                f"data.mixture.members=jsonl:{files['train.jsonl']}:3;triplets:{files['triplets.tsv']}:1"]
+        return [
+            "data.source=mixture",
+            "negatives.source=file",
+            f"data.mixture.members=jsonl:{files['train.jsonl']}:3;triplets:{files['triplets.tsv']}:1",
+        ]
     raise AssertionError(kind)
 
 
 def cfg_for(tiny_model, toy_beir, *overrides):
-    return load_config("configs/tiny.py", [f"model.path={tiny_model}", f"data.dataset={toy_beir}",
-                                           "train.global_batch_size=8", *overrides])
+    return load_config(
+        "configs/tiny.py",
+        [f"model.path={tiny_model}", f"data.dataset={toy_beir}", "train.global_batch_size=8", *overrides],
+    )
 
 
 KINDS = ["beir", "jsonl", "triplets.jsonl", "triplets.tsv", "msmarco", "mixture"]
@@ -88,8 +124,12 @@ KINDS = ["beir", "jsonl", "triplets.jsonl", "triplets.tsv", "msmarco", "mixture"
 # -- readers ------------------------------------------------------------------------------------------------------
 def test_tevatron_dedups_passages_and_merges_lines(files, tmp_path):
     data = load_tevatron(files["train.jsonl"])
-    beir_data_ids = {p["docid"] for line in files["train.jsonl"].read_text().splitlines()
-                     for key in ("positive_passages", "negative_passages") for p in json.loads(line)[key]}
+    beir_data_ids = {
+        p["docid"]
+        for line in files["train.jsonl"].read_text().splitlines()
+        for key in ("positive_passages", "negative_passages")
+        for p in json.loads(line)[key]
+    }
     assert sorted(data.corpus.ids) == sorted(beir_data_ids)  # each docid once, however often it appears
     assert len(data.queries) == 32 and all(len(v) == 1 for v in data.qrels.values())
     assert len(data.negatives) == 32 * 3
@@ -98,9 +138,19 @@ def test_tevatron_dedups_passages_and_merges_lines(files, tmp_path):
     assert [data.corpus.ids[r] for r in rows] == [p["docid"] for p in first["negative_passages"]]  # file order
     p = tmp_path / "two.jsonl"
     pos = {"docid": 7, "title": "", "text": "a"}
-    p.write_text(json.dumps({"query_id": 1, "query": "x", "positive_passages": [pos],
-                             "negative_passages": [{"docid": "8", "text": "b"}]}) + "\n" +
-                 json.dumps({"query_id": "1", "query": "x", "positive_passages": [{"docid": "9", "text": "c"}]}) + "\n")
+    p.write_text(
+        json.dumps(
+            {
+                "query_id": 1,
+                "query": "x",
+                "positive_passages": [pos],
+                "negative_passages": [{"docid": "8", "text": "b"}],
+            }
+        )
+        + "\n"
+        + json.dumps({"query_id": "1", "query": "x", "positive_passages": [{"docid": "9", "text": "c"}]})
+        + "\n"
+    )
     two = load_tevatron(p)
     assert two.qrels == {"1": {"7": 1, "9": 1}} and two.corpus.ids == ["7", "8", "9"]  # numeric ids as strings
 
@@ -113,8 +163,9 @@ def test_triplets_jsonl_and_tsv_agree(files):
 
 
 def test_msmarco_training_reads_triples_as_file_negatives(files):
-    data = msmarco.load_msmarco_training(files["collection.tsv"], files["queries.tsv"], files["qrels.tsv"],
-                                         files["triples.tsv"])
+    data = msmarco.load_msmarco_training(
+        files["collection.tsv"], files["queries.tsv"], files["qrels.tsv"], files["triples.tsv"]
+    )
     assert len(data.corpus) == 48 and len(data.qrels) == 32 and len(data.negatives) == 32 * 2
 
 
@@ -122,17 +173,20 @@ _POS = [{"docid": "d1", "text": "pos"}]
 _LINE = {"query_id": "q1", "query": "query", "positive_passages": _POS}
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ('{"query_id": "q1", "query": "x", \n', "bad JSON"),
-    (json.dumps({"query": "x", "positive_passages": _POS}), "'query_id'"),
-    (json.dumps({"query_id": "q1", "positive_passages": _POS}), "'query'"),
-    (json.dumps({"query_id": "q1", "query": "x"}), "'positive_passages' must be a list"),
-    (json.dumps({**_LINE, "positive_passages": []}), "empty 'positive_passages'"),
-    (json.dumps({**_LINE, "positive_passages": [{"docid": "d1"}]}), "positive_passages[0].text"),
-    (json.dumps({**_LINE, "negative_passages": [{"docid": "d1", "text": "pos"}]}), "'d1' is also a positive"),
-    (json.dumps({**_LINE, "query": "other"}), "different text"),
-    ('["a"]', "JSON object"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('{"query_id": "q1", "query": "x", \n', "bad JSON"),
+        (json.dumps({"query": "x", "positive_passages": _POS}), "'query_id'"),
+        (json.dumps({"query_id": "q1", "positive_passages": _POS}), "'query'"),
+        (json.dumps({"query_id": "q1", "query": "x"}), "'positive_passages' must be a list"),
+        (json.dumps({**_LINE, "positive_passages": []}), "empty 'positive_passages'"),
+        (json.dumps({**_LINE, "positive_passages": [{"docid": "d1"}]}), "positive_passages[0].text"),
+        (json.dumps({**_LINE, "negative_passages": [{"docid": "d1", "text": "pos"}]}), "'d1' is also a positive"),
+        (json.dumps({**_LINE, "query": "other"}), "different text"),
+        ('["a"]', "JSON object"),
+    ],
+)
 def test_tevatron_errors_name_file_and_line(tmp_path, text, fragment):
     p = tmp_path / "t.jsonl"
     p.write_text(json.dumps(_LINE) + "\n\n" + text + "\n")
@@ -142,14 +196,17 @@ def test_tevatron_errors_name_file_and_line(tmp_path, text, fragment):
     assert msg.startswith(f"{p}:3: ") and fragment in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("suffix, text, fragment", [
-    (".jsonl", '{"query": "q", "positive": "p"}', "'negative'"),
-    (".jsonl", '{"positive": "p", "negative": "n"}', "'query' (or 'anchor')"),
-    (".jsonl", '{"query": "q", "positive": "p", "negative": "p"}', "same text as the positive"),
-    (".jsonl", '{"query": "q", "positive": "", "negative": "n"}', "'positive'"),
-    (".tsv", "q\tp", "expected 3 tab-separated columns"),
-    (".tsv", "q\tp\tp", "same text as the positive"),
-])
+@pytest.mark.parametrize(
+    "suffix, text, fragment",
+    [
+        (".jsonl", '{"query": "q", "positive": "p"}', "'negative'"),
+        (".jsonl", '{"positive": "p", "negative": "n"}', "'query' (or 'anchor')"),
+        (".jsonl", '{"query": "q", "positive": "p", "negative": "p"}', "same text as the positive"),
+        (".jsonl", '{"query": "q", "positive": "", "negative": "n"}', "'positive'"),
+        (".tsv", "q\tp", "expected 3 tab-separated columns"),
+        (".tsv", "q\tp\tp", "same text as the positive"),
+    ],
+)
 def test_triplets_errors_name_file_and_line(tmp_path, suffix, text, fragment):
     p = tmp_path / f"t{suffix}"
     good = '{"query": "a", "positive": "b", "negative": "c"}' if suffix == ".jsonl" else "a\tb\tc"
@@ -166,21 +223,24 @@ def _with_bad_byte(p: Path, good: str, bad: bytes) -> Path:
     return p
 
 
-BAD = b'caf\xe9\n'  # Latin-1 e-acute: not UTF-8
+BAD = b"caf\xe9\n"  # Latin-1 e-acute: not UTF-8
 
 
-@pytest.mark.parametrize("name, good, loader", [
-    ("train.jsonl", json.dumps(_LINE) + "\n", load_tevatron),
-    ("t.jsonl", '{"query": "a", "positive": "b", "negative": "c"}\n', load_triplets),
-    ("t.tsv", "a\tb\tc\n", load_triplets),
-    ("corpus.jsonl", '{"_id": "d1", "text": "x"}\n', load_corpus),
-    ("queries.jsonl", '{"_id": "q1", "text": "x"}\n', load_queries),
-    ("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n", load_qrels),
-    ("collection.tsv", "1\tx\n", msmarco.load_collection),
-    ("queries.tsv", "1\tx\n", msmarco.load_queries_tsv),
-    ("qrels.trec", "1 0 2 1\n", msmarco.load_qrels_trec),
-    ("triples.tsv", "a\tb\tc\n", msmarco.load_triples),
-])
+@pytest.mark.parametrize(
+    "name, good, loader",
+    [
+        ("train.jsonl", json.dumps(_LINE) + "\n", load_tevatron),
+        ("t.jsonl", '{"query": "a", "positive": "b", "negative": "c"}\n', load_triplets),
+        ("t.tsv", "a\tb\tc\n", load_triplets),
+        ("corpus.jsonl", '{"_id": "d1", "text": "x"}\n', load_corpus),
+        ("queries.jsonl", '{"_id": "q1", "text": "x"}\n', load_queries),
+        ("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n", load_qrels),
+        ("collection.tsv", "1\tx\n", msmarco.load_collection),
+        ("queries.tsv", "1\tx\n", msmarco.load_queries_tsv),
+        ("qrels.trec", "1 0 2 1\n", msmarco.load_qrels_trec),
+        ("triples.tsv", "a\tb\tc\n", msmarco.load_triples),
+    ],
+)
 def test_non_utf8_byte_names_file_line_and_byte(tmp_path, name, good, loader):
     p = _with_bad_byte(tmp_path / name, good, BAD)
     line = good.count("\n") + 1
@@ -227,8 +287,14 @@ def test_source_is_deterministic_resumable_and_shards_over_hosts(tiny_model, toy
             assert ex.passage_keys[0] in ex.relevant and not set(ex.passage_keys[1:]) & ex.relevant
 
     def build(p, n, devices):
-        return BatchBuilder(query_max_length=16, passage_max_length=32, pad_token_id=0, local_device_count=devices,
-                            process_index=p, process_count=n)
+        return BatchBuilder(
+            query_max_length=16,
+            passage_max_length=32,
+            pad_token_id=0,
+            local_device_count=devices,
+            process_index=p,
+            process_count=n,
+        )
 
     for batch in first[:2] + rest[-2:]:
         whole = build(0, 1, 4)(batch)
@@ -279,8 +345,12 @@ def test_mixed_batches_split_rows_by_weight(tiny_model, toy_beir, files, tmp_pat
 
 def test_mixture_keys_never_link_members(tiny_model, toy_beir, files, tmp_path):
     """The same docs under two members (beir + jsonl of the same data) must not mask each other."""
-    over = ["data.source=mixture", "negatives.source=random", "data.mixture.same_source_batches=false",
-            f"data.mixture.members=beir:{toy_beir}:1;jsonl:{files['train.jsonl']}:1"]
+    over = [
+        "data.source=mixture",
+        "negatives.source=random",
+        "data.mixture.same_source_batches=false",
+        f"data.mixture.members=beir:{toy_beir}:1;jsonl:{files['train.jsonl']}:1",
+    ]
     mix = prepare(cfg_for(tiny_model, toy_beir, *over), tmp_path / "w").source
     batch = mix.next_batch()
     mask = BatchBuilder(query_max_length=16, passage_max_length=32, pad_token_id=0, local_device_count=1)(batch)
@@ -289,19 +359,25 @@ def test_mixture_keys_never_link_members(tiny_model, toy_beir, files, tmp_path):
 
 
 # -- config errors: one line, before any compile, nothing written -------------------------------------------------
-@pytest.mark.parametrize("overrides, pattern", [
-    (["data.source=parquet"], "data.source must be one of beir, jsonl, triplets, msmarco, mixture, selfsup, got 'parquet'"),
-    (["data.source=jsonl"], "data.jsonl.path is empty"),
-    (["data.source=triplets"], "data.triplets.path is empty"),
-    (["data.source=msmarco"], "data.msmarco.collection is empty"),
-    (["data.source=jsonl", "data.jsonl.path=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl: no such file"),
-    (["data.source=mixture", "data.mixture.members=jsonl:a.jsonl"], "bad member 'jsonl:a.jsonl'"),
-    (["data.source=mixture", "data.mixture.members=csv:a.csv:1"], "bad member 'csv:a.csv:1'"),
-    (["data.source=mixture", "data.mixture.members=jsonl:a.jsonl:-1"], "bad member"),
-    (["data.source=mixture", "data.mixture.members=;"], "data.mixture.members is empty"),
-    (["negatives.source=file"], "source 'file' needs negatives that came with the training data"),
-    (["negatives.source=hybrid", "negatives.hybrid=file:1,bm25:1", "negatives.num=2"], "source 'file' needs"),
-])
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (
+            ["data.source=parquet"],
+            "data.source must be one of beir, jsonl, triplets, msmarco, mixture, selfsup, got 'parquet'",
+        ),
+        (["data.source=jsonl"], "data.jsonl.path is empty"),
+        (["data.source=triplets"], "data.triplets.path is empty"),
+        (["data.source=msmarco"], "data.msmarco.collection is empty"),
+        (["data.source=jsonl", "data.jsonl.path=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl: no such file"),
+        (["data.source=mixture", "data.mixture.members=jsonl:a.jsonl"], "bad member 'jsonl:a.jsonl'"),
+        (["data.source=mixture", "data.mixture.members=csv:a.csv:1"], "bad member 'csv:a.csv:1'"),
+        (["data.source=mixture", "data.mixture.members=jsonl:a.jsonl:-1"], "bad member"),
+        (["data.source=mixture", "data.mixture.members=;"], "data.mixture.members is empty"),
+        (["negatives.source=file"], "source 'file' needs negatives that came with the training data"),
+        (["negatives.source=hybrid", "negatives.hybrid=file:1,bm25:1", "negatives.num=2"], "source 'file' needs"),
+    ],
+)
 def test_config_errors_are_one_line_before_compile(tiny_model, toy_beir, tmp_path, overrides, pattern):
     workdir = tmp_path / "w"
     with pytest.raises(ValueError) as e:

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from jdr.index.clustering import balanced_kmeans, spann_distance
-from jdr.index.spann import (SpannIndex, build_spann, head_candidates, head_distances, probe_lists,
-                             select_replicas)
+from jdr.index.spann import SpannIndex, build_spann, head_candidates, head_distances, probe_lists, select_replicas
 
 # Hand-built 2-D heads (metric l2: squared distances). x = origin:
 #   a (1, 0)    d = 1     the nearest head
@@ -21,8 +20,9 @@ A, B, C, E = 0, 1, 2, 3
 
 def _replicas(x, eps1, max_replicas, rng=True, heads=HEADS, metric="l2"):
     dist, ids = head_candidates(np.asarray(x, np.float32), heads, len(heads), metric)
-    sel, sel_d = select_replicas(dist, ids, head_distances(heads, metric), eps1=eps1, max_replicas=max_replicas,
-                                 rng=rng)
+    sel, sel_d = select_replicas(
+        dist, ids, head_distances(heads, metric), eps1=eps1, max_replicas=max_replicas, rng=rng
+    )
     return [[h for h in row if h >= 0] for row in sel], sel_d
 
 
@@ -125,11 +125,11 @@ def test_duplication_raises_recall_and_limits(tmp_path):
     # pruning reads fewer lists
     assert one.search(q, 10, max_probe=8, eps2=0.01).probed.mean() < 8
     # posting_limit: overfull lists keep their primaries and the closest replicas; no vector is lost
-    capped = build_spann(x, tmp_path / "cap", list_size=60, eps1=0.5, max_replicas=8, rng=False, heads=heads,
-                         posting_limit=70)
+    capped = build_spann(
+        x, tmp_path / "cap", list_size=60, eps1=0.5, max_replicas=8, rng=False, heads=heads, posting_limit=70
+    )
     sizes = np.diff(capped.offsets)
-    primaries = np.bincount(faiss.knn(x, heads, 1, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 0],
-                            minlength=len(heads))
+    primaries = np.bincount(faiss.knn(x, heads, 1, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 0], minlength=len(heads))
     assert (sizes <= np.maximum(70, primaries)).all() and sizes.max() < np.diff(dup.offsets).max()
     assert len(np.unique(capped.posting_ids)) == len(x)
 

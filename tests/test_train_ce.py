@@ -16,8 +16,16 @@ from jdr.models.cross_encoder import score_texts
 from jdr.models.cross_encoder_hf import load_cross_encoder
 from jdr.train.trainer import train
 
-CE = ["train.objective=cross_encoder", "negatives.source=bm25", "negatives.num=2", "data.dev_queries=0",
-      "eval.final_test=False", "train.steps=4", "checkpoint.every=2", "log.every=2"]
+CE = [
+    "train.objective=cross_encoder",
+    "negatives.source=bm25",
+    "negatives.num=2",
+    "data.dev_queries=0",
+    "eval.final_test=False",
+    "train.steps=4",
+    "checkpoint.every=2",
+    "log.every=2",
+]
 
 
 def _cfg(tiny_model, toy_beir, *overrides):
@@ -42,18 +50,37 @@ def test_cross_encoder_trains_exports_and_reranks(tiny_model, toy_beir, tmp_path
     np.testing.assert_allclose(score_texts(again, spec, tok, q, p, progress=False), a, atol=1e-6)
     run = tmp_path / "bm25.trec"
     assert main(["search", "--bm25", "--data", str(toy_beir), "--output", str(run)]) == 0
-    assert main(["rerank", "--model", str(workdir), "--run", str(run), "--data", str(toy_beir), "--depth", "5",
-                 "--output", str(tmp_path / "reranked.trec")]) == 0
+    assert (
+        main(
+            [
+                "rerank",
+                "--model",
+                str(workdir),
+                "--run",
+                str(run),
+                "--data",
+                str(toy_beir),
+                "--depth",
+                "5",
+                "--output",
+                str(tmp_path / "reranked.trec"),
+            ]
+        )
+        == 0
+    )
     reranked = read_trec_run(tmp_path / "reranked.trec")
     assert set(compute_metrics(load_beir(toy_beir, "test").qrels, reranked)) >= {"ndcg@10"}
     assert all(len(docs) == 5 for docs in reranked.values())
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["negatives.source=ann", "negatives.refresh_every=2"], "cannot mine dense negatives"),
-    (["data.dev_queries=4"], "data.dev_queries=0"),
-    (["cross_encoder.loss=listnet"], "cross_encoder.loss must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["negatives.source=ann", "negatives.refresh_every=2"], "cannot mine dense negatives"),
+        (["data.dev_queries=4"], "data.dev_queries=0"),
+        (["cross_encoder.loss=listnet"], "cross_encoder.loss must be one of"),
+    ],
+)
 def test_cross_encoder_bad_config_is_one_line(tiny_model, toy_beir, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
         train(_cfg(tiny_model, toy_beir, *CE, *overrides), tmp_path / "w", progress=False)
@@ -68,22 +95,45 @@ def scored(tiny_model, toy_beir, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     params, spec, _ = load_cross_encoder(tiny_model, seed=5)
     ce = export_cross_encoder(params, spec, tiny_model, root / "ce")
-    assert main(["mine", "--data", str(toy_beir), "--source", "bm25", "--num", "3", "--output",
-                 str(root / "groups.jsonl")]) == 0
-    assert main(["score", "--model", str(ce), "--input", str(root / "groups.jsonl"), "--output",
-                 str(root / "scored.jsonl")]) == 0
+    assert (
+        main(
+            ["mine", "--data", str(toy_beir), "--source", "bm25", "--num", "3", "--output", str(root / "groups.jsonl")]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["score", "--model", str(ce), "--input", str(root / "groups.jsonl"), "--output", str(root / "scored.jsonl")]
+        )
+        == 0
+    )
     return root / "scored.jsonl"
 
 
 def _distill(tiny_model, toy_beir, path, *extra):
-    return _cfg(tiny_model, toy_beir, "train.objective=distill", "data.source=jsonl", f"data.jsonl.path={path}",
-                "negatives.source=file", "negatives.num=2", "eval.every=0", "eval.final_test=False",
-                "train.steps=3", "checkpoint.every=3", "log.every=1", *extra)
+    return _cfg(
+        tiny_model,
+        toy_beir,
+        "train.objective=distill",
+        "data.source=jsonl",
+        f"data.jsonl.path={path}",
+        "negatives.source=file",
+        "negatives.num=2",
+        "eval.every=0",
+        "eval.final_test=False",
+        "train.steps=3",
+        "checkpoint.every=3",
+        "log.every=1",
+        *extra,
+    )
 
 
 def test_distilled_bi_encoder_trains_on_scored_groups(tiny_model, toy_beir, scored, tmp_path):
-    final = train(_distill(tiny_model, toy_beir, scored, "distill.loss=kl", "distill.info_nce_weight=0.5"),
-                  tmp_path / "kd", progress=False)
+    final = train(
+        _distill(tiny_model, toy_beir, scored, "distill.loss=kl", "distill.info_nce_weight=0.5"),
+        tmp_path / "kd",
+        progress=False,
+    )
     assert final["step"] == 3 and np.isfinite(final["train/loss"])
     assert {"train/distill_loss", "train/top1_agreement", "train/info_nce_loss"} <= set(final)
     lines = [json.loads(x) for x in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
@@ -105,5 +155,8 @@ def test_group_without_scores_is_one_line_before_compile(tiny_model, toy_beir, s
 
 def test_distill_needs_a_scored_file_source(tiny_model, toy_beir, tmp_path):
     with pytest.raises(ConfigError, match="data.source=jsonl"):
-        train(_cfg(tiny_model, toy_beir, "train.objective=distill", "negatives.source=file"), tmp_path / "w",
-              progress=False)
+        train(
+            _cfg(tiny_model, toy_beir, "train.objective=distill", "negatives.source=file"),
+            tmp_path / "w",
+            progress=False,
+        )

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jdr.config import ConfigError, load_config
-from jdr.train.trainer import train
 from jdr.models.workdir import load_workdir
+from jdr.train.trainer import train
 
 
 def _cfg(tiny_model, toy_beir, *overrides):
@@ -56,7 +56,8 @@ def test_train_checkpoint_export_reload(tiny_model, toy_beir, tmp_path):
     # where the time went, and the peak host memory, in the workdir and the final metrics
     timing = json.loads((workdir / "timing.json").read_text())
     assert {"setup", "train_step", "data", "hook/eval", "hook/checkpoint", "test_eval", "export"} <= set(
-        timing["phases"])
+        timing["phases"]
+    )
     assert timing["compile"]["xla_seconds"] > 0 and timing["compile"]["executables"] >= 1
     assert timing["steps"] == 20 and not timing["stopped"]
     total = sum(p["seconds"] for p in timing["phases"].values())
@@ -69,10 +70,10 @@ def test_train_checkpoint_export_reload(tiny_model, toy_beir, tmp_path):
 def test_evaluate_prints_the_checkpoint_and_offers_the_best(tiny_model, toy_beir, tmp_path, capsys):
     """`--step best` picks the best dev score saved with a checkpoint; the step and lengths used are printed; a
     checkpoint is ranked only by a dev score of its own step, and dev logs only what a top-100 run supports."""
-    from jdr.cli import main
-    from jdr.checkpoint import Checkpointer
-
     import logging
+
+    from jdr.checkpoint import Checkpointer
+    from jdr.cli import main
 
     workdir = tmp_path / "run"
     records = []
@@ -80,8 +81,20 @@ def test_evaluate_prints_the_checkpoint_and_offers_the_best(tiny_model, toy_beir
     handler.emit = records.append
     logging.getLogger("absl").addHandler(handler)
     try:
-        train(_cfg(tiny_model, toy_beir, "train.steps=6", "eval.every=3", "checkpoint.every=2", "checkpoint.keep=5",
-                   "eval.final_test=false", "export.at_end=false"), workdir, progress=False)
+        train(
+            _cfg(
+                tiny_model,
+                toy_beir,
+                "train.steps=6",
+                "eval.every=3",
+                "checkpoint.every=2",
+                "checkpoint.keep=5",
+                "eval.final_test=false",
+                "export.at_end=false",
+            ),
+            workdir,
+            progress=False,
+        )
     finally:
         logging.getLogger("absl").removeHandler(handler)
     # steps 2 and 4 have no score of their own and are saved without one, quietly
@@ -100,18 +113,33 @@ def test_evaluate_prints_the_checkpoint_and_offers_the_best(tiny_model, toy_beir
     assert "checkpoint step 6 (best), query 16 / passage 32 tokens" in err
 
 
-@pytest.mark.parametrize("negatives", [
-    ["negatives.source=random", "train.rng_impl=rbg"],  # the faster CPU dropout PRNG resumes exactly too
-    # ANCE in synchronous mode: BM25 warm start, ANN refresh every 4 steps, table saved with the checkpoint; a
-    # third of the queries re-mined per refresh, so the rotation must survive the restart as well
-    ["negatives.source=ann", "negatives.refresh_every=4", "negatives.refresh_mode=sync",
-     "negatives.refresh_fraction=0.34"],
-    # gradient accumulation: the cadences count optimizer steps, so no checkpoint holds a partial accumulation
-    ["negatives.source=random", "train.grad_accum_steps=3"],
-], ids=["rbg", "ance-rotation", "grad-accum"])
+@pytest.mark.parametrize(
+    "negatives",
+    [
+        ["negatives.source=random", "train.rng_impl=rbg"],  # the faster CPU dropout PRNG resumes exactly too
+        # ANCE in synchronous mode: BM25 warm start, ANN refresh every 4 steps, table saved with the checkpoint; a
+        # third of the queries re-mined per refresh, so the rotation must survive the restart as well
+        [
+            "negatives.source=ann",
+            "negatives.refresh_every=4",
+            "negatives.refresh_mode=sync",
+            "negatives.refresh_fraction=0.34",
+        ],
+        # gradient accumulation: the cadences count optimizer steps, so no checkpoint holds a partial accumulation
+        ["negatives.source=random", "train.grad_accum_steps=3"],
+    ],
+    ids=["rbg", "ance-rotation", "grad-accum"],
+)
 def test_resume_is_bit_identical(tiny_model, toy_beir, tmp_path, negatives, capfd):
-    over = ["train.steps=12", "checkpoint.every=4", "eval.every=0", "eval.final_test=false",
-            "export.at_end=false", "log.every=1", *negatives]
+    over = [
+        "train.steps=12",
+        "checkpoint.every=4",
+        "eval.every=0",
+        "eval.final_test=false",
+        "export.at_end=false",
+        "log.every=1",
+        *negatives,
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(_cfg(tiny_model, toy_beir, *over), straight, progress=True)
     # a synchronous refresh shows its own progress while the step bar stands still
@@ -144,9 +172,18 @@ def test_config_errors_before_compile(tiny_model, toy_beir, tmp_path):
 
 
 def test_async_ance_refresh_swaps_tables_while_training(tiny_model, toy_beir, tmp_path):
-    over = ["train.steps=12", "checkpoint.every=0", "eval.every=0", "eval.final_test=false", "export.at_end=false",
-            "negatives.source=hybrid", "negatives.num=2", "negatives.hybrid=bm25:1,ann:1",
-            "negatives.refresh_every=3", "negatives.refresh_mode=async"]
+    over = [
+        "train.steps=12",
+        "checkpoint.every=0",
+        "eval.every=0",
+        "eval.final_test=false",
+        "export.at_end=false",
+        "negatives.source=hybrid",
+        "negatives.num=2",
+        "negatives.hybrid=bm25:1,ann:1",
+        "negatives.refresh_every=3",
+        "negatives.refresh_mode=async",
+    ]
     workdir = tmp_path / "ance"
     final = train(_cfg(tiny_model, toy_beir, *over), workdir, progress=False)
     refreshes = final["negatives/refreshes"]
@@ -177,8 +214,19 @@ def test_continue_from_a_workdir_untied_export_and_pooling(tiny_model, toy_beir,
 
     second = tmp_path / "second"
     with caplog.at_level(logging.WARNING, logger="jdr.train.trainer"):
-        train(_cfg(tiny_model, toy_beir, *short, f"model.path={first}", "model.tied=False", "model.pooling=cls",
-                   "model.normalize=False"), second, progress=False)
+        train(
+            _cfg(
+                tiny_model,
+                toy_beir,
+                *short,
+                f"model.path={first}",
+                "model.tied=False",
+                "model.pooling=cls",
+                "model.normalize=False",
+            ),
+            second,
+            progress=False,
+        )
     assert any("train.temperature=0.05 is sized for cosine scores" in r.getMessage() for r in caplog.records)
     described = json.loads((second / "encoder" / "spec.json").read_text())
     assert (described["pooling"], described["normalize"], described["tied"]) == ("cls", False, False)

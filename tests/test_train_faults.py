@@ -15,13 +15,20 @@ import pytest
 
 from jdr.cli import main
 from jdr.config import load_config
-from jdr.train.trainer import train
 from jdr.models.workdir import load_workdir
+from jdr.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.py")
-BASE = ["train.steps=6", "checkpoint.every=2", "eval.every=0", "eval.final_test=false", "export.at_end=false",
-        "log.tensorboard=false", "log.every=3"]
+BASE = [
+    "train.steps=6",
+    "checkpoint.every=2",
+    "eval.every=0",
+    "eval.final_test=false",
+    "export.at_end=false",
+    "log.tensorboard=false",
+    "log.every=3",
+]
 
 
 def _overrides(tiny_model, toy_beir, *extra):
@@ -29,8 +36,15 @@ def _overrides(tiny_model, toy_beir, *extra):
 
 
 def _cli(overrides, workdir):
-    return ["train", "--config", TINY, "--workdir", str(workdir), "--no-progress",
-            *[f"--config.{o}" for o in overrides]]
+    return [
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+        *[f"--config.{o}" for o in overrides],
+    ]
 
 
 def _leaves(workdir, step=None):
@@ -47,8 +61,9 @@ def _one_error_line(err: str) -> str:
 # sync: the second refresh (step 4) fails before the step-4 checkpoint; async: the first build (started at step
 # 2) fails in its thread and surfaces at whichever later poll (or the end of training) collects it.
 @pytest.mark.parametrize("mode,failing_build,step", [("sync", 2, 4), ("async", 1, 2)])
-def test_refresh_out_of_memory_ends_the_run_with_one_line(tiny_model, toy_beir, tmp_path, monkeypatch, capsys,
-                                                          mode, failing_build, step):
+def test_refresh_out_of_memory_ends_the_run_with_one_line(
+    tiny_model, toy_beir, tmp_path, monkeypatch, capsys, mode, failing_build, step
+):
     import jdr.negatives.refresh as refresh
 
     real, calls = refresh.ann_index, []
@@ -60,8 +75,9 @@ def test_refresh_out_of_memory_ends_the_run_with_one_line(tiny_model, toy_beir, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(refresh, "ann_index", ann_index)
-    over = _overrides(tiny_model, toy_beir, "negatives.source=ann", "negatives.refresh_every=2",
-                      f"negatives.refresh_mode={mode}")
+    over = _overrides(
+        tiny_model, toy_beir, "negatives.source=ann", "negatives.refresh_every=2", f"negatives.refresh_mode={mode}"
+    )
     workdir = tmp_path / "run"
     capsys.readouterr()
     assert main(_cli(over, workdir)) == 1
@@ -87,7 +103,7 @@ def _damage(step_dir: Path, how: str) -> None:
         biggest.write_bytes(data[: len(data) // 2])
     else:  # bytes flipped in the middle: decompression fails, or the arrays no longer match their CRC32
         mid = len(data) // 2
-        data[mid: mid + 16] = bytes(b ^ 0xFF for b in data[mid: mid + 16])
+        data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])
         biggest.write_bytes(bytes(data))
 
 
@@ -144,8 +160,9 @@ def test_full_disk_during_a_checkpoint(tiny_model, toy_beir, tmp_path):
     over = _overrides(tiny_model, toy_beir, "checkpoint.async_save=true")
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, *_cli(over, workdir)], env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, *_cli(over, workdir)], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = _one_error_line(proc.stderr)
     assert f"writing checkpoint {workdir / 'checkpoints' / '4'} failed" in line

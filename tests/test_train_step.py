@@ -71,9 +71,7 @@ GRAD_PROBE = optax.GradientTransformation(
 )
 
 
-@pytest.mark.parametrize(
-    "loss_name,loss_kwargs", [("info_nce", {"temperature": 0.05}), ("triplet", {"margin": 0.5})]
-)
+@pytest.mark.parametrize("loss_name,loss_kwargs", [("info_nce", {"temperature": 0.05}), ("triplet", {"margin": 0.5})])
 def test_pmap_step_equals_single_device_global_batch(tiny, loss_name, loss_kwargs):
     params, encode_fn = tiny
     group_size, per_device = 2, 2
@@ -142,8 +140,7 @@ class CountLowerings:
 def test_replicated_state_compiles_the_pmapped_step_once():
     """replicate() places state exactly as pmap returns it: the second (and third) call reuse the first compile."""
     tx = optax.adamw(1e-3)
-    step = pmap_train_step(make_train_step(bag_encode, loss_name="info_nce", loss_kwargs={"temperature": 0.05},
-                                           tx=tx))
+    step = pmap_train_step(make_train_step(bag_encode, loss_name="info_nce", loss_kwargs={"temperature": 0.05}, tx=tx))
     state = replicate(TrainState.create(BAG_PARAMS, tx))
     leaf = state.params["emb"]
     assert leaf.shape == (N_DEV, *BAG_PARAMS["emb"].shape) and isinstance(leaf.sharding, jax.sharding.NamedSharding)
@@ -161,7 +158,8 @@ def test_replicated_state_compiles_the_pmapped_step_once():
 def test_per_device_step_under_shard_map_equals_pmap(tiny):
     """The module docstring's claim: the same per-device step (dropout on, cross-device negatives) runs under
     `jax.shard_map(check_vma=False)` over a Mesh axis and under `jax.pmap`, with equal parameters after two steps."""
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
 
     params, encode_fn = tiny
     tx = optax.sgd(0.5)  # linear in the gradient (Adam would blow float noise in ~0 gradients up to lr)
@@ -175,16 +173,20 @@ def test_per_device_step_under_shard_map_equals_pmap(tiny):
         p_state, p_metrics = pmapped(p_state, _shard(b, N_DEV), rng)
 
     mesh = Mesh(np.asarray(jax.local_devices()), ("batch",))
-    sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch"), P()), out_specs=(P(), P()),
-                                   check_vma=False))
+    sharded = jax.jit(
+        jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch"), P()), out_specs=(P(), P()), check_vma=False)
+    )
     s_state = TrainState.create(params, tx)
     for b in batches:
         s_state, s_metrics = sharded(s_state, b, rng)
 
     assert float(s_metrics["loss"]) == float(p_metrics["loss"][0])
     moved = False
-    for (path, got), want, start in zip(jax.tree_util.tree_leaves_with_path(s_state.params),
-                                        jax.tree.leaves(unreplicate(p_state.params)), jax.tree.leaves(params)):
+    for (path, got), want, start in zip(
+        jax.tree_util.tree_leaves_with_path(s_state.params),
+        jax.tree.leaves(unreplicate(p_state.params)),
+        jax.tree.leaves(params),
+    ):
         np.testing.assert_array_equal(np.asarray(got), want, err_msg=jax.tree_util.keystr(path))
         moved |= not np.allclose(want, start)
     assert moved
@@ -219,7 +221,9 @@ def test_dropout_keys_differ_per_step():
     params, tx = BAG_PARAMS, optax.sgd(0.0)
     step = jax.pmap(
         make_train_step(bag_encode, loss_name="info_nce", loss_kwargs={"temperature": 1.0}, tx=tx),
-        axis_name="batch", in_axes=(0, 0, None), devices=jax.local_devices()[:1],
+        axis_name="batch",
+        in_axes=(0, 0, None),
+        devices=jax.local_devices()[:1],
     )
     state = replicate(TrainState.create(params, tx), jax.local_devices()[:1])
     shard = _shard(_batch(4, 4, 2), 1)
@@ -284,6 +288,7 @@ def test_multisteps_accumulation_equals_big_batch():
     kw = dict(lr=0.1, total_steps=4, warmup_steps=0, weight_decay=0.1, grad_clip_norm=0.5)
     big_tx, _ = make_optimizer(**kw)
     acc_tx, _ = make_optimizer(**kw, grad_accum_steps=4)
+
     def update(tx):
         @jax.jit
         def run(p, s, xb, yb):

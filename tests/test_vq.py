@@ -8,15 +8,20 @@ import optax
 import pytest
 
 from jdr.index.faiss_index import load_index
+from jdr.train.state import TrainState
 from jdr.vq.config import vq_config
 from jdr.vq.export import _check_codes, export_faiss, save_faiss, stored_codes
 from jdr.vq.init import init_from_faiss
 from jdr.vq.layer import VQIndex, VQSpec, decode, encode, quantize, rotate, soft_reconstruct
 from jdr.vq.train import make_vq_train_step, spec_from_config, teacher_candidates, teacher_recall, train_distill_vq
-from jdr.train.state import TrainState
 
 D, N = 16, 512
-VARIANTS = [VQSpec(D, 4, 16, 0, False), VQSpec(D, 4, 16, 0, True), VQSpec(D, 4, 16, 8, False), VQSpec(D, 4, 16, 8, True)]
+VARIANTS = [
+    VQSpec(D, 4, 16, 0, False),
+    VQSpec(D, 4, 16, 0, True),
+    VQSpec(D, 4, 16, 8, False),
+    VQSpec(D, 4, 16, 8, True),
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -189,8 +194,9 @@ def test_export_code_check_allows_only_float_ties(data, inits, spec):
     _check_codes(tied, x_rot, theirs)
     # Not a tie: the farthest codeword of sub-space 0 for document 3.
     wrong = ours.copy()
-    r = x_rot[3, : spec.d // spec.M] - (np.asarray(vq0.params["centroids"])[vq0.lists[3], : spec.d // spec.M]
-                                         if spec.nlist else 0)
+    r = x_rot[3, : spec.d // spec.M] - (
+        np.asarray(vq0.params["centroids"])[vq0.lists[3], : spec.d // spec.M] if spec.nlist else 0
+    )
     wrong[3, 0] = int(np.argmax(np.sum((np.asarray(vq0.params["codebooks"])[0] - r) ** 2, axis=1)))
     with pytest.raises(AssertionError, match="1/512 documents differently"):
         _check_codes(vq0, x_rot, wrong)
@@ -243,8 +249,12 @@ def test_pmap_step_equals_single_device_step(data, inits):
     frozen = {"rotation": jnp.asarray(vq.rotation)}
     state = TrainState.create(jax.tree.map(jnp.asarray, vq.params), tx)
     one, m1 = jax.jit(make_vq_train_step(cfg, tx, tau_scale=1.0))(state, batch, frozen)
-    step = jax.pmap(make_vq_train_step(cfg, tx, tau_scale=1.0, axis_name="batch"), axis_name="batch", in_axes=(0, 0, None),
-                    devices=jax.devices()[:2])
+    step = jax.pmap(
+        make_vq_train_step(cfg, tx, tau_scale=1.0, axis_name="batch"),
+        axis_name="batch",
+        in_axes=(0, 0, None),
+        devices=jax.devices()[:2],
+    )
     rep = jax.tree.map(lambda a: jnp.stack([a, a]), state)
     split = jax.tree.map(lambda a: a.reshape((2, a.shape[0] // 2) + a.shape[1:]), batch)
     two, m2 = step(rep, split, frozen)
@@ -276,8 +286,7 @@ def test_query_tower_trains_with_the_index(tiny_model):
     index_only = train_distill_vq(docs, queries, _cfg(0, False, steps=5), init=vq0)
     for a, b in zip(jax.tree.leaves(frozen.query_tower.params), jax.tree.leaves(tower.params)):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose([h["loss"] for h in frozen.history], [h["loss"] for h in index_only.history],
-                               rtol=1e-4)
+    np.testing.assert_allclose([h["loss"] for h in frozen.history], [h["loss"] for h in index_only.history], rtol=1e-4)
 
     trained = run(1e-3)
     loss = [h["loss"] for h in trained.history]

@@ -15,8 +15,20 @@ from jdr.vq import cli
 from jdr.vq.export import load_vq
 from jdr.vq.layer import decode, encode, rotate
 
-SMALL = ["vq.M=4", "vq.K=16", "vq.nlist=4", "vq.nprobe=2", "train.steps=6", "train.batch_size=8", "train.topk=8",
-         "train.lr=1e-2", "vq.opq=False", "data.dev_queries=8", "data.query_max_length=16", "data.passage_max_length=32"]
+SMALL = [
+    "vq.M=4",
+    "vq.K=16",
+    "vq.nlist=4",
+    "vq.nprobe=2",
+    "train.steps=6",
+    "train.batch_size=8",
+    "train.topk=8",
+    "train.lr=1e-2",
+    "vq.opq=False",
+    "data.dev_queries=8",
+    "data.query_max_length=16",
+    "data.passage_max_length=32",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -81,8 +93,13 @@ def test_cached_embeddings_and_doc_pseudo_queries(toy_beir, tmp_path, capsys):
     qids = list(load_queries(toy_beir / "queries.jsonl"))
     save_embeddings(tmp_path / "emb" / "corpus", rng.standard_normal((len(doc_ids), 16)).astype(np.float32), doc_ids)
     save_embeddings(tmp_path / "emb" / "queries", rng.standard_normal((len(qids), 16)).astype(np.float32), qids)
-    over = SMALL + [f"data.dataset={toy_beir}", f"data.embeddings={tmp_path / 'emb'}", "data.pseudo_queries=doc",
-                    "vq.nlist=0", "data.model=/nonexistent"]  # the model is never loaded
+    over = SMALL + [
+        f"data.dataset={toy_beir}",
+        f"data.embeddings={tmp_path / 'emb'}",
+        "data.pseudo_queries=doc",
+        "vq.nlist=0",
+        "data.model=/nonexistent",
+    ]  # the model is never loaded
     rc, first = _vq(["train", "--workdir", str(tmp_path / "wd"), "--json"], over, capsys)
     assert rc == 0 and first["pseudo_queries"] == len(doc_ids) and first["train_queries"] == 24
     assert not (tmp_path / "wd" / "teacher_corpus").exists()
@@ -92,8 +109,10 @@ def test_cached_embeddings_and_doc_pseudo_queries(toy_beir, tmp_path, capsys):
     over2 = over + [f"vq.init_index={tmp_path / 'wd' / 'index.faiss'}", "train.steps=0"]
     rc, out2 = _vq(["train", "--workdir", str(tmp_path / "wd2"), "--json"], over2, capsys)
     assert out2["dev"]["faiss_init"] == pytest.approx(first["dev"]["distill_vq"])
-    np.testing.assert_array_equal(load_vq(tmp_path / "wd2" / "vq.safetensors").params["codebooks"],
-                                  load_vq(tmp_path / "wd" / "vq.safetensors").params["codebooks"])
+    np.testing.assert_array_equal(
+        load_vq(tmp_path / "wd2" / "vq.safetensors").params["codebooks"],
+        load_vq(tmp_path / "wd" / "vq.safetensors").params["codebooks"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,8 +142,12 @@ def test_query_encoder_variant_exports_and_evaluates_with_its_tower(tiny_model, 
     from jdr.models.hf import load
 
     wd = tmp_path / "qe"
-    over = SMALL + [f"data.dataset={toy_beir}", f"data.model={tiny_model}", "train.query_encoder=true",
-                    "train.encoder_lr=1e-3"]
+    over = SMALL + [
+        f"data.dataset={toy_beir}",
+        f"data.model={tiny_model}",
+        "train.query_encoder=true",
+        "train.encoder_lr=1e-3",
+    ]
     assert _vq(["train", "--workdir", str(wd), "--json"], over, capsys)[0] == 0
     params, _, _ = load(wd / "query_encoder")  # an HF / sentence-transformers dir of the trained query tower
     base, _, _ = load(tiny_model)

@@ -15,8 +15,16 @@ from jdr.models.inference import encode_texts
 from jdr.models.testing import write_tiny_model
 from jdr.models.whitening import add_whitening, fit_whitening
 
-TEXTS = ["the cell growth factor", "virus infection of blood", "immune response to the drug", "gene expression",
-         "tumor cells in mice", "brain activity levels were increased", "risk of disease in patients", "dna and rna"]
+TEXTS = [
+    "the cell growth factor",
+    "virus infection of blood",
+    "immune response to the drug",
+    "gene expression",
+    "tumor cells in mice",
+    "brain activity levels were increased",
+    "risk of disease in patients",
+    "dna and rna",
+]
 
 
 def _correlated(n=500, h=12, seed=0):
@@ -70,8 +78,12 @@ def test_exported_whitened_model_encodes_as_the_whitened_embeddings(tiny, tmp_pa
     kinds = [m["type"].rsplit(".", 1)[1] for m in json.loads((out / "modules.json").read_text())]
     assert kinds == ["Transformer", "Pooling"] + ["Normalize"] * normalized_model + ["Dense", "Normalize"]
     dense_cfg = json.loads((out / f"{len(kinds) - 2}_Dense" / "config.json").read_text())
-    assert dense_cfg == {"in_features": 32, "out_features": 6, "bias": True,
-                         "activation_function": "torch.nn.modules.linear.Identity"}
+    assert dense_cfg == {
+        "in_features": 32,
+        "out_features": 6,
+        "bias": True,
+        "activation_function": "torch.nn.modules.linear.Identity",
+    }
     p2, s2, t2 = load(out)
     assert s2 == wspec
     np.testing.assert_allclose(_enc(p2, s2, t2), w(emb), atol=1e-5)
@@ -96,8 +108,9 @@ def test_whitening_composes_with_an_identity_dense_and_refuses_what_it_cannot_fo
 
 def test_jdr_whiten_cli(tiny_model, toy_beir, tmp_path, capsys):
     out = tmp_path / "whitened"
-    assert main(["whiten", "--model", str(tiny_model), "--data", str(toy_beir), "--dim", "8", "--output",
-                 str(out)]) == 0
+    assert (
+        main(["whiten", "--model", str(tiny_model), "--data", str(toy_beir), "--dim", "8", "--output", str(out)]) == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["fit_docs"] == 48 and (summary["dim_in"], summary["dim_out"]) == (32, 8)
     assert json.loads((out / "whitening.json").read_text())["config"]["dim"] == 8
@@ -105,8 +118,22 @@ def test_jdr_whiten_cli(tiny_model, toy_beir, tmp_path, capsys):
     passages = load_corpus(toy_beir / "corpus.jsonl").passages()
     emb = _enc(params, spec, tok, passages)
     np.testing.assert_allclose(_enc(*load(out), passages), fit_whitening(emb, dim=8)(emb), atol=1e-5)
-    assert main(["whiten", "--model", str(tiny_model), "--data", str(toy_beir), "--dim", "99", "--output",
-                 str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "whiten",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(toy_beir),
+                "--dim",
+                "99",
+                "--output",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "dim must be in [1, 32]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 

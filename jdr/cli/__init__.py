@@ -29,11 +29,13 @@ COMMANDS: dict[str, Command] = {
     "compare": Command("per-query significance tests and CIs of runs against a baseline run", "jdr.cli.compare"),
     "fuse": Command("fuse runs: reciprocal rank fusion or normalised linear fusion", "jdr.cli.fuse"),
     "mine": Command("mine hard negatives for a BEIR split into Tevatron JSONL (`data.source=jsonl`)", "jdr.cli.mine"),
-    "whiten": Command("fit whitening on a corpus's embeddings and export the model with it (ST Dense + Normalize)",
-                      "jdr.cli.whiten"),
+    "whiten": Command(
+        "fit whitening on a corpus's embeddings and export the model with it (ST Dense + Normalize)", "jdr.cli.whiten"
+    ),
     "rerank": Command("re-score the top of a TREC run with a cross-encoder, write the reranked run", "jdr.cli.rerank"),
-    "score": Command("add a cross-encoder's score to every passage of Tevatron JSONL groups (teacher scores)",
-                     "jdr.cli.score"),
+    "score": Command(
+        "add a cross-encoder's score to every passage of Tevatron JSONL groups (teacher scores)", "jdr.cli.score"
+    ),
 }
 
 

@@ -23,12 +23,16 @@ def _load_model(args, query_max_length, passage_max_length):
     from jdr.models.resolve import load_model as load_any
 
     step_arg = getattr(args, "step", None)
-    model = load_any(args.model, step=step_arg, query_max_length=query_max_length,
-                     passage_max_length=passage_max_length)
+    model = load_any(
+        args.model, step=step_arg, query_max_length=query_max_length, passage_max_length=passage_max_length
+    )
     if model.step is not None:
         spec = model.spec
-        print(f"{args.model}: checkpoint step {model.step} ({step_arg or 'latest'}), query {spec.query_max_length} / "
-              f"passage {spec.passage_max_length} tokens", file=sys.stderr)
+        print(
+            f"{args.model}: checkpoint step {model.step} ({step_arg or 'latest'}), query {spec.query_max_length} / "
+            f"passage {spec.passage_max_length} tokens",
+            file=sys.stderr,
+        )
     return model.params, model.spec, model.tokenizer
 
 
@@ -45,14 +49,21 @@ def parse_step(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a step number, 'latest' or 'best', got {text!r}") from None
 
 
-STEP_HELP = ("checkpoint when --model is a workdir: a step, 'latest' (default) or 'best' (best dev score saved "
-             "with a checkpoint)")
+STEP_HELP = (
+    "checkpoint when --model is a workdir: a step, 'latest' (default) or 'best' (best dev score saved "
+    "with a checkpoint)"
+)
 
 
 def dim_arg(p):
-    p.add_argument("--dim", dest="truncate_dim", type=int, default=None,
-                   help="keep the first k embedding dimensions, re-normalised when the model normalises "
-                        "(Matryoshka; sentence-transformers' truncate_dim)")
+    p.add_argument(
+        "--dim",
+        dest="truncate_dim",
+        type=int,
+        default=None,
+        help="keep the first k embedding dimensions, re-normalised when the model normalises "
+        "(Matryoshka; sentence-transformers' truncate_dim)",
+    )
 
 
 def model_args(p, required=True):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 RUNS_HELP = "TREC run files or `jdr train` workdirs (their test_run.trec)"
 
 
@@ -16,12 +15,23 @@ def add_arguments(p):
     p.add_argument("--split", default="test")
     p.add_argument("--names", default=None, help="comma-separated run names (default: file stem / workdir name)")
     p.add_argument("--baseline", default=None, help="name of the baseline run (default: the first)")
-    p.add_argument("--metrics", default="ndcg@10,mrr@10,recall@100,recall@1000", help="from ndcg@10, mrr@10, "
-                   "recall@100, recall@1000, map")
-    p.add_argument("--test", choices=("permutation", "t"), default="permutation",
-                   help="test whose corrected p-values decide significance (both are reported)")
-    p.add_argument("--correction", choices=("holm", "bh", "by", "none"), default="holm",
-                   help="multiple-comparison correction over runs x metrics")
+    p.add_argument(
+        "--metrics",
+        default="ndcg@10,mrr@10,recall@100,recall@1000",
+        help="from ndcg@10, mrr@10, recall@100, recall@1000, map",
+    )
+    p.add_argument(
+        "--test",
+        choices=("permutation", "t"),
+        default="permutation",
+        help="test whose corrected p-values decide significance (both are reported)",
+    )
+    p.add_argument(
+        "--correction",
+        choices=("holm", "bh", "by", "none"),
+        default="holm",
+        help="multiple-comparison correction over runs x metrics",
+    )
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--resamples", type=int, default=10_000, help="randomization test resamples")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomization test")
@@ -41,9 +51,19 @@ def run(args) -> int:
     qrels, query_ids, doc_ids, identical = compare.judgments(args.qrels, args.data, args.split)
     runs = {n: compare.load_run(r, query_ids=query_ids, doc_ids=doc_ids) for n, r in zip(names, args.runs)}
     info = {n: {"source": str(compare.run_path(r))} for n, r in zip(names, args.runs)}
-    c = compare.compare_runs(qrels, runs, ignore_identical_ids=identical, metrics=args.metrics.split(","),
-                             info=info, baseline=args.baseline, test=args.test, correction=args.correction,
-                             alpha=args.alpha, resamples=args.resamples, seed=args.seed)
+    c = compare.compare_runs(
+        qrels,
+        runs,
+        ignore_identical_ids=identical,
+        metrics=args.metrics.split(","),
+        info=info,
+        baseline=args.baseline,
+        test=args.test,
+        correction=args.correction,
+        alpha=args.alpha,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
     if args.json:
         print(json.dumps({"qrels": args.qrels or f"{args.data}:{args.split}", **c.to_dict()}, indent=1))
     else:

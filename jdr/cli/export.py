@@ -7,12 +7,19 @@ from jdr.cli.common import dim_arg, parse_step
 
 def add_arguments(p):
     p.add_argument("--workdir", required=True, help="`jdr train` workdir")
-    p.add_argument("--output", required=True,
-                   help="HF + sentence-transformers model dir to write (untied towers: OUTPUT/query, OUTPUT/passage)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="HF + sentence-transformers model dir to write (untied towers: OUTPUT/query, OUTPUT/passage)",
+    )
     p.add_argument("--step", type=parse_step, default=None, help="checkpoint: a step, 'latest' (default) or 'best'")
     dim_arg(p)
-    p.add_argument("--tower", choices=("query", "passage"), default=None,
-                   help="export only this tower of an untied encoder (default: both)")
+    p.add_argument(
+        "--tower",
+        choices=("query", "passage"),
+        default=None,
+        help="export only this tower of an untied encoder (default: both)",
+    )
 
 
 def run(args) -> int:
@@ -33,6 +40,8 @@ def run(args) -> int:
         written = [export(params, spec, source, args.output, tower=args.tower)]
     else:
         written = export_encoder(params, spec, source, args.output)
-    print(f"exported step {step} to {', '.join(map(str, written))} (query {spec.query_max_length} / passage "
-          f"{spec.passage_max_length} tokens)")
+    print(
+        f"exported step {step} to {', '.join(map(str, written))} (query {spec.query_max_length} / passage "
+        f"{spec.passage_max_length} tokens)"
+    )
     return 0

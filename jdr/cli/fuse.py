@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from jdr.cli.compare import RUNS_HELP
 
 
@@ -27,8 +26,15 @@ def run(args) -> int:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     except ValueError:
         raise ValueError(f"fuse: --weights {args.weights!r} must be comma-separated numbers") from None
-    run = fuse([load_run(r) for r in args.runs], args.method, k=args.k, weights=weights, norm=args.norm,
-               depth=args.depth, top_k=args.top_k)
+    run = fuse(
+        [load_run(r) for r in args.runs],
+        args.method,
+        k=args.k,
+        weights=weights,
+        norm=args.norm,
+        depth=args.depth,
+        top_k=args.top_k,
+    )
     write_trec_run(args.output, run, args.tag or args.method, digits=10)
     print(f"wrote {args.method} fusion of {len(args.runs)} runs ({len(run)} queries) to {args.output}")
     return 0

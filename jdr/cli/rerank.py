@@ -6,8 +6,10 @@ import sys
 
 from jdr.cli.common import parse_step
 
-CE_MODEL_HELP = ("cross-encoder: an HF *ForSequenceClassification / sentence-transformers CrossEncoder dir (one "
-                 "label), a `jdr train` cross-encoder workdir, or a hub name")
+CE_MODEL_HELP = (
+    "cross-encoder: an HF *ForSequenceClassification / sentence-transformers CrossEncoder dir (one "
+    "label), a `jdr train` cross-encoder workdir, or a hub name"
+)
 
 
 def cross_encoder_args(p) -> None:
@@ -24,8 +26,10 @@ def load_cross_encoder_arg(args):
 
     model = find_minilm() if str(args.model) == "minilm" else args.model
     params, spec, tok = load_cross_encoder(model, max_length=args.max_length, step=args.step)
-    print(f"{args.model}: cross-encoder, {spec.bert.num_hidden_layers} layers, pairs of {spec.max_length} tokens",
-          file=sys.stderr)
+    print(
+        f"{args.model}: cross-encoder, {spec.bert.num_hidden_layers} layers, pairs of {spec.max_length} tokens",
+        file=sys.stderr,
+    )
     return params, spec, tok
 
 

@@ -11,8 +11,11 @@ from jdr.cli.rerank import cross_encoder_args, load_cross_encoder_arg
 def add_arguments(p):
     cross_encoder_args(p)
     p.add_argument("--input", required=True, help="Tevatron JSONL groups (e.g. from `jdr mine`)")
-    p.add_argument("--output", required=True,
-                   help="scored JSONL (atomically; chunks kept in OUTPUT.parts/ until done, so a rerun resumes)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="scored JSONL (atomically; chunks kept in OUTPUT.parts/ until done, so a rerun resumes)",
+    )
     p.add_argument("--chunk", type=int, default=10000, help="records scored and saved per chunk")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -26,6 +29,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({**summary, "output": str(args.output)}))
     else:
-        print(f"scored {summary['records']} groups into {args.output} ({summary['resumed']} of "
-              f"{summary['chunks']} chunks resumed)")
+        print(
+            f"scored {summary['records']} groups into {args.output} ({summary['resumed']} of "
+            f"{summary['chunks']} chunks resumed)"
+        )
     return 0

@@ -23,7 +23,10 @@ def run(args) -> int:
     final = train(cfg, args.workdir, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}, indent=1))
     if final.get("preempted"):
-        print(f"jdr: preempted: checkpoint of step {final['step']} saved; rerun the same command to resume "
-              f"(exit code {EXIT_RESTART})", file=sys.stderr)
+        print(
+            f"jdr: preempted: checkpoint of step {final['step']} saved; rerun the same command to resume "
+            f"(exit code {EXIT_RESTART})",
+            file=sys.stderr,
+        )
         return EXIT_RESTART
     return 0

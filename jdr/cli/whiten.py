@@ -16,8 +16,11 @@ def add_arguments(p):
     p.add_argument("--eps", type=float, default=1e-8, help="added to the covariance spectrum before 1/sqrt")
     p.add_argument("--sample", type=int, default=0, help="fit on N seeded random docs (0 = the whole corpus)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--embeddings", default=None,
-                   help="fit on this `jdr encode` store of the corpus (same model, passage tower) instead of encoding")
+    p.add_argument(
+        "--embeddings",
+        default=None,
+        help="fit on this `jdr encode` store of the corpus (same model, passage tower) instead of encoding",
+    )
     p.add_argument("--max-length", type=int, default=None, help="passage token limit (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
 
@@ -25,12 +28,12 @@ def add_arguments(p):
 def run(args) -> int:
     import numpy as np
 
+    from jdr.cli.common import load_model
     from jdr.data.beir import load_corpus, resolve_dataset
     from jdr.index.store import load_embeddings
     from jdr.models.hf import export
     from jdr.models.inference import encode_texts
     from jdr.models.whitening import add_whitening, fit_whitening
-    from jdr.cli.common import load_model
     from jdr.run_info import write_run_record
 
     corpus = load_corpus(resolve_dataset(args.data) / "corpus.jsonl")
@@ -47,15 +50,32 @@ def run(args) -> int:
         emb = np.asarray(emb)[[index[corpus.ids[r]] for r in rows]]
     else:
         passages = corpus.passages()
-        emb = encode_texts(params, spec, tok, [passages[r] for r in rows], tower="passage",
-                           max_length=args.max_length, batch_size=args.batch_size)
+        emb = encode_texts(
+            params,
+            spec,
+            tok,
+            [passages[r] for r in rows],
+            tower="passage",
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+        )
     whitening = fit_whitening(emb, dim=args.dim, eps=args.eps)
     params, spec = add_whitening(params, spec, whitening)
     export(params, spec, tok, args.output)
-    summary = {"output": str(args.output), "fit_docs": int(len(rows)), "dim_in": int(whitening.kernel.shape[0]),
-               "dim_out": int(whitening.kernel.shape[1]), "eps": args.eps,
-               "top_singular_values": [float(v) for v in whitening.singular_values[:5]]}
-    write_run_record(args.output, {k: v for k, v in vars(args).items() if not k.startswith("_")}, args.seed,
-                     name="whitening.json", **summary)
+    summary = {
+        "output": str(args.output),
+        "fit_docs": int(len(rows)),
+        "dim_in": int(whitening.kernel.shape[0]),
+        "dim_out": int(whitening.kernel.shape[1]),
+        "eps": args.eps,
+        "top_singular_values": [float(v) for v in whitening.singular_values[:5]],
+    }
+    write_run_record(
+        args.output,
+        {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        args.seed,
+        name="whitening.json",
+        **summary,
+    )
     print(json.dumps(summary))
     return 0

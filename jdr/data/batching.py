@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 
@@ -34,12 +34,21 @@ class PretokenizedTexts:
 
     def __post_init__(self):
         if len(self.offsets) != len(self.ids) + 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.tokens):
-            raise ValueError(f"offsets [{len(self.offsets)}] do not match {len(self.ids)} texts / "
-                             f"{len(self.tokens)} tokens")
+            raise ValueError(
+                f"offsets [{len(self.offsets)}] do not match {len(self.ids)} texts / {len(self.tokens)} tokens"
+            )
 
     @classmethod
-    def from_texts(cls, tokenizer, ids: Sequence[str], texts: Sequence[str], max_length: int, *,
-                   chunk: int = 8192, prefix: str = "") -> "PretokenizedTexts":
+    def from_texts(
+        cls,
+        tokenizer,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        max_length: int,
+        *,
+        chunk: int = 8192,
+        prefix: str = "",
+    ) -> PretokenizedTexts:
         """Tokenise `prefix + text` for each of `texts` (a `tokenizers.Tokenizer`, truncation at `max_length`) in
         chunks of `chunk` texts.
         `texts` is any sequence supporting `len` and slices (e.g. `jdr.data.beir.PassageView`: the corpus is
@@ -49,9 +58,9 @@ class PretokenizedTexts:
         lengths = np.zeros(len(texts), dtype=np.int64)
         parts = []  # one flat array per chunk: a million small arrays would cost ~100 bytes of header each
         for start in range(0, len(texts), chunk):
-            seqs = token_ids(tokenizer, texts[start:start + chunk], max_length, prefix=prefix)
-            lengths[start:start + len(seqs)] = [len(s) for s in seqs]
-            count = int(lengths[start:start + len(seqs)].sum())
+            seqs = token_ids(tokenizer, texts[start : start + chunk], max_length, prefix=prefix)
+            lengths[start : start + len(seqs)] = [len(s) for s in seqs]
+            count = int(lengths[start : start + len(seqs)].sum())
             parts.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=count))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -80,7 +89,7 @@ class PretokenizedTexts:
 
     def tokens_of(self, row: int) -> np.ndarray:
         """Text `row`'s token ids `[n]` int32 (a view into the store)."""
-        return self.tokens[self.offsets[row]:self.offsets[row + 1]]
+        return self.tokens[self.offsets[row] : self.offsets[row + 1]]
 
     def ragged(self, rows) -> tuple[np.ndarray, np.ndarray]:
         """The texts `rows` (in that order) as their own ragged pair `(tokens[T'] int32, offsets[len(rows)+1] int64)`,
@@ -108,8 +117,10 @@ def check_layout(global_batch_size: int, process_count: int, local_device_count:
     """Raise one ValueError line unless `global_batch_size` splits evenly over processes x local devices."""
     devices = process_count * local_device_count
     if global_batch_size < 1 or global_batch_size % devices:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by process_count {process_count} "
-                         f"x local devices {local_device_count} = {devices}")
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by process_count {process_count} "
+            f"x local devices {local_device_count} = {devices}"
+        )
 
 
 def pad_tokens(seqs: Sequence[np.ndarray], length: int, pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +128,8 @@ def pad_tokens(seqs: Sequence[np.ndarray], length: int, pad_token_id: int) -> tu
     ids = np.full((len(seqs), length), pad_token_id, dtype=np.int32)
     mask = np.zeros((len(seqs), length), dtype=np.int32)
     for r, seq in enumerate(seqs):
-        ids[r, :len(seq)] = seq
-        mask[r, :len(seq)] = 1
+        ids[r, : len(seq)] = seq
+        mask[r, : len(seq)] = 1
     return ids, mask
 
 
@@ -137,10 +148,20 @@ class BatchBuilder:
     of the batch only.
     """
 
-    def __init__(self, *, query_max_length: int, passage_max_length: int, pad_token_id: int,
-                 local_device_count: int, process_index: int = 0, process_count: int = 1,
-                 pad_queries_to_max: bool = True, pad_passages_to_max: bool = False, false_negatives: bool = True,
-                 cross_device: bool = True):
+    def __init__(
+        self,
+        *,
+        query_max_length: int,
+        passage_max_length: int,
+        pad_token_id: int,
+        local_device_count: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        pad_queries_to_max: bool = True,
+        pad_passages_to_max: bool = False,
+        false_negatives: bool = True,
+        cross_device: bool = True,
+    ):
         if local_device_count < 1:
             raise ValueError(f"local_device_count must be >= 1, got {local_device_count}")
         self.query_max_length, self.passage_max_length = query_max_length, passage_max_length
@@ -158,8 +179,9 @@ class BatchBuilder:
         if any(len(ex.passages) != group or len(ex.passage_keys) != group for ex in examples):
             raise ValueError("examples in one batch carry different numbers of passages (or keys)")
         q_len = self._length([ex.query for ex in examples], self.query_max_length, self.pad_queries_to_max, "query")
-        p_len = self._length([p for ex in examples for p in ex.passages], self.passage_max_length,
-                             self.pad_passages_to_max, "passage")
+        p_len = self._length(
+            [p for ex in examples for p in ex.passages], self.passage_max_length, self.pad_passages_to_max, "passage"
+        )
         rows = host_rows(world, self.process_index, self.process_count)
         host = examples[rows]
         b, d = len(host), self.local_device_count
@@ -176,8 +198,12 @@ class BatchBuilder:
             if not self.cross_device:  # each device scores only its own passages: keep its block of columns
                 per = b // d
                 start = rows.start * group
-                mask = np.stack([mask[i * per:(i + 1) * per, start + i * per * group:start + (i + 1) * per * group]
-                                 for i in range(d)])
+                mask = np.stack(
+                    [
+                        mask[i * per : (i + 1) * per, start + i * per * group : start + (i + 1) * per * group]
+                        for i in range(d)
+                    ]
+                )
             out["false_negatives"] = mask.reshape(d, b // d, -1)
         if examples[0].scores is not None:  # teacher scores of each group (distillation), float32 [D, B/D, G]
             if any(ex.scores is None or len(ex.scores) != group for ex in examples):
@@ -189,8 +215,9 @@ class BatchBuilder:
     def _length(seqs: Sequence[np.ndarray], budget: int, fixed: bool, what: str) -> int:
         longest = max(len(s) for s in seqs)
         if longest > budget:
-            raise ValueError(f"a {what} of {longest} tokens exceeds the {what} budget of {budget}: the training "
-                             "source must truncate")
+            raise ValueError(
+                f"a {what} of {longest} tokens exceeds the {what} budget of {budget}: the training source must truncate"
+            )
         return budget if fixed else bucket_length(longest, budget)
 
 

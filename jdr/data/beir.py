@@ -8,8 +8,8 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from jdr.data.lines import jsonl_records, text_lines
 from jdr.errors import DataError
@@ -39,7 +39,7 @@ class Corpus:
         """All rows joined as in `passage`, in row order."""
         return [self.passage(i) for i in range(len(self.ids))]
 
-    def passage_view(self) -> "PassageView":
+    def passage_view(self) -> PassageView:
         """The rows joined as in `passage`, computed on access: a sequence for tokenising a big corpus in chunks
         without a second copy of every text."""
         return PassageView(self)
@@ -131,8 +131,9 @@ def load_qrels(path: str | os.PathLike, corpus_ids=None, query_ids=None) -> dict
         if line_no == 1 and cols == QRELS_HEADER:
             continue
         if len(cols) != 3:
-            raise DataError(path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
-                            line_no)
+            raise DataError(
+                path, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}", line_no
+            )
         qid, did, score = cols
         add_judgment(qrels, path, line_no, qid, did, score, corpus_ids, query_ids)
     if not qrels:
@@ -140,8 +141,20 @@ def load_qrels(path: str | os.PathLike, corpus_ids=None, query_ids=None) -> dict
     return qrels
 
 
-def add_judgment(qrels: dict, path, line_no: int, qid: str, did: str, score: str, corpus_ids, query_ids, *,
-                 score_name: str = "score", doc_name: str = "doc", corpus_name: str = "corpus") -> None:
+def add_judgment(
+    qrels: dict,
+    path,
+    line_no: int,
+    qid: str,
+    did: str,
+    score: str,
+    corpus_ids,
+    query_ids,
+    *,
+    score_name: str = "score",
+    doc_name: str = "doc",
+    corpus_name: str = "corpus",
+) -> None:
     """Validate one qrels row (integer score, known query and doc ids) and add it to `qrels` — shared by the
     BEIR and MS MARCO readers so both report bad rows the same way."""
     try:

@@ -20,7 +20,8 @@ row); the batch builder keeps each host's rows (`jdr.data.batching.BatchBuilder`
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Mapping, NamedTuple, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -62,9 +63,17 @@ class GroupIterator:
     depend on dict order.
     """
 
-    def __init__(self, train_qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
-                 negatives_sampler: NegativesSampler | None, *, global_batch_size: int, num_negatives: int,
-                 seed: int, unique_in_batch: bool = True):
+    def __init__(
+        self,
+        train_qids: Sequence[str],
+        qrels: Mapping[str, Mapping[str, int]],
+        negatives_sampler: NegativesSampler | None,
+        *,
+        global_batch_size: int,
+        num_negatives: int,
+        seed: int,
+        unique_in_batch: bool = True,
+    ):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         if num_negatives < 0:
@@ -79,8 +88,9 @@ class GroupIterator:
             skipped += not positives
             pairs.extend((qid, d) for d in positives)
         if len(pairs) < global_batch_size:
-            raise ValueError(f"{len(pairs)} (query, positive) pairs cannot fill one global batch of "
-                             f"{global_batch_size}")
+            raise ValueError(
+                f"{len(pairs)} (query, positive) pairs cannot fill one global batch of {global_batch_size}"
+            )
         self.pairs: list[tuple[str, str]] = pairs
         self.skipped_queries = skipped
         self.global_batch_size = global_batch_size
@@ -92,8 +102,10 @@ class GroupIterator:
         self._index = 0
         self._order: tuple[int, list[int]] | None = None  # (epoch, arranged pair indices) cache
         if self.steps_per_epoch(0) == 0:
-            raise ValueError(f"no global batch of {global_batch_size} without a repeated query or positive doc; "
-                             "lower the batch size or set unique_in_batch=False")
+            raise ValueError(
+                f"no global batch of {global_batch_size} without a repeated query or positive doc; "
+                "lower the batch size or set unique_in_batch=False"
+            )
 
     # -- position ------------------------------------------------------------------------------------------
 
@@ -119,8 +131,14 @@ class GroupIterator:
 
     def state(self) -> dict[str, Any]:
         """JSON-able position: the next batch is batch `index` of epoch `epoch`. Saved with each checkpoint."""
-        return {"epoch": self._epoch, "index": self._index, "table_version": self.table_version,
-                "seed": self.seed, "global_batch_size": self.global_batch_size, "num_pairs": len(self.pairs)}
+        return {
+            "epoch": self._epoch,
+            "index": self._index,
+            "table_version": self.table_version,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "num_pairs": len(self.pairs),
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from `state()` of an iterator over the same data and settings.
@@ -141,7 +159,7 @@ class GroupIterator:
 
     # -- iteration ---------------------------------------------------------------------------------------
 
-    def __iter__(self) -> "GroupIterator":
+    def __iter__(self) -> GroupIterator:
         return self
 
     def __next__(self) -> GroupBatch:
@@ -163,8 +181,10 @@ class GroupIterator:
             return Group(qid, pos, ())
         negatives = tuple(self._table.sample(qid, np.random.default_rng([self.seed, epoch, position])))
         if len(negatives) != self.num_negatives:
-            raise ValueError(f"negatives table v{self.table_version} gave {len(negatives)} negatives for query "
-                             f"{qid!r}, expected num_negatives={self.num_negatives}")
+            raise ValueError(
+                f"negatives table v{self.table_version} gave {len(negatives)} negatives for query "
+                f"{qid!r}, expected num_negatives={self.num_negatives}"
+            )
         return Group(qid, pos, negatives)
 
     def _arranged(self, epoch: int) -> list[int]:

@@ -10,7 +10,8 @@ BEIR qrels, Tevatron JSONL, sentence-transformers triplets and MS MARCO training
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class FileNegatives:
     rows: np.ndarray  # [N] int32
 
     @classmethod
-    def from_lists(cls, lists: Mapping[str, Sequence[int]]) -> "FileNegatives":
+    def from_lists(cls, lists: Mapping[str, Sequence[int]]) -> FileNegatives:
         """`{qid: [corpus row, ...]}` (ranked) -> CSR."""
         qids = tuple(lists)
         offsets = np.zeros(len(qids) + 1, dtype=np.int64)
@@ -48,8 +49,8 @@ class FileNegatives:
         for r, q in enumerate(qids):
             i = index.get(q)
             if i is not None:
-                got = self.rows[self.offsets[i]:self.offsets[i + 1]][:width]
-                out[r, :len(got)] = got
+                got = self.rows[self.offsets[i] : self.offsets[i + 1]][:width]
+                out[r, : len(got)] = got
         return out
 
     def __len__(self) -> int:
@@ -75,8 +76,13 @@ class LabeledData:
     teacher: Any = None
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "passages": len(self.corpus), "queries": len(self.queries),
-                "judged_queries": len(self.qrels), "file_negatives": 0 if self.negatives is None else len(self.negatives)}
+        return {
+            "name": self.name,
+            "passages": len(self.corpus),
+            "queries": len(self.queries),
+            "judged_queries": len(self.qrels),
+            "file_negatives": 0 if self.negatives is None else len(self.negatives),
+        }
 
 
 class MemoryPassages(NamedTuple):
@@ -103,7 +109,7 @@ class _Concatenated(Sequence[str]):
             if step != 1:
                 return [self[j] for j in range(start, stop, step)]
             n = len(self.a)
-            return list(self.a[min(start, n):min(stop, n)]) + list(self.b[max(start - n, 0):max(stop - n, 0)])
+            return list(self.a[min(start, n) : min(stop, n)]) + list(self.b[max(start - n, 0) : max(stop - n, 0)])
         i = range(len(self))[i]
         return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
 
@@ -121,28 +127,52 @@ class LabeledSource(TrainingSource):
     once here after the corpus; their keys are their `"memory:docid"` ids (`memory_ids`), never a corpus id.
     """
 
-    def __init__(self, data: LabeledData, train_qids: Sequence[str], table: NegativesSampler | None, tokenizer, *,
-                 query_max_length: int, passage_max_length: int, global_batch_size: int, num_negatives: int,
-                 seed: int, key_prefix: str = "", memory_passages: MemoryPassages | None = None,
-                 query_prefix: str = "", passage_prefix: str = ""):
+    def __init__(
+        self,
+        data: LabeledData,
+        train_qids: Sequence[str],
+        table: NegativesSampler | None,
+        tokenizer,
+        *,
+        query_max_length: int,
+        passage_max_length: int,
+        global_batch_size: int,
+        num_negatives: int,
+        seed: int,
+        key_prefix: str = "",
+        memory_passages: MemoryPassages | None = None,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+    ):
         self.data = data
         self.train_qids = list(train_qids)
         self.train_qrels = {q: data.qrels[q] for q in self.train_qids}
-        self.iterator = GroupIterator(self.train_qids, self.train_qrels, table, global_batch_size=global_batch_size,
-                                      num_negatives=num_negatives, seed=seed)
+        self.iterator = GroupIterator(
+            self.train_qids,
+            self.train_qrels,
+            table,
+            global_batch_size=global_batch_size,
+            num_negatives=num_negatives,
+            seed=seed,
+        )
         self.global_batch_size = global_batch_size
         self.group_size = 1 + num_negatives
         self.key_prefix = key_prefix
         self.query_tokens = PretokenizedTexts.from_texts(
-            tokenizer, self.train_qids, [data.queries[q] for q in self.train_qids], query_max_length,
-            prefix=query_prefix)
+            tokenizer,
+            self.train_qids,
+            [data.queries[q] for q in self.train_qids],
+            query_max_length,
+            prefix=query_prefix,
+        )
         ids, texts = data.corpus.ids, data.corpus.passage_view()
         self.memory_ids: tuple[str, ...] = ()
         if memory_passages is not None:
             self.memory_ids = tuple(memory_passages.ids)
             ids, texts = [*ids, *self.memory_ids], _Concatenated(texts, memory_passages.texts)
-        self.passage_tokens = PretokenizedTexts.from_texts(tokenizer, ids, texts, passage_max_length,
-                                                           prefix=passage_prefix)
+        self.passage_tokens = PretokenizedTexts.from_texts(
+            tokenizer, ids, texts, passage_max_length, prefix=passage_prefix
+        )
 
     @property
     def table(self) -> NegativesSampler | None:
@@ -161,10 +191,16 @@ class LabeledSource(TrainingSource):
             docs = (g.positive_id, *g.negative_ids)
             p_rows = self.passage_tokens.rows(docs, "doc")
             scores = None if self.data.teacher is None else self.data.teacher.of(g.query_id, docs)
-            out.append(Example(self.query_tokens.tokens_of(q_row),
-                               tuple(self.passage_tokens.tokens_of(r) for r in p_rows),
-                               self.key_prefix + g.query_id, tuple(self.key_prefix + d for d in docs),
-                               self.relevant(g.query_id), scores))
+            out.append(
+                Example(
+                    self.query_tokens.tokens_of(q_row),
+                    tuple(self.passage_tokens.tokens_of(r) for r in p_rows),
+                    self.key_prefix + g.query_id,
+                    tuple(self.key_prefix + d for d in docs),
+                    self.relevant(g.query_id),
+                    scores,
+                )
+            )
         return out
 
     def relevant(self, qid: str) -> frozenset[str]:
@@ -179,9 +215,13 @@ class LabeledSource(TrainingSource):
         self.iterator.restore({k: v for k, v in state.items() if k not in ("kind", "name")})
 
     def describe(self) -> dict[str, Any]:
-        return {**self.data.describe(), "train_queries": len(self.train_qids),
-                "train_pairs": len(self.iterator.pairs), "skipped_queries": self.iterator.skipped_queries,
-                **({"memory_passages": len(self.memory_ids)} if self.memory_ids else {})}
+        return {
+            **self.data.describe(),
+            "train_queries": len(self.train_qids),
+            "train_pairs": len(self.iterator.pairs),
+            "skipped_queries": self.iterator.skipped_queries,
+            **({"memory_passages": len(self.memory_ids)} if self.memory_ids else {}),
+        }
 
 
 class CorpusBuilder:

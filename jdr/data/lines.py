@@ -28,8 +28,9 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(path, f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line",
-                                line_no) from None
+                raise DataError(
+                    path, f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line", line_no
+                ) from None
             if line_no == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield line_no, line.rstrip("\r\n")

@@ -10,7 +10,8 @@ name, so a false-negative mask never links passages of two datasets.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +48,14 @@ class MixtureSource(TrainingSource):
     size. `state()` holds the mixture's position and every member's state.
     """
 
-    def __init__(self, members: Sequence[tuple[str, TrainingSource, float]], *, global_batch_size: int, seed: int,
-                 same_source_batches: bool = True):
+    def __init__(
+        self,
+        members: Sequence[tuple[str, TrainingSource, float]],
+        *,
+        global_batch_size: int,
+        seed: int,
+        same_source_batches: bool = True,
+    ):
         if not members:
             raise ValueError("a mixture needs at least one member")
         names = [m[0] for m in members]
@@ -64,12 +71,14 @@ class MixtureSource(TrainingSource):
         if len(groups) != 1:
             raise ValueError(f"mixture members have different group sizes {sorted(groups)}: set one negatives.num")
         self.group_size = groups.pop()
-        want = ([global_batch_size] * len(members) if same_source_batches
-                else split_rows(global_batch_size, self.weights))
+        want = (
+            [global_batch_size] * len(members) if same_source_batches else split_rows(global_batch_size, self.weights)
+        )
         for name, source, rows in zip(names, self.sources, want):
             if source.global_batch_size != rows:
-                raise ValueError(f"mixture member {name!r} yields batches of {source.global_batch_size}, "
-                                 f"the mixture needs {rows}")
+                raise ValueError(
+                    f"mixture member {name!r} yields batches of {source.global_batch_size}, the mixture needs {rows}"
+                )
         self._position = 0
         self.counts = [0] * len(members)  # batches (same-source) drawn from each member, for the run record
 
@@ -89,24 +98,41 @@ class MixtureSource(TrainingSource):
         return out
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "mixture", "position": self._position, "names": list(self.names),
-                "same_source_batches": self.same_source_batches, "seed": self.seed,
-                "members": {n: s.state() for n, s in zip(self.names, self.sources)}}
+        return {
+            "kind": "mixture",
+            "position": self._position,
+            "names": list(self.names),
+            "same_source_batches": self.same_source_batches,
+            "seed": self.seed,
+            "members": {n: s.state() for n, s in zip(self.names, self.sources)},
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        check_state(state, {"kind": "mixture", "names": list(self.names), "seed": self.seed,
-                            "same_source_batches": self.same_source_batches}, "mixture")
+        check_state(
+            state,
+            {
+                "kind": "mixture",
+                "names": list(self.names),
+                "seed": self.seed,
+                "same_source_batches": self.same_source_batches,
+            },
+            "mixture",
+        )
         for name, source in zip(self.names, self.sources):
             source.restore(state["members"][name])
         self._position = int(state["position"])
         if self.same_source_batches:
-            self.counts = np.bincount([self.member_for(p) for p in range(self._position)],
-                                      minlength=len(self.sources)).tolist()
+            self.counts = np.bincount(
+                [self.member_for(p) for p in range(self._position)], minlength=len(self.sources)
+            ).tolist()
 
     def describe(self) -> dict[str, Any]:
-        return {"members": {n: {"weight": float(w), **s.describe()}
-                            for n, s, w in zip(self.names, self.sources, self.weights)},
-                "same_source_batches": self.same_source_batches}
+        return {
+            "members": {
+                n: {"weight": float(w), **s.describe()} for n, s, w in zip(self.names, self.sources, self.weights)
+            },
+            "same_source_batches": self.same_source_batches,
+        }
 
 
 def parse_members(spec: str) -> list[tuple[str, str, float]]:
@@ -120,8 +146,10 @@ def parse_members(spec: str) -> list[tuple[str, str, float]]:
         except ValueError:
             w = float("nan")
         if not sep or not sep2 or kind not in MEMBER_KINDS or not where or not w > 0:
-            raise ConfigError(f"data.mixture.members: bad member {part!r}; expected 'kind:path_or_name:weight' with "
-                              f"kind in {list(MEMBER_KINDS)} and a positive weight")
+            raise ConfigError(
+                f"data.mixture.members: bad member {part!r}; expected 'kind:path_or_name:weight' with "
+                f"kind in {list(MEMBER_KINDS)} and a positive weight"
+            )
         members.append((kind, where, w))
     if not members:
         raise ConfigError("data.mixture.members is empty: name at least one 'kind:path_or_name:weight'")

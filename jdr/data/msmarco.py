@@ -42,8 +42,19 @@ def load_qrels_trec(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
     qrels: dict[str, dict[str, int]] = {}
     for line_no, cols in whitespace_rows(path, 4, "qid, iter, pid, rel"):
         qid, _, pid, rel = cols
-        add_judgment(qrels, path, line_no, qid, pid, rel, corpus_ids, query_ids, score_name="relevance",
-                     doc_name="passage", corpus_name="collection")
+        add_judgment(
+            qrels,
+            path,
+            line_no,
+            qid,
+            pid,
+            rel,
+            corpus_ids,
+            query_ids,
+            score_name="relevance",
+            doc_name="passage",
+            corpus_name="collection",
+        )
     if not qrels:
         raise DataError(path, "no judgments")
     return qrels
@@ -74,8 +85,12 @@ def load_id_triples(path: str | os.PathLike, corpus_ids=None, query_ids=None) ->
     return rows
 
 
-def load_msmarco_training(collection: str | os.PathLike, queries: str | os.PathLike, qrels: str | os.PathLike,
-                          triples: str | os.PathLike | None = None):
+def load_msmarco_training(
+    collection: str | os.PathLike,
+    queries: str | os.PathLike,
+    qrels: str | os.PathLike,
+    triples: str | os.PathLike | None = None,
+):
     """MS MARCO training files as `LabeledData`: the collection, the judged training queries, their qrels, and —
     from id triples (`qid, positive pid, negative pid`), when given — each query's negatives in file order as the
     `file` negatives source (the official triples' BM25 negatives)."""

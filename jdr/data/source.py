@@ -15,7 +15,8 @@ weights). The train step never sees a source: it sees token arrays.
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 

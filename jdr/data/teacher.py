@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from jdr.errors import DataError
 
@@ -43,8 +43,9 @@ class TeacherScores:
         try:
             return tuple(row[d] for d in docids)
         except KeyError as e:
-            raise DataError(self.path, f"query {qid!r}: passage {e.args[0]!r} has no teacher 'score'",
-                            self.lines.get(qid)) from None
+            raise DataError(
+                self.path, f"query {qid!r}: passage {e.args[0]!r} has no teacher 'score'", self.lines.get(qid)
+            ) from None
 
     def check(self, qids: Sequence[str], qrels, negatives, corpus_ids: Sequence[str], num_negatives: int) -> None:
         """Every positive of every training query and each of its file negatives has a score, and each query has
@@ -55,9 +56,12 @@ class TeacherScores:
             positives = [d for d, r in qrels[qid].items() if r > 0]
             self.of(qid, positives)
             i = index.get(qid)
-            rows = [] if i is None else negatives.rows[negatives.offsets[i]:negatives.offsets[i + 1]]
+            rows = [] if i is None else negatives.rows[negatives.offsets[i] : negatives.offsets[i + 1]]
             self.of(qid, [corpus_ids[r] for r in rows])
             if len(rows) < num_negatives:
-                raise DataError(self.path, f"query {qid!r} has {len(rows)} scored negatives, negatives.num is "
-                                f"{num_negatives} (distillation never tops a group up with unscored passages)",
-                                self.lines.get(qid))
+                raise DataError(
+                    self.path,
+                    f"query {qid!r} has {len(rows)} scored negatives, negatives.num is "
+                    f"{num_negatives} (distillation never tops a group up with unscored passages)",
+                    self.lines.get(qid),
+                )

@@ -19,16 +19,26 @@ def topic_words(topics: int, words_per_topic: int = 8, filler: int = 40) -> tupl
     """`(topic_vocab[t] = its words, filler words shared by all topics)`: short made-up words ("ta3", "zq")
     that a tiny WordPiece vocab can hold (pass them to `jdr.models.testing.write_tiny_model(vocab_words=...)`)."""
     letters = "abcdefghijklmnopqrstuvwxyz"
-    topic = [[f"{letters[t % 26]}{letters[(t // 26 + j) % 26]}{j}" for j in range(words_per_topic)]
-             for t in range(topics)]
+    topic = [
+        [f"{letters[t % 26]}{letters[(t // 26 + j) % 26]}{j}" for j in range(words_per_topic)] for t in range(topics)
+    ]
     fill = [f"z{letters[i % 26]}{letters[i // 26]}" for i in range(filler)]
     return topic, fill
 
 
-def write_topic_beir(path: str | os.PathLike, *, topics: int = 10, docs_per_topic: tuple[int, int] = (20, 40),
-                     train_queries_per_topic: int = 8, test_queries_per_topic: int = 3, doc_topic_words: int = 4,
-                     doc_filler_words: int = 8, query_topic_words: int = 2, query_filler_words: int = 2,
-                     seed: int = 0) -> dict:
+def write_topic_beir(
+    path: str | os.PathLike,
+    *,
+    topics: int = 10,
+    docs_per_topic: tuple[int, int] = (20, 40),
+    train_queries_per_topic: int = 8,
+    test_queries_per_topic: int = 3,
+    doc_topic_words: int = 4,
+    doc_filler_words: int = 8,
+    query_topic_words: int = 2,
+    query_filler_words: int = 2,
+    seed: int = 0,
+) -> dict:
     """Write a BEIR dir (corpus.jsonl, queries.jsonl, qrels/train.tsv, qrels/test.tsv) of `topics` topics with
     `docs_per_topic` documents each (uniform in the inclusive range); every query of a topic is relevant to all
     of its documents. Texts are topic words plus filler words in random order. Returns the facts (sizes, the
@@ -42,8 +52,10 @@ def write_topic_beir(path: str | os.PathLike, *, topics: int = 10, docs_per_topi
         words = list(rng.choice(vocab[t], n_topic, replace=False)) + list(rng.choice(filler, n_fill))
         return " ".join(rng.permutation(words).tolist())
 
-    docs = {t: [f"t{t}d{j}" for j in range(int(rng.integers(docs_per_topic[0], docs_per_topic[1] + 1)))]
-            for t in range(topics)}
+    docs = {
+        t: [f"t{t}d{j}" for j in range(int(rng.integers(docs_per_topic[0], docs_per_topic[1] + 1)))]
+        for t in range(topics)
+    }
     with open(path / "corpus.jsonl", "w", encoding="utf-8") as f:
         for t, ids in docs.items():
             for d in ids:
@@ -56,9 +68,16 @@ def write_topic_beir(path: str | os.PathLike, *, topics: int = 10, docs_per_topi
                 for t in range(topics):
                     for j in range(per_topic):
                         qid = f"{split}-t{t}q{j}"
-                        fq.write(json.dumps({"_id": qid, "text": text(t, query_topic_words, query_filler_words)}) + "\n")
+                        fq.write(
+                            json.dumps({"_id": qid, "text": text(t, query_topic_words, query_filler_words)}) + "\n"
+                        )
                         fr.writelines(f"{qid}\t{d}\t1\n" for d in docs[t])
     sizes = [len(v) for v in docs.values()]
-    return {"topics": topics, "documents": sum(sizes), "train_queries": topics * train_queries_per_topic,
-            "test_queries": topics * test_queries_per_topic, "positives_per_query": [min(sizes), max(sizes)],
-            "words": [w for ws in vocab for w in ws] + filler}
+    return {
+        "topics": topics,
+        "documents": sum(sizes),
+        "train_queries": topics * train_queries_per_topic,
+        "test_queries": topics * test_queries_per_topic,
+        "positives_per_query": [min(sizes), max(sizes)],
+        "words": [w for ws in vocab for w in ws] + filler,
+    }

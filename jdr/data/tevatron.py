@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from jdr.data.labeled import CorpusBuilder, FileNegatives, LabeledData
 from jdr.data.lines import jsonl_records
-from jdr.errors import DataError
 from jdr.data.teacher import TeacherScores
+from jdr.errors import DataError
 from jdr.io import atomic_write
 
 
@@ -96,8 +96,9 @@ def load_tevatron(path: str | os.PathLike, *, scores: bool = False) -> LabeledDa
                 teacher.add(line_no, qid, key, rec.get(key) or [])
     if not queries:
         raise DataError(path, "no training queries")
-    return LabeledData(corpus.corpus(), queries, qrels, FileNegatives.from_lists(negatives), name=str(path),
-                       teacher=teacher)
+    return LabeledData(
+        corpus.corpus(), queries, qrels, FileNegatives.from_lists(negatives), name=str(path), teacher=teacher
+    )
 
 
 def write_tevatron(path: str | os.PathLike, records: Iterable[Mapping]) -> int:

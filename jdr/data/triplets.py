@@ -62,5 +62,6 @@ def load_triplets(path: str | os.PathLike) -> LabeledData:
             rows.append(neg_row)
     if not qids:
         raise DataError(path, "no triplets")
-    return LabeledData(corpus.corpus(), {q: t for t, q in qids.items()}, qrels, FileNegatives.from_lists(negatives),
-                       name=str(path))
+    return LabeledData(
+        corpus.corpus(), {q: t for t, q in qids.items()}, qrels, FileNegatives.from_lists(negatives), name=str(path)
+    )

@@ -6,5 +6,17 @@ from jdr.index.memories import Memories, Memory, MemoryHits
 from jdr.index.spann import SpannHits, SpannIndex, build_spann
 from jdr.index.store import load_embeddings, save_embeddings
 
-__all__ = ["Memories", "Memory", "MemoryHits", "SpannHits", "SpannIndex", "build_index", "build_spann",
-           "load_embeddings", "load_index", "save_embeddings", "save_index", "search"]
+__all__ = [
+    "Memories",
+    "Memory",
+    "MemoryHits",
+    "SpannHits",
+    "SpannIndex",
+    "build_index",
+    "build_spann",
+    "load_embeddings",
+    "load_index",
+    "save_embeddings",
+    "save_index",
+    "search",
+]

@@ -40,13 +40,21 @@ def _tokenize(texts: Sequence[str], settings: dict, stopwords: str):
         import Stemmer  # PyStemmer: Snowball's C stemmers, which bm25s calls through `stemWords`
 
         stemmer = Stemmer.Stemmer(settings["stemmer"])
-    return bm25s.tokenize(list(texts), stopwords=stopwords, stemmer=stemmer, token_pattern=settings["token_pattern"],
-                          show_progress=False)
+    return bm25s.tokenize(
+        list(texts), stopwords=stopwords, stemmer=stemmer, token_pattern=settings["token_pattern"], show_progress=False
+    )
 
 
-def bm25_candidates(passages: Sequence[str], query_texts: Sequence[str], k: int, *, preset: str = DEFAULT_PRESET,
-                    k1: float | None = None, b: float | None = None,
-                    stopwords: str = "en") -> tuple[np.ndarray, np.ndarray]:
+def bm25_candidates(
+    passages: Sequence[str],
+    query_texts: Sequence[str],
+    k: int,
+    *,
+    preset: str = DEFAULT_PRESET,
+    k1: float | None = None,
+    b: float | None = None,
+    stopwords: str = "en",
+) -> tuple[np.ndarray, np.ndarray]:
     """Index `passages[N]` (BEIR `title + " " + text`) and retrieve the top-`k` for each of `query_texts[Q]` with
     the BM25 `preset` (`PRESETS`; `k1` / `b` override its parameters).
 

@@ -50,15 +50,25 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 def _kmeans_split(x: np.ndarray, k: int, metric: str, niter: int, seed: int) -> np.ndarray:
     """Labels [n] of faiss k-means with `k` centroids over `x[n, d]` (spherical for ip)."""
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=metric == "ip",
-                      min_points_per_centroid=1)  # a small split is intended, not a mistake to warn about
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=niter, seed=seed, spherical=metric == "ip", min_points_per_centroid=1
+    )  # a small split is intended, not a mistake to warn about
     km.train(x)
     _, labels = km.index.search(x, 1)
     return labels[:, 0]
 
 
-def balanced_kmeans(x, list_size: int, *, metric: str = "ip", branching: int = 32, niter: int = 20,
-                    seed: int = 0, chunk: int = 262_144, member_heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def balanced_kmeans(
+    x,
+    list_size: int,
+    *,
+    metric: str = "ip",
+    branching: int = 32,
+    niter: int = 20,
+    seed: int = 0,
+    chunk: int = 262_144,
+    member_heads: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """`(heads[K, d] float32, labels[N] int64)` for `x[N, d]`: every head's cluster holds at most `list_size` rows.
 
     Top-down: the root and every cluster larger than `list_size` is split by faiss k-means into
@@ -90,8 +100,9 @@ def balanced_kmeans(x, list_size: int, *, metric: str = "ip", branching: int = 3
             rows = np.arange(n)
         else:
             with faiss_single_thread():
-                part = _kmeans_split(np.ascontiguousarray(x[rows], dtype=np.float32), k, metric, niter,
-                                     seed + splits + 1)
+                part = _kmeans_split(
+                    np.ascontiguousarray(x[rows], dtype=np.float32), k, metric, niter, seed + splits + 1
+                )
         splits += 1
         order = np.argsort(part, kind="stable")
         parts = np.split(rows[order], np.flatnonzero(np.diff(part[order])) + 1)
@@ -111,5 +122,5 @@ def _root_labels(x, k: int, metric: str, niter: int, seed: int, chunk: int) -> n
     km.train(np.ascontiguousarray(x[rows], dtype=np.float32))
     labels = np.empty(n, dtype=np.int64)
     for s in range(0, n, chunk):
-        labels[s:s + chunk] = km.index.search(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32), 1)[1][:, 0]
+        labels[s : s + chunk] = km.index.search(np.ascontiguousarray(x[s : s + chunk], dtype=np.float32), 1)[1][:, 0]
     return labels

@@ -42,8 +42,9 @@ def _seed_training(index: faiss.Index, seed: int) -> None:
         pq.cp.seed = seed
 
 
-def build_index(emb, factory: str = "Flat", *, metric: str = "ip", train_sample: int | None = None,
-                seed: int = 0) -> faiss.Index:
+def build_index(
+    emb, factory: str = "Flat", *, metric: str = "ip", train_sample: int | None = None, seed: int = 0
+) -> faiss.Index:
     """Build a faiss index over `emb[N, d]` (float32) from a factory string ("Flat", "IVF256,Flat", "IVF256,PQ16",
     "HNSW32", "OPQ16,IVF256,PQ16", ...). Trains, when the index needs it, on `train_sample` rows drawn with
     `seed` (all rows when None), then adds every row; faiss row i is `emb[i]`. `metric` is "ip" or "l2"."""
@@ -64,7 +65,9 @@ def build_index(emb, factory: str = "Flat", *, metric: str = "ip", train_sample:
         try:
             index.train(train)
         except RuntimeError as e:
-            raise ValueError(f"training faiss index {factory!r} on {len(train)} vectors failed: {_first_line(e)}") from None
+            raise ValueError(
+                f"training faiss index {factory!r} on {len(train)} vectors failed: {_first_line(e)}"
+            ) from None
     index.add(emb)
     return index
 

@@ -14,8 +14,8 @@ Knows nothing of jax: arrays in, numpy arrays out.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -57,8 +57,9 @@ class FixedIndex:
         self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         n, d = self.index.ntotal, self.index.d
         if self.vectors.shape != (n, d) or len(self.ids) != n:
-            raise ValueError(f"FixedIndex: index holds {n} x {d}, vectors are {self.vectors.shape}, "
-                             f"{len(self.ids)} ids")
+            raise ValueError(
+                f"FixedIndex: index holds {n} x {d}, vectors are {self.vectors.shape}, {len(self.ids)} ids"
+            )
         if self.index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("FixedIndex: the index must rank by inner product (the loss scores q . vector)")
         if self.nprobe:
@@ -69,14 +70,15 @@ class FixedIndex:
         self._rows = {doc_id: i for i, doc_id in enumerate(self.ids)}
 
     @classmethod
-    def from_embeddings(cls, embeddings, ids: Sequence[str], *, factory: str = "Flat", nprobe: int | None = None,
-                        seed: int = 0) -> "FixedIndex":
+    def from_embeddings(
+        cls, embeddings, ids: Sequence[str], *, factory: str = "Flat", nprobe: int | None = None, seed: int = 0
+    ) -> FixedIndex:
         """Index `embeddings[N, d]` (the frozen passage tower's) with `factory`; the loss scores the exact vectors."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         return cls(build_index(emb, factory, seed=seed), emb, list(ids), nprobe)
 
     @classmethod
-    def load(cls, path: str | Path, *, ids_path: str | Path | None = None, nprobe: int | None = None) -> "FixedIndex":
+    def load(cls, path: str | Path, *, ids_path: str | Path | None = None, nprobe: int | None = None) -> FixedIndex:
         """A faiss index file and its ids (`PATH.ids.txt` unless `ids_path`); the loss scores its reconstructions."""
         path = Path(path)
         index = load_index(path)
@@ -109,8 +111,9 @@ class FixedIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         pos = np.asarray(positive_rows, np.int64)
         if q.ndim != 2 or q.shape[1] != self.index.d or pos.ndim != 2 or pos.shape[0] != q.shape[0]:
-            raise ValueError(f"candidates: queries {q.shape} / positive_rows {pos.shape} do not fit a "
-                             f"{self.index.d}-d index")
+            raise ValueError(
+                f"candidates: queries {q.shape} / positive_rows {pos.shape} do not fit a {self.index.d}-d index"
+            )
         _, rows = self.index.search(q, k)  # [B, k], -1 where the index returns fewer than k
         filled = pos >= 0
         hit = (rows[:, :, None] == pos[:, None, :]) & filled[:, None, :]  # [B, k, P]

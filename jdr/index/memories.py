@@ -16,9 +16,10 @@ ANCE refresh, joins the fixed memories that way).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -60,6 +61,7 @@ def split_id(qualified: str) -> tuple[str, str]:
 class Memory:
     """One memory: `name`, an open `index` (faiss or SPANN), its `doc_ids` (row i -> doc id) and the search
     parameters it uses unless a call gives others (`defaults`, e.g. `{"nprobe": 32}`; see `with_probe`)."""
+
     name: str
     index: faiss.Index | SpannIndex | QuantizedIndex
     doc_ids: list[str]
@@ -69,11 +71,12 @@ class Memory:
         if not self.name or SEP in self.name:
             raise ValueError(f"memory name {self.name!r} must be non-empty and free of {SEP!r}")
         if self.index.ntotal != len(self.doc_ids):
-            raise ValueError(f"memory {self.name}: index holds {self.index.ntotal} vectors but there are "
-                             f"{len(self.doc_ids)} doc ids")
+            raise ValueError(
+                f"memory {self.name}: index holds {self.index.ntotal} vectors but there are {len(self.doc_ids)} doc ids"
+            )
 
     @classmethod
-    def load(cls, spec: str | os.PathLike, *, factory: str = "Flat") -> "Memory":
+    def load(cls, spec: str | os.PathLike, *, factory: str = "Flat") -> Memory:
         """From `"name=path"` or `path` (name = the file name up to its first dot): a faiss index file or SPANN dir
         with ids in `path.ids.txt`, or an embedding store dir (ids in its ids.txt), indexed here with `factory`."""
         name, sep, path = str(spec).partition("=")
@@ -85,13 +88,14 @@ class Memory:
         return cls(name, open_index(path), load_ids(ids_path(path)))
 
     @classmethod
-    def from_arrays(cls, name: str, emb, doc_ids: Sequence[str], factory: str = "Flat", *, metric: str = "ip",
-                    seed: int = 0) -> "Memory":
+    def from_arrays(
+        cls, name: str, emb, doc_ids: Sequence[str], factory: str = "Flat", *, metric: str = "ip", seed: int = 0
+    ) -> Memory:
         """A memory over `emb[N, d]` (row i = `doc_ids[i]`) in RAM: a faiss index from `factory` (built as
         `faiss_index.build_index` does, trained on all rows when the factory needs training)."""
         return cls(name, faiss_index.build_index(emb, factory, metric=metric, seed=seed), list(doc_ids))
 
-    def with_probe(self, probe: int | None) -> "Memory":
+    def with_probe(self, probe: int | None) -> Memory:
         """This memory searching `probe` lists per query by default: faiss IVF `nprobe`, SPANN `max_probe`; other
         indexes (Flat, HNSW) have no lists and are returned as they are. None keeps the index's own setting."""
         if probe is None:
@@ -110,9 +114,17 @@ class Memory:
             return self.index.metric
         return "ip" if self.index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
 
-    def search(self, queries, k: int, *, nprobe: int | None = None, efSearch: int | None = None,
-               max_probe: int | None = None, eps2: float | None = None,
-               rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        efSearch: int | None = None,
+        max_probe: int | None = None,
+        eps2: float | None = None,
+        rescore: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` -> `(scores[M, k], rows[M, k])`; faiss indexes take nprobe/efSearch, SPANN max_probe/eps2, a
         quantized index `rescore` (re-score the top k*rescore with the float query; a parameter left None takes
         this memory's `defaults`)."""
@@ -135,6 +147,7 @@ class Memory:
 class MemoryHits(NamedTuple):
     """Merged top-k: `scores[M, k]` best first, `memory[M, k]` index into `Memories.memories` and `rows[M, k]`
     row within that memory (both -1 where fewer than k were found)."""
+
     scores: np.ndarray
     memory: np.ndarray
     rows: np.ndarray
@@ -153,13 +166,15 @@ class Memories:
         first = memories[0]
         for m in memories[1:]:
             if m.index.d != first.index.d or m.metric != first.metric:
-                raise ValueError(f"memory {m.name} ({m.metric}, d={m.index.d}) cannot be merged with "
-                                 f"{first.name} ({first.metric}, d={first.index.d}): encode both with one model")
+                raise ValueError(
+                    f"memory {m.name} ({m.metric}, d={m.index.d}) cannot be merged with "
+                    f"{first.name} ({first.metric}, d={first.index.d}): encode both with one model"
+                )
         self.memories = list(memories)
         self.metric, self.d = first.metric, first.index.d
 
     @classmethod
-    def load(cls, specs: Sequence[str | os.PathLike]) -> "Memories":
+    def load(cls, specs: Sequence[str | os.PathLike]) -> Memories:
         """From `"name=path"` / `path` strings (see `Memory.load`)."""
         return cls([Memory.load(s) for s in specs])
 
@@ -195,8 +210,15 @@ class Memories:
         found = r >= 0
         return MemoryHits(s, np.where(found, m, -1), np.where(found, r, -1))
 
-    def mine(self, queries, *, depth: int, exclude: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-             mix: Mapping[str, int] | None = None, **params) -> MemoryHits:
+    def mine(
+        self,
+        queries,
+        *,
+        depth: int,
+        exclude: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        mix: Mapping[str, int] | None = None,
+        **params,
+    ) -> MemoryHits:
         """Candidates for `queries[M, d]`, best first: with `mix=None` the merged top-`depth` over every memory
         (MoMA's one ranking over the mixture); with `mix={"train": 100, "wiki": 50}` each named memory's own top
         `mix[name]` (0 or an unnamed memory: none), merged by score, width `sum(mix)`. `exclude[name]` = CSR
@@ -232,15 +254,17 @@ class Memories:
             rows.append(np.pad(np.where(keep, r, -1), ((0, 0), (0, pad)), constant_values=-1))
             mem.append(np.full(rows[-1].shape, i, np.int64))
         s, m, r = (np.concatenate(a, axis=1) for a in (scores, mem, rows))
-        best = np.argsort(-s if larger else s, axis=1, kind="stable")[:, :depth if mix is None else s.shape[1]]
+        best = np.argsort(-s if larger else s, axis=1, kind="stable")[:, : depth if mix is None else s.shape[1]]
         s, m, r = (np.take_along_axis(a, best, 1) for a in (s, m, r))
         found = r >= 0
         return MemoryHits(s.astype(np.float32), np.where(found, m, -1), np.where(found, r, -1))
 
     def qualified_ids(self, hits: MemoryHits) -> list[list[str]]:
         """`"memory:docid"` of each found hit, per query, best first."""
-        return [[f"{self.memories[m].name}{SEP}{self.memories[m].doc_ids[r]}" for m, r in zip(mr, rr) if r >= 0]
-                for mr, rr in zip(hits.memory, hits.rows)]
+        return [
+            [f"{self.memories[m].name}{SEP}{self.memories[m].doc_ids[r]}" for m, r in zip(mr, rr) if r >= 0]
+            for mr, rr in zip(hits.memory, hits.rows)
+        ]
 
 
 def _excluded(rows: np.ndarray, offsets: np.ndarray, excluded: np.ndarray) -> np.ndarray:
@@ -250,9 +274,9 @@ def _excluded(rows: np.ndarray, offsets: np.ndarray, excluded: np.ndarray) -> np
     if not width:
         return np.zeros(rows.shape, bool)
     padded = np.full((len(rows), width), -2, np.int64)  # -2 never equals a row or the -1 pad
-    padded[np.arange(width)[None, :] < counts[:, None]] = excluded[offsets[0]:offsets[-1]]
+    padded[np.arange(width)[None, :] < counts[:, None]] = excluded[offsets[0] : offsets[-1]]
     out = np.empty(rows.shape, bool)
     block = max(1, (1 << 24) // max(1, rows.shape[1] * width))  # bound the [block, K, width] comparison
     for a in range(0, len(rows), block):
-        out[a:a + block] = (rows[a:a + block, :, None] == padded[a:a + block, None, :]).any(-1)
+        out[a : a + block] = (rows[a : a + block, :, None] == padded[a : a + block, None, :]).any(-1)
     return out

@@ -39,11 +39,12 @@ LEVELS = 255  # steps between a dimension's min and max: 256 codes
 @dataclass(frozen=True)
 class Int8Calibration:
     """Per-dimension int8 ranges: value `start + (c + 128) * step` for code c in [-128, 127]."""
+
     start: np.ndarray  # [d] float32: the calibration minimum
     step: np.ndarray  # [d] float32: (max - min) / 255 (> 0)
 
     @classmethod
-    def fit(cls, emb, *, sample: int | None = None, seed: int = 0) -> "Int8Calibration":
+    def fit(cls, emb, *, sample: int | None = None, seed: int = 0) -> Int8Calibration:
         """Ranges from `emb[N, d]`, or from `sample` rows of it drawn with `seed` (values outside the sample's
         range are clipped when encoded)."""
         emb = np.asarray(emb, np.float32)
@@ -76,7 +77,7 @@ class Int8Calibration:
         return index
 
     @classmethod
-    def from_faiss(cls, index: faiss.IndexScalarQuantizer) -> "Int8Calibration":
+    def from_faiss(cls, index: faiss.IndexScalarQuantizer) -> Int8Calibration:
         """The calibration inside a faiss SQ8 index made by `faiss_index`."""
         trained = faiss.vector_to_array(index.sq.trained).astype(np.float32)
         d = index.d
@@ -124,8 +125,9 @@ class QuantizedIndex:
         return "float" if isinstance(self.rescore_index, faiss.IndexFlat) else "int8"
 
     @classmethod
-    def build(cls, emb, kind: str, *, keep: str | None = None, sample: int | None = None,
-              seed: int = 0) -> "QuantizedIndex":
+    def build(
+        cls, emb, kind: str, *, keep: str | None = None, sample: int | None = None, seed: int = 0
+    ) -> QuantizedIndex:
         """Quantize `emb[N, d]` (row i = faiss row i). `keep`: the vectors kept for rescoring — default "int8" for
         a binary index (ST's recipe: binary search, int8 rescoring), "none" for an int8 one (whose own search
         already scores the float query against int8 vectors). `sample`: int8 calibration rows (default all)."""
@@ -214,7 +216,7 @@ class QuantizedIndex:
         return out_dir
 
     @classmethod
-    def load(cls, in_dir: str | os.PathLike) -> "QuantizedIndex":
+    def load(cls, in_dir: str | os.PathLike) -> QuantizedIndex:
         in_dir = Path(in_dir)
         try:
             meta = json.loads((in_dir / META_FILE).read_text(encoding="utf-8"))
@@ -223,13 +225,17 @@ class QuantizedIndex:
             index = read(str(in_dir / "index.faiss"))
             rescore = faiss.read_index(str(in_dir / "rescore.faiss")) if meta.get("keep", "none") != "none" else None
         except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{in_dir}: not a readable quantized index ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ValueError(
+                f"{in_dir}: not a readable quantized index ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         if index.ntotal != meta.get("count", index.ntotal) or index.d != d:
-            raise ValueError(f"{in_dir}: {META_FILE} says {meta.get('count')} x {d} but index.faiss holds "
-                             f"{index.ntotal} x {index.d}")
-        return cls(kind, index, rescore, d, {k: v for k, v in meta.items()
-                                             if k not in ("kind", "dims", "count", "keep")})
+            raise ValueError(
+                f"{in_dir}: {META_FILE} says {meta.get('count')} x {d} but index.faiss holds {index.ntotal} x {index.d}"
+            )
+        return cls(
+            kind, index, rescore, d, {k: v for k, v in meta.items() if k not in ("kind", "dims", "count", "keep")}
+        )
 
 
 def is_quantized(path: str | os.PathLike) -> bool:

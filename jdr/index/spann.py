@@ -46,22 +46,31 @@ def head_candidates(x, heads: np.ndarray, n: int, metric: str, *, chunk: int = 6
     dist = np.empty((x.shape[0], n), np.float32)
     ids = np.empty((x.shape[0], n), np.int64)
     for s in range(0, x.shape[0], chunk):
-        block = np.array(x[s:s + chunk], dtype=np.float32)
+        block = np.array(x[s : s + chunk], dtype=np.float32)
         if metric == "ip":
             faiss.normalize_L2(block)
-        scores, ids[s:s + chunk] = index.search(block, n)
-        dist[s:s + chunk] = spann_distance(scores, metric)
+        scores, ids[s : s + chunk] = index.search(block, n)
+        dist[s : s + chunk] = spann_distance(scores, metric)
     return dist, ids
 
 
 def head_distances(heads: np.ndarray, metric: str) -> np.ndarray:
     """[K, K] SPANN distances between heads (the RNG rule's dist(c_i, c_j))."""
-    return spann_distance(faiss.pairwise_distances(heads, heads, faiss.METRIC_L2) if metric == "l2"
-                          else heads @ heads.T, metric).astype(np.float32)
+    return spann_distance(
+        faiss.pairwise_distances(heads, heads, faiss.METRIC_L2) if metric == "l2" else heads @ heads.T, metric
+    ).astype(np.float32)
 
 
-def select_replicas(cand_dist: np.ndarray, cand_ids: np.ndarray, head_dist: np.ndarray, *, eps1: float,
-                    max_replicas: int, rng: bool = True, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+def select_replicas(
+    cand_dist: np.ndarray,
+    cand_ids: np.ndarray,
+    head_dist: np.ndarray,
+    *,
+    eps1: float,
+    max_replicas: int,
+    rng: bool = True,
+    chunk: int = 65_536,
+) -> tuple[np.ndarray, np.ndarray]:
     """Posting lists of each vector -> `(heads[N, max_replicas] int64, dist[N, max_replicas])`, nearest first,
     padded with head -1 / distance inf.
 
@@ -77,7 +86,12 @@ def select_replicas(cand_dist: np.ndarray, cand_ids: np.ndarray, head_dist: np.n
     out_d = np.full((n, max_replicas), np.inf, np.float32)
     out[:, 0], out_d[:, 0] = cand_ids[:, 0], cand_dist[:, 0]
     for s in range(0, n, chunk):
-        dist, ids, sel, sel_d = cand_dist[s:s + chunk], cand_ids[s:s + chunk], out[s:s + chunk], out_d[s:s + chunk]
+        dist, ids, sel, sel_d = (
+            cand_dist[s : s + chunk],
+            cand_ids[s : s + chunk],
+            out[s : s + chunk],
+            out_d[s : s + chunk],
+        )
         taken = np.ones(len(ids), np.int64)
         bound = (1.0 + eps1) * dist[:, 0]
         for j in range(1, c):
@@ -129,17 +143,31 @@ def _posting_entries(replicas: np.ndarray, rep_dist: np.ndarray, n_heads: int, p
 class SpannHits(NamedTuple):
     """Search result: `scores[M, k]` (inner product, or squared L2 for "l2"; best first), `rows[M, k]` (-1 past
     the vectors found), `scanned[M]` posting entries read per query, `probed[M]` lists read per query."""
+
     scores: np.ndarray
     rows: np.ndarray
     scanned: np.ndarray
     probed: np.ndarray
 
 
-def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: int = 1000, eps1: float = 0.1,
-                max_replicas: int = 8, rng: bool = True, posting_limit: int | None = None, candidates: int = 64,
-                branching: int = 32, niter: int = 20, seed: int = 0, member_heads: bool = False,
-                heads: np.ndarray | None = None,
-                head_cands: tuple[np.ndarray, np.ndarray] | None = None) -> "SpannIndex":
+def build_spann(
+    x,
+    path: str | os.PathLike,
+    *,
+    metric: str = "ip",
+    list_size: int = 1000,
+    eps1: float = 0.1,
+    max_replicas: int = 8,
+    rng: bool = True,
+    posting_limit: int | None = None,
+    candidates: int = 64,
+    branching: int = 32,
+    niter: int = 20,
+    seed: int = 0,
+    member_heads: bool = False,
+    heads: np.ndarray | None = None,
+    head_cands: tuple[np.ndarray, np.ndarray] | None = None,
+) -> SpannIndex:
     """Build a SPANN index over `x[N, d]` (float32, may be a memmap) into directory `path` and open it.
 
     Heads are the balanced k-means leaf means, or with `member_heads` the data vector nearest each mean (SPTAG's
@@ -158,39 +186,64 @@ def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: in
     if metric == "ip":
         norms = np.linalg.norm(np.asarray(x[: min(len(x), 10_000)], np.float32), axis=1)
         if np.abs(norms - 1).max() > 1e-3:
-            raise ValueError(f"metric 'ip' needs unit-norm vectors (norms in [{norms.min():.3g}, {norms.max():.3g}]);"
-                             " normalise them or use metric 'l2'")
+            raise ValueError(
+                f"metric 'ip' needs unit-norm vectors (norms in [{norms.min():.3g}, {norms.max():.3g}]);"
+                " normalise them or use metric 'l2'"
+            )
     t0 = time.perf_counter()
     if heads is None:
-        heads, _ = balanced_kmeans(x, list_size, metric=metric, branching=branching, niter=niter, seed=seed,
-                                member_heads=member_heads)
+        heads, _ = balanced_kmeans(
+            x, list_size, metric=metric, branching=branching, niter=niter, seed=seed, member_heads=member_heads
+        )
     t_heads = time.perf_counter() - t0
     if heads.ndim != 2 or heads.shape[1] != x.shape[1]:
         raise ValueError(f"heads have shape {heads.shape}, vectors have dimension {x.shape[1]}")
     cand_dist, cand_ids = head_cands if head_cands is not None else head_candidates(x, heads, candidates, metric)
-    replicas, rep_dist = select_replicas(cand_dist, cand_ids, head_distances(heads, metric), eps1=eps1,
-                               max_replicas=max_replicas, rng=rng)
+    replicas, rep_dist = select_replicas(
+        cand_dist, cand_ids, head_distances(heads, metric), eps1=eps1, max_replicas=max_replicas, rng=rng
+    )
     limit = max_replicas * list_size if posting_limit is None else posting_limit
     rows, lists = _posting_entries(replicas, rep_dist, len(heads), limit)
     offsets = np.zeros(len(heads) + 1, np.int64)
     np.cumsum(np.bincount(lists, minlength=len(heads)), out=offsets[1:])
     sizes = np.diff(offsets)
-    meta = {"format": FORMAT, "version": VERSION, "metric": metric, "dim": int(x.shape[1]), "count": int(len(x)),
-            "entries": int(len(rows)), "heads": int(len(heads)),
-            "params": {"list_size": list_size, "eps1": eps1, "max_replicas": max_replicas, "rng": rng,
-                       "posting_limit": limit, "candidates": int(cand_ids.shape[1]), "branching": branching,
-                       "niter": niter, "seed": seed, "member_heads": member_heads},
-            "stats": {"duplication": len(rows) / len(x), "list_size_max": int(sizes.max()),
-                      "list_size_mean": float(sizes.mean()), "list_size_p99": float(np.percentile(sizes, 99)),
-                      "heads_seconds": t_heads}}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "metric": metric,
+        "dim": int(x.shape[1]),
+        "count": int(len(x)),
+        "entries": int(len(rows)),
+        "heads": int(len(heads)),
+        "params": {
+            "list_size": list_size,
+            "eps1": eps1,
+            "max_replicas": max_replicas,
+            "rng": rng,
+            "posting_limit": limit,
+            "candidates": int(cand_ids.shape[1]),
+            "branching": branching,
+            "niter": niter,
+            "seed": seed,
+            "member_heads": member_heads,
+        },
+        "stats": {
+            "duplication": len(rows) / len(x),
+            "list_size_max": int(sizes.max()),
+            "list_size_mean": float(sizes.mean()),
+            "list_size_p99": float(np.percentile(sizes, 99)),
+            "heads_seconds": t_heads,
+        },
+    }
     with atomic_dir(path) as tmp:
         np.save(tmp / "heads.npy", heads)
         np.save(tmp / "offsets.npy", offsets)
         np.save(tmp / "posting_ids.npy", rows.astype(np.int64))
-        post = np.lib.format.open_memmap(tmp / "postings.npy", mode="w+", dtype=np.float32,
-                                         shape=(len(rows), x.shape[1]))
+        post = np.lib.format.open_memmap(
+            tmp / "postings.npy", mode="w+", dtype=np.float32, shape=(len(rows), x.shape[1])
+        )
         for s in range(0, len(rows), 65_536):
-            post[s:s + 65_536] = x[rows[s:s + 65_536]]
+            post[s : s + 65_536] = x[rows[s : s + 65_536]]
         post.flush()
         del post
         meta["stats"]["build_seconds"] = time.perf_counter() - t0
@@ -201,15 +254,22 @@ def build_spann(x, path: str | os.PathLike, *, metric: str = "ip", list_size: in
 class SpannIndex:
     """An opened SPANN index directory (see the module docstring). `ntotal`, `d`, `metric` as for faiss."""
 
-    def __init__(self, path: Path, meta: dict, heads: np.ndarray, offsets: np.ndarray, postings: np.ndarray,
-                 posting_ids: np.ndarray):
+    def __init__(
+        self,
+        path: Path,
+        meta: dict,
+        heads: np.ndarray,
+        offsets: np.ndarray,
+        postings: np.ndarray,
+        posting_ids: np.ndarray,
+    ):
         self.path, self.meta, self.heads, self.offsets = path, meta, heads, offsets
         self.postings, self.posting_ids = postings, posting_ids
         self.metric, self.d, self.ntotal = meta["metric"], meta["dim"], meta["count"]
         self._head_index = flat_index(heads, self.metric)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SpannIndex":
+    def load(cls, path: str | os.PathLike) -> SpannIndex:
         """Open `path` (heads and offsets read into RAM, lists memory-mapped); a missing, corrupt or
         inconsistent directory raises ValueError/FileNotFoundError with one line naming it."""
         path = Path(path)
@@ -230,21 +290,31 @@ class SpannIndex:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"{path}: corrupt SPANN index ({msg})") from None
         k, d, e = meta["heads"], meta["dim"], meta["entries"]
-        problem = (f"heads.npy has shape {heads.shape}, meta.json says ({k}, {d})" if heads.shape != (k, d) else
-                   f"offsets.npy has shape {offsets.shape}, expected ({k + 1},)" if offsets.shape != (k + 1,) else
-                   "offsets.npy is not a non-decreasing 0..entries range"
-                   if offsets[0] != 0 or offsets[-1] != e or (np.diff(offsets) < 0).any() else
-                   f"postings.npy has shape {postings.shape}, expected ({e}, {d})" if postings.shape != (e, d) else
-                   f"posting_ids.npy has shape {ids.shape}, expected ({e},)" if ids.shape != (e,) else
-                   f"metric {meta['metric']!r} is not one of {METRICS}" if meta["metric"] not in METRICS else None)
+        problem = (
+            f"heads.npy has shape {heads.shape}, meta.json says ({k}, {d})"
+            if heads.shape != (k, d)
+            else f"offsets.npy has shape {offsets.shape}, expected ({k + 1},)"
+            if offsets.shape != (k + 1,)
+            else "offsets.npy is not a non-decreasing 0..entries range"
+            if offsets[0] != 0 or offsets[-1] != e or (np.diff(offsets) < 0).any()
+            else f"postings.npy has shape {postings.shape}, expected ({e}, {d})"
+            if postings.shape != (e, d)
+            else f"posting_ids.npy has shape {ids.shape}, expected ({e},)"
+            if ids.shape != (e,)
+            else f"metric {meta['metric']!r} is not one of {METRICS}"
+            if meta["metric"] not in METRICS
+            else None
+        )
         if problem:
             raise ValueError(f"{path}: corrupt SPANN index ({problem})")
         return cls(path, meta, heads.astype(np.float32), offsets, postings, ids)
 
     def memory_bytes(self) -> dict:
         """`{"ram": heads + offsets + the head search index, "disk": posting vectors + posting ids}` in bytes."""
-        return {"ram": int(self.heads.nbytes * 2 + self.offsets.nbytes),  # heads + their faiss Flat copy
-                "disk": int(self.postings.nbytes + self.posting_ids.nbytes)}
+        return {
+            "ram": int(self.heads.nbytes * 2 + self.offsets.nbytes),  # heads + their faiss Flat copy
+            "disk": int(self.postings.nbytes + self.posting_ids.nbytes),
+        }
 
     def search(self, queries, k: int, *, max_probe: int = 8, eps2: float | None = None) -> SpannHits:
         """Top-`k` of `queries[M, d]` by exact distance over the probed lists (`probe_lists` rule), each vector

@@ -12,8 +12,9 @@ from jdr.errors import DataError
 from jdr.io import atomic_dir
 
 
-def save_embeddings(out_dir: str | os.PathLike, emb, ids, *, model: str | None = None,
-                    tower: str | None = None) -> Path:
+def save_embeddings(
+    out_dir: str | os.PathLike, emb, ids, *, model: str | None = None, tower: str | None = None
+) -> Path:
     """Write `emb[N, d]` and its `N` ids to `out_dir` as one unit (temp dir then rename; an old dir is replaced).
 
     `meta.json` records count, dims, dtype and, when given, the model and tower that produced the vectors."""

@@ -10,7 +10,23 @@ from jdr.models.resolve import load, load_model, model_path
 from jdr.models.tokenize import Tokenized, bucket_length, tokenize
 
 __all__ = [
-    "BertConfig", "BertModel", "EncoderSpec", "Tokenized", "bucket_length", "encode", "encode_texts",
-    "encode_token_ids", "export", "find_minilm", "init_params", "l2_normalize", "load", "load_model", "make_params",
-    "model_path", "pool", "tokenize", "tower_params",
+    "BertConfig",
+    "BertModel",
+    "EncoderSpec",
+    "Tokenized",
+    "bucket_length",
+    "encode",
+    "encode_texts",
+    "encode_token_ids",
+    "export",
+    "find_minilm",
+    "init_params",
+    "l2_normalize",
+    "load",
+    "load_model",
+    "make_params",
+    "model_path",
+    "pool",
+    "tokenize",
+    "tower_params",
 ]

@@ -55,7 +55,7 @@ class BertConfig:
         return self.max_position_embeddings - self.position_offset
 
     @classmethod
-    def from_hf_dict(cls, d: dict, *, add_pooler: bool = False) -> "BertConfig":
+    def from_hf_dict(cls, d: dict, *, add_pooler: bool = False) -> BertConfig:
         """Build from a parsed HF `config.json` dict (bert or roberta/xlm-roberta); missing optional keys default."""
         model_type = d.get("model_type", "bert")
         pad = int(d.get("pad_token_id", 1 if model_type in ("roberta", "xlm-roberta") else 0) or 0)
@@ -64,8 +64,11 @@ class BertConfig:
             kind = d["position_embedding_type"]
             raise ValueError(f"position_embedding_type: only 'absolute' is supported, got {kind!r}")
         names = {f.name for f in dataclasses.fields(cls)} - {"position_offset", "add_pooler", "pad_token_id"}
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size") if k not in d]
+        missing = [
+            k
+            for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            if k not in d
+        ]
         if missing:
             raise ValueError(f"config.json: missing keys {missing}")
         kw = {k: d[k] for k in names if k in d}
@@ -75,8 +78,12 @@ class BertConfig:
         """The HF `config.json` dict for this architecture (inverse of `from_hf_dict`)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("position_offset", "add_pooler")}
         arch = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}.get(model_type)
-        return {"architectures": [arch] if arch else [], "model_type": model_type,
-                "position_embedding_type": "absolute", **d}
+        return {
+            "architectures": [arch] if arch else [],
+            "model_type": model_type,
+            "position_embedding_type": "absolute",
+            **d,
+        }
 
 
 class BertEmbeddings(nn.Module):
@@ -232,18 +239,28 @@ class BertModel(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True,
-                 position_ids=None, segment_ids=None):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        deterministic: bool = True,
+        position_ids=None,
+        segment_ids=None,
+    ):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if segment_ids is None:
             # Additive key mask, [B,1,1,L]; finfo.min as HF uses, added in float32.
             mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
         else:  # block-diagonal [B,1,L,L]: same text only (the same finfo.min, so masked keys weigh exactly 0)
-            same = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :]) & (segment_ids[:, None, None, :] > 0)
+            same = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :]) & (
+                segment_ids[:, None, None, :] > 0
+            )
             mask_bias = jnp.where(same, 0.0, jnp.finfo(jnp.float32).min)
-        x = BertEmbeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic,
-                                                                        position_ids)
+        x = BertEmbeddings(self.config, self.dtype, name="embeddings")(
+            input_ids, token_type_ids, deterministic, position_ids
+        )
         x = BertEncoder(self.config, self.dtype, name="encoder")(x, mask_bias, deterministic)
         if self.config.add_pooler and self.is_initializing():
             # Only to create `pooler/dense` params at init; the encoder never uses the pooled output.

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,19 +54,26 @@ class CrossEncoderSpec:
             object.__setattr__(self, "query_max_length", min(64, self.max_length // 2))
         if self.passage_max_length is None:
             object.__setattr__(self, "passage_max_length", self.max_length - self.query_max_length + 1)
-        if self.query_max_length < 2 or self.passage_max_length < 2 or \
-                self.query_max_length + self.passage_max_length - 1 > self.bert.max_length:
-            raise ValueError(f"cross-encoder query_max_length {self.query_max_length} + passage_max_length "
-                             f"{self.passage_max_length} - 1 exceeds the {self.bert.max_length} positions (each >= 2)")
+        if (
+            self.query_max_length < 2
+            or self.passage_max_length < 2
+            or self.query_max_length + self.passage_max_length - 1 > self.bert.max_length
+        ):
+            raise ValueError(
+                f"cross-encoder query_max_length {self.query_max_length} + passage_max_length "
+                f"{self.passage_max_length} - 1 exceeds the {self.bert.max_length} positions (each >= 2)"
+            )
         if self.head not in HEADS:
             raise ValueError(f"cross-encoder head must be one of {HEADS}, got {self.head!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not 3 <= self.max_length <= self.bert.max_length:
-            raise ValueError(f"cross-encoder max_length {self.max_length} is outside [3, {self.bert.max_length}] "
-                             "(position table size)")
+            raise ValueError(
+                f"cross-encoder max_length {self.max_length} is outside [3, {self.bert.max_length}] "
+                "(position table size)"
+            )
 
-    def module(self) -> "CrossEncoderModel":
+    def module(self) -> CrossEncoderModel:
         return CrossEncoderModel(dataclasses.replace(self.bert, add_pooler=False), self.head, DTYPES[self.dtype])
 
 
@@ -134,15 +142,17 @@ def init_head(spec: CrossEncoderSpec, rng: jax.Array, *, std: float = 0.02) -> d
     return {k: jax.tree_util.tree_map_with_path(fill, v) for k, v in shapes.items() if k != "bert"}
 
 
-def score(params, spec: CrossEncoderSpec, input_ids, attention_mask, token_type_ids, *, deterministic: bool = True,
-          rng=None):
+def score(
+    params, spec: CrossEncoderSpec, input_ids, attention_mask, token_type_ids, *, deterministic: bool = True, rng=None
+):
     """Relevance logits `[B]` float32 of pair tokens `[B, L]` (ids, mask, token types). Pure; jit with `spec` and
     `deterministic` static; `rng` (dropout key) is required when `deterministic=False`."""
     if not deterministic and rng is None:
         raise ValueError("score: deterministic=False needs an rng for dropout")
     rngs = {} if deterministic else {"dropout": rng}
-    return spec.module().apply({"params": params}, input_ids, attention_mask, token_type_ids,
-                               deterministic=deterministic, rngs=rngs)
+    return spec.module().apply(
+        {"params": params}, input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+    )
 
 
 def join_pairs(query_ids, query_mask, passage_ids, passage_mask, *, sep_id: int | None = None):
@@ -168,8 +178,11 @@ def join_pairs(query_ids, query_mask, passage_ids, passage_mask, *, sep_id: int 
     in_query = t < q_len
     p_pos = t - q_len + drop
     in_passage = ~in_query & (p_pos < p_len)
-    ids = jnp.where(in_query, jnp.take_along_axis(q_ids, jnp.clip(t, 0, lq - 1), axis=1),
-                    jnp.take_along_axis(p_tokens, jnp.clip(p_pos, 0, lp - 1), axis=1))
+    ids = jnp.where(
+        in_query,
+        jnp.take_along_axis(q_ids, jnp.clip(t, 0, lq - 1), axis=1),
+        jnp.take_along_axis(p_tokens, jnp.clip(p_pos, 0, lp - 1), axis=1),
+    )
     mask = in_query | in_passage
     ids = jnp.where(mask, ids, 0).astype(jnp.int32)
     types = (in_passage & (sep_id is None)).astype(jnp.int32)
@@ -187,7 +200,7 @@ def pair_tokens(tokenizer, queries: Sequence[str], passages: Sequence[str], max_
     return ids, types, offsets
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(devices: tuple, spec: CrossEncoderSpec):
     """One jitted scorer per (devices, spec) for the process: params replicated, rows sharded (no collectives)."""
     mesh = Mesh(np.asarray(devices), ("batch",))
@@ -200,9 +213,19 @@ def _compiled(devices: tuple, spec: CrossEncoderSpec):
     return jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows), replicated, rows
 
 
-def score_token_pairs(params, spec: CrossEncoderSpec, ids: np.ndarray, types: np.ndarray, offsets: np.ndarray, *,
-                      pad_token_id: int = 0, batch_size: int = 64, progress: bool = True, devices=None,
-                      desc: str = "score") -> np.ndarray:
+def score_token_pairs(
+    params,
+    spec: CrossEncoderSpec,
+    ids: np.ndarray,
+    types: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    pad_token_id: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    devices=None,
+    desc: str = "score",
+) -> np.ndarray:
     """Logits `[N]` float32 of N tokenised pairs (ragged, `pair_tokens`' layout), in input order. Longest first,
     each batch padded to its `bucket_length` and to `batch_size` rows (a multiple of the device count), split over
     `devices` (default: all local devices); the next batch is dispatched before the previous one is fetched."""
@@ -221,22 +244,42 @@ def score_token_pairs(params, spec: CrossEncoderSpec, ids: np.ndarray, types: np
     order = np.argsort(-lengths, kind="stable")
     pending = None
     for start in tqdm(range(0, len(order), per_batch), disable=not progress, desc=desc, unit="batch"):
-        rows = order[start:start + per_batch]
+        rows = order[start : start + per_batch]
         length = bucket_length(int(lengths[rows[0]]), spec.max_length)
         tok, mask = pad_ragged(ids, offsets, rows, length, pad_token_id, n_rows=per_batch)
         typ, _ = pad_ragged(types, offsets, rows, length, 0, n_rows=per_batch)
         logits = fn(params, *jax.device_put((tok, mask, typ), sharded))
         if pending is not None:
-            out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+            out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
         pending = (rows, logits)
-    out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+    out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
     return out
 
 
-def score_texts(params, spec: CrossEncoderSpec, tokenizer, queries: Sequence[str], passages: Sequence[str], *,
-                max_length: int | None = None, batch_size: int = 64, progress: bool = True, devices=None,
-                desc: str = "score") -> np.ndarray:
+def score_texts(
+    params,
+    spec: CrossEncoderSpec,
+    tokenizer,
+    queries: Sequence[str],
+    passages: Sequence[str],
+    *,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    devices=None,
+    desc: str = "score",
+) -> np.ndarray:
     """Logits `[N]` of the pairs `(queries[i], passages[i])`: `pair_tokens`, then `score_token_pairs`."""
     ids, types, offsets = pair_tokens(tokenizer, queries, passages, max_length or spec.max_length)
-    return score_token_pairs(params, spec, ids, types, offsets, pad_token_id=pad_id(tokenizer),
-                             batch_size=batch_size, progress=progress, devices=devices, desc=desc)
+    return score_token_pairs(
+        params,
+        spec,
+        ids,
+        types,
+        offsets,
+        pad_token_id=pad_id(tokenizer),
+        batch_size=batch_size,
+        progress=progress,
+        devices=devices,
+        desc=desc,
+    )

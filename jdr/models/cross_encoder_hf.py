@@ -23,15 +23,31 @@ from jdr.errors import DataError
 from jdr.io import as_path, atomic_dir
 from jdr.models.bert import BertConfig
 from jdr.models.cross_encoder import CrossEncoderSpec, init_head
-from jdr.models.hf import (SUPPORTED_MODEL_TYPES, _hf_to_tree, _param_names, _read_json, _read_tensors,
-                           _strip_prefix, jax_tree, load_tokenizer, resolve_model_dir)
+from jdr.models.hf import (
+    SUPPORTED_MODEL_TYPES,
+    _hf_to_tree,
+    _param_names,
+    _read_json,
+    _read_tensors,
+    _strip_prefix,
+    jax_tree,
+    load_tokenizer,
+    resolve_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
 KIND = "cross_encoder"  # `encoder/spec.json` "kind" of a cross-encoder workdir
 _IDENTITY = "torch.nn.modules.linear.Identity"
-_TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
-                    "sentencepiece.bpe.model", "added_tokens.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+)
 
 
 def is_cross_encoder(path) -> bool:
@@ -47,9 +63,10 @@ def is_cross_encoder(path) -> bool:
 
 def _head_names(head: str) -> dict[tuple, tuple[str, bool]]:
     """Flat head param path -> (HF tensor name, transposed)."""
-    dense = {"bert": {("pooler", "dense"): "bert.pooler.dense", ("classifier",): "classifier"},
-             "roberta": {("classifier", "dense"): "classifier.dense",
-                         ("classifier", "out_proj"): "classifier.out_proj"}}[head]
+    dense = {
+        "bert": {("pooler", "dense"): "bert.pooler.dense", ("classifier",): "classifier"},
+        "roberta": {("classifier", "dense"): "classifier.dense", ("classifier", "out_proj"): "classifier.out_proj"},
+    }[head]
     out = {}
     for path, hf in dense.items():
         out[path + ("kernel",)] = (f"{hf}.weight", True)
@@ -63,8 +80,7 @@ def _num_labels(cfg: dict) -> int:
     return len(cfg.get("id2label") or {0: "LABEL_0"})
 
 
-def load_cross_encoder(model, *, dtype: str = "float32", max_length: int | None = None, seed: int = 0,
-                       step=None):
+def load_cross_encoder(model, *, dtype: str = "float32", max_length: int | None = None, seed: int = 0, step=None):
     """A cross-encoder from a model dir, hub name or `jdr train` workdir -> `(params, spec, tokenizer)`.
 
     `max_length` (pair tokens) defaults to the dir's tokenizer_config.json `model_max_length`, capped at the
@@ -97,13 +113,20 @@ def load_cross_encoder(model, *, dtype: str = "float32", max_length: int | None 
     except (ValueError, TypeError) as e:
         raise DataError(d / "config.json", str(e)) from None
     tree = _hf_to_tree(body, cfg, d / "model.safetensors")
-    spec = CrossEncoderSpec(bert=dataclasses.replace(cfg, add_pooler=False), model_type=model_type, head=head,
-                            dtype=dtype, max_length=max_length or _max_length(d, cfg))
+    spec = CrossEncoderSpec(
+        bert=dataclasses.replace(cfg, add_pooler=False),
+        model_type=model_type,
+        head=head,
+        dtype=dtype,
+        max_length=max_length or _max_length(d, cfg),
+    )
     pooler = tree.pop("pooler", None)
     present = [name for name, _ in head_names.values() if name in tensors]
     if present and len(present) != len(head_names):
-        raise DataError(d / "model.safetensors", f"incomplete classification head: has {present}, needs "
-                        f"{[n for n, _ in head_names.values()]}")
+        raise DataError(
+            d / "model.safetensors",
+            f"incomplete classification head: has {present}, needs {[n for n, _ in head_names.values()]}",
+        )
     if present:
         flat = {}
         for key, (name, transpose) in head_names.items():
@@ -144,15 +167,27 @@ def export_cross_encoder(params, spec: CrossEncoderSpec, tokenizer_dir, out_dir:
     names = {("bert",) + k: (prefix + hf, t) for k, (hf, t) in _param_names(spec.bert).items()}
     names.update(_head_names(spec.head))
     if set(flat) != set(names):
-        raise ValueError(f"export: params do not match the spec: missing {sorted(set(names) - set(flat))}, "
-                         f"unexpected {sorted(set(flat) - set(names))}")
-    tensors = {hf: np.ascontiguousarray(np.asarray(flat[k], np.float32).T if t else np.asarray(flat[k], np.float32))
-               for k, (hf, t) in names.items()}
-    arch = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
-            "xlm-roberta": "XLMRobertaForSequenceClassification"}[spec.model_type]
-    hf_cfg = {**spec.bert.to_hf_dict(spec.model_type), "architectures": [arch], "num_labels": 1,
-              "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
-              "sentence_transformers": {"activation_fn": _IDENTITY}}
+        raise ValueError(
+            f"export: params do not match the spec: missing {sorted(set(names) - set(flat))}, "
+            f"unexpected {sorted(set(flat) - set(names))}"
+        )
+    tensors = {
+        hf: np.ascontiguousarray(np.asarray(flat[k], np.float32).T if t else np.asarray(flat[k], np.float32))
+        for k, (hf, t) in names.items()
+    }
+    arch = {
+        "bert": "BertForSequenceClassification",
+        "roberta": "RobertaForSequenceClassification",
+        "xlm-roberta": "XLMRobertaForSequenceClassification",
+    }[spec.model_type]
+    hf_cfg = {
+        **spec.bert.to_hf_dict(spec.model_type),
+        "architectures": [arch],
+        "num_labels": 1,
+        "id2label": {"0": "LABEL_0"},
+        "label2id": {"LABEL_0": 0},
+        "sentence_transformers": {"activation_fn": _IDENTITY},
+    }
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -47,15 +47,20 @@ class EncoderSpec:
 
     def __post_init__(self):
         if self.truncate_dim is not None and not (
-                isinstance(self.truncate_dim, int) and self.truncate_dim >= 1
-                and (self.dense is not None or self.truncate_dim <= self.bert.hidden_size)):
-            raise ValueError(f"dim: {self.truncate_dim!r} is not in [1, {self.bert.hidden_size}] (the model's "
-                             f"embedding width)")
+            isinstance(self.truncate_dim, int)
+            and self.truncate_dim >= 1
+            and (self.dense is not None or self.truncate_dim <= self.bert.hidden_size)
+        ):
+            raise ValueError(
+                f"dim: {self.truncate_dim!r} is not in [1, {self.bert.hidden_size}] (the model's embedding width)"
+            )
         for key in ("query_prefix", "passage_prefix"):
             if not isinstance(getattr(self, key), str):
                 raise ValueError(f"{key}: must be a string, got {getattr(self, key)!r}")
         if self.dense not in DENSE_ACTIVATIONS:
-            raise ValueError(f"dense: activation must be one of {sorted(DENSE_ACTIVATIONS, key=str)}, got {self.dense!r}")
+            raise ValueError(
+                f"dense: activation must be one of {sorted(DENSE_ACTIVATIONS, key=str)}, got {self.dense!r}"
+            )
         if self.normalize_before_dense and self.dense is None:
             raise ValueError("normalize_before_dense needs a dense layer")
         if self.pooling not in POOLING_MODES:
@@ -133,7 +138,7 @@ def head(params, spec: EncoderSpec, pooled):
             out = l2_normalize(out)
         out = DENSE_ACTIVATIONS[spec.dense](out @ params["dense"]["kernel"] + params["dense"]["bias"])
     if spec.truncate_dim is not None:
-        out = out[..., :spec.truncate_dim]
+        out = out[..., : spec.truncate_dim]
     return l2_normalize(out) if spec.normalize else out
 
 

@@ -110,7 +110,7 @@ def _strip_prefix(name: str) -> str:
     # Task-head checkpoints (BertForMaskedLM, ...) nest the encoder under its model type.
     for p in ("bert.", "roberta."):
         if name.startswith(p):
-            return name[len(p):]
+            return name[len(p) :]
     return name
 
 
@@ -151,9 +151,14 @@ def _param_names(cfg: BertConfig) -> dict[tuple, tuple[str, bool]]:
 
 
 # Module sequences after Pooling that an EncoderSpec expresses: (normalize_before_dense, dense, normalize).
-_ST_TAILS = {(): (False, False, False), ("Normalize",): (False, False, True), ("Dense",): (False, True, False),
-             ("Dense", "Normalize"): (False, True, True), ("Normalize", "Dense"): (True, True, False),
-             ("Normalize", "Dense", "Normalize"): (True, True, True)}
+_ST_TAILS = {
+    (): (False, False, False),
+    ("Normalize",): (False, False, True),
+    ("Dense",): (False, True, False),
+    ("Dense", "Normalize"): (False, True, True),
+    ("Normalize", "Dense"): (True, True, False),
+    ("Normalize", "Dense", "Normalize"): (True, True, True),
+}
 _ST_ACTIVATIONS = {"Identity": "identity", "Tanh": "tanh"}
 _ACTIVATION_CLASSES = {"identity": "torch.nn.modules.linear.Identity", "tanh": "torch.nn.modules.activation.Tanh"}
 
@@ -182,8 +187,10 @@ def _st_settings(d: Path, cfg: BertConfig) -> tuple[str, bool, int, bool, Path |
             elif kind not in ("Transformer",):
                 raise DataError(d / "modules.json", f"unsupported sentence-transformers module {m.get('type')!r}")
         if tuple(tail) not in _ST_TAILS:
-            raise DataError(d / "modules.json", f"unsupported module order after Pooling: {tail} (jdr reads "
-                            "[Normalize,] [Dense,] [Normalize])")
+            raise DataError(
+                d / "modules.json",
+                f"unsupported module order after Pooling: {tail} (jdr reads [Normalize,] [Dense,] [Normalize])",
+            )
         before_dense, _, normalize = _ST_TAILS[tuple(tail)]
     if (d / "sentence_bert_config.json").exists():
         max_len = int(_read_json(d / "sentence_bert_config.json").get("max_seq_length") or max_len)
@@ -196,8 +203,11 @@ def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
     cfg = _read_json(cfg_path)
     activation = str(cfg.get("activation_function", "torch.nn.modules.activation.Tanh")).rsplit(".", 1)[-1]
     if activation not in _ST_ACTIVATIONS:
-        raise DataError(cfg_path, f"Dense activation {cfg.get('activation_function')!r} not supported "
-                        f"(jdr reads {', '.join(_ST_ACTIVATIONS)})")
+        raise DataError(
+            cfg_path,
+            f"Dense activation {cfg.get('activation_function')!r} not supported "
+            f"(jdr reads {', '.join(_ST_ACTIVATIONS)})",
+        )
     if cfg.get("use_residual"):
         raise DataError(cfg_path, "Dense with use_residual is not supported")
     if int(cfg.get("in_features", -1)) != in_features:
@@ -209,20 +219,33 @@ def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
     out = int(cfg.get("out_features", -1))
     weight = tensors.get("linear.weight")
     if weight is None or weight.shape != (out, in_features):
-        raise DataError(weights_path, f"need linear.weight [{out}, {in_features}], got "
-                        f"{None if weight is None else list(weight.shape)}")
+        raise DataError(
+            weights_path,
+            f"need linear.weight [{out}, {in_features}], got {None if weight is None else list(weight.shape)}",
+        )
     bias = tensors.get("linear.bias", np.zeros(out, np.float32)) if cfg.get("bias", True) else np.zeros(out, np.float32)
     if bias.shape != (out,) or set(tensors) - {"linear.weight", "linear.bias"}:
         raise DataError(weights_path, f"unexpected tensors {sorted(tensors)} for Dense({in_features} -> {out})")
-    return {"kernel": np.ascontiguousarray(weight.T, np.float32), "bias": bias.astype(np.float32)}, \
-        _ST_ACTIVATIONS[activation]
+    return {"kernel": np.ascontiguousarray(weight.T, np.float32), "bias": bias.astype(np.float32)}, _ST_ACTIVATIONS[
+        activation
+    ]
 
 
-def with_settings(spec: EncoderSpec, *, pooling: str | None = None, normalize: bool | None = None,
-                  query_prefix: str | None = None, passage_prefix: str | None = None) -> EncoderSpec:
+def with_settings(
+    spec: EncoderSpec,
+    *,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    query_prefix: str | None = None,
+    passage_prefix: str | None = None,
+) -> EncoderSpec:
     """`spec` with pooling / normalisation / prefixes replaced where given (None keeps the checkpoint's own)."""
-    given = (("pooling", pooling), ("normalize", normalize), ("query_prefix", query_prefix),
-             ("passage_prefix", passage_prefix))
+    given = (
+        ("pooling", pooling),
+        ("normalize", normalize),
+        ("query_prefix", query_prefix),
+        ("passage_prefix", passage_prefix),
+    )
     changes = {k: v for k, v in given if v is not None}
     return dataclasses.replace(spec, **changes) if changes else spec
 
@@ -289,9 +312,18 @@ def load(
         truncate_dim = recorded.get("truncate_dim")
     prompts = _st_prompts(d)
     spec = EncoderSpec(
-        bert=cfg, pooling=st_pooling, normalize=st_normalize, query_max_length=query_max_length or query_len,
-        passage_max_length=passage_max_length or passage_len, tied=tied, dtype=dtype, model_type=model_type,
-        dense=activation, normalize_before_dense=before_dense, query_prefix=prompts[0], passage_prefix=prompts[1],
+        bert=cfg,
+        pooling=st_pooling,
+        normalize=st_normalize,
+        query_max_length=query_max_length or query_len,
+        passage_max_length=passage_max_length or passage_len,
+        tied=tied,
+        dtype=dtype,
+        model_type=model_type,
+        dense=activation,
+        normalize_before_dense=before_dense,
+        query_prefix=prompts[0],
+        passage_prefix=prompts[1],
     )
     params = make_params(tree, tied)
     if dense is not None:
@@ -348,16 +380,26 @@ def export(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os.PathLik
             copy_tokenizer_files(src, tmp)
         dense = None
         if spec.dense is not None:
-            dense = (np.asarray(params["dense"]["kernel"], np.float32), np.asarray(params["dense"]["bias"], np.float32),
-                     spec.dense, spec.normalize_before_dense)
+            dense = (
+                np.asarray(params["dense"]["kernel"], np.float32),
+                np.asarray(params["dense"]["bias"], np.float32),
+                spec.dense,
+                spec.normalize_before_dense,
+            )
         write_st_files(tmp, spec.bert.hidden_size, spec.pooling, spec.normalize, max_len, dense=dense)
-        st_config = {"prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
-                     "default_prompt_name": None, "similarity_fn_name": "cosine" if spec.normalize else "dot"}
+        st_config = {
+            "prompts": {"query": spec.query_prefix, "passage": spec.passage_prefix},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if spec.normalize else "dot",
+        }
         if spec.truncate_dim is not None:  # read by sentence-transformers >= 5 (older: pass truncate_dim=k)
             st_config["truncate_dim"] = spec.truncate_dim
         (tmp / ST_CONFIG_FILE).write_text(json.dumps(st_config, indent=2))
-        record = {"tower": "shared" if spec.tied else tower, "query_max_length": spec.query_max_length,
-                  "passage_max_length": spec.passage_max_length}
+        record = {
+            "tower": "shared" if spec.tied else tower,
+            "query_max_length": spec.query_max_length,
+            "passage_max_length": spec.passage_max_length,
+        }
         if spec.truncate_dim is not None:
             record["truncate_dim"] = spec.truncate_dim
         (tmp / JDR_ENCODER_FILE).write_text(json.dumps(record, indent=2))
@@ -373,8 +415,9 @@ def export_encoder(params: dict, spec: EncoderSpec, tokenizer, out_dir: str | os
     return [export(params, spec, tokenizer, out_dir / t, tower=t) for t in ("query", "passage")]
 
 
-def write_st_files(out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int, *,
-                   dense: tuple | None = None) -> None:
+def write_st_files(
+    out: Path, hidden_size: int, pooling: str, normalize: bool, max_seq_length: int, *, dense: tuple | None = None
+) -> None:
     """sentence-transformers module files: modules.json, 1_Pooling/config.json, sentence_bert_config.json, and
     with `dense = (kernel [H, k], bias [k], activation, normalize_before)` a `Dense` module dir (config.json +
     model.safetensors with `linear.weight [k, H]`, `linear.bias`, as ST's Dense saves them)."""
@@ -389,15 +432,31 @@ def write_st_files(out: Path, hidden_size: int, pooling: str, normalize: bool, m
         if kind == "Dense":
             kernel, bias, activation, _ = dense
             (out / path).mkdir()
-            (out / path / "config.json").write_text(json.dumps(
-                {"in_features": int(kernel.shape[0]), "out_features": int(kernel.shape[1]), "bias": True,
-                 "activation_function": _ACTIVATION_CLASSES[activation]}, indent=2))
-            save_file({"linear.weight": np.ascontiguousarray(kernel.T, np.float32),
-                       "linear.bias": np.ascontiguousarray(bias, np.float32)}, str(out / path / "model.safetensors"))
+            (out / path / "config.json").write_text(
+                json.dumps(
+                    {
+                        "in_features": int(kernel.shape[0]),
+                        "out_features": int(kernel.shape[1]),
+                        "bias": True,
+                        "activation_function": _ACTIVATION_CLASSES[activation],
+                    },
+                    indent=2,
+                )
+            )
+            save_file(
+                {
+                    "linear.weight": np.ascontiguousarray(kernel.T, np.float32),
+                    "linear.bias": np.ascontiguousarray(bias, np.float32),
+                },
+                str(out / path / "model.safetensors"),
+            )
     (out / "modules.json").write_text(json.dumps(modules, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
-    pool_cfg = {"word_embedding_dimension": hidden_size, **{k: pooling == m for k, m in _ST_POOLING.items()},
-                "pooling_mode_mean_sqrt_len_tokens": False}
+    pool_cfg = {
+        "word_embedding_dimension": hidden_size,
+        **{k: pooling == m for k, m in _ST_POOLING.items()},
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
     (out / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)

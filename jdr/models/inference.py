@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -15,7 +15,7 @@ from jdr.models.packing import MAX_SEGMENTS, encode_packed, packed_rows, plan_pa
 from jdr.models.tokenize import bucket_length, pad_id, pad_ragged, ragged, token_ids
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
     """`(encode_fn, params_sharding, rows_sharding)` for a 1-D "batch" mesh over `devices`: params replicated, rows sharded.
 
@@ -33,14 +33,13 @@ def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
     return jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_packed(devices: tuple, spec: EncoderSpec, tower: str, max_segments: int):
     """`_compiled` for packed rows: `(params, input_ids, segment_ids, position_ids) -> [B, max_segments, D]`."""
     _, replicated, rows = _compiled(devices, spec, tower)
 
     def run(params, input_ids, segment_ids, position_ids):
-        return encode_packed(params, spec, input_ids, segment_ids, position_ids, tower=tower,
-                             max_segments=max_segments)
+        return encode_packed(params, spec, input_ids, segment_ids, position_ids, tower=tower, max_segments=max_segments)
 
     return jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows)
 
@@ -49,8 +48,10 @@ def check_max_length(spec: EncoderSpec, max_length: int) -> int:
     """`max_length` if the model's position table covers it, else one ValueError line (a longer input would read
     past the table: XLA clamps the gather and the embeddings come out wrong or NaN, silently)."""
     if not 1 <= max_length <= spec.bert.max_length:
-        raise ValueError(f"max_length {max_length} is outside [1, {spec.bert.max_length}]: the model has "
-                         f"{spec.bert.max_position_embeddings} position embeddings")
+        raise ValueError(
+            f"max_length {max_length} is outside [1, {spec.bert.max_length}]: the model has "
+            f"{spec.bert.max_position_embeddings} position embeddings"
+        )
     return max_length
 
 
@@ -99,14 +100,27 @@ def encode_token_ids(
     fn, replicated, sharded_rows = _compiled(devices, spec, "query" if spec.tied else tower)
     params = jax.device_put(params, replicated)
     if pack:
-        return _encode_packed(params, spec, tokens, offsets, lengths, out, tower="query" if spec.tied else tower,
-                              pad_token_id=pad_token_id, max_length=max_length, rows_per_batch=rows_per_batch,
-                              devices=devices, progress=progress, desc=desc or f"encode {tower} (packed)")
+        return _encode_packed(
+            params,
+            spec,
+            tokens,
+            offsets,
+            lengths,
+            out,
+            tower="query" if spec.tied else tower,
+            pad_token_id=pad_token_id,
+            max_length=max_length,
+            rows_per_batch=rows_per_batch,
+            devices=devices,
+            progress=progress,
+            desc=desc or f"encode {tower} (packed)",
+        )
     # Longest first: the biggest shapes (and any out-of-memory) come at the start, not after an hour.
     order = np.argsort(-lengths, kind="stable")
     pending = None  # the previous batch, fetched after the next one is dispatched (host work overlaps compute)
-    for start in tqdm(range(0, len(order), rows_per_batch), disable=not progress, desc=desc or f"encode {tower}",
-                      unit="batch"):
+    for start in tqdm(
+        range(0, len(order), rows_per_batch), disable=not progress, desc=desc or f"encode {tower}", unit="batch"
+    ):
         rows = order[start : start + rows_per_batch]
         length = bucket_length(int(lengths[rows[0]]), max_length)
         ids, mask = pad_ragged(tokens, offsets, rows, length, pad_token_id, n_rows=rows_per_batch)
@@ -119,8 +133,22 @@ def encode_token_ids(
     return out
 
 
-def _encode_packed(params, spec, tokens, offsets, lengths, out, *, tower, pad_token_id, max_length, rows_per_batch,
-                   devices, progress, desc) -> np.ndarray:
+def _encode_packed(
+    params,
+    spec,
+    tokens,
+    offsets,
+    lengths,
+    out,
+    *,
+    tower,
+    pad_token_id,
+    max_length,
+    rows_per_batch,
+    devices,
+    progress,
+    desc,
+) -> np.ndarray:
     """`encode_token_ids(pack=True)`: plan the rows, then batches of `rows_per_batch` packed rows."""
     row_length = bucket_length(int(lengths.max()), max_length)
     plan = plan_packing(lengths, row_length, min(MAX_SEGMENTS, row_length))
@@ -163,6 +191,16 @@ def encode_texts(
         raise ValueError("encode_texts: texts must be a sequence of strings, not one string")
     max_length = check_max_length(spec, max_length or spec.max_length(tower))
     tokens, offsets = ragged(token_ids(tokenizer, texts, max_length, prefix=spec.prefix(tower)))
-    return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=pad_id(tokenizer),
-                            max_length=max_length, batch_size=batch_size, progress=progress, devices=devices,
-                            pack=pack)
+    return encode_token_ids(
+        params,
+        spec,
+        tokens,
+        offsets,
+        tower=tower,
+        pad_token_id=pad_id(tokenizer),
+        max_length=max_length,
+        batch_size=batch_size,
+        progress=progress,
+        devices=devices,
+        pack=pack,
+    )

@@ -76,8 +76,15 @@ def texts_by_row(plan: PackPlan) -> tuple[np.ndarray, np.ndarray]:
     return order, np.searchsorted(plan.row_of[order], np.arange(plan.n_rows + 1))
 
 
-def packed_rows(tokens: np.ndarray, offsets: np.ndarray, plan: PackPlan, texts: np.ndarray, first_row: int,
-                n_rows: int, pad_token_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def packed_rows(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    plan: PackPlan,
+    texts: np.ndarray,
+    first_row: int,
+    n_rows: int,
+    pad_token_id: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """int32 `(input_ids, segment_ids, position_ids)`, each `[n_rows, row_length]`, for rows
     `first_row, first_row + 1, ...` holding `texts` (text i is `tokens[offsets[i]:offsets[i+1]]`). Rows past the
     plan's end are all padding (segment 0). Vectorised: one scatter, no Python loop over texts."""
@@ -119,13 +126,17 @@ def pool_segments(hidden, segment_ids, position_ids, mode: str, max_segments: in
     raise ValueError(f"pooling: unknown mode {mode!r}")
 
 
-def encode_packed(params, spec: EncoderSpec, input_ids, segment_ids, position_ids, *, tower: str,
-                  max_segments: int):
+def encode_packed(params, spec: EncoderSpec, input_ids, segment_ids, position_ids, *, tower: str, max_segments: int):
     """Embed the texts of packed rows -> float32 `[B, max_segments, D]` (slot s of row b: the text with
     segment id s + 1 there). Inference only (no dropout). Pure; jit with `spec`, `tower`, `max_segments` static."""
-    hidden = spec.module().apply({"params": tower_params(params, spec, tower)}, input_ids,
-                                 (segment_ids > 0).astype(jnp.int32), deterministic=True,
-                                 position_ids=position_ids, segment_ids=segment_ids)
+    hidden = spec.module().apply(
+        {"params": tower_params(params, spec, tower)},
+        input_ids,
+        (segment_ids > 0).astype(jnp.int32),
+        deterministic=True,
+        position_ids=position_ids,
+        segment_ids=segment_ids,
+    )
     return head(params, spec, pool_segments(hidden, segment_ids, position_ids, spec.pooling, max_segments))
 
 
@@ -136,8 +147,9 @@ def transformer_flops(rows: int, length: int, hidden: int, intermediate: int, la
     return float(rows) * length * per_token * layers
 
 
-def packing_cost(lengths, max_length: int, batch_size: int, *, hidden: int = 384, intermediate: int = 1536,
-                 layers: int = 6) -> dict:
+def packing_cost(
+    lengths, max_length: int, batch_size: int, *, hidden: int = 384, intermediate: int = 1536, layers: int = 6
+) -> dict:
     """Tokens and FLOPs that inference computes for texts of `lengths`: sorted + bucketed padding (what
     `encode_token_ids` does) against packing into rows of the longest text's bucket (`pack=True`); both pad the
     last batch to `batch_size` rows. Defaults: MiniLM-L6's shape."""
@@ -154,7 +166,13 @@ def packing_cost(lengths, max_length: int, batch_size: int, *, hidden: int = 384
     row_length = bucket_length(int(lengths[0]), max_length) if len(lengths) else 1
     plan = plan_packing(lengths, row_length, min(MAX_SEGMENTS, row_length))
     n_rows = -(-plan.n_rows // batch_size) * batch_size
-    return {"texts": len(lengths), "real_tokens": real, "bucketed_tokens": pad_tokens,
-            "packed_rows": plan.n_rows, "packed_tokens": n_rows * row_length,
-            "bucketed_flops": pad_flops, "packed_flops": transformer_flops(n_rows, row_length, **dims),
-            "real_flops_alone": float(sum(transformer_flops(1, int(n), **dims) for n in lengths))}
+    return {
+        "texts": len(lengths),
+        "real_tokens": real,
+        "bucketed_tokens": pad_tokens,
+        "packed_rows": plan.n_rows,
+        "packed_tokens": n_rows * row_length,
+        "bucketed_flops": pad_flops,
+        "packed_flops": transformer_flops(n_rows, row_length, **dims),
+        "real_flops_alone": float(sum(transformer_flops(1, int(n), **dims) for n in lengths)),
+    }

@@ -38,20 +38,36 @@ def model_path(ref: str | os.PathLike):
     return hf.resolve_model_dir(ref)
 
 
-def load_model(ref: str | os.PathLike, *, step: int | str | None = None, tied: bool | None = None,
-               dtype: str | None = None, query_max_length: int | None = None, passage_max_length: int | None = None,
-               pooling: str | None = None, normalize: bool | None = None, query_prefix: str | None = None,
-               passage_prefix: str | None = None) -> LoadedModel:
+def load_model(
+    ref: str | os.PathLike,
+    *,
+    step: int | str | None = None,
+    tied: bool | None = None,
+    dtype: str | None = None,
+    query_max_length: int | None = None,
+    passage_max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    query_prefix: str | None = None,
+    passage_prefix: str | None = None,
+) -> LoadedModel:
     """Load any model reference (see `model_path`). A workdir gives its `step` checkpoint (an int, "latest" / None,
     or "best"); `tied` / `dtype` None keep a workdir's own (a model dir: tied, float32). A tied workdir loads untied
     with `tied=False` (both towers start from it); an untied one refuses `tied=True`. The token budgets, `pooling`,
     `normalize` and the prefixes override the model's own where given."""
     path = model_path(ref)
     if not is_workdir(path):
-        params, spec, tokenizer = hf.load(path, tied=True if tied is None else tied, dtype=dtype or "float32",
-                                          query_max_length=query_max_length, passage_max_length=passage_max_length,
-                                          pooling=pooling, normalize=normalize, query_prefix=query_prefix,
-                                          passage_prefix=passage_prefix)
+        params, spec, tokenizer = hf.load(
+            path,
+            tied=True if tied is None else tied,
+            dtype=dtype or "float32",
+            query_max_length=query_max_length,
+            passage_max_length=passage_max_length,
+            pooling=pooling,
+            normalize=normalize,
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
+        )
         return LoadedModel(params, spec, tokenizer, None, path)
     params, spec, tokenizer, at = load_workdir(path, step=step, dtype=dtype)
     tied = spec.tied if tied is None else tied
@@ -62,11 +78,13 @@ def load_model(ref: str | os.PathLike, *, step: int | str | None = None, tied: b
         if "dense" in params:
             untied["dense"] = params["dense"]
         params = untied
-    lengths = {k: v for k, v in (("query_max_length", query_max_length),
-                                 ("passage_max_length", passage_max_length)) if v}
+    lengths = {
+        k: v for k, v in (("query_max_length", query_max_length), ("passage_max_length", passage_max_length)) if v
+    }
     spec = dataclasses.replace(spec, tied=tied, **lengths)
-    spec = hf.with_settings(spec, pooling=pooling, normalize=normalize, query_prefix=query_prefix,
-                            passage_prefix=passage_prefix)
+    spec = hf.with_settings(
+        spec, pooling=pooling, normalize=normalize, query_prefix=query_prefix, passage_prefix=passage_prefix
+    )
     return LoadedModel(params, spec, tokenizer, at, path)
 
 

@@ -148,4 +148,3 @@ def write_tiny_model(
         )
         write_st_files(tmp, hidden_size, pooling, normalize, max_seq_length)
     return path
-

@@ -4,7 +4,8 @@ tokenizer files (`load_tokenizer`, `TOKENIZER_FILES`: what export and a workdir 
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -18,8 +19,16 @@ _STEP = 64
 # Every file a model dir keeps its tokenizer in: WordPiece (vocab.txt), byte-level BPE (RoBERTa: vocab.json +
 # merges.txt), sentencepiece (XLM-R), and the transformers configs. An export and a workdir's `encoder/` copy
 # whichever of them the source has, so transformers can rebuild its slow tokenizer too.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+)
 
 
 class Tokenized(NamedTuple):
@@ -86,8 +95,14 @@ def ragged(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return tokens, offsets
 
 
-def pad_ragged(tokens: np.ndarray, offsets: np.ndarray, rows: np.ndarray, length: int, pad_token_id: int = 0,
-               n_rows: int | None = None) -> Tokenized:
+def pad_ragged(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    rows: np.ndarray,
+    length: int,
+    pad_token_id: int = 0,
+    n_rows: int | None = None,
+) -> Tokenized:
     """Sequences `rows` of a ragged `(tokens, offsets)` right-padded (and cut) to `[n_rows or len(rows), length]`
     int32; extra rows are all padding (mask 0). Vectorised: one gather, no Python loop over rows."""
     rows = np.asarray(rows, np.int64)

@@ -76,11 +76,17 @@ def add_whitening(params: dict, spec: EncoderSpec, whitening: Whitening) -> tupl
     before = spec.normalize
     if spec.dense is not None:
         if spec.dense != "identity" or spec.normalize:
-            raise ValueError("whitening: the model's Dense layer is followed by Normalize or tanh; an affine "
-                             "whitening cannot be folded into it")
+            raise ValueError(
+                "whitening: the model's Dense layer is followed by Normalize or tanh; an affine "
+                "whitening cannot be folded into it"
+            )
         a = np.asarray(params["dense"]["kernel"], np.float64)
         b0 = np.asarray(params["dense"]["bias"], np.float64)
-        kernel, bias, before = a @ whitening.kernel, (b0 - whitening.mean) @ whitening.kernel, spec.normalize_before_dense
+        kernel, bias, before = (
+            a @ whitening.kernel,
+            (b0 - whitening.mean) @ whitening.kernel,
+            spec.normalize_before_dense,
+        )
     out = dict(params)
     out["dense"] = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
     return out, dataclasses.replace(spec, dense="identity", normalize_before_dense=before, normalize=True)

@@ -11,7 +11,8 @@ ANCE refresh (`negatives.ce_denoise_model`) use the same `CrossEncoderFilter`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,15 +41,16 @@ class CrossEncoderFilter:
         if self.depth < 1:
             raise ValueError(f"cross-encoder denoising depth must be >= 1, got {self.depth}")
 
-    def drop_mask(self, qids: Sequence[str], rows: np.ndarray, pos_offsets: np.ndarray,
-                  pos_rows: np.ndarray) -> np.ndarray:
+    def drop_mask(
+        self, qids: Sequence[str], rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray
+    ) -> np.ndarray:
         """bool `[Q, K]`: the candidates `rows[Q, K]` (corpus rows in rank order, -1 padded) to drop.
         `pos_offsets[Q+1]`, `pos_rows`: each query's positives (CSR), needed by the margin rule."""
         from jdr.models.cross_encoder import score_texts
 
         rows = np.asarray(rows)
         judged = np.zeros(rows.shape, bool)
-        judged[:, :self.depth] = rows[:, :self.depth] >= 0
+        judged[:, : self.depth] = rows[:, : self.depth] >= 0
         q_idx, c_idx = np.nonzero(judged)
         pairs_q = [self.queries[qids[i]] for i in q_idx]
         pairs_p = [self.corpus.passage(int(r)) for r in rows[q_idx, c_idx]]
@@ -56,19 +58,32 @@ class CrossEncoderFilter:
         if self.margin is not None:
             pairs_q += [self.queries[qids[i]] for i in owner]
             pairs_p += [self.corpus.passage(int(r)) for r in pos_rows]
-        logits = score_texts(self.params, self.spec, self.tokenizer, pairs_q, pairs_p, batch_size=self.batch_size,
-                             progress=self.progress, desc="cross-encoder denoise") if pairs_q else np.zeros(0)
+        logits = (
+            score_texts(
+                self.params,
+                self.spec,
+                self.tokenizer,
+                pairs_q,
+                pairs_p,
+                batch_size=self.batch_size,
+                progress=self.progress,
+                desc="cross-encoder denoise",
+            )
+            if pairs_q
+            else np.zeros(0)
+        )
         scores = np.full(rows.shape, np.nan, np.float32)
-        scores[q_idx, c_idx] = logits[:len(q_idx)]
+        scores[q_idx, c_idx] = logits[: len(q_idx)]
         if self.threshold is not None:
             return near_positive(scores, self.threshold)
         reference = np.full(len(qids), np.inf, np.float32)
-        np.minimum.at(reference, owner, logits[len(q_idx):])
+        np.minimum.at(reference, owner, logits[len(q_idx) :])
         reference[np.diff(pos_offsets) == 0] = np.nan  # no positive: keep the query's candidates
         return near_positive(scores, self.margin, reference)
 
-    def filter(self, qids: Sequence[str], rows: np.ndarray, pos_offsets: np.ndarray,
-               pos_rows: np.ndarray) -> tuple[np.ndarray, int]:
+    def filter(
+        self, qids: Sequence[str], rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray
+    ) -> tuple[np.ndarray, int]:
         """`rows` without the dropped candidates (order kept, -1 padded at the end) and how many were dropped."""
         rows = np.asarray(rows)
         drop = self.drop_mask(qids, rows, pos_offsets, pos_rows) & (rows >= 0)
@@ -79,14 +94,33 @@ class CrossEncoderFilter:
         return out, int(drop.sum())
 
 
-def load_filter(model: str, corpus, queries, *, threshold=None, margin=None, depth: int = 30,
-                batch_size: int = 64, progress: bool = False) -> CrossEncoderFilter:
+def load_filter(
+    model: str,
+    corpus,
+    queries,
+    *,
+    threshold=None,
+    margin=None,
+    depth: int = 30,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> CrossEncoderFilter:
     """`CrossEncoderFilter` over the cross-encoder at `model` (a dir, hub name or cross-encoder workdir)."""
     from jdr.models.cross_encoder_hf import load_cross_encoder
 
     params, spec, tok = load_cross_encoder(model)
-    return CrossEncoderFilter(params, spec, tok, corpus, queries, threshold=threshold, margin=margin, depth=depth,
-                              batch_size=batch_size, progress=progress)
+    return CrossEncoderFilter(
+        params,
+        spec,
+        tok,
+        corpus,
+        queries,
+        threshold=threshold,
+        margin=margin,
+        depth=depth,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def check_config(negatives) -> None:
@@ -96,10 +130,14 @@ def check_config(negatives) -> None:
     if not negatives.ce_denoise_model and not rules:
         return
     if not negatives.ce_denoise_model or len(rules) != 1:
-        raise ValueError("negatives.ce_denoise_model goes with exactly one of negatives.ce_denoise_threshold / "
-                         f"negatives.ce_denoise_margin (model {negatives.ce_denoise_model!r}, rules set: {rules})")
+        raise ValueError(
+            "negatives.ce_denoise_model goes with exactly one of negatives.ce_denoise_threshold / "
+            f"negatives.ce_denoise_margin (model {negatives.ce_denoise_model!r}, rules set: {rules})"
+        )
     if negatives.refresh_every <= 0:
-        raise ValueError("negatives.ce_denoise_model denoises the ANCE refresh: set negatives.refresh_every > 0 "
-                         "(offline: `jdr mine --ce-model`)")
+        raise ValueError(
+            "negatives.ce_denoise_model denoises the ANCE refresh: set negatives.refresh_every > 0 "
+            "(offline: `jdr mine --ce-model`)"
+        )
     if negatives.ce_denoise_depth < 1:
         raise ValueError("negatives.ce_denoise_depth must be >= 1")

@@ -10,8 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def denoise(rows: np.ndarray, *, skip_top: int = 0, scores: np.ndarray | None = None,
-            threshold: float | None = None, reference: np.ndarray | None = None) -> np.ndarray:
+def denoise(
+    rows: np.ndarray,
+    *,
+    skip_top: int = 0,
+    scores: np.ndarray | None = None,
+    threshold: float | None = None,
+    reference: np.ndarray | None = None,
+) -> np.ndarray:
     """Filter ranked candidates `rows[Q, K]` (positives already removed, -1 padded) -> `[Q, K]`, order kept.
 
     `skip_top`: drop each query's first r valid candidates. `scores[Q, K]` (aligned with `rows`) with `threshold`:
@@ -70,14 +76,15 @@ def dense_scores(query_emb: np.ndarray, passage_emb: np.ndarray, rows: np.ndarra
     out = np.empty(rows.shape, dtype=np.float32)
     block = max(1, (1 << 24) // max(1, rows.shape[1] * p.shape[1]))  # bound the gathered [b, K, d] copy
     for start in range(0, len(rows), block):
-        r = rows[start:start + block]
-        out[start:start + len(r)] = np.einsum("qd,qkd->qk", q[start:start + len(r)], p[np.maximum(r, 0)])
+        r = rows[start : start + block]
+        out[start : start + len(r)] = np.einsum("qd,qkd->qk", q[start : start + len(r)], p[np.maximum(r, 0)])
     out[rows < 0] = np.nan
     return out
 
 
-def positive_scores(query_emb: np.ndarray, passage_emb: np.ndarray, pos_offsets: np.ndarray,
-                    pos_rows: np.ndarray) -> np.ndarray:
+def positive_scores(
+    query_emb: np.ndarray, passage_emb: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray
+) -> np.ndarray:
     """Per query `[Q]`, the lowest inner product with one of its positives (CSR `pos_offsets[Q+1]`, `pos_rows`),
     NaN for a query without positives: a candidate scoring near the weakest positive is the likely false negative."""
     q = np.asarray(query_emb, dtype=np.float32)

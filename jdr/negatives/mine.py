@@ -25,7 +25,8 @@ What users of sentence-transformers' `mine_hard_negatives` and FlagEmbedding's `
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping, Protocol, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -101,8 +102,11 @@ class Mined:
 
     def summary(self) -> dict:
         n = np.asarray([len(x) for x in self.negatives], dtype=np.int64)
-        per = {"min": int(n.min()), "mean": float(n.mean()), "max": int(n.max())} if len(n) else \
-            {"min": 0, "mean": 0.0, "max": 0}
+        per = (
+            {"min": int(n.min()), "mean": float(n.mean()), "max": int(n.max())}
+            if len(n)
+            else {"min": 0, "mean": 0.0, "max": 0}
+        )
         return {"queries": len(self.qids), "negatives": int(n.sum()), "negatives_per_query": per, **self.stats}
 
 
@@ -111,16 +115,24 @@ def _rank(source: str, corpus, query_texts: Sequence[str], k: int, q_emb, p_emb,
     if source == "bm25":
         from jdr.index.bm25 import bm25_candidates
 
-        return bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))], query_texts, k,
-                               preset=settings.bm25_preset)
+        return bm25_candidates(
+            [corpus.passage(i) for i in range(len(corpus.ids))], query_texts, k, preset=settings.bm25_preset
+        )
     from jdr.negatives.ann import ann_candidates
 
     return ann_candidates(q_emb, p_emb, k, factory=settings.factory, seed=settings.seed)
 
 
-def mine_negatives(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                   settings: MineSettings, *, scorer: DenseScorer | None = None, progress: bool = True,
-                   ce_filter=None) -> Mined:
+def mine_negatives(
+    corpus,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    settings: MineSettings,
+    *,
+    scorer: DenseScorer | None = None,
+    progress: bool = True,
+    ce_filter=None,
+) -> Mined:
     """Mine negatives for every query of `qrels` with a positive (sorted ids; the others are counted as
     `skipped_queries`). `corpus` is a `jdr.data.beir.Corpus`; `scorer` is needed for `ann` and the filters.
     `ce_filter`: a `jdr.negatives.ce_denoise.CrossEncoderFilter` that drops what a cross-encoder judges relevant
@@ -140,9 +152,13 @@ def mine_negatives(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mappi
     if "ann" in settings.counts:
         p_emb = np.asarray(scorer.passages(np.arange(len(corpus.ids))), dtype=np.float32)
     a, b = settings.window
-    stats = {"skipped_queries": len(qrels) - len(qids), "positives_removed": 0,
-             "filtered": {"denoise_threshold": 0, "max_score_ratio": 0}, "repeated_across_sources": 0,
-             "short_queries": 0}
+    stats = {
+        "skipped_queries": len(qrels) - len(qids),
+        "positives_removed": 0,
+        "filtered": {"denoise_threshold": 0, "max_score_ratio": 0},
+        "repeated_across_sources": 0,
+        "short_queries": 0,
+    }
     windows = {}
     for source in settings.counts:
         raw_scores, raw_rows = _rank(source, corpus, texts, k, q_emb, p_emb, settings)
@@ -158,8 +174,10 @@ def mine_negatives(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mappi
         for w in windows.values():
             dense = dense_scores(q_emb, p_emb, remap(w[0]))
             valid = w[0] >= 0
-            for name, value, rule in (("denoise_threshold", settings.denoise_threshold, near_positive),
-                                      ("max_score_ratio", settings.max_score_ratio, above_ratio)):
+            for name, value, rule in (
+                ("denoise_threshold", settings.denoise_threshold, near_positive),
+                ("max_score_ratio", settings.max_score_ratio, above_ratio),
+            ):
                 if value is not None:
                     drop = rule(dense, value, reference) & valid & w[2]
                     stats["filtered"][name] += int(drop.sum())
@@ -191,8 +209,9 @@ def mine_negatives(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mappi
     return Mined(qids, negatives, stats)
 
 
-def tevatron_records(corpus, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                     mined: Mined) -> Iterator[dict]:
+def tevatron_records(
+    corpus, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], mined: Mined
+) -> Iterator[dict]:
     """Tevatron JSONL records of `mined`: positives from the qrels (relevance > 0, qrels order), negatives with
     their rank, score and source."""
 
@@ -200,19 +219,37 @@ def tevatron_records(corpus, queries: Mapping[str, str], qrels: Mapping[str, Map
         return {"docid": corpus.ids[row], "title": corpus.titles[row], "text": corpus.texts[row]}
 
     for qid, negs in zip(mined.qids, mined.negatives):
-        yield {"query_id": qid, "query": queries[qid],
-               "positive_passages": [passage(corpus.index[d]) for d, r in qrels[qid].items() if r > 0],
-               "negative_passages": [{**passage(row), "rank": rank, "score": score, "source": source}
-                                     for row, rank, score, source in negs]}
+        yield {
+            "query_id": qid,
+            "query": queries[qid],
+            "positive_passages": [passage(corpus.index[d]) for d, r in qrels[qid].items() if r > 0],
+            "negative_passages": [
+                {**passage(row), "rank": rank, "score": score, "source": source} for row, rank, score, source in negs
+            ],
+        }
 
 
-def mine_to_jsonl(path, corpus, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                  settings: MineSettings, *, scorer: DenseScorer | None = None, progress: bool = True,
-                  ce_filter=None) -> dict:
+def mine_to_jsonl(
+    path,
+    corpus,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    settings: MineSettings,
+    *,
+    scorer: DenseScorer | None = None,
+    progress: bool = True,
+    ce_filter=None,
+) -> dict:
     """`mine_negatives`, then write the Tevatron JSONL to `path` atomically; returns the summary."""
     from jdr.data.tevatron import write_tevatron
 
     mined = mine_negatives(corpus, queries, qrels, settings, scorer=scorer, progress=progress, ce_filter=ce_filter)
     write_tevatron(path, tevatron_records(corpus, queries, qrels, mined))
-    return {**mined.summary(), "output": str(path), "sources": dict(settings.counts), "depth": settings.depth,
-            "sample_range": list(settings.window), "seed": settings.seed}
+    return {
+        **mined.summary(),
+        "output": str(path),
+        "sources": dict(settings.counts),
+        "depth": settings.depth,
+        "sample_range": list(settings.window),
+        "seed": settings.seed,
+    }

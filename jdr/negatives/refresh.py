@@ -47,10 +47,17 @@ class AnnRefreshConfig:
 DENSE = ("ann", "memory")  # the sources a refresh re-mines with the model being trained
 
 
-def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
-                 encode_queries_fn: Callable[[Any, Sequence[str]], np.ndarray], corpus, train_qids: Sequence[str],
-                 qrels: Mapping[str, Mapping[str, int]], cfg: AnnRefreshConfig, *, initial: NegativesTable,
-                 memory=None) -> Callable[[Any, int], NegativesTable]:
+def ann_build_fn(
+    encode_corpus_fn: Callable[[Any], np.ndarray],
+    encode_queries_fn: Callable[[Any, Sequence[str]], np.ndarray],
+    corpus,
+    train_qids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    cfg: AnnRefreshConfig,
+    *,
+    initial: NegativesTable,
+    memory=None,
+) -> Callable[[Any, int], NegativesTable]:
     """A `build_fn` for `RefreshHook`: encode the corpus with the params snapshot (`encode_corpus_fn(params) ->
     [N, d]`, corpus row order) and the training queries (`encode_queries_fn(params, qids) -> [len(qids), d]`),
     then re-mine every dense source the counts name: `ann` (faiss index over the corpus, top-k) and `memory`
@@ -89,8 +96,10 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
         p_emb = np.asarray(encode_corpus_fn(params), dtype=np.float32)
         q_emb = np.asarray(encode_queries_fn(params, [qids[i] for i in sel]), dtype=np.float32)
         if p_emb.shape[0] != len(initial.corpus_ids) or q_emb.shape != (len(sel), p_emb.shape[-1]):
-            raise ValueError(f"encoders returned passages {p_emb.shape} and queries {q_emb.shape} for "
-                             f"{len(initial.corpus_ids)} passages and {len(sel)} queries")
+            raise ValueError(
+                f"encoders returned passages {p_emb.shape} and queries {q_emb.shape} for "
+                f"{len(initial.corpus_ids)} passages and {len(sel)} queries"
+            )
         timings = {"encode_s": time.perf_counter() - t0, "index_s": 0.0, "mine_s": 0.0}
         q_full = np.zeros((len(qids), p_emb.shape[1]), dtype=np.float32)
         q_full[sel] = q_emb
@@ -105,16 +114,25 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
                 scores = None  # corpus rows: denoise scores them from the embeddings, as before memories existed
             else:  # builds the corpus's memory index inside: counted as mining
                 offsets, pos = _select_csr(prev.pos_offsets, prev.pos_rows, sel)
-                scores, found = memory.mine(q_emb, p_emb, memory.width(cfg.depth + cfg.skip_top), offsets, pos,
-                                            seed=cfg.seed)
+                scores, found = memory.mine(
+                    q_emb, p_emb, memory.width(cfg.depth + cfg.skip_top), offsets, pos, seed=cfg.seed
+                )
             rows = np.full((len(qids), found.shape[1]), -1, dtype=np.int64)
             rows[sel] = found
             if scores is not None:
                 full = np.full(rows.shape, np.nan, dtype=np.float32)
                 full[sel] = scores
                 scores = full
-            rows = denoise_ranked(rows, prev.pos_offsets, prev.pos_rows, skip_top=cfg.skip_top,
-                                  threshold=cfg.denoise_threshold, query_emb=q_full, passage_emb=p_emb, scores=scores)
+            rows = denoise_ranked(
+                rows,
+                prev.pos_offsets,
+                prev.pos_rows,
+                skip_top=cfg.skip_top,
+                threshold=cfg.denoise_threshold,
+                query_emb=q_full,
+                passage_emb=p_emb,
+                scores=scores,
+            )
             if cfg.candidate_filter is not None:
                 t2 = time.perf_counter()
                 offsets, pos = _select_csr(prev.pos_offsets, prev.pos_rows, sel)
@@ -124,8 +142,9 @@ def ann_build_fn(encode_corpus_fn: Callable[[Any], np.ndarray],
             if not (rows[sel] >= 0).any():
                 raise ValueError(f"{name} mining found no candidates for {len(sel)} queries")
             timings["mine_s"] += time.perf_counter() - t1
-            table = table.replace_candidates(name, rows, mask, counts=counts, version=prev.version + 1,
-                                             created_step=step, timings=timings)
+            table = table.replace_candidates(
+                name, rows, mask, counts=counts, version=prev.version + 1, created_step=step, timings=timings
+            )
         state["table"] = table
         return table
 
@@ -137,5 +156,5 @@ def _select_csr(offsets: np.ndarray, rows: np.ndarray, sel: np.ndarray) -> tuple
     counts = np.diff(offsets)[sel]
     out = np.zeros(len(sel) + 1, dtype=np.int64)
     np.cumsum(counts, out=out[1:])
-    picked = [rows[offsets[i]:offsets[i + 1]] for i in sel]
+    picked = [rows[offsets[i] : offsets[i + 1]] for i in sel]
     return out, (np.concatenate(picked) if picked else np.zeros(0, rows.dtype))

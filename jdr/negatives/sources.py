@@ -9,11 +9,11 @@ denoise step (skip the top r; drop candidates the dense teacher scores near the 
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jdr.negatives.denoise import dense_scores, denoise, positive_scores
+from jdr.negatives.denoise import denoise, dense_scores, positive_scores
 from jdr.negatives.table import RANDOM, NegativesTable, clean_candidates, positives_csr
 
 SOURCES = (RANDOM, "gold", "bm25", "ann", "file", "memory")
@@ -26,8 +26,10 @@ def parse_counts(spec: str) -> dict[str, int]:
         name, sep, num = part.partition(":")
         name = name.strip()
         if not sep or name not in SOURCES or not num.strip().isdigit() or name in counts:
-            raise ValueError(f"negatives.hybrid: bad entry {part!r} in {spec!r}; expected 'source:count' with a "
-                             f"source in {list(SOURCES)}, each once")
+            raise ValueError(
+                f"negatives.hybrid: bad entry {part!r} in {spec!r}; expected 'source:count' with a "
+                f"source in {list(SOURCES)}, each once"
+            )
         counts[name] = int(num)
     if not counts:
         raise ValueError(f"negatives.hybrid: no 'source:count' entries in {spec!r}")
@@ -46,8 +48,9 @@ def source_counts(source: str, num: int, hybrid: str = "") -> dict[str, int]:
     return {source: num}
 
 
-def gold_candidates(qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]], corpus_index: Mapping[str, int],
-                    k: int, seed: int) -> np.ndarray:
+def gold_candidates(
+    qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]], corpus_index: Mapping[str, int], k: int, seed: int
+) -> np.ndarray:
     """DPR's gold negatives: for each query, up to `k` positives of the OTHER training queries in a seeded random
     order -> rows `[Q, k]` (-1 padded). The query's own positives are excluded."""
     offsets, pos = positives_csr(qids, qrels, corpus_index)
@@ -55,20 +58,35 @@ def gold_candidates(qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
     rng = np.random.default_rng(seed)
     out = np.full((len(qids), k), -1, dtype=np.int64)
     for i in range(len(qids)):
-        own = pos[offsets[i]:offsets[i + 1]]
+        own = pos[offsets[i] : offsets[i + 1]]
         take = min(len(pool), k + len(own))  # extra draws so k remain once the own positives are dropped
         drawn = pool[rng.choice(len(pool), size=take, replace=False)]
         drawn = drawn[~np.isin(drawn, own)][:k]
-        out[i, :len(drawn)] = drawn
+        out[i, : len(drawn)] = drawn
     return out
 
 
-def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
-                qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str] | None = None, *, depth: int,
-                seed: int = 0, query_emb: np.ndarray | None = None, passage_emb: np.ndarray | None = None,
-                factory: str = "Flat", nprobe: int | None = None, skip_top: int = 0,
-                denoise_threshold: float | None = None, version: int = 0, created_step: int = 0,
-                file_rows: np.ndarray | None = None, memory=None, bm25_preset: str = "lucene") -> NegativesTable:
+def build_table(
+    counts: Mapping[str, int],
+    corpus,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    qids: Sequence[str] | None = None,
+    *,
+    depth: int,
+    seed: int = 0,
+    query_emb: np.ndarray | None = None,
+    passage_emb: np.ndarray | None = None,
+    factory: str = "Flat",
+    nprobe: int | None = None,
+    skip_top: int = 0,
+    denoise_threshold: float | None = None,
+    version: int = 0,
+    created_step: int = 0,
+    file_rows: np.ndarray | None = None,
+    memory=None,
+    bm25_preset: str = "lucene",
+) -> NegativesTable:
     """Mine every source named in `counts` for the training queries `qids` (default `sorted(qrels)`) and build
     the table sampling `counts[name]` negatives per query from each source's top-`depth`.
 
@@ -93,11 +111,15 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
     if "memory" in counts and memory is None:
         raise ValueError("negatives: source 'memory' needs negatives.memories (the augmentation memories)")
     if "file" in counts and file_rows is None:
-        raise ValueError("negatives: source 'file' needs negatives that came with the training data (Tevatron "
-                         "negative_passages, triplets, MS MARCO triples); this data has none")
+        raise ValueError(
+            "negatives: source 'file' needs negatives that came with the training data (Tevatron "
+            "negative_passages, triplets, MS MARCO triples); this data has none"
+        )
     if dense and (len(query_emb) != len(qids) or len(passage_emb) != len(corpus.ids)):
-        raise ValueError(f"negatives: embeddings [{len(query_emb)}], [{len(passage_emb)}] do not match "
-                         f"{len(qids)} queries and {len(corpus.ids)} passages")
+        raise ValueError(
+            f"negatives: embeddings [{len(query_emb)}], [{len(passage_emb)}] do not match "
+            f"{len(qids)} queries and {len(corpus.ids)} passages"
+        )
     candidates, timings = {}, {}
     for name in counts:
         if name == RANDOM:
@@ -107,8 +129,16 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
             candidates[name] = gold_candidates(qids, qrels, corpus_index, k, seed)
         elif name == "memory":
             scores, rows = memory.mine(query_emb, passage_emb, memory.width(depth + skip_top), offsets, pos, seed=seed)
-            candidates[name] = denoise_ranked(rows, offsets, pos, skip_top=skip_top, threshold=denoise_threshold,
-                                              query_emb=query_emb, passage_emb=passage_emb, scores=scores)
+            candidates[name] = denoise_ranked(
+                rows,
+                offsets,
+                pos,
+                skip_top=skip_top,
+                threshold=denoise_threshold,
+                query_emb=query_emb,
+                passage_emb=passage_emb,
+                scores=scores,
+            )
         elif name in ("bm25", "ann", "file"):
             if name == "file":
                 rows = np.asarray(file_rows)
@@ -118,26 +148,54 @@ def build_table(counts: Mapping[str, int], corpus, queries: Mapping[str, str],
                 from jdr.index.bm25 import bm25_candidates, check_preset  # bm25s imported only when used
 
                 check_preset(bm25_preset, "negatives.bm25_preset")
-                _, rows = bm25_candidates([corpus.passage(i) for i in range(len(corpus.ids))],
-                                          [queries[q] for q in qids], k, preset=bm25_preset)
+                _, rows = bm25_candidates(
+                    [corpus.passage(i) for i in range(len(corpus.ids))],
+                    [queries[q] for q in qids],
+                    k,
+                    preset=bm25_preset,
+                )
             else:
                 from jdr.negatives.ann import ann_candidates
 
                 _, rows = ann_candidates(query_emb, passage_emb, k, factory=factory, nprobe=nprobe, seed=seed)
-            candidates[name] = denoise_ranked(rows, offsets, pos, skip_top=skip_top,
-                                              threshold=denoise_threshold, query_emb=query_emb,
-                                              passage_emb=passage_emb)
+            candidates[name] = denoise_ranked(
+                rows,
+                offsets,
+                pos,
+                skip_top=skip_top,
+                threshold=denoise_threshold,
+                query_emb=query_emb,
+                passage_emb=passage_emb,
+            )
         else:
             raise ValueError(f"unknown negatives source {name!r}; known: {list(SOURCES)}")
         timings[f"{name}_s"] = time.perf_counter() - t0
-    return NegativesTable.create(qids, corpus.ids, qrels, candidates, counts, depth, corpus_index=corpus_index,
-                                 version=version, created_step=created_step, timings=timings,
-                                 memory_ids=() if memory is None else memory.ids)
+    return NegativesTable.create(
+        qids,
+        corpus.ids,
+        qrels,
+        candidates,
+        counts,
+        depth,
+        corpus_index=corpus_index,
+        version=version,
+        created_step=created_step,
+        timings=timings,
+        memory_ids=() if memory is None else memory.ids,
+    )
 
 
-def denoise_ranked(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray, *, skip_top: int = 0,
-                   threshold: float | None = None, query_emb: np.ndarray | None = None,
-                   passage_emb: np.ndarray | None = None, scores: np.ndarray | None = None) -> np.ndarray:
+def denoise_ranked(
+    rows: np.ndarray,
+    pos_offsets: np.ndarray,
+    pos_rows: np.ndarray,
+    *,
+    skip_top: int = 0,
+    threshold: float | None = None,
+    query_emb: np.ndarray | None = None,
+    passage_emb: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+) -> np.ndarray:
     """A raw ranking `rows[Q, K]` -> positives removed, then `denoise` (skip the top `skip_top`; with
     `threshold`, drop candidates whose dense score is `>= weakest positive's score - threshold`). The dense
     scores are `query_emb . passage_emb[row]`, or `scores[Q, K]` (aligned with `rows`) when the candidates were

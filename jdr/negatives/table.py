@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,8 +24,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _BLOCK_ELEMENTS = 1 << 24  # bound on the [block, K, max_pos] comparison tensor in `clean_candidates`
 
 
-def positives_csr(qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
-                  corpus_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def positives_csr(
+    qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]], corpus_index: Mapping[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of each query's positives (relevance > 0) as CSR: `(offsets[Q+1] int64, rows[P] int32)`.
 
     Query i's positives are `rows[offsets[i]:offsets[i+1]]`, sorted. A judged doc missing from the corpus or a
@@ -62,8 +63,8 @@ def _positive_mask(r: np.ndarray, start: int, pos_offsets: np.ndarray, pos_rows:
         return np.zeros(r.shape, dtype=bool)
     # padded positives per query; -2 never equals a row or the -1 pad
     pos = np.full((len(r), max_pos), -2, dtype=np.int64)
-    c = np.diff(pos_offsets[start:start + len(r) + 1])
-    pos[np.arange(max_pos)[None, :] < c[:, None]] = pos_rows[pos_offsets[start]:pos_offsets[start + len(r)]]
+    c = np.diff(pos_offsets[start : start + len(r) + 1])
+    pos[np.arange(max_pos)[None, :] < c[:, None]] = pos_rows[pos_offsets[start] : pos_offsets[start + len(r)]]
     return (r[:, :, None] == pos[:, None, :]).any(-1)
 
 
@@ -79,13 +80,14 @@ def _check_rows(name: str, rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: 
         raise ValueError(f"candidates[{name!r}] has a -1 before a candidate; build tables with NegativesTable.create")
     _, max_pos, block = _blocks(rows, pos_offsets)
     for start in range(0, len(rows), block):
-        r = rows[start:start + block].astype(np.int64)
+        r = rows[start : start + block].astype(np.int64)
         if _positive_mask(r, start, pos_offsets, pos_rows, max_pos).any():
             raise ValueError(f"candidates[{name!r}] holds a positive; build tables with NegativesTable.create")
 
 
-def clean_candidates(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray, depth: int,
-                     values: np.ndarray | None = None):
+def clean_candidates(
+    rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.ndarray, depth: int, values: np.ndarray | None = None
+):
     """Ranked rows `[Q, K]` -> `[Q, depth]` int32: positives, -1 and repeats removed, order kept, -1 padded.
 
     Every source passes its raw ranking through here, so "positives never included" has one implementation.
@@ -105,7 +107,7 @@ def clean_candidates(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.nda
         out_values = np.full((rows.shape[0], depth), np.nan, dtype=np.float32)
     _, max_pos, block = _blocks(rows, pos_offsets)
     for start in range(0, rows.shape[0], block):
-        r = rows[start:start + block]
+        r = rows[start : start + block]
         keep = (r >= 0) & ~_positive_mask(r, start, pos_offsets, pos_rows, max_pos)
         # first occurrence of each value: a stable sort puts the earliest column first in each run
         order = np.argsort(r, axis=1, kind="stable")
@@ -119,10 +121,10 @@ def clean_candidates(rows: np.ndarray, pos_offsets: np.ndarray, pos_rows: np.nda
         kept = np.take_along_axis(r, perm, axis=1)
         kept_mask = np.take_along_axis(keep, perm, axis=1)
         kept[~kept_mask] = -1
-        out[start:start + len(r), :kept.shape[1]] = kept
+        out[start : start + len(r), : kept.shape[1]] = kept
         if values is not None:
-            v = np.take_along_axis(values[start:start + len(r)], perm, axis=1)
-            out_values[start:start + len(r), :v.shape[1]] = np.where(kept_mask, v, np.nan)
+            v = np.take_along_axis(values[start : start + len(r)], perm, axis=1)
+            out_values[start : start + len(r), : v.shape[1]] = np.where(kept_mask, v, np.nan)
     return out if values is None else (out, out_values)
 
 
@@ -197,11 +199,22 @@ class NegativesTable:
             raise ValueError("training query ids repeat")
 
     @classmethod
-    def create(cls, qids: Sequence[str], corpus_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
-               candidates: Mapping[str, np.ndarray], counts: Mapping[str, int], depth: int, *,
-               corpus_index: Mapping[str, int] | None = None, version: int = 0, source: str = "",
-               created_step: int = 0, timings: Mapping[str, float] | None = None,
-               memory_ids: Sequence[str] = ()) -> "NegativesTable":
+    def create(
+        cls,
+        qids: Sequence[str],
+        corpus_ids: Sequence[str],
+        qrels: Mapping[str, Mapping[str, int]],
+        candidates: Mapping[str, np.ndarray],
+        counts: Mapping[str, int],
+        depth: int,
+        *,
+        corpus_index: Mapping[str, int] | None = None,
+        version: int = 0,
+        source: str = "",
+        created_step: int = 0,
+        timings: Mapping[str, float] | None = None,
+        memory_ids: Sequence[str] = (),
+    ) -> NegativesTable:
         """Build a table from raw rankings: `candidates[name]` is `[Q, K]` corpus rows (best first, -1 allowed,
         positives allowed: they are filtered here). `corpus_index` (doc id -> row) saves rebuilding it.
         `memory_ids`: the documents of rows `len(corpus_ids)...` (see the class docstring)."""
@@ -211,8 +224,20 @@ class NegativesTable:
         # each source keeps its own width: extra stored depth is kept, a narrower list (a file's 8 negatives under
         # depth 200) is not padded to `depth` (-1 columns cost 4 bytes a query each and sample nothing)
         cleaned = {k: clean_candidates(c, offsets, pos, max(1, np.shape(c)[1])) for k, c in candidates.items()}
-        return cls(qids, corpus_ids, offsets, pos, cleaned, counts, depth, version, source or _default_source(counts),
-                   created_step, timings, tuple(memory_ids))
+        return cls(
+            qids,
+            corpus_ids,
+            offsets,
+            pos,
+            cleaned,
+            counts,
+            depth,
+            version,
+            source or _default_source(counts),
+            created_step,
+            timings,
+            tuple(memory_ids),
+        )
 
     @property
     def num_negatives(self) -> int:
@@ -222,7 +247,7 @@ class NegativesTable:
     def positives(self, qid: str) -> np.ndarray:
         """Sorted corpus rows of `qid`'s positives."""
         i = self._row(qid)
-        return self.pos_rows[self.pos_offsets[i]:self.pos_offsets[i + 1]]
+        return self.pos_rows[self.pos_offsets[i] : self.pos_offsets[i + 1]]
 
     def doc_id(self, row: int) -> str:
         """The id of table row `row`: a corpus doc id, or past the corpus a memory document's `"memory:docid"`."""
@@ -240,14 +265,14 @@ class NegativesTable:
         already drawn; a shortfall and the `random` count are drawn uniformly from the rest of the corpus.
         Deterministic for a given state of `rng`."""
         i = self._row(qid)
-        excluded = set(self.pos_rows[self.pos_offsets[i]:self.pos_offsets[i + 1]].tolist())
+        excluded = set(self.pos_rows[self.pos_offsets[i] : self.pos_offsets[i + 1]].tolist())
         chosen: list[int] = []
         short = 0
         for name, count in self.counts.items():
             if name == RANDOM:
                 short += count
                 continue
-            top = self.candidates[name][i, :self.depth]
+            top = self.candidates[name][i, : self.depth]
             m = int(np.count_nonzero(top >= 0))  # candidates are left-compacted and hold no positives
             # a uniform ordered draw, minus rows another source already gave, is a uniform draw from the rest;
             # drawing count + len(chosen) keeps this O(negatives) rather than O(depth)
@@ -262,8 +287,10 @@ class NegativesTable:
         if short:
             n = len(self.corpus_ids)
             if n - len(excluded) < short:
-                raise ValueError(f"query {qid!r}: corpus of {n} docs has too few non-positive docs for "
-                                 f"{self.num_negatives} negatives")
+                raise ValueError(
+                    f"query {qid!r}: corpus of {n} docs has too few non-positive docs for "
+                    f"{self.num_negatives} negatives"
+                )
             while short:
                 # rejection sampling: O(negatives), not O(corpus), since excluded rows are few
                 for r in rng.integers(0, n, size=2 * short + 4).tolist():
@@ -279,8 +306,15 @@ class NegativesTable:
         """`sample_rows` as doc ids: exactly `num_negatives` distinct non-positive docs for `qid`."""
         return [self.doc_id(r) for r in self.sample_rows(qid, rng).tolist()]
 
-    def replace_candidates(self, source: str, rows: np.ndarray, query_mask: np.ndarray | None = None, *,
-                           counts: Mapping[str, int] | None = None, **fields) -> "NegativesTable":
+    def replace_candidates(
+        self,
+        source: str,
+        rows: np.ndarray,
+        query_mask: np.ndarray | None = None,
+        *,
+        counts: Mapping[str, int] | None = None,
+        **fields,
+    ) -> NegativesTable:
         """A new table whose `source` candidates are `rows[Q, K]` (raw ranking, cleaned here); with `query_mask[Q]`
         only those queries' rows change (partial refresh). `counts` replaces the sampling counts; `fields` sets
         version / created_step / timings / source."""
@@ -292,9 +326,9 @@ class NegativesTable:
                 raise ValueError(f"partial refresh of source {source!r}, which the table does not hold")
             old = self.candidates[source]
             merged = np.full((len(self.qids), max(width, old.shape[1])), -1, dtype=np.int32)
-            merged[:, :old.shape[1]] = old
+            merged[:, : old.shape[1]] = old
             merged[query_mask] = -1
-            merged[query_mask, :new.shape[1]] = new[query_mask]
+            merged[query_mask, : new.shape[1]] = new[query_mask]
             new = merged
         cands = {k: v for k, v in self.candidates.items() if k in counts and k != source}
         if source in counts:
@@ -316,14 +350,28 @@ class NegativesTable:
             "pos_rows": np.array(self.pos_rows),
             "candidates": {k: np.array(v) for k, v in self.candidates.items()},
             "counts": {k: np.asarray(v, dtype=np.int64) for k, v in self.counts.items()},
-            "meta": np.asarray([self.version, self.created_step, self.depth, len(self.corpus_ids),
-                                len(self.memory_ids), _ids_crc(self.memory_ids)], dtype=np.int64),
+            "meta": np.asarray(
+                [
+                    self.version,
+                    self.created_step,
+                    self.depth,
+                    len(self.corpus_ids),
+                    len(self.memory_ids),
+                    _ids_crc(self.memory_ids),
+                ],
+                dtype=np.int64,
+            ),
             "source": np.frombuffer(self.source.encode(), dtype=np.uint8).copy(),
         }
 
     @classmethod
-    def from_arrays(cls, d: Mapping, corpus_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]],
-                    memory_ids: Sequence[str] = ()) -> "NegativesTable":
+    def from_arrays(
+        cls,
+        d: Mapping,
+        corpus_ids: Sequence[str],
+        qrels: Mapping[str, Mapping[str, int]],
+        memory_ids: Sequence[str] = (),
+    ) -> NegativesTable:
         """Inverse of `to_arrays` given the same training data (and memory documents). `qrels` holds exactly the
         table's training queries; a table that does not match the corpus, the memories or the qrels is a ValueError.
         A table saved before memories existed (4 meta fields) has none."""
@@ -333,29 +381,45 @@ class NegativesTable:
         if n != len(corpus_ids):
             raise ValueError(f"negatives table was built for a corpus of {n} docs, this corpus has {len(corpus_ids)}")
         if n_mem != len(memory_ids) or crc != _ids_crc(memory_ids):
-            raise ValueError(f"negatives table was built with {n_mem} memory documents (ids CRC32 {crc}), this run "
-                             f"has {len(memory_ids)} (CRC32 {_ids_crc(memory_ids)}): other negatives.memories")
+            raise ValueError(
+                f"negatives table was built with {n_mem} memory documents (ids CRC32 {crc}), this run "
+                f"has {len(memory_ids)} (CRC32 {_ids_crc(memory_ids)}): other negatives.memories"
+            )
         sorted_qids = sorted(qrels)
         idx = np.asarray(d["qid_sorted_index"])
         if len(idx) != len(sorted_qids) or (len(idx) and (idx.min() < 0 or idx.max() >= len(sorted_qids))):
             raise ValueError(f"negatives table holds {len(idx)} queries, the training qrels {len(sorted_qids)}")
         qids = [sorted_qids[i] for i in idx]
-        table = cls(qids, corpus_ids, d["pos_offsets"], d["pos_rows"], dict(d.get("candidates") or {}),
-                    {k: int(np.asarray(v)) for k, v in d["counts"].items()}, depth, version,
-                    bytes(np.asarray(d["source"], dtype=np.uint8)).decode(), created_step, memory_ids=memory_ids)
+        table = cls(
+            qids,
+            corpus_ids,
+            d["pos_offsets"],
+            d["pos_rows"],
+            dict(d.get("candidates") or {}),
+            {k: int(np.asarray(v)) for k, v in d["counts"].items()},
+            depth,
+            version,
+            bytes(np.asarray(d["source"], dtype=np.uint8)).decode(),
+            created_step,
+            memory_ids=memory_ids,
+        )
         for q in qids:
             stored = {table.corpus_ids[r] for r in table.positives(q).tolist()}
             if stored != {doc for doc, rel in qrels[q].items() if rel > 0}:
-                raise ValueError(f"negatives table positives of query {q!r} differ from the qrels: "
-                                 "it was built for other training data")
+                raise ValueError(
+                    f"negatives table positives of query {q!r} differ from the qrels: "
+                    "it was built for other training data"
+                )
         return table
 
     def __repr__(self) -> str:
         shapes = {k: v.shape for k, v in self.candidates.items()}
-        return (f"NegativesTable(v{self.version}, source={self.source!r}, step={self.created_step}, "
-                f"queries={len(self.qids)}, corpus={len(self.corpus_ids)}, memory_docs={len(self.memory_ids)}, "
-                f"counts={dict(self.counts)}, "
-                f"depth={self.depth}, candidates={shapes})")
+        return (
+            f"NegativesTable(v{self.version}, source={self.source!r}, step={self.created_step}, "
+            f"queries={len(self.qids)}, corpus={len(self.corpus_ids)}, memory_docs={len(self.memory_ids)}, "
+            f"counts={dict(self.counts)}, "
+            f"depth={self.depth}, candidates={shapes})"
+        )
 
     def _row(self, qid: str) -> int:
         try:
@@ -368,11 +432,10 @@ def _ids_crc(ids: Sequence[str]) -> int:
     """CRC32 of the ids, one per line (0 for none): a cheap check that a checkpoint's rows mean the same docs."""
     crc = 0
     for i in range(0, len(ids), 65536):  # in chunks: no second copy of a million ids as one string
-        crc = zlib.crc32("".join(f"{x}\n" for x in ids[i:i + 65536]).encode(), crc)
+        crc = zlib.crc32("".join(f"{x}\n" for x in ids[i : i + 65536]).encode(), crc)
     return crc
 
 
 def _default_source(counts: Mapping[str, int]) -> str:
     names = [k for k, v in counts.items() if v > 0]
     return names[0] if len(names) == 1 else "hybrid"
-

@@ -43,9 +43,18 @@ def token_encoders(source: LabeledSource, spec, *, batch_size: int, sharded: boo
 
     def encode_rows(params, store, rows, tower):
         tokens, offsets = store.ragged(rows)
-        return encode_token_ids(params, spec, tokens, offsets, tower=tower, pad_token_id=store.pad_id,
-                                max_length=store.max_length, batch_size=batch_size, progress=progress,
-                                desc=f"refresh: {tower}")
+        return encode_token_ids(
+            params,
+            spec,
+            tokens,
+            offsets,
+            tower=tower,
+            pad_token_id=store.pad_id,
+            max_length=store.max_length,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"refresh: {tower}",
+        )
 
     def encode_corpus(params):
         def local(rows):

@@ -8,7 +8,8 @@ import dataclasses
 import logging
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -47,8 +48,9 @@ def dev_split(dev: LabeledData | None, corpus_sample: int, seed: int) -> BeirDat
         pick = np.random.default_rng([seed, 0xE7A1]).choice(rest, size=min(corpus_sample, len(rest)), replace=False)
         rows = sorted(keep | set(pick.tolist()))
         ids = [corpus.ids[r] for r in rows]
-        corpus = Corpus(ids, [corpus.titles[r] for r in rows], [corpus.texts[r] for r in rows],
-                        {d: i for i, d in enumerate(ids)})
+        corpus = Corpus(
+            ids, [corpus.titles[r] for r in rows], [corpus.texts[r] for r in rows], {d: i for i, d in enumerate(ids)}
+        )
     return BeirData(corpus, queries, qrels)
 
 
@@ -117,14 +119,21 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
         fresh = loop.eval_step == loop.step
         metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} if fresh else {}
         table = None if labeled is None else labeled.table
-        ckpt.save(loop.step, host_state(loop.state), iterator_state=run.source.state(), rng=rng,
-                  config=to_dict(cfg), negatives=None if table is None else table.to_arrays(),
-                  metrics=metrics or None)
+        ckpt.save(
+            loop.step,
+            host_state(loop.state),
+            iterator_state=run.source.state(),
+            rng=rng,
+            config=to_dict(cfg),
+            negatives=None if table is None else table.to_arrays(),
+            metrics=metrics or None,
+        )
         saved["step"] = loop.step
 
     hooks.append(FunctionHook(cfg.checkpoint.every, checkpoint, name="checkpoint"))
 
     if preemption is not None:
+
         class _Preemption:
             every, needs_metrics, at_end, name = 1, False, False, "preemption"
 
@@ -160,9 +169,22 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
             test = load_beir(resolve_dataset(cfg.data.dataset), split=cfg.data.test_split)
             t0 = time.perf_counter()
             with phase("test_eval"):  # the run file is for `jdr compare`
-                final.update({f"test/{k}": v for k, v in evaluate_model(
-                    params, run.spec, run.tokenizer, test, factory=cfg.eval.factory, batch_size=cfg.eval.batch_size,
-                    k=1000, run_output=run.workdir / TEST_RUN if primary else None, **eval_length)})
+                final.update(
+                    {
+                        f"test/{k}": v
+                        for k, v in evaluate_model(
+                            params,
+                            run.spec,
+                            run.tokenizer,
+                            test,
+                            factory=cfg.eval.factory,
+                            batch_size=cfg.eval.batch_size,
+                            k=1000,
+                            run_output=run.workdir / TEST_RUN if primary else None,
+                            **eval_length,
+                        )
+                    }
+                )
             final["test/eval_seconds"] = time.perf_counter() - t0
             writer.write(loop.step, {k[5:]: v for k, v in final.items() if k.startswith("test/")}, prefix="test")
         return final
@@ -183,19 +205,40 @@ def _refresh_hook(run, *, progress: bool = False):
     # Sync refresh: hosts split the corpus and all-gather. Async: the build runs in a background thread, where a
     # cross-host collective could interleave with the train step's, so each host encodes it all.
     sync = cfg.refresh_mode == "sync"
-    encode_corpus, encode_queries = token_encoders(labeled, run.spec, batch_size=cfg.refresh_batch_size,
-                                                   sharded=sync, progress=progress and sync)
+    encode_corpus, encode_queries = token_encoders(
+        labeled, run.spec, batch_size=cfg.refresh_batch_size, sharded=sync, progress=progress and sync
+    )
     ce_filter = None
     if cfg.ce_denoise_model:
         from jdr.negatives.ce_denoise import load_filter
 
-        ce_filter = load_filter(cfg.ce_denoise_model, labeled.data.corpus, labeled.data.queries,
-                                threshold=cfg.ce_denoise_threshold, margin=cfg.ce_denoise_margin,
-                                depth=cfg.ce_denoise_depth, batch_size=cfg.refresh_batch_size)
-    refresh_cfg = AnnRefreshConfig(depth=cfg.depth, factory=cfg.refresh_factory,
-                                   refresh_fraction=cfg.refresh_fraction, skip_top=cfg.skip_top,
-                                   denoise_threshold=cfg.denoise_threshold, seed=run.cfg.seed,
-                                   counts=negative_counts(run.cfg), candidate_filter=ce_filter)
-    build = ann_build_fn(encode_corpus, encode_queries, labeled.data.corpus, labeled.train_qids, labeled.train_qrels,
-                         refresh_cfg, initial=labeled.table, memory=run.training.memory)
+        ce_filter = load_filter(
+            cfg.ce_denoise_model,
+            labeled.data.corpus,
+            labeled.data.queries,
+            threshold=cfg.ce_denoise_threshold,
+            margin=cfg.ce_denoise_margin,
+            depth=cfg.ce_denoise_depth,
+            batch_size=cfg.refresh_batch_size,
+        )
+    refresh_cfg = AnnRefreshConfig(
+        depth=cfg.depth,
+        factory=cfg.refresh_factory,
+        refresh_fraction=cfg.refresh_fraction,
+        skip_top=cfg.skip_top,
+        denoise_threshold=cfg.denoise_threshold,
+        seed=run.cfg.seed,
+        counts=negative_counts(run.cfg),
+        candidate_filter=ce_filter,
+    )
+    build = ann_build_fn(
+        encode_corpus,
+        encode_queries,
+        labeled.data.corpus,
+        labeled.train_qids,
+        labeled.train_qrels,
+        refresh_cfg,
+        initial=labeled.table,
+        memory=run.training.memory,
+    )
     return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=labeled.table.version)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
-
 
 
 @dataclasses.dataclass

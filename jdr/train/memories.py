@@ -8,8 +8,8 @@ does not score with, a memory the mix does not know, quotas the table cannot sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,11 +29,14 @@ def parse_memories(spec: str) -> list[tuple[str, str, str]]:
         index, sep2, corpus = rest.rpartition(",")
         name, index, corpus = name.strip(), index.strip(), corpus.strip()
         if not sep or not sep2 or not name or not index or not corpus:
-            raise ConfigError(f"{KEY}: bad entry {part!r}; expected 'name=INDEX_OR_STORE,CORPUS' (CORPUS: its "
-                              "corpus.jsonl or BEIR dir), entries separated by ';'")
+            raise ConfigError(
+                f"{KEY}: bad entry {part!r}; expected 'name=INDEX_OR_STORE,CORPUS' (CORPUS: its "
+                "corpus.jsonl or BEIR dir), entries separated by ';'"
+            )
         if name == TRAIN or ":" in name or name in [n for n, _, _ in out]:
-            raise ConfigError(f"{KEY}: memory name {name!r} must be unique, free of ':' and not {TRAIN!r} (the "
-                              "training corpus)")
+            raise ConfigError(
+                f"{KEY}: memory name {name!r} must be unique, free of ':' and not {TRAIN!r} (the training corpus)"
+            )
         out.append((name, index, corpus))
     return out
 
@@ -72,11 +75,15 @@ def _open(name: str, index: str, corpus_path: str, cfg, dim: int):
     try:
         memory = Memory.load(f"{name}={index}", factory=cfg.negatives.refresh_factory)
         if memory.index.d != dim:
-            raise ConfigError(f"{where} holds {memory.index.d}-dim vectors but the model embeds to {dim}: encode "
-                              "the memory with a model of this width (jdr encode)")
+            raise ConfigError(
+                f"{where} holds {memory.index.d}-dim vectors but the model embeds to {dim}: encode "
+                "the memory with a model of this width (jdr encode)"
+            )
         if memory.metric != "ip":
-            raise ConfigError(f"{where} ranks by {memory.metric}, the model scores by inner product: build its "
-                              "index with the ip metric")
+            raise ConfigError(
+                f"{where} ranks by {memory.metric}, the model scores by inner product: build its "
+                "index with the ip metric"
+            )
         corpus = load_corpus(corpus_file)
     except ConfigError:
         raise
@@ -96,15 +103,19 @@ def load_memories(cfg, data: LabeledData, dim: int) -> tuple[MemoryNegatives, Me
     training corpus of `data`, checked against the model's embedding width `dim`, and their passages."""
     entries = parse_memories(cfg.negatives.memories)
     if not entries:
-        raise ConfigError(f"negatives source 'memory' needs {KEY} (augmentation memories 'name=INDEX,CORPUS'; for "
-                          "the training corpus alone, mine 'ann' negatives)")
+        raise ConfigError(
+            f"negatives source 'memory' needs {KEY} (augmentation memories 'name=INDEX,CORPUS'; for "
+            "the training corpus alone, mine 'ann' negatives)"
+        )
     try:
         mix = parse_mix(cfg.negatives.memory_mix)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if mix is not None and sum(mix.values()) > cfg.negatives.depth:
-        raise ConfigError(f"negatives.memory_mix quotas sum to {sum(mix.values())}, more than negatives.depth="
-                          f"{cfg.negatives.depth} the table samples from")
+        raise ConfigError(
+            f"negatives.memory_mix quotas sum to {sum(mix.values())}, more than negatives.depth="
+            f"{cfg.negatives.depth} the table samples from"
+        )
     known = [TRAIN] + [name for name, _, _ in entries]
     unknown = sorted(set(mix or ()) - set(known))
     if unknown:
@@ -115,8 +126,9 @@ def load_memories(cfg, data: LabeledData, dim: int) -> tuple[MemoryNegatives, Me
         memories.append(memory)
         parts.append(part)
     try:
-        negatives = MemoryNegatives(data.corpus.ids, memories, mix=mix, factory=cfg.negatives.refresh_factory,
-                                    corpus_index=data.corpus.index)
+        negatives = MemoryNegatives(
+            data.corpus.ids, memories, mix=mix, factory=cfg.negatives.refresh_factory, corpus_index=data.corpus.index
+        )
     except ValueError as e:
         raise ConfigError(f"{KEY}: {e}") from None
     return negatives, MemoryPassages(negatives.ids, _MemoryTexts(parts))

@@ -3,7 +3,7 @@ accumulated over micro-steps with optax.MultiSteps. Everything is an optax trans
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import optax

@@ -37,8 +37,10 @@ class PreemptionWatch:
             from jax._src import distributed
 
             if distributed.global_state.preemption_sync_manager is None:
-                log.warning("JAX's preemption service is off (jax_enable_preemption_service): a SIGTERM will end "
-                            "this run without a checkpoint")
+                log.warning(
+                    "JAX's preemption service is off (jax_enable_preemption_service): a SIGTERM will end "
+                    "this run without a checkpoint"
+                )
                 self._multi = None
         elif threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)

@@ -48,8 +48,13 @@ class RefreshRecord:
 
     def metrics(self) -> dict[str, float]:
         """Flat floats for the metrics writer (prefix e.g. "negatives")."""
-        return {"version": self.version, "age_steps": self.age_steps, "wait_seconds": self.wait_seconds,
-                "build_seconds": self.build_seconds, **self.timings}
+        return {
+            "version": self.version,
+            "age_steps": self.age_steps,
+            "wait_seconds": self.wait_seconds,
+            "build_seconds": self.build_seconds,
+            **self.timings,
+        }
 
 
 class _Job:
@@ -60,8 +65,9 @@ class _Job:
         self.table: NegativesTable | None = None
         self.error: BaseException | None = None
         self.build_seconds = 0.0
-        self.thread = threading.Thread(target=self._run, args=(build_fn, snapshot), daemon=True,
-                                       name=f"jdr-negatives-refresh-{step}")
+        self.thread = threading.Thread(
+            target=self._run, args=(build_fn, snapshot), daemon=True, name=f"jdr-negatives-refresh-{step}"
+        )
         self.thread.start()
 
     def _run(self, build_fn, snapshot):
@@ -84,8 +90,14 @@ class RefreshHook:
 
     needs_metrics = False  # polling after every step must not force a device sync
 
-    def __init__(self, every: int, build_fn: Callable[[Any, int], NegativesTable], *, mode: str = "async",
-                 initial_version: int = 0):
+    def __init__(
+        self,
+        every: int,
+        build_fn: Callable[[Any, int], NegativesTable],
+        *,
+        mode: str = "async",
+        initial_version: int = 0,
+    ):
         if every < 1:
             raise ValueError(f"refresh every must be >= 1, got {every}")
         if mode not in ("async", "sync"):
@@ -124,8 +136,11 @@ class RefreshHook:
                 out = self._deliver(table, step, step, elapsed, elapsed)
             elif self._job is not None:
                 self.skipped_steps.append(step)
-                log.warning("negatives refresh at step %d skipped: the refresh from step %d is still running",
-                            step, self._job.step)
+                log.warning(
+                    "negatives refresh at step %d skipped: the refresh from step %d is still running",
+                    step,
+                    self._job.step,
+                )
             else:
                 import jax  # host copy now, before the next step donates the device buffers
 
@@ -145,9 +160,13 @@ class RefreshHook:
     def totals(self) -> dict:
         """Summed over the delivered refreshes: the builds' encode / index / mine seconds (in a background thread
         when async), the loop's wait for them, and how many were built and skipped."""
-        out = {"mode": self.mode, "builds": len(self.history), "skipped": len(self.skipped_steps),
-               "loop_wait_seconds": round(sum(r.wait_seconds for r in self.history), 3),
-               "build_seconds": round(sum(r.build_seconds for r in self.history), 3)}
+        out = {
+            "mode": self.mode,
+            "builds": len(self.history),
+            "skipped": len(self.skipped_steps),
+            "loop_wait_seconds": round(sum(r.wait_seconds for r in self.history), 3),
+            "build_seconds": round(sum(r.build_seconds for r in self.history), 3),
+        }
         for key in ("encode_s", "index_s", "mine_s"):
             out[key[:-2] + "_seconds"] = round(sum(r.timings.get(key, 0.0) for r in self.history), 3)
         return out
@@ -157,8 +176,9 @@ class RefreshHook:
         from jdr.distributed import broadcast_from_primary
 
         done = not self._job.thread.is_alive()
-        return broadcast_from_primary(f"negatives_refresh/{self._job.step}/poll/{step}", "swap" if done else "") \
-            == "swap"
+        return (
+            broadcast_from_primary(f"negatives_refresh/{self._job.step}/poll/{step}", "swap" if done else "") == "swap"
+        )
 
     def _agree(self, started: int, table, error: BaseException | None) -> None:
         """Raise `RefreshError` on every host if the build from step `started` failed (or is unusable) on any."""
@@ -183,20 +203,30 @@ class RefreshHook:
     def _deliver(self, table, started: int, swapped: int, wait: float, build_s: float) -> NegativesTable:
         self.version += 1
         table = dataclasses.replace(table, version=self.version, created_step=started)
-        rec = RefreshRecord(self.version, started, swapped, swapped - started, wait, build_s,
-                            dict(table.timings or {}))
+        rec = RefreshRecord(self.version, started, swapped, swapped - started, wait, build_s, dict(table.timings or {}))
         self.history.append(rec)
-        log.info("negatives table v%d (%s) from step %d swapped in at step %d: age %d steps, build %.1fs (%s), "
-                 "loop waited %.2fs", rec.version, table.source, started, swapped, rec.age_steps, build_s,
-                 ", ".join(f"{k} {v:.1f}s" for k, v in rec.timings.items()), wait)
+        log.info(
+            "negatives table v%d (%s) from step %d swapped in at step %d: age %d steps, build %.1fs (%s), "
+            "loop waited %.2fs",
+            rec.version,
+            table.source,
+            started,
+            swapped,
+            rec.age_steps,
+            build_s,
+            ", ".join(f"{k} {v:.1f}s" for k, v in rec.timings.items()),
+            wait,
+        )
         return table
 
 
 def _invalid(table, started: int) -> RefreshError | None:
     """Why a build's result cannot be swapped in, or None."""
     if not isinstance(table, NegativesTable):
-        return RefreshError(f"negatives refresh for step {started} failed: the build returned "
-                            f"{type(table).__name__}, not a NegativesTable")
+        return RefreshError(
+            f"negatives refresh for step {started} failed: the build returned "
+            f"{type(table).__name__}, not a NegativesTable"
+        )
     if not table.candidates or not any((c >= 0).any() for c in table.candidates.values()):
         return RefreshError(f"negatives refresh for step {started} failed: the new table has no candidates")
     return None

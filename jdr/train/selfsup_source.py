@@ -29,16 +29,21 @@ def selfsup_source(cfg, tokenizer, spec, counts: dict[str, int]) -> TrainingSour
     if s.pairs not in SELFSUP_PAIRS:
         raise ConfigError(f"data.selfsup.pairs must be one of {', '.join(SELFSUP_PAIRS)}, got {s.pairs!r}")
     if cfg.negatives.refresh_every:
-        raise ConfigError("negatives.refresh_every: the ANCE refresh re-mines labelled queries; data.source=selfsup "
-                          "has none")
+        raise ConfigError(
+            "negatives.refresh_every: the ANCE refresh re-mines labelled queries; data.source=selfsup has none"
+        )
     try:
-        augments = {"query_augment": parse_augmentations(s.query_augment),
-                    "passage_augment": parse_augmentations(s.passage_augment)}
+        augments = {
+            "query_augment": parse_augmentations(s.query_augment),
+            "passage_augment": parse_augmentations(s.passage_augment),
+        }
     except ValueError as e:
         raise ConfigError(f"data.selfsup: {e}") from None
     if spec.query_prefix or spec.passage_prefix:
-        raise ConfigError("model.query_prefix / model.passage_prefix: data.source=selfsup builds pairs from corpus "
-                          "tokens and applies no prefix; set both to \"\"")
+        raise ConfigError(
+            "model.query_prefix / model.passage_prefix: data.source=selfsup builds pairs from corpus "
+            'tokens and applies no prefix; set both to ""'
+        )
     corpus = load_corpus(resolve_dataset(cfg.data.dataset) / "corpus.jsonl")
     from jdr.data.selfsup.sentences import make_splitter
 
@@ -50,17 +55,35 @@ def selfsup_source(cfg, tokenizer, spec, counts: dict[str, int]) -> TrainingSour
     common = dict(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length, **augments)
     try:
         generator = {
-            "crop": lambda: CropPairs(tokens, chunk_length=s.chunk_length, ratio_min=s.ratio_min,
-                                      ratio_max=s.ratio_max, **common),
+            "crop": lambda: CropPairs(
+                tokens, chunk_length=s.chunk_length, ratio_min=s.ratio_min, ratio_max=s.ratio_max, **common
+            ),
             "ict": lambda: ICTPairs(tokens, remove_prob=s.remove_prob, min_query_tokens=s.min_query_tokens, **common),
             "dropout": lambda: DropoutPairs(tokens, **common),
             "title": lambda: TitlePairs(tokens, **common),
-            "bm25": lambda: BM25Pairs(tokens, corpus.titles, corpus.texts, query_unit=s.query_unit,
-                                      min_query_tokens=s.min_query_tokens, **common),
+            "bm25": lambda: BM25Pairs(
+                tokens,
+                corpus.titles,
+                corpus.texts,
+                query_unit=s.query_unit,
+                min_query_tokens=s.min_query_tokens,
+                **common,
+            ),
         }[s.pairs]()
-        table = (document_negatives(corpus, counts, depth=cfg.negatives.depth, seed=cfg.seed,
-                                    skip_top=cfg.negatives.skip_top) if counts else None)
-        return PairSource(generator, global_batch_size=cfg.train.global_batch_size, seed=cfg.seed, negatives=table,
-                          num_negatives=cfg.negatives.num if counts else 0, name=s.pairs)
+        table = (
+            document_negatives(
+                corpus, counts, depth=cfg.negatives.depth, seed=cfg.seed, skip_top=cfg.negatives.skip_top
+            )
+            if counts
+            else None
+        )
+        return PairSource(
+            generator,
+            global_batch_size=cfg.train.global_batch_size,
+            seed=cfg.seed,
+            negatives=table,
+            num_negatives=cfg.negatives.num if counts else 0,
+            name=s.pairs,
+        )
     except ValueError as e:
         raise ConfigError(f"data.selfsup ({s.pairs}): {e}") from None

@@ -73,8 +73,9 @@ def load_labeled(kind: str, cfg, where: str = "") -> LabeledData:
         from jdr.data.tevatron import load_tevatron
 
         # teacher scores only when an objective reads them: a mined file's scores are the retriever's
-        return load_tevatron(_path(where or cfg.data.jsonl.path, "data.jsonl.path"),
-                             scores=cfg.train.objective == "distill")
+        return load_tevatron(
+            _path(where or cfg.data.jsonl.path, "data.jsonl.path"), scores=cfg.train.objective == "distill"
+        )
     if kind == "triplets":
         from jdr.data.triplets import load_triplets
 
@@ -83,9 +84,12 @@ def load_labeled(kind: str, cfg, where: str = "") -> LabeledData:
         from jdr.data.msmarco import load_msmarco_training
 
         m = cfg.data.msmarco
-        return load_msmarco_training(_path(m.collection, "data.msmarco.collection"),
-                                     _path(m.queries, "data.msmarco.queries"), _path(m.qrels, "data.msmarco.qrels"),
-                                     m.triples or None)
+        return load_msmarco_training(
+            _path(m.collection, "data.msmarco.collection"),
+            _path(m.queries, "data.msmarco.queries"),
+            _path(m.qrels, "data.msmarco.qrels"),
+            m.triples or None,
+        )
     raise ConfigError(f"data.source must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
 
 
@@ -95,8 +99,18 @@ def _path(value: str, key: str) -> str:
     return value
 
 
-def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size: int, n_dev: int,
-                   key_prefix: str = "", memory=None, params=None) -> tuple[LabeledSource, LabeledData | None]:
+def labeled_source(
+    data: LabeledData,
+    cfg,
+    tokenizer,
+    spec,
+    *,
+    global_batch_size: int,
+    n_dev: int,
+    key_prefix: str = "",
+    memory=None,
+    params=None,
+) -> tuple[LabeledSource, LabeledData | None]:
     """The source over `data` (dev queries held out) with its initial negatives table, and the dev split.
     `memory`: `(MemoryNegatives, MemoryPassages)` of `jdr.train.memories.load_memories` for `memory` negatives,
     mined here with the model's `params` (training queries and corpus embedded at the start of training)."""
@@ -113,28 +127,54 @@ def labeled_source(data: LabeledData, cfg, tokenizer, spec, *, global_batch_size
             file_rows = data.negatives.ranked_rows(train_qids, cfg.negatives.depth + cfg.negatives.skip_top + max_pos)
         dense = {}
         if memory is not None:
-            encode_corpus, encode_queries = dense_encoders(data, spec, tokenizer, sharded=True,
-                                                           batch_size=cfg.negatives.refresh_batch_size)
-            dense = dict(memory=memory[0], query_emb=encode_queries(params, train_qids),
-                         passage_emb=encode_corpus(params))
+            encode_corpus, encode_queries = dense_encoders(
+                data, spec, tokenizer, sharded=True, batch_size=cfg.negatives.refresh_batch_size
+            )
+            dense = dict(
+                memory=memory[0], query_emb=encode_queries(params, train_qids), passage_emb=encode_corpus(params)
+            )
         try:
-            table = build_table(warm_start_counts(counts, cfg.negatives.warm_start), data.corpus, data.queries,
-                                train_qrels, train_qids, depth=cfg.negatives.depth, seed=cfg.seed,
-                                skip_top=cfg.negatives.skip_top, file_rows=file_rows,
-                                bm25_preset=cfg.negatives.bm25_preset, **dense)
+            table = build_table(
+                warm_start_counts(counts, cfg.negatives.warm_start),
+                data.corpus,
+                data.queries,
+                train_qrels,
+                train_qids,
+                depth=cfg.negatives.depth,
+                seed=cfg.seed,
+                skip_top=cfg.negatives.skip_top,
+                file_rows=file_rows,
+                bm25_preset=cfg.negatives.bm25_preset,
+                **dense,
+            )
         except ValueError as e:
             raise ConfigError(f"{data.name}: {e}") from None
     if data.teacher is not None:  # every passage a group can draw is scored, else one line naming its line
         data.teacher.check(train_qids, data.qrels, data.negatives, data.corpus.ids, cfg.negatives.num)
-    source = LabeledSource(data, train_qids, table, tokenizer, query_max_length=spec.query_max_length,
-                           passage_max_length=spec.passage_max_length, global_batch_size=global_batch_size,
-                           num_negatives=cfg.negatives.num if counts else 0, seed=cfg.seed, key_prefix=key_prefix,
-                           memory_passages=None if memory is None else memory[1],
-                           query_prefix=spec.query_prefix, passage_prefix=spec.passage_prefix)
+    source = LabeledSource(
+        data,
+        train_qids,
+        table,
+        tokenizer,
+        query_max_length=spec.query_max_length,
+        passage_max_length=spec.passage_max_length,
+        global_batch_size=global_batch_size,
+        num_negatives=cfg.negatives.num if counts else 0,
+        seed=cfg.seed,
+        key_prefix=key_prefix,
+        memory_passages=None if memory is None else memory[1],
+        query_prefix=spec.query_prefix,
+        passage_prefix=spec.passage_prefix,
+    )
     dev = None
     if dev_qids:
-        dev = LabeledData(data.corpus, {q: data.queries[q] for q in dev_qids}, {q: data.qrels[q] for q in dev_qids},
-                          None, name=f"{data.name} (dev)")
+        dev = LabeledData(
+            data.corpus,
+            {q: data.queries[q] for q in dev_qids},
+            {q: data.qrels[q] for q in dev_qids},
+            None,
+            name=f"{data.name} (dev)",
+        )
     return source, dev
 
 
@@ -144,11 +184,15 @@ def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
     batch = cfg.train.global_batch_size
     counts = negative_counts(cfg)
     if cfg.negatives.memories and "memory" not in counts:
-        raise ConfigError("negatives.memories is set but no negatives come from them: set negatives.source=memory "
-                          "or name memory:N in negatives.hybrid")
+        raise ConfigError(
+            "negatives.memories is set but no negatives come from them: set negatives.source=memory "
+            "or name memory:N in negatives.hybrid"
+        )
     if "memory" in counts and cfg.data.source in ("selfsup", "mixture"):
-        raise ConfigError(f"negatives source 'memory' mines the queries of one labelled source; data.source="
-                          f"{cfg.data.source} has {'none' if cfg.data.source == 'selfsup' else 'several'}")
+        raise ConfigError(
+            f"negatives source 'memory' mines the queries of one labelled source; data.source="
+            f"{cfg.data.source} has {'none' if cfg.data.source == 'selfsup' else 'several'}"
+        )
     if cfg.data.source == "selfsup":
         return TrainingData(selfsup_source(cfg, tokenizer, spec, counts), None, None)
     if cfg.data.source != "mixture":
@@ -161,8 +205,16 @@ def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
             if params is None:
                 raise ValueError("negatives source 'memory' is mined with the model: pass its params")
             memory = load_memories(cfg, data, embedding_dim(params, spec))
-        source, dev = labeled_source(data, cfg, tokenizer, spec, global_batch_size=batch, n_dev=cfg.data.dev_queries,
-                                     memory=memory, params=params)
+        source, dev = labeled_source(
+            data,
+            cfg,
+            tokenizer,
+            spec,
+            global_batch_size=batch,
+            n_dev=cfg.data.dev_queries,
+            memory=memory,
+            params=params,
+        )
         return TrainingData(source, source, dev, None if memory is None else memory[0])
     members = parse_members(cfg.data.mixture.members)
     same = cfg.data.mixture.same_source_batches
@@ -174,12 +226,21 @@ def build_training_data(cfg, tokenizer, spec, params=None) -> TrainingData:
     for i, ((kind, where, weight), n) in enumerate(zip(members, rows)):
         name = f"{i}.{kind}"
         data = load_labeled(kind, cfg, where)
-        source, dev = labeled_source(data, cfg, tokenizer, spec, global_batch_size=n,
-                                     n_dev=cfg.data.dev_queries if i == 0 else 0, key_prefix=f"{name}/")
+        source, dev = labeled_source(
+            data,
+            cfg,
+            tokenizer,
+            spec,
+            global_batch_size=n,
+            n_dev=cfg.data.dev_queries if i == 0 else 0,
+            key_prefix=f"{name}/",
+        )
         built.append((name, source, weight))
         first_dev = first_dev if i else dev
     if cfg.negatives.refresh_every:
-        raise ConfigError("negatives.refresh_every: the ANCE refresh re-mines one labelled source; a mixture has "
-                          "several (train each alone, or mine negatives offline with `jdr mine`)")
+        raise ConfigError(
+            "negatives.refresh_every: the ANCE refresh re-mines one labelled source; a mixture has "
+            "several (train each alone, or mine negatives offline with `jdr mine`)"
+        )
     mixture = MixtureSource(built, global_batch_size=batch, seed=cfg.seed, same_source_batches=same)
     return TrainingData(mixture, built[0][1], first_dev)

@@ -18,6 +18,6 @@ class TrainState(struct.PyTreeNode):
     opt_state: optax.OptState
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+    def create(cls, params, tx: optax.GradientTransformation) -> TrainState:
         """A step-0 state for `params` (any pytree of float arrays) and the optimizer `tx`."""
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

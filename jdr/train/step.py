@@ -6,7 +6,7 @@ and the step's `pmean` would leave it D times too large. It knows nothing about 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

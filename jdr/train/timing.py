@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # JAX's own duration events: XLA compiling an executable, and tracing + lowering before it (a trace event can
 # hold nested traces of inner jitted functions, so those seconds may overlap each other).
@@ -42,7 +43,7 @@ class PhaseTimer:
         self._lock = threading.Lock()
         self._listener = None
 
-    def watch_compiles(self) -> "PhaseTimer":
+    def watch_compiles(self) -> PhaseTimer:
         """Start adding JAX's XLA compile events to `compile_seconds` (tracing + lowering to `trace_seconds`)."""
         import jax
 
@@ -91,9 +92,12 @@ class PhaseTimer:
         return {
             "wall_seconds": round(time.perf_counter() - self._start, 3),
             "phases": {k: {"seconds": round(v, 3), "count": self.counts.get(k, 0)} for k, v in phases},
-            "compile": {"xla_seconds": round(self.compile_seconds, 3), "executables": self.compiles,
-                        "trace_and_lower_seconds": round(self.trace_seconds, 3),
-                        "note": "inside the phases (the first train step's time includes its compile)"},
+            "compile": {
+                "xla_seconds": round(self.compile_seconds, 3),
+                "executables": self.compiles,
+                "trace_and_lower_seconds": round(self.trace_seconds, 3),
+                "note": "inside the phases (the first train step's time includes its compile)",
+            },
             "peak_host_memory_mib": round(peak_host_memory_mib(), 1),
             **extra,
         }

@@ -14,15 +14,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from jdr.checkpoint import Checkpointer
 from jdr.config import ConfigError, to_dict
 from jdr.data.batching import BatchBuilder, check_layout
 from jdr.data.source import TrainingSource
 from jdr.io import as_path
 from jdr.models import encoder as encoder_lib
+from jdr.models.workdir import CHECKPOINT_DIR
 from jdr.run_info import write_run_record
 from jdr.train import hooks as hooks_lib
-from jdr.checkpoint import Checkpointer
-from jdr.models.workdir import CHECKPOINT_DIR, save_encoder_description
 from jdr.train.grad_cache import check_grad_cache_chunk, chunked_encoder
 from jdr.train.loop import run_loop
 from jdr.train.metrics_writer import MetricsWriter, write_json
@@ -63,10 +63,14 @@ def _validate(cfg) -> None:
         (cfg.negatives.refresh_mode in ("sync", "async"), "negatives.refresh_mode must be sync or async"),
         (cfg.negatives.refresh_every >= 0, "negatives.refresh_every must be >= 0"),
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
-        (cfg.data.source in SOURCE_KINDS, f"data.source must be one of {', '.join(SOURCE_KINDS)}, "
-                                          f"got {cfg.data.source!r}"),
-        (not cfg.train.matryoshka_dims or cfg.train.objective == "matryoshka",
-         "train.matryoshka_dims is read by train.objective=matryoshka only; set that too"),
+        (
+            cfg.data.source in SOURCE_KINDS,
+            f"data.source must be one of {', '.join(SOURCE_KINDS)}, got {cfg.data.source!r}",
+        ),
+        (
+            not cfg.train.matryoshka_dims or cfg.train.objective == "matryoshka",
+            "train.matryoshka_dims is read by train.objective=matryoshka only; set that too",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -85,7 +89,6 @@ def _validate(cfg) -> None:
 
 def prepare(cfg, workdir) -> Run:
     """Validate the config, load the encoder and the training data, build the source and the batch builder."""
-    from jdr.models.resolve import load_model
     from jdr.models.tokenize import pad_id
 
     _validate(cfg)
@@ -100,20 +103,26 @@ def prepare(cfg, workdir) -> Run:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     training = build_training_data(cfg, tokenizer, spec, params)  # params: `memory` negatives are mined with them
-    batches = BatchBuilder(query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
-                           pad_token_id=pad_id(tokenizer), local_device_count=jax.local_device_count(),
-                           process_index=jax.process_index(), process_count=jax.process_count(),
-                           pad_queries_to_max=cfg.data.pad_queries_to_max,
-                           pad_passages_to_max=cfg.data.pad_passages_to_max,
-                           false_negatives=cfg.data.mask_false_negatives and objective.masks_false_negatives(),
-                           cross_device=cfg.train.cross_device_negatives)
+    batches = BatchBuilder(
+        query_max_length=spec.query_max_length,
+        passage_max_length=spec.passage_max_length,
+        pad_token_id=pad_id(tokenizer),
+        local_device_count=jax.local_device_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        pad_queries_to_max=cfg.data.pad_queries_to_max,
+        pad_passages_to_max=cfg.data.pad_passages_to_max,
+        false_negatives=cfg.data.mask_false_negatives and objective.masks_false_negatives(),
+        cross_device=cfg.train.cross_device_negatives,
+    )
     return Run(cfg, workdir, params, spec, tokenizer, model_dir, training, batches, objective)
 
 
 def _encode_fn(spec):
     def encode_fn(params, input_ids, attention_mask, tower, deterministic, rng):
-        return encoder_lib.encode(params, spec, input_ids, attention_mask, tower=tower,
-                                  deterministic=deterministic, rng=rng)
+        return encoder_lib.encode(
+            params, spec, input_ids, attention_mask, tower=tower, deterministic=deterministic, rng=rng
+        )
 
     return encode_fn
 
@@ -126,12 +135,17 @@ COSINE_SIZED_TEMPERATURE = 0.5
 def check_temperature(cfg, spec) -> str | None:
     """The warning for an unnormalised dot product trained at a cosine-sized temperature (the softmax saturates:
     BERT CLS dot products run to the hundreds), or None."""
-    if (cfg.train.loss != "info_nce" or getattr(spec, "normalize", True)  # a cross-encoder has no embeddings
-            or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE):
+    if (
+        cfg.train.loss != "info_nce"
+        or getattr(spec, "normalize", True)  # a cross-encoder has no embeddings
+        or cfg.train.temperature >= COSINE_SIZED_TEMPERATURE
+    ):
         return None
-    return (f"train.temperature={cfg.train.temperature} is sized for cosine scores, but the encoder scores with an "
-            f"unnormalised dot product ({spec.pooling} pooling, model.normalize=False): the softmax saturates. Set "
-            f"model.normalize=True, or train.temperature=1.0 as DPR/Tevatron do for dot products")
+    return (
+        f"train.temperature={cfg.train.temperature} is sized for cosine scores, but the encoder scores with an "
+        f"unnormalised dot product ({spec.pooling} pooling, model.normalize=False): the softmax saturates. Set "
+        f"model.normalize=True, or train.temperature=1.0 as DPR/Tevatron do for dot products"
+    )
 
 
 def _make_step(cfg, run, tx, lr_at):
@@ -169,23 +183,39 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 log.warning(warning)
             if primary:
                 workdir.mkdir(parents=True, exist_ok=True)
-                write_run_record(workdir, to_dict(cfg), cfg.seed, model_dir=str(run.model_dir),
-                                 dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
-                                 data=run.training.describe())
+                write_run_record(
+                    workdir,
+                    to_dict(cfg),
+                    cfg.seed,
+                    model_dir=str(run.model_dir),
+                    dev_queries=sorted(run.training.dev.qrels) if run.training.dev else [],
+                    data=run.training.describe(),
+                )
                 run.objective.save_description(workdir, run.spec, run.model_dir)
 
             tx, lr_at = make_optimizer(
-                lr=cfg.train.lr, total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
-                schedule=cfg.train.schedule, weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
-                eps=cfg.train.eps, grad_clip_norm=cfg.train.grad_clip_norm, grad_accum_steps=cfg.train.grad_accum_steps)
+                lr=cfg.train.lr,
+                total_steps=cfg.train.steps,
+                warmup_steps=cfg.train.warmup_steps,
+                schedule=cfg.train.schedule,
+                weight_decay=cfg.train.weight_decay,
+                b1=cfg.train.b1,
+                b2=cfg.train.b2,
+                eps=cfg.train.eps,
+                grad_clip_norm=cfg.train.grad_clip_norm,
+                grad_accum_steps=cfg.train.grad_accum_steps,
+            )
             tx = run.objective.optimizer(tx)  # e.g. LTRe: only the query tower trains
             state = run.objective.init_state(run.params, tx, spec=run.spec, seed=cfg.seed)
             rng = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
             micro = cfg.train.grad_accum_steps
             # Ask orbax to rank checkpoints only when the run has dev scores to rank them by.
-            ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=cfg.checkpoint.keep,
-                                async_save=cfg.checkpoint.async_save,
-                                keep_best_metric=f"dev/{cfg.eval.metric}" if run.training.dev else None)
+            ckpt = Checkpointer(
+                workdir / CHECKPOINT_DIR,
+                keep=cfg.checkpoint.keep,
+                async_save=cfg.checkpoint.async_save,
+                keep_best_metric=f"dev/{cfg.eval.metric}" if run.training.dev else None,
+            )
     except BaseException:
         timer.close()
         raise
@@ -198,16 +228,21 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                 with timer.phase("restore"):
                     state, extras = ckpt.restore(abstract_state=state)
                 if int(state.step) % micro:  # checkpoints are taken between optimizer steps only
-                    raise ValueError(f"{ckpt.directory}: checkpoint at micro-step {int(state.step)} is not a whole "
-                                     f"number of train.grad_accum_steps={micro}")
+                    raise ValueError(
+                        f"{ckpt.directory}: checkpoint at micro-step {int(state.step)} is not a whole "
+                        f"number of train.grad_accum_steps={micro}"
+                    )
                 start_step = int(state.step) // micro
                 rng = extras["rng"]
                 labeled = run.training.labeled
                 if extras.get("negatives") is not None:  # the table first: the source state names its version
                     from jdr.negatives.table import NegativesTable
 
-                    labeled.set_table(NegativesTable.from_arrays(extras["negatives"], labeled.data.corpus.ids,
-                                                                 labeled.train_qrels, labeled.memory_ids))
+                    labeled.set_table(
+                        NegativesTable.from_arrays(
+                            extras["negatives"], labeled.data.corpus.ids, labeled.train_qrels, labeled.memory_ids
+                        )
+                    )
                 run.source.restore(extras["iterator_state"])
                 log.info("resumed from step %d", start_step)
 
@@ -216,8 +251,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
             state = replicate(state)
             writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
             watch = PreemptionWatch()
-            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer,
-                                          progress=progress)
+            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer, progress=progress)
 
         def next_batch(step):
             return run.batches(run.source.next_batch())
@@ -227,10 +261,20 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
 
         try:
             loop = run_loop(
-                state, start_step, cfg.train.steps, next_batch, step_once, hooks.all, accum=micro,
-                examples_per_step=cfg.train.global_batch_size, progress=progress and primary, timer=timer,
+                state,
+                start_step,
+                cfg.train.steps,
+                next_batch,
+                step_once,
+                hooks.all,
+                accum=micro,
+                examples_per_step=cfg.train.global_batch_size,
+                progress=progress and primary,
+                timer=timer,
                 on_metrics=lambda step, m: {k: float(np.mean(jax.device_get(v))) for k, v in m.items()},
-                check_loss=check_finite, stop_at=stop_at)
+                check_loss=check_finite,
+                stop_at=stop_at,
+            )
         finally:
             watch.close()
         with timer.phase("checkpoint_wait"):
@@ -249,9 +293,12 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
         if writer is not None:
             writer.close()
         refresh = None if hooks is None or hooks.refresh is None else hooks.refresh.totals()
-        timing = timer.summary(steps=None if loop is None else loop.step, refresh=refresh,
-                               stopped=loop is None or loop.step < cfg.train.steps,
-                               preempted=loop is not None and loop.stop == "preempted")
+        timing = timer.summary(
+            steps=None if loop is None else loop.step,
+            refresh=refresh,
+            stopped=loop is None or loop.step < cfg.train.steps,
+            preempted=loop is not None and loop.stop == "preempted",
+        )
         timer.close()
         if primary:
             write_json(workdir / "timing.json", timing)

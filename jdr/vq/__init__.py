@@ -6,5 +6,18 @@ from jdr.vq.init import init_from_faiss
 from jdr.vq.layer import VQIndex, VQSpec, decode, encode, quantize, rotate
 from jdr.vq.train import make_vq_train_step, train_distill_vq
 
-__all__ = ["VQIndex", "VQSpec", "decode", "encode", "quantize", "rotate", "init_from_faiss", "export_faiss",
-           "save_faiss", "save_vq", "load_vq", "make_vq_train_step", "train_distill_vq"]
+__all__ = [
+    "VQIndex",
+    "VQSpec",
+    "decode",
+    "encode",
+    "quantize",
+    "rotate",
+    "init_from_faiss",
+    "export_faiss",
+    "save_faiss",
+    "save_vq",
+    "load_vq",
+    "make_vq_train_step",
+    "train_distill_vq",
+]

@@ -27,8 +27,10 @@ def _train(args) -> int:
 
 
 def _format(metrics: dict) -> str:
-    lines = [f"trained in {metrics['train_seconds']:.1f}s on {metrics['train_queries']} queries"
-             f" (+{metrics['pseudo_queries']} pseudo-queries)"]
+    lines = [
+        f"trained in {metrics['train_seconds']:.1f}s on {metrics['train_queries']} queries"
+        f" (+{metrics['pseudo_queries']} pseudo-queries)"
+    ]
     for name, m in metrics.get("dev", {}).items():
         lines.append(f"  dev {name:<11} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     return "\n".join(lines)

@@ -81,12 +81,14 @@ def _check_codes(vq: VQIndex, x_rot: np.ndarray, theirs: np.ndarray, rtol: float
     r_m = r.reshape(len(rows), spec.M, dsub)[np.arange(len(rows)), subs]
     d_ours = np.sum((r_m - codebooks[subs, ours[rows, subs]]) ** 2, axis=1)
     d_theirs = np.sum((r_m - codebooks[subs, theirs[rows, subs]]) ** 2, axis=1)
-    scale = np.mean(np.sum(r_m ** 2, axis=1)) + 1e-12
+    scale = np.mean(np.sum(r_m**2, axis=1)) + 1e-12
     ties = np.abs(d_ours - d_theirs) <= rtol * scale
     bad = len(set(rows[~ties].tolist()))
-    assert bad == 0, (f"export_faiss: faiss encoded {bad}/{len(ours)} documents differently from jdr "
-                      f"(not float ties: nearest-codeword distances differ by up to "
-                      f"{np.max(np.abs(d_ours - d_theirs)[~ties]):.3g})")
+    assert bad == 0, (
+        f"export_faiss: faiss encoded {bad}/{len(ours)} documents differently from jdr "
+        f"(not float ties: nearest-codeword distances differ by up to "
+        f"{np.max(np.abs(d_ours - d_theirs)[~ties]):.3g})"
+    )
 
 
 def stored_codes(index: faiss.Index, M: int, nbits: int) -> np.ndarray:

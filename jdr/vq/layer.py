@@ -22,7 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["VQSpec", "VQIndex", "rotate", "residuals", "pq_sqdist", "quantize", "soft_reconstruct", "encode", "decode", "doc_centroids"]
+__all__ = [
+    "VQSpec",
+    "VQIndex",
+    "rotate",
+    "residuals",
+    "pq_sqdist",
+    "quantize",
+    "soft_reconstruct",
+    "encode",
+    "decode",
+    "doc_centroids",
+]
 
 
 @dataclasses.dataclass(frozen=True)

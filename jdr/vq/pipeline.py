@@ -33,8 +33,13 @@ def index_metrics(index, doc_ids, q_emb, qids, qrels, dense_rows, *, nprobe: int
 
     m = compute_metrics({q: qrels[q] for q in qids}, search_run(q_emb, qids, index, doc_ids, 1000, nprobe=nprobe))
     rows = search(index, q_emb, 100, nprobe=nprobe)[1]
-    return {"ndcg@10": m["ndcg@10"], "mrr@10": m["mrr@10"], "recall@100": m["recall@100"],
-            "dense_r@10": teacher_recall(rows, dense_rows, 10), "dense_r@100": teacher_recall(rows, dense_rows, 100)}
+    return {
+        "ndcg@10": m["ndcg@10"],
+        "mrr@10": m["mrr@10"],
+        "recall@100": m["recall@100"],
+        "dense_r@10": teacher_recall(rows, dense_rows, 10),
+        "dense_r@100": teacher_recall(rows, dense_rows, 100),
+    }
 
 
 def probe_count(cfg, override: int | None) -> int | None:
@@ -67,19 +72,25 @@ def train_workdir(cfg, workdir) -> dict:
     if cfg.vq.init_index:
         faiss_init = load_index(cfg.vq.init_index)
         if faiss_init.ntotal != len(teacher.doc_ids):
-            raise DataError(cfg.vq.init_index,
-                            f"vq.init_index holds {faiss_init.ntotal} vectors, not {len(teacher.doc_ids)}")
+            raise DataError(
+                cfg.vq.init_index, f"vq.init_index holds {faiss_init.ntotal} vectors, not {len(teacher.doc_ids)}"
+            )
         vq = read_faiss(faiss_init, spec, teacher.doc_emb)
     else:
-        vq, faiss_init = init_from_faiss(teacher.doc_emb, spec, train_sample=cfg.vq.train_sample or None,
-                                         seed=cfg.seed)
+        vq, faiss_init = init_from_faiss(teacher.doc_emb, spec, train_sample=cfg.vq.train_sample or None, seed=cfg.seed)
     tower = None
     if cfg.train.query_encoder:
         if cfg.data.pseudo_queries != "none":
             raise ValueError("train.query_encoder: pseudo-queries have no query text; set data.pseudo_queries=none")
         tower = teacher.query_tower()
-    result = train_distill_vq(teacher.doc_emb, train_q, cfg, init=vq, query_tower=tower,
-                              query_texts=teacher.texts(train_ids) if tower is not None else None)
+    result = train_distill_vq(
+        teacher.doc_emb,
+        train_q,
+        cfg,
+        init=vq,
+        query_tower=tower,
+        query_texts=teacher.texts(train_ids) if tower is not None else None,
+    )
     vq, history, tower = result
     train_s = time.time() - t0
     workdir.mkdir(parents=True, exist_ok=True)
@@ -90,19 +101,27 @@ def train_workdir(cfg, workdir) -> dict:
     with atomic_write(workdir / "index.faiss.ids.txt") as f:
         f.write("".join(f"{i}\n" for i in teacher.doc_ids))
     if not cfg.data.embeddings:
-        save_embeddings(workdir / "teacher_corpus", teacher.doc_emb, teacher.doc_ids, model=cfg.data.model,
-                        tower="passage")
-    metrics = {"train_seconds": train_s, "train_queries": len(train_ids),
-               "pseudo_queries": len(train_q) - len(train_ids), "final_loss": history[-1]["loss"] if history else None}
+        save_embeddings(
+            workdir / "teacher_corpus", teacher.doc_emb, teacher.doc_ids, model=cfg.data.model, tower="passage"
+        )
+    metrics = {
+        "train_seconds": train_s,
+        "train_queries": len(train_ids),
+        "pseudo_queries": len(train_q) - len(train_ids),
+        "final_loss": history[-1]["loss"] if history else None,
+    }
     if dev_ids:
         dev_q = teacher.queries(dev_ids)
         dense = search(build_index(teacher.doc_emb, "Flat"), dev_q, 100)[1]
         nprobe = probe_count(cfg, None)
         student_q = dev_q if tower is None else tower.embed(teacher.texts(dev_ids))
-        metrics["dev"] = {name: index_metrics(ix, teacher.doc_ids, q, dev_ids, data.qrels, dense, nprobe=nprobe)
-                          for name, ix, q in (("faiss_init", faiss_init, dev_q), ("distill_vq", index, student_q))}
-        metrics["dev"]["flat"] = index_metrics(build_index(teacher.doc_emb, "Flat"), teacher.doc_ids, dev_q, dev_ids,
-                                               data.qrels, dense, nprobe=None)
+        metrics["dev"] = {
+            name: index_metrics(ix, teacher.doc_ids, q, dev_ids, data.qrels, dense, nprobe=nprobe)
+            for name, ix, q in (("faiss_init", faiss_init, dev_q), ("distill_vq", index, student_q))
+        }
+        metrics["dev"]["flat"] = index_metrics(
+            build_index(teacher.doc_emb, "Flat"), teacher.doc_ids, dev_q, dev_ids, data.qrels, dense, nprobe=None
+        )
     with atomic_write(workdir / "history.json") as f:
         json.dump(history, f)
     with atomic_write(workdir / "metrics.json") as f:
@@ -111,8 +130,9 @@ def train_workdir(cfg, workdir) -> dict:
     return metrics
 
 
-def evaluate_workdir(workdir, *, data: str | None = None, split: str = "test", nprobe: int | None = None,
-                     flat: bool = False) -> tuple[dict, object]:
+def evaluate_workdir(
+    workdir, *, data: str | None = None, split: str = "test", nprobe: int | None = None, flat: bool = False
+) -> tuple[dict, object]:
     """Score a `train_workdir` index on `split` of its dataset (or `data`) -> (result dict, the run's config)."""
     from jdr.index.faiss_index import build_index, load_index, search
     from jdr.index.store import load_ids
@@ -141,8 +161,12 @@ def evaluate_workdir(workdir, *, data: str | None = None, split: str = "test", n
         tower = QueryTower.load(workdir / QUERY_ENCODER_DIR, max_length=cfg.data.query_max_length)
         student_q = tower.embed(teacher.texts(qids), batch_size=cfg.data.batch_size)
     probes = probe_count(cfg, nprobe)
-    out = {"split": split, "queries": len(qids), "nprobe": probes,
-           **index_metrics(index, doc_ids, student_q, qids, beir.qrels, dense, nprobe=probes)}
+    out = {
+        "split": split,
+        "queries": len(qids),
+        "nprobe": probes,
+        **index_metrics(index, doc_ids, student_q, qids, beir.qrels, dense, nprobe=probes),
+    }
     if flat:
         out["flat"] = index_metrics(flat_index, doc_ids, q_emb, qids, beir.qrels, dense, nprobe=None)
     return out, cfg

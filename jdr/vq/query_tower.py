@@ -11,8 +11,9 @@ gain, and the step needs no PRNG, so runs repeat exactly.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import optax
@@ -34,7 +35,7 @@ class QueryTower:
     model_dir: Path
 
     @classmethod
-    def load(cls, model_dir, *, max_length: int) -> "QueryTower":
+    def load(cls, model_dir, *, max_length: int) -> QueryTower:
         """The query tower of an HF / sentence-transformers dir, queries cut at `max_length` tokens."""
         from jdr.models.hf import load
 
@@ -61,8 +62,18 @@ class QueryTower:
         """Query embeddings [N, d] float32 with the current params (bucketed inference, as `jdr encode` does)."""
         from jdr.models.inference import encode_texts
 
-        return np.ascontiguousarray(encode_texts(self.params, self.spec, self.tokenizer, list(texts), tower="query",
-                                                 batch_size=batch_size, progress=False), np.float32)
+        return np.ascontiguousarray(
+            encode_texts(
+                self.params,
+                self.spec,
+                self.tokenizer,
+                list(texts),
+                tower="query",
+                batch_size=batch_size,
+                progress=False,
+            ),
+            np.float32,
+        )
 
     def export(self, out_dir) -> Path:
         """Write the tower as an HF + sentence-transformers dir (what `jdr encode` / `jdr search` load)."""

@@ -51,8 +51,11 @@ class Teacher:
         """(params, spec, tokenizer) of `data.model`, loaded on first use."""
         from jdr.models.resolve import load
 
-        return load(self.model_dir, query_max_length=self.cfg.data.query_max_length,
-                    passage_max_length=self.cfg.data.passage_max_length)
+        return load(
+            self.model_dir,
+            query_max_length=self.cfg.data.query_max_length,
+            passage_max_length=self.cfg.data.passage_max_length,
+        )
 
     def query_tower(self):
         """The teacher's query tower as a trainable `QueryTower` (the start of "Distill-VQ + query encoder")."""
@@ -76,8 +79,9 @@ class Teacher:
         from jdr.models.inference import encode_texts
 
         params, spec, tok = self.model
-        emb = encode_texts(params, spec, tok, texts, tower=tower, max_length=max_length,
-                           batch_size=self.cfg.data.batch_size)
+        emb = encode_texts(
+            params, spec, tok, texts, tower=tower, max_length=max_length, batch_size=self.cfg.data.batch_size
+        )
         return np.ascontiguousarray(emb, np.float32)
 
     def queries(self, qids: list[str]) -> np.ndarray:
@@ -89,8 +93,9 @@ class Teacher:
             row = {q: i for i, q in enumerate(ids)}
             missing = [q for q in qids if q not in row]
             if missing:
-                raise DataError(self._store / "queries" / "ids.txt",
-                                f"{len(missing)} queries missing, e.g. {missing[0]!r}")
+                raise DataError(
+                    self._store / "queries" / "ids.txt", f"{len(missing)} queries missing, e.g. {missing[0]!r}"
+                )
             return np.ascontiguousarray(emb[[row[q] for q in qids]], np.float32)
         return self._encode(self.texts(qids), "query", self.cfg.data.query_max_length)
 
@@ -111,8 +116,11 @@ class Teacher:
 
             corpus = load_corpus(self.data_dir / "corpus.jsonl")
             row = {d: i for i, d in enumerate(corpus.ids)}
-            return self._encode([corpus.titles[row[d]] or corpus.passage(row[d]) for d in self.doc_ids], "query",
-                                self.cfg.data.query_max_length)
+            return self._encode(
+                [corpus.titles[row[d]] or corpus.passage(row[d]) for d in self.doc_ids],
+                "query",
+                self.cfg.data.query_max_length,
+            )
         return np.zeros((0, self.doc_emb.shape[1]), np.float32)
 
 

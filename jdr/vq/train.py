@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,15 @@ from jdr.vq.init import init_from_faiss
 from jdr.vq.layer import VQIndex, VQSpec, doc_centroids, quantize, residuals, rotate
 from jdr.vq.query_tower import QueryTower, vq_optimizer
 
-__all__ = ["Distilled", "make_vq_train_step", "teacher_candidates", "train_distill_vq", "teacher_recall", "spec_from_config",
-           "residual_scale"]
+__all__ = [
+    "Distilled",
+    "make_vq_train_step",
+    "teacher_candidates",
+    "train_distill_vq",
+    "teacher_recall",
+    "spec_from_config",
+    "residual_scale",
+]
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +193,17 @@ def train_distill_vq(
     if t.sup_weight and positives is None:
         raise ValueError("train.sup_weight > 0 needs `positives` (qrels doc rows per query)")
     if query_tower is not None and (query_texts is None or len(query_texts) != len(query_emb)):
-        raise ValueError(f"a query tower needs one text per training query ({len(query_emb)}), got "
-                         f"{None if query_texts is None else len(query_texts)}")
-    vq = init if init is not None else init_from_faiss(
-        doc_emb, spec_from_config(cfg, doc_emb.shape[1]), train_sample=cfg.vq.train_sample or None, seed=cfg.seed
-    )[0]
+        raise ValueError(
+            f"a query tower needs one text per training query ({len(query_emb)}), got "
+            f"{None if query_texts is None else len(query_texts)}"
+        )
+    vq = (
+        init
+        if init is not None
+        else init_from_faiss(
+            doc_emb, spec_from_config(cfg, doc_emb.shape[1]), train_sample=cfg.vq.train_sample or None, seed=cfg.seed
+        )[0]
+    )
     cand = teacher_candidates(doc_emb, query_emb, t.topk)
     params = jax.tree.map(jnp.array, vq.params)  # a copy: the step donates it
     tokens, query_fn = {}, None
@@ -197,8 +211,9 @@ def train_distill_vq(
         tokens, query_fn = query_tower.tokens(query_texts), query_tower.embed_fn()
         params["query"] = jax.tree.map(jnp.array, query_tower.params)
     tx = vq_optimizer(t.lr, t.encoder_lr if query_tower is not None else None)
-    step = jax.jit(make_vq_train_step(cfg, tx, tau_scale=residual_scale(vq, doc_emb), query_fn=query_fn),
-                   donate_argnums=0)
+    step = jax.jit(
+        make_vq_train_step(cfg, tx, tau_scale=residual_scale(vq, doc_emb), query_fn=query_fn), donate_argnums=0
+    )
     state = TrainState.create(params, tx)
     frozen = {} if vq.rotation is None else {"rotation": jnp.asarray(vq.rotation)}
     rng = np.random.default_rng(cfg.seed)
@@ -210,8 +225,12 @@ def train_distill_vq(
         qs = order[pos_in_epoch : pos_in_epoch + t.batch_size]
         pos_in_epoch += t.batch_size
         rows = cand[qs]
-        batch = {"query_emb": query_emb[qs], "doc_emb": doc_emb[rows], "lists": vq.lists[rows],
-                 **{k: v[qs] for k, v in tokens.items()}}
+        batch = {
+            "query_emb": query_emb[qs],
+            "doc_emb": doc_emb[rows],
+            "lists": vq.lists[rows],
+            **{k: v[qs] for k, v in tokens.items()},
+        }
         if t.sup_weight:
             batch["pos_mask"] = np.array([np.isin(r, positives[q]) for q, r in zip(qs, rows)])
         state, metrics = step(state, batch, frozen)

@@ -7,6 +7,19 @@ from jdr.data.selfsup.sentence_pairs import BM25Pairs, ICTPairs
 from jdr.data.selfsup.sentences import split_sentences
 from jdr.data.selfsup.tokens import CorpusTokens, SpecialTokens
 
-__all__ = ["Augmentation", "BM25Pairs", "CorpusTokens", "CropPairs", "DropoutPairs", "ICTPairs",
-           "PairGenerator", "SpecialTokens", "TitlePairs", "apply_augmentations", "augment", "chunk_documents",
-           "parse_augmentations", "split_sentences"]
+__all__ = [
+    "Augmentation",
+    "BM25Pairs",
+    "CorpusTokens",
+    "CropPairs",
+    "DropoutPairs",
+    "ICTPairs",
+    "PairGenerator",
+    "SpecialTokens",
+    "TitlePairs",
+    "apply_augmentations",
+    "augment",
+    "chunk_documents",
+    "parse_augmentations",
+    "split_sentences",
+]

@@ -21,7 +21,7 @@ then uniform without replacement.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -66,8 +66,9 @@ def parse_augmentations(text: str) -> tuple[Augmentation, ...]:
     return tuple(out)
 
 
-def apply_augmentations(ids: np.ndarray, augmentations: Sequence[Augmentation], rng: np.random.Generator,
-                        special: SpecialTokens) -> np.ndarray:
+def apply_augmentations(
+    ids: np.ndarray, augmentations: Sequence[Augmentation], rng: np.random.Generator, special: SpecialTokens
+) -> np.ndarray:
     """Apply `augmentations` in order to the int32 `ids` -> a new int32 array."""
     for aug in augmentations:
         ids = augment(ids, aug, rng, special)
@@ -130,5 +131,5 @@ def _span(ids, eligible, span, rng, special):
         return ids.copy()
     start = int(rng.integers(0, n - length + 1))
     out = ids.copy()
-    out[eligible[start:start + length]] = _mask_id(special)
+    out[eligible[start : start + length]] = _mask_id(special)
     return out

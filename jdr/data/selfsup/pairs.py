@@ -19,7 +19,7 @@ them; `query_key` names the example's query.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,8 +37,15 @@ class PairGenerator:
 
     tag = 0  # spawn key of the epoch plan stream; distinct per generator
 
-    def __init__(self, corpus: CorpusTokens, *, query_max_length: int = 64, passage_max_length: int = 256,
-                 query_augment: Sequence[Augmentation] = (), passage_augment: Sequence[Augmentation] = ()):
+    def __init__(
+        self,
+        corpus: CorpusTokens,
+        *,
+        query_max_length: int = 64,
+        passage_max_length: int = 256,
+        query_augment: Sequence[Augmentation] = (),
+        passage_augment: Sequence[Augmentation] = (),
+    ):
         for name, n in (("query_max_length", query_max_length), ("passage_max_length", passage_max_length)):
             if corpus.special.budget(n) < 1:
                 raise ValueError(f"{name}={n} leaves no room for content between the special tokens")
@@ -100,8 +107,7 @@ class PairGenerator:
         """Augment each content view, then add special tokens and truncate to the view's max length."""
         query = apply_augmentations(query, self.query_augment, rng, self.special)
         passage = apply_augmentations(passage, self.passage_augment, rng, self.special)
-        return (self.special.wrap(query, self.query_max_length),
-                self.special.wrap(passage, self.passage_max_length))
+        return (self.special.wrap(query, self.query_max_length), self.special.wrap(passage, self.passage_max_length))
 
     def _pair(self, query, passage, rng, query_key: str, doc: int, also_relevant: Sequence[str] = ()) -> Example:
         q, p = self._views(query, passage, rng)
@@ -120,8 +126,7 @@ def ragged_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + shift
 
 
-def chunk_documents(lengths: np.ndarray, chunk_length: int, offsets: np.ndarray,
-                    min_chunk_length: int) -> np.ndarray:
+def chunk_documents(lengths: np.ndarray, chunk_length: int, offsets: np.ndarray, min_chunk_length: int) -> np.ndarray:
     """Cut documents of `lengths[N]` tokens into chunks -> `[C, 3]` int64 rows `(doc, start, length)`.
 
     A document of at most `chunk_length` tokens is one chunk. A longer one is cut at `offsets[d] + j *
@@ -155,8 +160,16 @@ class CropPairs(PairGenerator):
 
     tag = 1
 
-    def __init__(self, corpus: CorpusTokens, *, chunk_length: int = 256, ratio_min: float = 0.05,
-                 ratio_max: float = 0.5, min_chunk_length: int = 16, **kwargs):
+    def __init__(
+        self,
+        corpus: CorpusTokens,
+        *,
+        chunk_length: int = 256,
+        ratio_min: float = 0.05,
+        ratio_max: float = 0.5,
+        min_chunk_length: int = 16,
+        **kwargs,
+    ):
         super().__init__(corpus, **kwargs)
         if not 0.0 < ratio_min <= ratio_max <= 1.0:
             raise ValueError(f"crop ratios need 0 < ratio_min <= ratio_max <= 1, got {ratio_min}, {ratio_max}")
@@ -181,9 +194,9 @@ class CropPairs(PairGenerator):
 
     def example(self, item, rng):
         doc, start, length = (int(x) for x in item)
-        chunk = self.corpus.passage(doc)[start:start + length]
+        chunk = self.corpus.passage(doc)[start : start + length]
         (qs, ql), (ks, kl) = self.crop_spans(length, rng)
-        return self._pair(chunk[qs:qs + ql], chunk[ks:ks + kl], rng, f"{self.corpus.ids[doc]}@{start}", doc)
+        return self._pair(chunk[qs : qs + ql], chunk[ks : ks + kl], rng, f"{self.corpus.ids[doc]}@{start}", doc)
 
 
 class DropoutPairs(PairGenerator):

@@ -6,7 +6,7 @@ is a query candidate if it is not a structured-abstract heading and has at least
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,8 +46,9 @@ class ICTPairs(PairGenerator):
             raise ValueError(f"ict remove_prob must be in [0, 1], got {remove_prob}")
         self.remove_prob = remove_prob
         docs = _sentence_docs(corpus)
-        in_passage = (corpus.title_lengths[docs] + corpus.sentence_offsets[:-1] - corpus.body_offsets[docs]
-                      < self.special.budget(self.passage_max_length))
+        in_passage = corpus.title_lengths[docs] + corpus.sentence_offsets[:-1] - corpus.body_offsets[
+            docs
+        ] < self.special.budget(self.passage_max_length)
         content = np.bincount(docs[~corpus.heading], minlength=len(corpus))
         ok = _query_sentences(corpus, min_query_tokens) & in_passage & (content[docs] >= 2)
         self._candidates = np.flatnonzero(ok)  # sentence ids, grouped by document (ascending)
@@ -85,9 +86,18 @@ class BM25Pairs(PairGenerator):
     tag = 5
     UNITS = ("sentence", "title", "both")
 
-    def __init__(self, corpus: CorpusTokens, titles: Sequence[str], texts: Sequence[str], *,
-                 query_unit: str = "sentence", min_query_tokens: int = 5, k1: float = 1.5, b: float = 0.75,
-                 **kwargs):
+    def __init__(
+        self,
+        corpus: CorpusTokens,
+        titles: Sequence[str],
+        texts: Sequence[str],
+        *,
+        query_unit: str = "sentence",
+        min_query_tokens: int = 5,
+        k1: float = 1.5,
+        b: float = 0.75,
+        **kwargs,
+    ):
         from jdr.index.bm25 import bm25_candidates
 
         super().__init__(corpus, **kwargs)
@@ -132,5 +142,6 @@ class BM25Pairs(PairGenerator):
             query, name = c.title(doc), "title"
         else:
             query, name = c.sentence(s), f"s{s - c.doc_sentences[doc]}"
-        return self._pair(query, c.passage(positive), rng, f"{c.ids[doc]}#{name}", positive,
-                          also_relevant=(c.ids[doc],))
+        return self._pair(
+            query, c.passage(positive), rng, f"{c.ids[doc]}#{name}", positive, also_relevant=(c.ids[doc],)
+        )

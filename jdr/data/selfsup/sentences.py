@@ -56,7 +56,7 @@ def _is_initial(text: str, stop: int, word: str) -> bool:
     initial / abbreviation itself ("Lipman, D. J.", "Dr. J. G. Thomson"), or the next word is an initial too."""
     if not _INITIAL.match(word):
         return False
-    before = text[max(0, stop - len(word) - 64): stop - len(word)].rstrip()
+    before = text[max(0, stop - len(word) - 64) : stop - len(word)].rstrip()
     prev = _WORD_BEFORE.search(before)
     if prev is None:
         return True
@@ -65,18 +65,18 @@ def _is_initial(text: str, stop: int, word: str) -> bool:
         return True
     if prev_word.endswith(".") and (_INITIAL_LIKE.match(prev_word[:-1]) or _is_abbreviation(prev_word[:-1])):
         return True
-    after = text[stop + 1:].lstrip()
+    after = text[stop + 1 :].lstrip()
     return bool(re.match(r"[A-Z]\.(?:\s|$)", after))
 
 
 def _is_list_marker(text: str, start: int, stop: int, word: str) -> bool:
-    """"1." opening a segment numbers a list item: it belongs to the sentence that follows."""
-    return bool(re.fullmatch(r"\(?\d{1,2}", word)) and not text[start: stop - len(word)].strip()
+    """ "1." opening a segment numbers a list item: it belongs to the sentence that follows."""
+    return bool(re.fullmatch(r"\(?\d{1,2}", word)) and not text[start : stop - len(word)].strip()
 
 
 def _is_broken_decimal(text: str, after: int, word: str) -> bool:
-    """"(10. 4%)": a number, a stop and a digit are a decimal split by a stray space in the source text."""
-    return word[-1:].isdigit() and text[after:after + 2].lstrip()[:1].isdigit()
+    """ "(10. 4%)": a number, a stop and a digit are a decimal split by a stray space in the source text."""
+    return word[-1:].isdigit() and text[after : after + 2].lstrip()[:1].isdigit()
 
 
 def split_sentences(text: str, *, any_case: bool = False) -> list[tuple[int, int]]:
@@ -92,10 +92,14 @@ def split_sentences(text: str, *, any_case: bool = False) -> list[tuple[int, int
         if text[stop] == ".":
             word = _WORD_BEFORE.search(text, max(start, stop - 64), stop)
             word = word.group(1) if word else ""
-            if (_is_abbreviation(word) or _is_initial(text, stop, word) or _is_list_marker(text, start, stop, word)
-                    or _is_broken_decimal(text, m.end(), word)):
+            if (
+                _is_abbreviation(word)
+                or _is_initial(text, stop, word)
+                or _is_list_marker(text, start, stop, word)
+                or _is_broken_decimal(text, m.end(), word)
+            ):
                 continue
-        elif not any_case and not re.match(r"\s+[\"'“‘(\[]?[A-Z]", text[m.end():m.end() + 8]):
+        elif not any_case and not re.match(r"\s+[\"'“‘(\[]?[A-Z]", text[m.end() : m.end() + 8]):
             continue  # "?" and "!" before a digit are symbols in the text ("score of ? 10"), not stops
         spans.append((start, m.end()))
         start = m.end()

@@ -9,7 +9,8 @@ keys) are dropped before drawing. (ANN refresh re-mines labelled queries; it doe
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,16 @@ class PairSource(TrainingSource):
     global batch (the batch builder keeps its rows). `negatives`: a table keyed by document id
     (`jdr.negatives.documents.document_negatives`) with `num_negatives` per document, or None for in-batch negatives only."""
 
-    def __init__(self, generator: PairGenerator, *, global_batch_size: int, seed: int, negatives=None,
-                 num_negatives: int = 0, name: str = ""):
+    def __init__(
+        self,
+        generator: PairGenerator,
+        *,
+        global_batch_size: int,
+        seed: int,
+        negatives=None,
+        num_negatives: int = 0,
+        name: str = "",
+    ):
         if global_batch_size < 1 or seed < 0:
             raise ValueError(f"need global_batch_size >= 1 and seed >= 0, got {global_batch_size}, {seed}")
         if num_negatives and negatives is None:
@@ -37,8 +46,10 @@ class PairSource(TrainingSource):
         self.name = name or type(generator).__name__
         self._epoch, self._index = 0, 0
         if self._batches_in(0) == 0:
-            raise ValueError(f"{self.name}: {generator.epoch_size(seed, 0)} examples per epoch cannot fill one "
-                             f"global batch of {global_batch_size}")
+            raise ValueError(
+                f"{self.name}: {generator.epoch_size(seed, 0)} examples per epoch cannot fill one "
+                f"global batch of {global_batch_size}"
+            )
 
     def _batches_in(self, epoch: int) -> int:
         return self.generator.epoch_size(self.seed, epoch) // self.global_batch_size
@@ -62,18 +73,28 @@ class PairSource(TrainingSource):
             d = corpus.ids[int(rng.integers(len(corpus)))]
             if d not in ex.relevant and d not in drawn:
                 drawn.append(d)
-        passages = tuple(special.wrap(corpus.passage(corpus.index[d]), self.generator.passage_max_length)
-                         for d in drawn)
+        passages = tuple(
+            special.wrap(corpus.passage(corpus.index[d]), self.generator.passage_max_length) for d in drawn
+        )
         return ex._replace(passages=ex.passages + passages, passage_keys=ex.passage_keys + tuple(drawn))
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "selfsup", "generator": self.name, "seed": self.seed, "epoch": self._epoch,
-                "index": self._index}
+        return {
+            "kind": "selfsup",
+            "generator": self.name,
+            "seed": self.seed,
+            "epoch": self._epoch,
+            "index": self._index,
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         check_state(state, {"kind": "selfsup", "generator": self.name, "seed": self.seed}, "training source")
         self._epoch, self._index = int(state["epoch"]), int(state["index"])
 
     def describe(self) -> dict[str, Any]:
-        return {"generator": self.name, "documents": len(self.generator.corpus),
-                "examples_per_epoch": self.generator.epoch_size(self.seed, 0), "group_size": self.group_size}
+        return {
+            "generator": self.name,
+            "documents": len(self.generator.corpus),
+            "examples_per_epoch": self.generator.epoch_size(self.seed, 0),
+            "group_size": self.group_size,
+        }

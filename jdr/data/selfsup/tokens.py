@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -30,7 +30,7 @@ class SpecialTokens:
     vocab_size: int
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> "SpecialTokens":
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> SpecialTokens:
         """Read them off `tokenizer`'s own post-processor (the template it applies to a single text)."""
         enc = _plain(tokenizer).encode("a")
         kinds = enc.special_tokens_mask
@@ -38,9 +38,10 @@ class SpecialTokens:
             raise ValueError("tokenizer: could not find the content token of a one-word text")
         first, last = kinds.index(0), len(kinds) - 1 - kinds[::-1].index(0)
         specials = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
-        mask_id = next((tokenizer.token_to_id(t) for t in ("[MASK]", "<mask>") if tokenizer.token_to_id(t) is not None),
-                       None)
-        prefix, suffix = tuple(enc.ids[:first]), tuple(enc.ids[last + 1:])
+        mask_id = next(
+            (tokenizer.token_to_id(t) for t in ("[MASK]", "<mask>") if tokenizer.token_to_id(t) is not None), None
+        )
+        prefix, suffix = tuple(enc.ids[:first]), tuple(enc.ids[last + 1 :])
         specials |= set(prefix) | set(suffix)
         return cls(prefix, suffix, mask_id, tuple(sorted(specials)), tokenizer.get_vocab_size(with_added_tokens=True))
 
@@ -49,8 +50,13 @@ class SpecialTokens:
         budget = max_length - len(self.prefix) - len(self.suffix)
         if budget < 1:
             raise ValueError(f"max_length {max_length} leaves no room for content between the special tokens")
-        return np.concatenate([np.asarray(self.prefix, np.int32), np.asarray(content[:budget], np.int32),
-                               np.asarray(self.suffix, np.int32)])
+        return np.concatenate(
+            [
+                np.asarray(self.prefix, np.int32),
+                np.asarray(content[:budget], np.int32),
+                np.asarray(self.suffix, np.int32),
+            ]
+        )
 
     def budget(self, max_length: int) -> int:
         """Content tokens that fit in `max_length` with the special tokens."""
@@ -88,9 +94,16 @@ class CorpusTokens:
     special: SpecialTokens
 
     @classmethod
-    def from_texts(cls, tokenizer: Tokenizer, ids: Sequence[str], titles: Sequence[str], texts: Sequence[str], *,
-                   splitter: Callable[[str], list[tuple[int, int]]] = split_sentences,
-                   chunk: int = 4096) -> "CorpusTokens":
+    def from_texts(
+        cls,
+        tokenizer: Tokenizer,
+        ids: Sequence[str],
+        titles: Sequence[str],
+        texts: Sequence[str],
+        *,
+        splitter: Callable[[str], list[tuple[int, int]]] = split_sentences,
+        chunk: int = 4096,
+    ) -> CorpusTokens:
         """Tokenise `titles` and `texts` (a BEIR corpus: `Corpus.ids`, `.titles`, `.texts`) in chunks of `chunk`
         documents. Sentence boundaries come from `splitter(text)` char spans, mapped onto the body's tokens by
         the tokenizer's char offsets, so the body is tokenised once, as one text (exact for BPE tokenizers too)."""
@@ -145,7 +158,7 @@ class CorpusTokens:
         )
 
     @classmethod
-    def from_corpus(cls, tokenizer: Tokenizer, corpus, **kwargs) -> "CorpusTokens":
+    def from_corpus(cls, tokenizer: Tokenizer, corpus, **kwargs) -> CorpusTokens:
         """`from_texts` over a `jdr.data.beir.Corpus`."""
         return cls.from_texts(tokenizer, corpus.ids, corpus.titles, corpus.texts, **kwargs)
 
@@ -158,13 +171,13 @@ class CorpusTokens:
         return {d: i for i, d in enumerate(self.ids)}
 
     def title(self, i: int) -> np.ndarray:
-        return self.titles[self.title_offsets[i]:self.title_offsets[i + 1]]
+        return self.titles[self.title_offsets[i] : self.title_offsets[i + 1]]
 
     def text(self, i: int) -> np.ndarray:
-        return self.body[self.body_offsets[i]:self.body_offsets[i + 1]]
+        return self.body[self.body_offsets[i] : self.body_offsets[i + 1]]
 
     def sentence(self, s: int) -> np.ndarray:
-        return self.body[self.sentence_offsets[s]:self.sentence_offsets[s + 1]]
+        return self.body[self.sentence_offsets[s] : self.sentence_offsets[s + 1]]
 
     def passage(self, i: int) -> np.ndarray:
         """Title then body: the BEIR passage (`title + " " + text`) as content tokens."""

@@ -77,8 +77,9 @@ class Objective:
     def attach(self, run, *, progress: bool = True) -> None:
         """Hook after the run is prepared (and resumed): load resources, wrap `run.batches`."""
 
-    def loss(self, encode: Encode, params, state: TrainState, batch: dict, rng: jax.Array, *,
-             axis_name: str) -> tuple[jax.Array, dict, dict[str, Any]]:
+    def loss(
+        self, encode: Encode, params, state: TrainState, batch: dict, rng: jax.Array, *, axis_name: str
+    ) -> tuple[jax.Array, dict, dict[str, Any]]:
         """`(loss, aux, updates)` for this device's `batch`, differentiated with respect to `params`.
 
         `encode` embeds a tower; `state` is the state before the step (its extra fields); `rng` is this step's
@@ -101,10 +102,17 @@ class Objective:
         `passage_max_length`)."""
         from jdr.models.resolve import load_model
 
-        m = load_model(cfg.model.path, tied=cfg.model.tied, dtype=cfg.model.dtype,
-                       query_max_length=cfg.model.query_max_length, passage_max_length=cfg.model.passage_max_length,
-                       pooling=cfg.model.pooling, normalize=cfg.model.normalize,
-                       query_prefix=cfg.model.query_prefix, passage_prefix=cfg.model.passage_prefix)
+        m = load_model(
+            cfg.model.path,
+            tied=cfg.model.tied,
+            dtype=cfg.model.dtype,
+            query_max_length=cfg.model.query_max_length,
+            passage_max_length=cfg.model.passage_max_length,
+            pooling=cfg.model.pooling,
+            normalize=cfg.model.normalize,
+            query_prefix=cfg.model.query_prefix,
+            passage_prefix=cfg.model.passage_prefix,
+        )
         return m.params, m.spec, m.tokenizer, m.path
 
     def save_description(self, workdir, spec, model_dir) -> None:

@@ -39,8 +39,10 @@ class Contrastive(Objective):
     @classmethod
     def validate(cls, cfg, per_device: int) -> None:
         checks = [
-            (cfg.train.loss in CONTRASTIVE, f"train.loss must be one of {', '.join(CONTRASTIVE)}, "
-                                            f"got {cfg.train.loss!r}"),
+            (
+                cfg.train.loss in CONTRASTIVE,
+                f"train.loss must be one of {', '.join(CONTRASTIVE)}, got {cfg.train.loss!r}",
+            ),
             (cfg.train.loss != "triplet" or cfg.negatives.num >= 1, "train.loss=triplet needs negatives.num >= 1"),
         ]
         for ok, message in checks:
@@ -51,11 +53,15 @@ class Contrastive(Objective):
     @staticmethod
     def loss_kwargs_of(cfg) -> dict:
         """The loss's keyword arguments from `train.*` (shared with objectives built on the same losses)."""
-        kwargs = ({"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce"
-                  else {"margin": cfg.train.margin})
+        kwargs = (
+            {"temperature": cfg.train.temperature} if cfg.train.loss == "info_nce" else {"margin": cfg.train.margin}
+        )
         if cfg.train.hard_in_batch_k:
-            kwargs.update(hard_in_batch_k=cfg.train.hard_in_batch_k,
-                          hard_in_batch_weight=cfg.train.hard_in_batch_weight, hard_in_batch_margin=cfg.train.margin)
+            kwargs.update(
+                hard_in_batch_k=cfg.train.hard_in_batch_k,
+                hard_in_batch_weight=cfg.train.hard_in_batch_weight,
+                hard_in_batch_margin=cfg.train.margin,
+            )
         return kwargs
 
     @classmethod
@@ -71,8 +77,14 @@ class Contrastive(Objective):
         q = encode(params, batch["query_ids"], batch["query_mask"], "query", q_rng)
         p = encode(params, batch["passage_ids"], batch["passage_mask"], "passage", p_rng)
         masks = {"false_negatives": batch["false_negatives"]} if "false_negatives" in batch else {}
-        loss, aux = self.loss_fn(q, p, group_size=group_size, axis_name=axis_name if self.cross_device_negatives
-                                 else None, **masks, **self.loss_kwargs)
+        loss, aux = self.loss_fn(
+            q,
+            p,
+            group_size=group_size,
+            axis_name=axis_name if self.cross_device_negatives else None,
+            **masks,
+            **self.loss_kwargs,
+        )
         return loss, aux, {}
 
 
@@ -91,5 +103,6 @@ def check_hard_in_batch(cfg, per_device: int) -> None:
     if k < 0 or cfg.train.hard_in_batch_weight < 0:
         raise ValueError("train.hard_in_batch_k and train.hard_in_batch_weight must be >= 0")
     if k > (queries - 1) * group:
-        raise ValueError(f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of "
-                         "other queries")
+        raise ValueError(
+            f"train.hard_in_batch_k={k} exceeds the {(queries - 1) * group} in-batch passages of other queries"
+        )

@@ -33,8 +33,9 @@ class CrossEncoder(Objective):
 
     name = "cross_encoder"
 
-    def __init__(self, loss: str = "localized_contrastive", *, temperature: float = 1.0, dropout: bool = True,
-                 seed: int = 0):
+    def __init__(
+        self, loss: str = "localized_contrastive", *, temperature: float = 1.0, dropout: bool = True, seed: int = 0
+    ):
         if loss not in RERANK:
             raise ValueError(f"cross_encoder.loss must be one of {', '.join(RERANK)}, got {loss!r}")
         self.loss_name, self.temperature, self.dropout, self.seed = loss, temperature, dropout, seed
@@ -46,29 +47,40 @@ class CrossEncoder(Objective):
 
         counts = negative_counts(cfg)
         checks = [
-            (cfg.cross_encoder.loss in RERANK, f"cross_encoder.loss must be one of {', '.join(RERANK)}, "
-                                               f"got {cfg.cross_encoder.loss!r}"),
+            (
+                cfg.cross_encoder.loss in RERANK,
+                f"cross_encoder.loss must be one of {', '.join(RERANK)}, got {cfg.cross_encoder.loss!r}",
+            ),
             (cfg.cross_encoder.temperature > 0, "cross_encoder.temperature must be > 0"),
-            (cfg.negatives.num >= 1 and counts, "train.objective=cross_encoder needs hard negatives: negatives.num "
-                                                ">= 1 and a negatives.source"),
-            (not {"ann", "memory"} & set(counts) and not cfg.negatives.refresh_every,
-             "train.objective=cross_encoder cannot mine dense negatives (ann, memory, the ANCE refresh): mine them "
-             "with `jdr mine --model BI_ENCODER` and train on the file (data.source=jsonl, negatives.source=file)"),
-            (cfg.data.dev_queries == 0 and not cfg.eval.final_test,
-             "train.objective=cross_encoder: set data.dev_queries=0 and eval.final_test=False (evaluation retrieves "
-             "with embeddings; evaluate the export with `jdr rerank` over a first-stage run)"),
+            (
+                cfg.negatives.num >= 1 and counts,
+                "train.objective=cross_encoder needs hard negatives: negatives.num >= 1 and a negatives.source",
+            ),
+            (
+                not {"ann", "memory"} & set(counts) and not cfg.negatives.refresh_every,
+                "train.objective=cross_encoder cannot mine dense negatives (ann, memory, the ANCE refresh): mine them "
+                "with `jdr mine --model BI_ENCODER` and train on the file (data.source=jsonl, negatives.source=file)",
+            ),
+            (
+                cfg.data.dev_queries == 0 and not cfg.eval.final_test,
+                "train.objective=cross_encoder: set data.dev_queries=0 and eval.final_test=False (evaluation retrieves "
+                "with embeddings; evaluate the export with `jdr rerank` over a first-stage run)",
+            ),
             (not cfg.train.grad_cache_chunk, "train.grad_cache_chunk chunks embeddings; a cross-encoder has none"),
-            (cfg.model.pooling is None and cfg.model.normalize is None,
-             "model.pooling / model.normalize are dual-encoder settings; leave them unset for a cross-encoder"),
+            (
+                cfg.model.pooling is None and cfg.model.normalize is None,
+                "model.pooling / model.normalize are dual-encoder settings; leave them unset for a cross-encoder",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
 
     @classmethod
-    def from_config(cls, cfg) -> "CrossEncoder":
-        return cls(cfg.cross_encoder.loss, temperature=cfg.cross_encoder.temperature, dropout=cfg.train.dropout,
-                   seed=cfg.seed)
+    def from_config(cls, cfg) -> CrossEncoder:
+        return cls(
+            cfg.cross_encoder.loss, temperature=cfg.cross_encoder.temperature, dropout=cfg.train.dropout, seed=cfg.seed
+        )
 
     def load_model(self, cfg):
         from jdr.models.cross_encoder_hf import load_cross_encoder
@@ -77,8 +89,9 @@ class CrossEncoder(Objective):
         model_dir = model_path(cfg.model.path)
         params, spec, tok = load_cross_encoder(model_dir, dtype=cfg.model.dtype, seed=self.seed)
         q, p = cfg.model.query_max_length, cfg.model.passage_max_length
-        self.spec = dataclasses.replace(spec, query_max_length=q, passage_max_length=p,
-                                        max_length=min(q + p - 1, spec.bert.max_length))
+        self.spec = dataclasses.replace(
+            spec, query_max_length=q, passage_max_length=p, max_length=min(q + p - 1, spec.bert.max_length)
+        )
         # RoBERTa's pair template `<s> q </s></s> p </s>`: the passage's `<s>` becomes a `</s>`.
         self.sep_id = None if spec.head == "bert" else tok.token_to_id("</s>")
         return params, self.spec, tok, model_dir
@@ -99,8 +112,9 @@ class CrossEncoder(Objective):
         if self.spec is None:
             raise ValueError("cross-encoder objective: load_model was not called (the spec is unknown)")
         b, n = batch["query_ids"].shape[0], batch["passage_ids"].shape[0]
-        ids, mask, types = join_pairs(batch["query_ids"], batch["query_mask"], batch["passage_ids"],
-                                      batch["passage_mask"], sep_id=self.sep_id)
+        ids, mask, types = join_pairs(
+            batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], sep_id=self.sep_id
+        )
         logits = score(params, self.spec, ids, mask, types, deterministic=not self.dropout, rng=rng)
         kwargs = {"temperature": self.temperature} if self.loss_name == "localized_contrastive" else {}
         loss, aux = RERANK[self.loss_name](logits.reshape(b, n // b), **kwargs)

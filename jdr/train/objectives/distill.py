@@ -29,8 +29,15 @@ class Distill(Objective):
     name = "distill"
     batch_keys = CONTRASTIVE_BATCH_KEYS + ("teacher_scores",)
 
-    def __init__(self, loss: str, *, temperature: float, teacher_temperature: float = 1.0,
-                 info_nce_weight: float = 0.0, cross_device_negatives: bool = True):
+    def __init__(
+        self,
+        loss: str,
+        *,
+        temperature: float,
+        teacher_temperature: float = 1.0,
+        info_nce_weight: float = 0.0,
+        cross_device_negatives: bool = True,
+    ):
         if loss not in DISTILL:
             raise ValueError(f"distill.loss must be one of {', '.join(DISTILL)}, got {loss!r}")
         self.loss_name, self.temperature, self.teacher_temperature = loss, temperature, teacher_temperature
@@ -43,22 +50,34 @@ class Distill(Objective):
             (d.loss in DISTILL, f"distill.loss must be one of {', '.join(DISTILL)}, got {d.loss!r}"),
             (d.teacher_temperature > 0, "distill.teacher_temperature must be > 0"),
             (d.info_nce_weight >= 0, "distill.info_nce_weight must be >= 0"),
-            (cfg.data.source == "jsonl", "train.objective=distill reads teacher scores from data.source=jsonl "
-                                         "(a `score` on every passage: `jdr score`)"),
-            (cfg.negatives.source == "file" and cfg.negatives.num >= 1,
-             "train.objective=distill needs negatives.source=file and negatives.num >= 1 (the scored negatives)"),
-            (not cfg.negatives.refresh_every, "train.objective=distill: no ANCE refresh (the teacher never scored "
-                                              "what it would mine)"),
+            (
+                cfg.data.source == "jsonl",
+                "train.objective=distill reads teacher scores from data.source=jsonl "
+                "(a `score` on every passage: `jdr score`)",
+            ),
+            (
+                cfg.negatives.source == "file" and cfg.negatives.num >= 1,
+                "train.objective=distill needs negatives.source=file and negatives.num >= 1 (the scored negatives)",
+            ),
+            (
+                not cfg.negatives.refresh_every,
+                "train.objective=distill: no ANCE refresh (the teacher never scored what it would mine)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
 
     @classmethod
-    def from_config(cls, cfg) -> "Distill":
+    def from_config(cls, cfg) -> Distill:
         d = cfg.distill
-        return cls(d.loss, temperature=cfg.train.temperature, teacher_temperature=d.teacher_temperature,
-                   info_nce_weight=d.info_nce_weight, cross_device_negatives=cfg.train.cross_device_negatives)
+        return cls(
+            d.loss,
+            temperature=cfg.train.temperature,
+            teacher_temperature=d.teacher_temperature,
+            info_nce_weight=d.info_nce_weight,
+            cross_device_negatives=cfg.train.cross_device_negatives,
+        )
 
     def masks_false_negatives(self) -> bool:
         return self.info_nce_weight > 0
@@ -68,8 +87,16 @@ class Distill(Objective):
         q = encode(params, batch["query_ids"], batch["query_mask"], "query", q_rng)
         p = encode(params, batch["passage_ids"], batch["passage_mask"], "passage", p_rng)
         masks = {"false_negatives": batch["false_negatives"]} if "false_negatives" in batch else {}
-        loss, aux = distill(q, p, batch["teacher_scores"], loss=self.loss_name, group_size=group_size_of(batch),
-                            temperature=self.temperature, teacher_temperature=self.teacher_temperature,
-                            info_nce_weight=self.info_nce_weight,
-                            axis_name=axis_name if self.cross_device_negatives else None, **masks)
+        loss, aux = distill(
+            q,
+            p,
+            batch["teacher_scores"],
+            loss=self.loss_name,
+            group_size=group_size_of(batch),
+            temperature=self.temperature,
+            teacher_temperature=self.teacher_temperature,
+            info_nce_weight=self.info_nce_weight,
+            axis_name=axis_name if self.cross_device_negatives else None,
+            **masks,
+        )
         return loss, aux, {}

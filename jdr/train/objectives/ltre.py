@@ -40,9 +40,17 @@ from jdr.index.fixed import CANDIDATE_KEYS, FixedIndex
 from jdr.losses import RETRIEVAL
 from jdr.train.objectives.base import EncodeFn, Objective, register
 
-__all__ = ["SEARCH_MODES", "Ltre", "query_key", "freeze_passage_tower", "pmap_ltre_step", "build_fixed_index",
-           "check_ltre_config", "check_positive_slots",
-           "RetrievalBatches"]
+__all__ = [
+    "SEARCH_MODES",
+    "Ltre",
+    "query_key",
+    "freeze_passage_tower",
+    "pmap_ltre_step",
+    "build_fixed_index",
+    "check_ltre_config",
+    "check_positive_slots",
+    "RetrievalBatches",
+]
 
 SEARCH_MODES = ("callback", "host")
 LTRE_BATCH_KEYS = ("query_ids", "query_mask", "positive_rows")
@@ -75,8 +83,10 @@ def _retrieval_metrics(relevant, top_k: int) -> dict:
     found = relevant[:, :top_k]
     first = jnp.argmax(found, axis=1)
     hit10 = jnp.any(found[:, :10], axis=1)
-    return {"retrieved_mrr@10": jnp.mean(jnp.where(hit10, 1.0 / (first + 1.0), 0.0)),
-            f"retrieved_recall@{top_k}": jnp.mean(jnp.any(found, axis=1).astype(jnp.float32))}
+    return {
+        "retrieved_mrr@10": jnp.mean(jnp.where(hit10, 1.0 / (first + 1.0), 0.0)),
+        f"retrieved_recall@{top_k}": jnp.mean(jnp.any(found, axis=1).astype(jnp.float32)),
+    }
 
 
 @register
@@ -88,8 +98,17 @@ class Ltre(Objective):
 
     name = "ltre"
 
-    def __init__(self, *, top_k: int, loss_name: str, loss_kwargs: dict, search: str = "callback",
-                 index: FixedIndex | None = None, max_positives: int = 8, config=None):
+    def __init__(
+        self,
+        *,
+        top_k: int,
+        loss_name: str,
+        loss_kwargs: dict,
+        search: str = "callback",
+        index: FixedIndex | None = None,
+        max_positives: int = 8,
+        config=None,
+    ):
         if loss_name not in RETRIEVAL:
             raise ValueError(f"ltre.loss: {loss_name!r} is not one of {', '.join(RETRIEVAL)}")
         if search not in SEARCH_MODES:
@@ -105,10 +124,17 @@ class Ltre(Objective):
     @classmethod
     def from_config(cls, cfg) -> Ltre:
         ltre = cfg.ltre
-        kwargs = ({"metric_cut": ltre.metric_cut} if ltre.loss == "lambdarank"
-                  else {"temperature": cfg.train.temperature})
-        return cls(top_k=ltre.top_k, loss_name=ltre.loss, loss_kwargs=kwargs, search=ltre.search,
-                   max_positives=ltre.max_positives, config=ltre)
+        kwargs = (
+            {"metric_cut": ltre.metric_cut} if ltre.loss == "lambdarank" else {"temperature": cfg.train.temperature}
+        )
+        return cls(
+            top_k=ltre.top_k,
+            loss_name=ltre.loss,
+            loss_kwargs=kwargs,
+            search=ltre.search,
+            max_positives=ltre.max_positives,
+            config=ltre,
+        )
 
     def optimizer(self, tx):
         return freeze_passage_tower(tx)
@@ -116,9 +142,15 @@ class Ltre(Objective):
     def attach(self, run, *, progress: bool = True) -> None:
         """Build the fixed index (`build_fixed_index`) from the run's initial params; batches become
         `RetrievalBatches` over it."""
-        self.index = build_fixed_index(self.config, run.params, run.spec, run.tokenizer,
-                                       run.training.labeled.data.corpus, batch_size=run.cfg.eval.batch_size,
-                                       progress=progress)
+        self.index = build_fixed_index(
+            self.config,
+            run.params,
+            run.spec,
+            run.tokenizer,
+            run.training.labeled.data.corpus,
+            batch_size=run.cfg.eval.batch_size,
+            progress=progress,
+        )
         check_positive_slots(self.index, run.training.labeled, self.max_positives)  # every query, before compiling
         run.batches = RetrievalBatches(run.batches, self.index, self.max_positives)
 
@@ -127,17 +159,22 @@ class Ltre(Objective):
             raise ValueError("ltre: search='callback' needs the FixedIndex")
         b, slots = positive_rows.shape
         c = self.top_k + slots
-        shapes = {"cand_emb": jax.ShapeDtypeStruct((b, c, q.shape[1]), jnp.float32),
-                  "cand_relevant": jax.ShapeDtypeStruct((b, c), jnp.bool_),
-                  "cand_valid": jax.ShapeDtypeStruct((b, c), jnp.bool_)}
+        shapes = {
+            "cand_emb": jax.ShapeDtypeStruct((b, c, q.shape[1]), jnp.float32),
+            "cand_relevant": jax.ShapeDtypeStruct((b, c), jnp.bool_),
+            "cand_valid": jax.ShapeDtypeStruct((b, c), jnp.bool_),
+        }
         index, top_k = self.index, self.top_k
         return jax.pure_callback(lambda qs, pos: index.candidates(qs, pos, top_k), shapes, q, positive_rows)
 
     def loss(self, encode, params, state, batch, rng, *, axis_name):
         key = jax.random.split(rng)[0]  # `query_key`: the host-search embedder derives the same key
         q = encode(params, batch["query_ids"], batch["query_mask"], "query", key)
-        cands = ({k: batch[k] for k in CANDIDATE_KEYS} if self.search == "host"
-                 else self._search_in_step(lax.stop_gradient(q), batch["positive_rows"]))
+        cands = (
+            {k: batch[k] for k in CANDIDATE_KEYS}
+            if self.search == "host"
+            else self._search_in_step(lax.stop_gradient(q), batch["positive_rows"])
+        )
         scores = jnp.einsum("bh,bch->bc", q.astype(jnp.float32), cands["cand_emb"])
         loss, aux = self.loss_fn(scores, cands["cand_relevant"], cands["cand_valid"], **self.loss_kwargs)
         return loss, {**aux, **_retrieval_metrics(cands["cand_relevant"], self.top_k)}, {}
@@ -164,22 +201,34 @@ class Ltre(Objective):
         return search_then_step
 
 
-def pmap_ltre_step(encode_fn: EncodeFn, *, index: FixedIndex, top_k: int, loss_name: str, loss_kwargs: dict,
-                   tx: optax.GradientTransformation, search: str = "callback", lr_at: Callable | None = None,
-                   axis_name: str = "batch", dropout: bool = True) -> Callable:
+def pmap_ltre_step(
+    encode_fn: EncodeFn,
+    *,
+    index: FixedIndex,
+    top_k: int,
+    loss_name: str,
+    loss_kwargs: dict,
+    tx: optax.GradientTransformation,
+    search: str = "callback",
+    lr_at: Callable | None = None,
+    axis_name: str = "batch",
+    dropout: bool = True,
+) -> Callable:
     """The LTRe step as the training loop calls it: `step(state, batch, rng) -> (state, metrics)` over the local
     devices (state replicated and donated, batch with a leading device axis, one rng), whichever `search` mode:
     `make_train_step` with the `Ltre` objective. `tx` should come from `freeze_passage_tower`."""
     from jdr.train.step import bind_dropout, make_train_step, pmap_train_step
 
     objective = Ltre(top_k=top_k, loss_name=loss_name, loss_kwargs=loss_kwargs, search=search, index=index)
-    step = pmap_train_step(make_train_step(encode_fn, objective, tx=tx, lr_at=lr_at, axis_name=axis_name,
-                                           dropout=dropout), axis_name)
+    step = pmap_train_step(
+        make_train_step(encode_fn, objective, tx=tx, lr_at=lr_at, axis_name=axis_name, dropout=dropout), axis_name
+    )
     return objective.wrap_pmapped(step, bind_dropout(encode_fn, dropout), axis_name=axis_name)
 
 
-def build_fixed_index(ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: int = 128,
-                      progress: bool = True) -> FixedIndex:
+def build_fixed_index(
+    ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: int = 128, progress: bool = True
+) -> FixedIndex:
     """The fixed index of an `ltre` config section: `ltre.index` (a faiss file; reconstructions scored), else the
     `ltre.embeddings` store, else the corpus encoded now by the frozen passage tower of `params` (both indexed with
     `ltre.factory`, exact vectors scored). `corpus` is a `jdr.data.beir.Corpus`; its ids must match the index's."""
@@ -196,8 +245,9 @@ def build_fixed_index(ltre_cfg, params, spec, tokenizer, corpus, *, batch_size: 
             emb, ids = load_embeddings(ltre_cfg.embeddings)
             where = Path(ltre_cfg.embeddings) / "ids.txt"
         else:
-            emb = encode_texts(params, spec, tokenizer, corpus.passages(), tower="passage", batch_size=batch_size,
-                               progress=progress)
+            emb = encode_texts(
+                params, spec, tokenizer, corpus.passages(), tower="passage", batch_size=batch_size, progress=progress
+            )
             ids, where = list(corpus.ids), Path("corpus")
         index = FixedIndex.from_embeddings(emb, ids, factory=ltre_cfg.factory, nprobe=nprobe)
     if len(index.ids) != len(corpus.ids) or set(index.ids) != set(corpus.ids):
@@ -211,8 +261,10 @@ def check_ltre_config(cfg) -> None:
     if not (ltre.enabled or cfg.train.objective == "ltre"):
         return
     checks = [
-        (not cfg.model.tied, "ltre.enabled needs model.tied=False (the query tower trains, the passage tower is "
-                             "frozen)"),
+        (
+            not cfg.model.tied,
+            "ltre.enabled needs model.tied=False (the query tower trains, the passage tower is frozen)",
+        ),
         (ltre.top_k >= 1, f"ltre.top_k must be >= 1, got {ltre.top_k}"),
         (ltre.max_positives >= 1, f"ltre.max_positives must be >= 1, got {ltre.max_positives}"),
         (ltre.loss in RETRIEVAL, f"ltre.loss must be one of {', '.join(RETRIEVAL)}, got {ltre.loss!r}"),
@@ -222,10 +274,14 @@ def check_ltre_config(cfg) -> None:
         (not ltre.index or not ltre.embeddings, "ltre.index and ltre.embeddings are exclusive: set one"),
         (cfg.train.grad_cache_chunk == 0, "ltre.enabled encodes no passages: set train.grad_cache_chunk=0"),
         (cfg.train.hard_in_batch_k == 0, "ltre.enabled has no in-batch passages: set train.hard_in_batch_k=0"),
-        (cfg.negatives.source == "none" or cfg.negatives.num == 0, "ltre.enabled scores the retrieved list, not "
-                                                                   "sampled negatives: set negatives.num=0"),
-        (cfg.data.source not in ("mixture", "selfsup"), "ltre.enabled needs one labelled training source (its "
-                                                        "qrels name the positives in the index)"),
+        (
+            cfg.negatives.source == "none" or cfg.negatives.num == 0,
+            "ltre.enabled scores the retrieved list, not sampled negatives: set negatives.num=0",
+        ),
+        (
+            cfg.data.source not in ("mixture", "selfsup"),
+            "ltre.enabled needs one labelled training source (its qrels name the positives in the index)",
+        ),
         (not cfg.moco.enabled, "ltre.enabled and moco.enabled exclude each other"),
     ]
     for ok, message in checks:
@@ -244,10 +300,11 @@ def check_positive_slots(index: FixedIndex, source, max_positives: int) -> None:
     for qid in source.train_qids:
         keys = source.relevant(qid)
         if len(keys) > max_positives:
-            raise ValueError(f"training qrels: query {qid!r} has {len(keys)} positives, more than "
-                             f"ltre.max_positives={max_positives} (raise it)")
-        index.positive_rows([sorted(keys)], max_positives,
-                            where=f"training qrels of query {qid!r}")
+            raise ValueError(
+                f"training qrels: query {qid!r} has {len(keys)} positives, more than "
+                f"ltre.max_positives={max_positives} (raise it)"
+            )
+        index.positive_rows([sorted(keys)], max_positives, where=f"training qrels of query {qid!r}")
 
 
 class RetrievalBatches:
@@ -264,8 +321,12 @@ class RetrievalBatches:
 
         arrays = self.builder(examples)
         host = examples[host_rows(len(examples), self.builder.process_index, self.builder.process_count)]
-        rows = self.index.positive_rows([sorted(ex.relevant) for ex in host], self.max_positives,
-                                        where="training qrels")
+        rows = self.index.positive_rows(
+            [sorted(ex.relevant) for ex in host], self.max_positives, where="training qrels"
+        )
         d, per = arrays["query_ids"].shape[:2]
-        return {"query_ids": arrays["query_ids"], "query_mask": arrays["query_mask"],
-                "positive_rows": rows.reshape(d, per, self.max_positives)}
+        return {
+            "query_ids": arrays["query_ids"],
+            "query_mask": arrays["query_mask"],
+            "positive_rows": rows.reshape(d, per, self.max_positives),
+        }

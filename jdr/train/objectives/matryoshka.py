@@ -17,7 +17,7 @@ contrastive objective. Metrics: the summed `loss`, the full-width loss's aux val
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +44,15 @@ def parse_dims(dims: str, weights: str = "") -> tuple[tuple[int, ...], tuple[flo
     except ValueError:
         raise ValueError(f"train.matryoshka_weights: expected comma-separated numbers, got {weights!r}") from None
     if len(ws) != len(ds) or min(ws) < 0 or not sum(ws):
-        raise ValueError(f"train.matryoshka_weights: need {len(ds)} weights >= 0 (one per dim, not all 0), "
-                         f"got {weights!r}")
+        raise ValueError(
+            f"train.matryoshka_weights: need {len(ds)} weights >= 0 (one per dim, not all 0), got {weights!r}"
+        )
     return ds, ws
 
 
-def matryoshka_loss(loss_fn: Callable, q, p, *, dims: Sequence[int], weights: Sequence[float], renormalize: bool,
-                    **kwargs):
+def matryoshka_loss(
+    loss_fn: Callable, q, p, *, dims: Sequence[int], weights: Sequence[float], renormalize: bool, **kwargs
+):
     """`(sum_i w_i * loss_fn(q[:, :d_i], p[:, :d_i], **kwargs), aux)`; prefixes re-normalised when `renormalize`.
     aux: `loss_fn`'s aux at the widest prefix and `loss@<d>` for every prefix."""
     width = q.shape[-1]
@@ -80,8 +82,16 @@ class Matryoshka(Contrastive):
 
     name = "matryoshka"
 
-    def __init__(self, loss_name: str, loss_kwargs: dict, *, dims: Sequence[int], weights: Sequence[float],
-                 cross_device_negatives: bool = True, renormalize: bool | None = None):
+    def __init__(
+        self,
+        loss_name: str,
+        loss_kwargs: dict,
+        *,
+        dims: Sequence[int],
+        weights: Sequence[float],
+        cross_device_negatives: bool = True,
+        renormalize: bool | None = None,
+    ):
         super().__init__(loss_name, loss_kwargs, cross_device_negatives=cross_device_negatives)
         self.dims, self.weights = tuple(dims), tuple(weights)
         if len(self.dims) != len(self.weights):
@@ -94,10 +104,15 @@ class Matryoshka(Contrastive):
         parse_dims(cfg.train.matryoshka_dims, cfg.train.matryoshka_weights)
 
     @classmethod
-    def from_config(cls, cfg) -> "Matryoshka":
+    def from_config(cls, cfg) -> Matryoshka:
         dims, weights = parse_dims(cfg.train.matryoshka_dims, cfg.train.matryoshka_weights)
-        return cls(cfg.train.loss, cls.loss_kwargs_of(cfg), dims=dims, weights=weights,
-                   cross_device_negatives=cfg.train.cross_device_negatives)
+        return cls(
+            cfg.train.loss,
+            cls.loss_kwargs_of(cfg),
+            dims=dims,
+            weights=weights,
+            cross_device_negatives=cfg.train.cross_device_negatives,
+        )
 
     def check_encoder(self, params, spec) -> None:
         from jdr.models.encoder import embedding_dim
@@ -118,8 +133,16 @@ class Matryoshka(Contrastive):
         p = encode(params, batch["passage_ids"], batch["passage_mask"], "passage", p_rng)
         masks = {"false_negatives": batch["false_negatives"]} if "false_negatives" in batch else {}
         renormalize = True if self.renormalize is None else self.renormalize
-        loss, aux = matryoshka_loss(self.loss_fn, q, p, dims=self.dims, weights=self.weights,
-                                    renormalize=renormalize, group_size=group_size,
-                                    axis_name=axis_name if self.cross_device_negatives else None,
-                                    **masks, **self.loss_kwargs)
+        loss, aux = matryoshka_loss(
+            self.loss_fn,
+            q,
+            p,
+            dims=self.dims,
+            weights=self.weights,
+            renormalize=renormalize,
+            group_size=group_size,
+            axis_name=axis_name if self.cross_device_negatives else None,
+            **masks,
+            **self.loss_kwargs,
+        )
         return loss, aux, {}

@@ -56,17 +56,22 @@ class MocoState(TrainState):
     queue_ptr: jnp.ndarray
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation, *, queue_size: int, dim: int,
-               seed: int = 0) -> MocoState:
+    def create(cls, params, tx: optax.GradientTransformation, *, queue_size: int, dim: int, seed: int = 0) -> MocoState:
         """A step-0 state: key tower = a copy of `params`, queue = `queue_size` L2-normalised Gaussian rows of
         width `dim` (the embedding size) drawn from `seed`, ids all -1."""
         if queue_size < 1 or dim < 1:
             raise ValueError(f"moco: queue_size and dim must be >= 1, got {queue_size}, {dim}")
         queue = np.random.default_rng([seed, 0x4D6F436F]).standard_normal((queue_size, dim)).astype(np.float32)
         queue /= np.linalg.norm(queue, axis=1, keepdims=True)
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   key_params=jax.tree.map(jnp.array, params), queue=jnp.asarray(queue),
-                   queue_ids=jnp.full((queue_size,), -1, jnp.int32), queue_ptr=jnp.zeros((), jnp.int32))
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            key_params=jax.tree.map(jnp.array, params),
+            queue=jnp.asarray(queue),
+            queue_ids=jnp.full((queue_size,), -1, jnp.int32),
+            queue_ptr=jnp.zeros((), jnp.int32),
+        )
 
 
 @register
@@ -76,8 +81,7 @@ class Moco(Objective):
 
     name = "moco"
 
-    def __init__(self, *, momentum: float, loss_kwargs: dict, queue_size: int = 0,
-                 cross_device_negatives: bool = True):
+    def __init__(self, *, momentum: float, loss_kwargs: dict, queue_size: int = 0, cross_device_negatives: bool = True):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"moco.momentum must be in [0, 1), got {momentum}")
         self.momentum, self.loss_kwargs, self.queue_size = momentum, dict(loss_kwargs), queue_size
@@ -90,10 +94,14 @@ class Moco(Objective):
             (cfg.train.loss == "info_nce", "moco needs train.loss=info_nce"),
             (cfg.model.tied, "moco needs model.tied=True (the key tower is a momentum copy of the one tower)"),
             (0.0 <= cfg.moco.momentum < 1.0, f"moco.momentum must be in [0, 1), got {cfg.moco.momentum}"),
-            (cfg.moco.queue_size > 0 and cfg.moco.queue_size % cfg.train.global_batch_size == 0,
-             f"moco.queue_size {cfg.moco.queue_size} must be a positive multiple of train.global_batch_size"),
-            (not cfg.train.grad_cache_chunk, "moco and train.grad_cache_chunk: GradCache runs the plain "
-                                             "contrastive step only"),
+            (
+                cfg.moco.queue_size > 0 and cfg.moco.queue_size % cfg.train.global_batch_size == 0,
+                f"moco.queue_size {cfg.moco.queue_size} must be a positive multiple of train.global_batch_size",
+            ),
+            (
+                not cfg.train.grad_cache_chunk,
+                "moco and train.grad_cache_chunk: GradCache runs the plain contrastive step only",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -101,8 +109,12 @@ class Moco(Objective):
 
     @classmethod
     def from_config(cls, cfg) -> Moco:
-        return cls(momentum=cfg.moco.momentum, loss_kwargs=Contrastive.loss_kwargs_of(cfg),
-                   queue_size=cfg.moco.queue_size, cross_device_negatives=cfg.train.cross_device_negatives)
+        return cls(
+            momentum=cfg.moco.momentum,
+            loss_kwargs=Contrastive.loss_kwargs_of(cfg),
+            queue_size=cfg.moco.queue_size,
+            cross_device_negatives=cfg.train.cross_device_negatives,
+        )
 
     def masks_false_negatives(self) -> bool:
         return True
@@ -128,8 +140,15 @@ class Moco(Objective):
         if "relevant_ids" in batch:
             queue_mask = queue_false_negatives(batch["relevant_ids"], state.queue_ids)
             masks["extra_false_negatives"] = queue_mask
-        loss, aux = info_nce(q, keys, group_size=group_size, axis_name=axis_name if self.cross_device_negatives
-                             else None, extra_negatives=state.queue, **masks, **self.loss_kwargs)
+        loss, aux = info_nce(
+            q,
+            keys,
+            group_size=group_size,
+            axis_name=axis_name if self.cross_device_negatives else None,
+            extra_negatives=state.queue,
+            **masks,
+            **self.loss_kwargs,
+        )
         if queue_mask is not None:
             aux["queue_false_negatives"] = lax.psum(jnp.sum(queue_mask).astype(jnp.float32), axis_name)
 
@@ -179,15 +198,24 @@ class DocIdBatches:
         host = examples[host_rows(len(examples), self.builder.process_index, self.builder.process_count)]
         relevant = np.full((len(host), width), -1, np.int32)
         for r, ex in enumerate(host):
-            relevant[r, :len(ex.relevant)] = sorted(doc_id_hash(k) for k in ex.relevant)
+            relevant[r, : len(ex.relevant)] = sorted(doc_id_hash(k) for k in ex.relevant)
         positive = np.asarray([doc_id_hash(ex.passage_keys[0]) for ex in host], np.int32)
         d = arrays["query_ids"].shape[0]
         return {**arrays, "positive_ids": positive.reshape(d, -1), "relevant_ids": relevant.reshape(d, -1, width)}
 
 
-def make_moco_train_step(encode_fn, *, loss_name: str, loss_kwargs: dict, tx: optax.GradientTransformation,
-                         momentum: float, lr_at: Callable | None = None, axis_name: str = "batch",
-                         cross_device_negatives: bool = True, dropout: bool = True) -> Callable:
+def make_moco_train_step(
+    encode_fn,
+    *,
+    loss_name: str,
+    loss_kwargs: dict,
+    tx: optax.GradientTransformation,
+    momentum: float,
+    lr_at: Callable | None = None,
+    axis_name: str = "batch",
+    cross_device_negatives: bool = True,
+    dropout: bool = True,
+) -> Callable:
     """`jdr.train.step.make_train_step` with the `Moco` objective (`loss_name` must be "info_nce"): the per-device
     `train_step(state: MocoState, batch, rng) -> (state, metrics)`. The key encode draws its own dropout key (the
     key tower runs in train mode, as Contriever's does by default)."""
