@@ -36,6 +36,7 @@ def get_config():
     c.negatives.num = 3
     c.negatives.depth = 200  # ANCE: negatives sampled from the top 200
     c.negatives.refresh_mode = "sync"
+    c.negatives.bm25_preset = "bm25s"  # the BM25 its published table was measured with (k1 1.5, b 0.75, no stemming)
     c.train.steps = EPOCHS * STEPS_PER_EPOCH
     c.train.global_batch_size = 32
     c.train.lr = 2e-5
