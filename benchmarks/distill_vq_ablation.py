@@ -3,7 +3,8 @@ matters, tried one factor at a time around the config, chosen on dev, test read 
 
 Dev = `--dev-queries` (default: the config's `data.dev_queries`, else 100) of the train split's queries, held out
 by `jdr.data.split.split_dev` (seeded, as `jdr train`); Distill-VQ trains on the rest and is scored on the dev
-queries' train qrels (NDCG@10, then dense-R@10 to break ties). Factors (variants equal to the config's own value are skipped):
+queries' train qrels (NDCG@10, then dense-R@10 to break ties). Factors (variants equal to the config's own value
+are skipped):
   candidates  train.topk 25 / 100 / 200, and no in-batch candidates (the list is the teacher's top-k only);
   loss        kl_distill instead of ListNet;
   temperature train.loss_temperature 0.02 / 0.1 / 0.2 (score softmax), train.tau 0.05 / 0.2 (soft assignment);

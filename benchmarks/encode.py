@@ -142,7 +142,8 @@ def _table(section: dict, dtype: str | None) -> list[str]:
     """One dtype's rounds as a markdown table and its median ratio."""
     lines = [f"## {dtype}", ""] if dtype else []
     lines += [
-        "| round | jdr docs/s | ST docs/s | jdr / ST | jdr GFLOP/s | f32 matmul peak GFLOP/s | jdr peak RSS MiB | ST peak RSS MiB |",
+        "| round | jdr docs/s | ST docs/s | jdr / ST | jdr GFLOP/s | f32 matmul peak GFLOP/s "
+        "| jdr peak RSS MiB | ST peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(section["rounds"]):

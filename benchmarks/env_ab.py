@@ -93,7 +93,8 @@ def main() -> None:
                 f"round {i} {name}: "
                 + (
                     r.get("error")
-                    or f"steady {r.get('steady_s', float('nan')):.3f} s, wall {r['wall_s']:.1f} s, user {r['user_s']:.1f} s, "
+                    or f"steady {r.get('steady_s', float('nan')):.3f} s, wall {r['wall_s']:.1f} s, "
+                    f"user {r['user_s']:.1f} s, "
                     f"sys {r['sys_s']:.1f} s, minor faults {r['minor_faults']}"
                 ),
                 flush=True,

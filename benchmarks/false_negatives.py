@@ -277,7 +277,8 @@ def render(r: dict) -> str:
         f"InfoNCE t = 0.05, AdamW {r['lr']}; loss and accuracy are means over the last 20 steps; "
         f"ln(64 candidates) = {r['ln_candidates']:.2f}; the unmasked objective's floor on these "
         f"batches is {r['unmasked_loss_floor']:.3f} (mean ln(1 + k) over rows, k = the row's other labelled-relevant "
-        "passages: a model cannot tell which of them was drawn as the positive, so at best they tie). The two runs of a seed draw identical batches: the "
+        "passages: a model cannot tell which of them was drawn as the positive, so at best they tie). "
+        "The two runs of a seed draw identical batches: the "
         "masked pairs of the `on` run are present, unmasked, in the `off` run. Untrained model: test NDCG@10 "
         f"{r['untrained_test']['ndcg@10']:.4f}.",
         "",

@@ -199,7 +199,8 @@ def markdown(result: dict) -> str:
             f"| {r['batch']} | {name} | {r['xla_peak_gib']:.1f} | {r['peak_rss_gib']:.1f} | {r['compile_s']:.0f} | "
             f"{r['seconds_per_step']:.1f} | {r['seconds_per_example']:.3f} | {ratio} |"
             if ran
-            else f"| {r['batch']} | {name} | {r['xla_peak_gib']:.1f} | not run: {r['predicted_peak_gib']:.1f} predicted > "
+            else f"| {r['batch']} | {name} | {r['xla_peak_gib']:.1f} | "
+            f"not run: {r['predicted_peak_gib']:.1f} predicted > "
             f"{r['limit_gib']:.1f} | {r['compile_s']:.0f} | | | |"
         )
     ab = result.get("same_process_ab")

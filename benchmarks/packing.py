@@ -170,7 +170,8 @@ def main() -> None:
         "| | tokens computed | x real tokens | forward GFLOP (dense + attention) | x FLOPs of each text alone |",
         "|---|---|---|---|---|",
         f"| each text alone, no padding | {c['real_tokens']} | 1.00 | {c['real_flops_alone'] / 1e9:.0f} | 1.00 |",
-        f"| sorted + bucketed padding (default) | {c['bucketed_tokens']} | {c['bucketed_tokens'] / c['real_tokens']:.3f} "
+        f"| sorted + bucketed padding (default) | {c['bucketed_tokens']} "
+        f"| {c['bucketed_tokens'] / c['real_tokens']:.3f} "
         f"| {c['bucketed_flops'] / 1e9:.0f} | {c['bucketed_flops'] / c['real_flops_alone']:.3f} |",
         f"| packed ({c['packed_rows']} rows) | {c['packed_tokens']} | {c['packed_tokens'] / c['real_tokens']:.3f} | "
         f"{c['packed_flops'] / 1e9:.0f} | {c['packed_flops'] / c['real_flops_alone']:.3f} |",

@@ -8,9 +8,10 @@ queries drawn the same way and their exact top-10 from faiss Flat:
 For each, one set of SPANN heads per head-vector kind (balanced hierarchical k-means: leaf means, or the data
 vector nearest each) and one candidate search are shared by the duplication settings (eps1 / max_replicas / RNG
 rule; duplication factor = posting entries / N); each setting is swept over max_probe (and eps2 at max_probe 64).
-The peer is faiss IVF-Flat with the same number of lists, swept over nprobe; both are searched on one thread. Reported: recall@10 against vectors scanned per query, bytes
-in RAM (heads) and on "disk" (posting lists), build time, ms per query; the answer to "how much recall does
-duplication buy at equal vectors scanned, and what does it cost in storage" is the table at fixed scan budgets.
+The peer is faiss IVF-Flat with the same number of lists, swept over nprobe; both are searched on one thread.
+Reported: recall@10 against vectors scanned per query, bytes in RAM (heads) and on "disk" (posting lists), build
+time, ms per query; the answer to "how much recall does duplication buy at equal vectors scanned, and what does it
+cost in storage" is the table at fixed scan budgets.
 
   python benchmarks/spann_sim.py                        # full: 1 M vectors (~20 min on 2 idle cores)
   python benchmarks/spann_sim.py --scale small          # 50 k vectors, a couple of minutes

@@ -17,8 +17,8 @@ The directory may be local or `gs://` (`jdr.io.as_path`). A reader (`read_only=T
 during training) changes nothing on disk: it neither sets aside nor cleans up a step the trainer is still writing.
 Each checkpoint records a CRC32 of every array it saves (state, RNG key, negatives table), checked on restore,
 so a damaged file is an error, never silently different weights; an array without a saved CRC is an error too
-(checkpoints written before CRCs existed are read unchecked). Any failure to write or read a step is a `CheckpointError` of one line naming the step
-and what to do; the steps before it stay usable.
+(checkpoints written before CRCs existed are read unchecked). Any failure to write or read a step is a
+`CheckpointError` of one line naming the step and what to do; the steps before it stay usable.
 """
 
 from __future__ import annotations

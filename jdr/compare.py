@@ -307,8 +307,8 @@ def format_markdown(
 ) -> str:
     """A markdown table, one row per run, cells `mean` + `MARK` where the difference from the baseline is
     significant after correction; then a table of each run's difference from the baseline with its confidence
-    interval (Student t, `paired_test`'s `diff_ci`); a footnote (the last line) names the test. `labels`: display names by run name; `extra`:
-    more columns, `{header: {run name: cell}}` (a missing cell is empty)."""
+    interval (Student t, `paired_test`'s `diff_ci`); a footnote (the last line) names the test. `labels`: display
+    names by run name; `extra`: more columns, `{header: {run name: cell}}` (a missing cell is empty)."""
     labels, extra = labels or {}, extra or {}
     lines = [
         "| run | " + " | ".join([LABELS.get(m, m) for m in c.metrics] + list(extra)) + " |",

@@ -85,7 +85,7 @@ def train_config() -> ml_collections.ConfigDict:
     # windows, no sentence detection. jdr/data/selfsup/sentences.py.
     c.data.selfsup.sentence_split = "regex"
     c.data.selfsup.query_augment = ""  # Token augmentations of the query view, e.g. "delete:0.1" or "span:5".
-    c.data.selfsup.passage_augment = ""  # ... and of the positive view (kinds: delete replace mask shuffle span repeat).
+    c.data.selfsup.passage_augment = ""  # ... and of the positive view (delete replace mask shuffle span repeat).
 
     c.negatives = ml_collections.ConfigDict()
     # "none" (in-batch only) | "random" | "gold" | "bm25" | "ann" | "file" (the training data's own) | "memory"
@@ -101,7 +101,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.negatives.skip_top = 0  # Denoise: drop the top-r candidates of each ranked source (0 = keep all).
     # Denoise: drop candidates the dense teacher scores >= (weakest positive's score - this); None = off.
     c.negatives.denoise_threshold = ml_collections.config_dict.placeholder(float)
-    c.negatives.refresh_every = 0  # ANCE: re-encode corpus, rebuild index, mine ANN negatives every N steps (0 = never).
+    c.negatives.refresh_every = 0  # ANCE: re-encode corpus, rebuild index, mine ANN negatives every N steps (0 = off).
     # "sync" (the loop waits for each refresh) or "async" (a background thread, ANCE's design). Sync by default
     # because it is what a user expects of a seeded run: the same negatives at the same step, and a resumed run
     # bit-identical to an uninterrupted one. Async's swap step depends on thread timing; it pays off only where the
@@ -190,14 +190,15 @@ def train_config() -> ml_collections.ConfigDict:
     c.ltre.metric_cut = 0  # lambdarank: 1/rank counts as 0 beyond this rank (ADORE's metric_cut; 0 = no cut).
     c.ltre.search = "callback"  # "callback": faiss search inside the step (jax.pure_callback) | "host": between steps.
 
-    # train.objective=cross_encoder: a one-logit reranker over [CLS] q [SEP] p [SEP] (jdr/train/objectives/cross_encoder.py).
+    # train.objective=cross_encoder: a one-logit reranker over [CLS] q [SEP] p [SEP]
+    # (jdr/train/objectives/cross_encoder.py).
     c.cross_encoder = ml_collections.ConfigDict()
     c.cross_encoder.loss = "localized_contrastive"  # Softmax over the query's group (Gao et al. 2021) | "bce".
     c.cross_encoder.temperature = 1.0  # localized_contrastive: logits / t.
 
     # train.objective=distill: the bi-encoder learns a teacher's scores of its groups (jdr/train/objectives/distill.py).
     c.distill = ml_collections.ConfigDict()
-    c.distill.loss = "margin_mse"  # "margin_mse" (Hofstaetter et al.) | "kl" (listwise, teacher softmax at a temperature).
+    c.distill.loss = "margin_mse"  # "margin_mse" (Hofstaetter et al.) | "kl" (listwise: KL to the teacher's softmax).
     c.distill.teacher_temperature = 1.0  # kl: teacher scores / t before the softmax.
     c.distill.info_nce_weight = 0.0  # > 0 adds weight x InfoNCE (train.temperature) over the in-batch passages.
 

@@ -268,7 +268,8 @@ def _roberta_style_model(src, dst):
 
 def test_a_bpe_tokenizer_survives_workdir_export_and_reload(tmp_path, tiny_model):
     """A RoBERTa-style model trained in a workdir and exported keeps vocab.json and merges.txt: the export's BPE
-    files rebuild the tokenizer the model was trained with (a workdir that kept only WordPiece's vocab.txt lost them)."""
+    files rebuild the tokenizer the model was trained with (a workdir that kept only WordPiece's vocab.txt lost
+    them)."""
     from tokenizers import Tokenizer
     from tokenizers.implementations import ByteLevelBPETokenizer
 

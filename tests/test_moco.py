@@ -1,5 +1,5 @@
-"""MoCo (jdr.train.objectives.moco): queue FIFO order, no gradient through keys, the momentum update, 8 devices == 1 device,
-and exact resume through the orbax Checkpointer."""
+"""MoCo (jdr.train.objectives.moco): queue FIFO order, no gradient through keys, the momentum update,
+8 devices == 1 device, and exact resume through the orbax Checkpointer."""
 
 import functools
 

@@ -198,7 +198,8 @@ def _st_settings(d: Path, cfg: BertConfig) -> tuple[str, bool, int, bool, Path |
 
 
 def _read_dense(dense_dir: Path, in_features: int) -> tuple[dict, str]:
-    """An ST Dense module dir (config.json + model.safetensors) -> ({"kernel": [in, out], "bias": [out]}, activation)."""
+    """An ST Dense module dir (config.json + model.safetensors) -> ({"kernel": [in, out], "bias": [out]},
+    activation)."""
     cfg_path = dense_dir / "config.json"
     cfg = _read_json(cfg_path)
     activation = str(cfg.get("activation_function", "torch.nn.modules.activation.Tanh")).rsplit(".", 1)[-1]
@@ -283,8 +284,9 @@ def load(
     1_Pooling/config.json, sentence_bert_config.json; both lengths from jdr's own `jdr_encoder.json`), else
     cls / none / 512. `pooling` ("cls" | "mean" | "max") and `normalize`
     override them. Prefixes: the ST prompts "query" / "passage" (`config_sentence_transformers.json`), unless
-    `query_prefix` / `passage_prefix` are given; a jdr export's `truncate_dim` (`jdr_encoder.json`) is kept. Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree,
-    "passage": copy}`; `dtype` is the compute dtype.
+    `query_prefix` / `passage_prefix` are given; a jdr export's `truncate_dim` (`jdr_encoder.json`) is kept.
+    Params are float32 jax arrays, `{"shared": tree}` when `tied`, else `{"query": tree, "passage": copy}`;
+    `dtype` is the compute dtype.
     """
     settings = dict(pooling=pooling, normalize=normalize, query_prefix=query_prefix, passage_prefix=passage_prefix)
     d = resolve_model_dir(model_dir_or_hub_name)

@@ -17,7 +17,8 @@ from jdr.models.tokenize import bucket_length, pad_id, pad_ragged, ragged, token
 
 @functools.cache
 def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
-    """`(encode_fn, params_sharding, rows_sharding)` for a 1-D "batch" mesh over `devices`: params replicated, rows sharded.
+    """`(encode_fn, params_sharding, rows_sharding)` for a 1-D "batch" mesh over `devices`: params replicated,
+    rows sharded.
 
     One jitted function per (devices, spec, tower) for the life of the process, so each bucket length compiles
     once and every later `encode_*` call (an ANCE refresh, the final evaluation) reuses it. Pure data parallel:

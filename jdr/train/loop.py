@@ -107,8 +107,9 @@ def run_loop(
     compiled train step and returns (state, device metrics); `on_metrics(step, metrics)` turns device metrics into
     host floats. `loop.metrics` is the mean over the step's `accum` micro-steps (loss, grad_norm, every metric:
     one micro-batch's values are noise the accumulation averages away); `examples_per_step` counts the examples
-    of one micro-step (one `step_fn` call), so `loop.examples_per_second` is `accum` x that per optimizer step. `check_loss(step, device_loss)` raises on a non-finite loss. It runs for each micro-step right
-    after the next one is dispatched (so the host never stalls the device), and before any hook reads
+    of one micro-step (one `step_fn` call), so `loop.examples_per_second` is `accum` x that per optimizer step.
+    `check_loss(step, device_loss)` raises on a non-finite loss. It runs for each micro-step right after the next
+    one is dispatched (so the host never stalls the device), and before any hook reads
     `loop.state`; a step where no hook reads the state or needs metrics (e.g. only a refresh poll is due) never
     waits for the device. `timer` (a `timing.PhaseTimer`) gets "data", "train_step" and "hook/<name>" phases.
     """

@@ -1,8 +1,9 @@
-"""The train step of every objective (`jdr.train.objectives`), written per device over a named axis so the same function runs under
-`jax.pmap(axis_name=...)` or `jax.shard_map(..., check_vma=False)` over a Mesh axis (state replicated, batch
-sharded; `tests/test_train_step.py` checks both give the same parameters). `check_vma=False` is pmap's semantics:
-with shard_map's replication typing on, the gradient of replicated params would already be summed over devices
-and the step's `pmean` would leave it D times too large. It knows nothing about BERT: the encoder is injected."""
+"""The train step of every objective (`jdr.train.objectives`), written per device over a named axis so the same
+function runs under `jax.pmap(axis_name=...)` or `jax.shard_map(..., check_vma=False)` over a Mesh axis (state
+replicated, batch sharded; `tests/test_train_step.py` checks both give the same parameters). `check_vma=False` is
+pmap's semantics: with shard_map's replication typing on, the gradient of replicated params would already be
+summed over devices and the step's `pmean` would leave it D times too large. It knows nothing about BERT: the
+encoder is injected."""
 
 from __future__ import annotations
 
@@ -132,5 +133,6 @@ def check_finite(step: int, loss) -> None:
     value = np.asarray(jax.device_get(loss), dtype=np.float64)
     if not np.all(np.isfinite(value)):
         raise FloatingPointError(
-            f"non-finite loss {value[~np.isfinite(value)].ravel()[0]!r} at step {step}: lower train.lr, check the data, or use float32"
+            f"non-finite loss {value[~np.isfinite(value)].ravel()[0]!r} at step {step}: "
+            "lower train.lr, check the data, or use float32"
         )

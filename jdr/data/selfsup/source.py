@@ -3,8 +3,9 @@ consecutive plan positions, optional negatives per example, JSON state for exact
 
 Negatives. A pseudo-query has no id a negatives table could be keyed by, but its positive's document has: the
 table (`jdr.negatives.documents.document_negatives`) is keyed by document id, so the negatives of an example are
-drawn for its positive's document with `default_rng([seed, epoch, position, 1])`. Candidates relevant to the example (its `relevant`
-keys) are dropped before drawing. (ANN refresh re-mines labelled queries; it does not apply here.)
+drawn for its positive's document with `default_rng([seed, epoch, position, 1])`. Candidates relevant to the
+example (its `relevant` keys) are dropped before drawing. (ANN refresh re-mines labelled queries; it does not
+apply here.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class PairSource(TrainingSource):
     """Global batches of `generator` examples: batch b of an epoch holds plan positions `[b*B, (b+1)*B)`; the
     epoch's last incomplete batch is dropped and the next epoch (a new plan) begins. Every host draws the whole
     global batch (the batch builder keeps its rows). `negatives`: a table keyed by document id
-    (`jdr.negatives.documents.document_negatives`) with `num_negatives` per document, or None for in-batch negatives only."""
+    (`jdr.negatives.documents.document_negatives`) with `num_negatives` per document, or None for in-batch
+    negatives only."""
 
     def __init__(
         self,

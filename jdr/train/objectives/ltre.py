@@ -295,8 +295,9 @@ def check_ltre_config(cfg) -> None:
 
 def check_positive_slots(index: FixedIndex, source, max_positives: int) -> None:
     """At setup, before anything compiles: every training query of the labelled `source` (`train_qids`,
-    `relevant(qid)`, the keys `RetrievalBatches` looks up) fits its positives in `max_positives` slots and names only documents in the index. Otherwise
-    one `ValueError` naming the query (its batch may first be drawn hours into the run)."""
+    `relevant(qid)`, the keys `RetrievalBatches` looks up) fits its positives in `max_positives` slots and names
+    only documents in the index. Otherwise one `ValueError` naming the query (its batch may first be drawn hours
+    into the run)."""
     for qid in source.train_qids:
         keys = source.relevant(qid)
         if len(keys) > max_positives:
