@@ -48,6 +48,10 @@ class CrossEncoderSpec:
     dtype: str = "float32"
     query_max_length: int | None = None
     passage_max_length: int | None = None
+    # Text put before each query / passage when the training source tokenises them (model.query_prefix /
+    # passage_prefix, as for a bi-encoder); empty unless configured.
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
     def __post_init__(self):
         if self.query_max_length is None:

@@ -53,6 +53,11 @@ class CrossEncoder(Objective):
             ),
             (cfg.cross_encoder.temperature > 0, "cross_encoder.temperature must be > 0"),
             (
+                not (cfg.model.query_prefix or cfg.model.passage_prefix),
+                "model.query_prefix / model.passage_prefix: a cross-encoder's pairs take no prefixes (jdr rerank and "
+                'jdr score apply none); set both to ""',
+            ),
+            (
                 cfg.negatives.num >= 1 and counts,
                 "train.objective=cross_encoder needs hard negatives: negatives.num >= 1 and a negatives.source",
             ),
