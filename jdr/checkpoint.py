@@ -143,8 +143,8 @@ class Checkpointer:
         `config`: the run config as a JSON-able dict (`ConfigDict.to_dict()`); `negatives`: nested dict of
         numpy arrays (`NegativesTable.to_arrays()`) or None; `metrics`: eval metrics of this step (needed for
         best-step retention); `hook_state`: JSON-able facts the training hooks need on resume (e.g.
-        `{"refresh_owed": step}`: an async negatives refresh was in flight). Returns once the arrays are copied to host; with `async_save` the write continues
-        in the background.
+        `{"refresh_owed": step}`: an async negatives refresh was in flight). Returns once the arrays are copied
+        to host; with `async_save` the write continues in the background.
         """
         if self.read_only:
             raise CheckpointError(f"checkpoint {self.directory} was opened read-only")
