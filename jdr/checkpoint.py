@@ -6,7 +6,8 @@ workdir passes `<workdir>/checkpoints`, see `jdr.models.workdir`), holding the i
   replicates after restoring);
 - `arrays`: the jax RNG key's raw data (`jax.random.key_data`) and the negatives table arrays
   (`NegativesTable.to_arrays()`), when there is one;
-- `meta`: JSON: iterator state, config, RNG key impl, and what orbax cannot store (zero-size arrays, empty dicts);
+- `meta`: JSON: iterator state, config, RNG key impl, the hooks' resume state (e.g. an ANCE refresh owed), and
+  what orbax cannot store (zero-size arrays, empty dicts);
 - `metrics` (orbax's own, when `keep_best_metric` is set): the eval metrics the best checkpoint is chosen by.
 Orbax writes each step to a temp directory and renames it after writing `commit_success.txt`; a step without
 that marker (a crash mid-save) is set aside as `incomplete.<step>.<time>` when a `Checkpointer` opens the
@@ -134,14 +135,16 @@ class Checkpointer:
         config: Mapping[str, Any],
         negatives: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
+        hook_state: Mapping[str, Any] | None = None,
     ) -> None:
         """Checkpoint `state` (an unreplicated pytree, e.g. `TrainState`) at `step` with the resume extras.
 
         `iterator_state`: `GroupIterator.state()`; `rng`: the base jax key (typed or raw uint32);
         `config`: the run config as a JSON-able dict (`ConfigDict.to_dict()`); `negatives`: nested dict of
         numpy arrays (`NegativesTable.to_arrays()`) or None; `metrics`: eval metrics of this step (needed for
-        best-step retention). Returns once the arrays are copied to host; with `async_save` the write continues
-        in the background.
+        best-step retention); `hook_state`: JSON-able facts the training hooks need on resume (e.g.
+        `{"refresh_owed": step}`: an async negatives refresh was in flight). Returns once the arrays are copied
+        to host; with `async_save` the write continues in the background.
         """
         if self.read_only:
             raise CheckpointError(f"checkpoint {self.directory} was opened read-only")
@@ -161,6 +164,7 @@ class Checkpointer:
             "rng_impl": str(jax.random.key_impl(rng)) if typed else None,
             "negatives": None,
             "state_crc32": _digests(host_state),
+            "hook_state": dict(hook_state or {}),
         }
         if negatives is not None:
             stored, meta["negatives"] = _split_unstorable(dict(negatives))
@@ -188,7 +192,8 @@ class Checkpointer:
         `abstract_state`: a pytree with the saved state's structure whose leaves give shape and dtype (real
         arrays or `jax.ShapeDtypeStruct`); the state comes back with numpy leaves, unreplicated. `extras`:
         `iterator_state`, `rng` (a jax key of the saved kind), `config`, `negatives` (nested dict of numpy
-        arrays, or None), `metrics` (or None), `step`. No checkpoint is a FileNotFoundError.
+        arrays, or None), `metrics` (or None), `step`, `hook_state` (a dict, empty if none was saved). No
+        checkpoint is a FileNotFoundError.
         """
         step = self._complete_step(step)
         with self._errors("read", step):
@@ -212,6 +217,7 @@ class Checkpointer:
             "config": meta["config"],
             "negatives": negatives,
             "metrics": metrics,
+            "hook_state": meta.get("hook_state") or {},  # absent from checkpoints written before it existed
         }
         return restored.state, extras
 

@@ -107,6 +107,9 @@ def train_config() -> ml_collections.ConfigDict:
     # bit-identical to an uninterrupted one. Async's swap step depends on thread timing; it pays off only where the
     # encode has hardware of its own (accelerators), never on a CPU that the step loop already fills.
     c.negatives.refresh_mode = "sync"
+    # Async only: at a preemption, seconds to wait for a refresh in flight, then swapped in and checkpointed;
+    # if it is not done, the resumed run redoes it at its first step. Spot VMs get ~30 s between notice and kill.
+    c.negatives.refresh_grace_seconds = 10.0
     c.negatives.refresh_fraction = 1.0  # Fraction of training queries re-mined per refresh (rest keep old rows).
     c.negatives.refresh_factory = "Flat"  # faiss index_factory string for the refresh index.
     c.negatives.refresh_batch_size = 128  # Encoding batch size during a refresh.

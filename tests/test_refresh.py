@@ -106,6 +106,54 @@ def test_finish_joins_the_running_build(toy):
     assert hook.finish() is None
 
 
+def test_wait_swaps_in_a_build_that_finishes_within_the_grace(toy):
+    _, _, base = toy
+    release = threading.Event()
+    hook = RefreshHook(2, _fake_build(base, delay=release), mode="async", initial_version=3)
+    assert hook.on_step(2, {"w": np.zeros(2)}) is None and hook.on_step(3, {"w": np.zeros(2)}) is None
+    assert hook.in_flight == 2  # what a checkpoint of step 3 would record as owed
+    threading.Timer(0.1, release.set).start()
+    table = hook.wait(30)  # a preemption at step 3: the next poll never comes
+    assert table is not None and (table.version, table.created_step) == (4, 2)
+    assert hook.in_flight is None and not hook.running
+    rec = hook.history[-1]
+    assert (rec.started_step, rec.swapped_step, rec.owed_from) == (2, 3, None)
+
+
+def test_wait_past_the_grace_returns_nothing_and_leaves_the_build_running(toy):
+    _, _, base = toy
+    release = threading.Event()
+    hook = RefreshHook(2, _fake_build(base, delay=release), mode="async")
+    hook.on_step(2, {"w": np.zeros(2)})
+    assert hook.wait(0.05) is None and hook.wait(0) is None
+    assert hook.running and hook.in_flight == 2 and not hook.history
+    release.set()
+    assert hook.finish().version == 1  # still delivered once done: nothing was thrown away
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_owed_refresh_starts_at_the_first_step_then_the_cadence_resumes(toy, mode):
+    _, _, base = toy
+    calls = []
+    # resumed after step 4 from a checkpoint saved while the build from step 3 was in flight
+    hook = RefreshHook(3, _fake_build(base, calls), mode=mode, owed=3)
+    first = hook.on_step(5, {"w": np.zeros(2)})  # 5 is no multiple of 3: only the debt starts a refresh here
+    assert calls and calls[0][0] == 5
+    if mode == "async":
+        assert first is None and hook.in_flight == 5
+        first = hook.finish()
+    assert first.created_step == 5 and first.version == 1
+    assert hook.history[0].owed_from == 3 and hook.history[0].metrics()["owed_from"] == 3
+    second = hook.on_step(6, {"w": np.zeros(2)})  # the cadence goes on: 6 is due
+    if mode == "async":
+        assert second is None
+        second = hook.finish()
+    assert second.created_step == 6 and [c[0] for c in calls] == [5, 6]
+    assert [r.owed_from for r in hook.history] == [3, None]  # the debt is paid once
+    assert hook.totals()["owed"] == 1
+    assert hook.on_step(7, {"w": np.zeros(2)}) is None and len(calls) == 2
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_failing_build_raises_in_training_thread_naming_the_step(toy, mode):
     def build(params, step):

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -72,11 +72,19 @@ def within_depth(name: str, k: int) -> bool:
     return cutoff is None or int(cutoff.group(1)) <= k
 
 
-def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress: bool = False) -> Hooks:
+def build_hooks(
+    run, ckpt, writer, *, rng, preemption=None, timer=None, progress: bool = False, resumed: Mapping | None = None
+) -> Hooks:
     """Wire logging, negatives refresh, dev evaluation, checkpointing and the preemption check for `run` (a
     `trainer.Run`). `preemption`: a `jdr.train.preemption.PreemptionWatch`, checked after every step; when it
     fires, every process saves a checkpoint of that step and the loop stops (`loop.stop = "preempted"`).
-    `progress`: show a bar while a synchronous refresh encodes (the step bar stands still meanwhile)."""
+    `progress`: show a bar while a synchronous refresh encodes (the step bar stands still meanwhile).
+    `resumed`: the `hook_state` of the checkpoint the run resumes from (see `checkpoint` below).
+
+    An async refresh in flight when the run stops: at a preemption it gets `negatives.refresh_grace_seconds` to
+    finish, and is then swapped in at that step and saved with the checkpoint; a checkpoint saved while one is
+    still in flight (a preemption past the grace, or a periodic one) records it as owed (`refresh_owed`: the
+    step its params come from), and the resumed run starts a refresh at its first step."""
     cfg, primary = run.cfg, jax.process_index() == 0
     dev = dev_split(run.training.dev, cfg.eval.corpus_sample, cfg.seed)
     labeled = run.training.labeled
@@ -93,7 +101,8 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
 
     refresh = None
     if cfg.negatives.refresh_every > 0 and labeled is not None and labeled.table is not None:
-        refresh = _refresh_hook(run, progress=progress and primary)
+        owed = (resumed or {}).get("refresh_owed")
+        refresh = _refresh_hook(run, progress=progress and primary, owed=owed)
         hooks.append(RefreshPoll(refresh, run, writer, host_params))
 
     def evaluate_dev(loop: LoopState, last: bool) -> None:
@@ -110,15 +119,20 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
 
     hooks.append(FunctionHook(cfg.eval.every, evaluate_dev, name="eval"))
 
-    def checkpoint(loop: LoopState, last: bool) -> None:
-        if refresh is not None and cfg.negatives.refresh_mode == "sync":
-            table = refresh.finish()  # sync semantics: nothing in flight may be lost by a restart
-            if table is not None:
-                swap_table(run, table, refresh, writer, loop.step)
+    def checkpoint(loop: LoopState, last: bool, *, preempted: bool = False) -> None:
         # Rank a checkpoint only by a dev score of its own step: an older one would pick the wrong best.
         fresh = loop.eval_step == loop.step
         metrics = {k: v for k, v in loop.eval_metrics.items() if k.startswith("dev/")} if fresh else {}
         table = None if labeled is None else labeled.table
+        # An async build still running is not in this checkpoint's table: a run resumed from it owes that refresh.
+        owed = None if refresh is None else refresh.in_flight
+        if owed is not None and not preempted:  # a preemption has said so already
+            log.info(
+                "checkpoint of step %d: the negatives refresh from step %d is still running; recorded as owed "
+                "(a run resumed from this checkpoint starts a refresh at its first step)",
+                loop.step,
+                owed,
+            )
         ckpt.save(
             loop.step,
             host_state(loop.state),
@@ -127,12 +141,11 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
             config=to_dict(cfg),
             negatives=None if table is None else table.to_arrays(),
             metrics=metrics or None,
+            hook_state=None if owed is None else {"refresh_owed": owed},
         )
         saved["step"] = loop.step
 
-    hooks.append(FunctionHook(cfg.checkpoint.every, checkpoint, name="checkpoint"))
-
-    if preemption is not None:
+    if preemption is not None:  # before the periodic checkpoint: its save holds the table the grace delivers
 
         class _Preemption:
             every, needs_metrics, at_end, name = 1, False, False, "preemption"
@@ -141,13 +154,20 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
                 if last or not preemption.reached(loop.step):  # every process asks at every step, in step
                     return
                 log.warning("preemption notice: saving a checkpoint of step %d and stopping", loop.step)
-                if saved["step"] != loop.step:
-                    checkpoint(loop, last=False)
+                if refresh is not None and refresh.running:
+                    _finish_refresh_for_preemption(refresh, run, writer, loop.step, cfg.negatives)
+                checkpoint(loop, last=False, preempted=True)
                 ckpt.wait()
                 sync("preemption_checkpoint_saved")  # no process exits while another still writes its part
                 loop.stop = "preempted"
 
         hooks.append(_Preemption())
+
+    def periodic_checkpoint(loop: LoopState, last: bool) -> None:
+        if saved["step"] != loop.step:  # the preemption hook saved this step already
+            checkpoint(loop, last)
+
+    hooks.append(FunctionHook(cfg.checkpoint.every, periodic_checkpoint, name="checkpoint"))
 
     def phase(name: str):
         return timer.phase(name) if timer is not None else contextlib.nullcontext()
@@ -192,7 +212,31 @@ def build_hooks(run, ckpt, writer, *, rng, preemption=None, timer=None, progress
     return Hooks(hooks, finish, refresh)
 
 
-def _refresh_hook(run, *, progress: bool = False):
+def _finish_refresh_for_preemption(refresh: RefreshHook, run, writer, step: int, cfg) -> None:
+    """Give the in-flight async build `cfg.refresh_grace_seconds` to finish: swapped in at `step` if it does (the
+    preemption checkpoint then holds its table), else left running (the checkpoint records it as owed)."""
+    started = refresh.in_flight
+    table = refresh.wait(cfg.refresh_grace_seconds)
+    if table is not None:
+        swap_table(run, table, refresh, writer, step)
+        log.warning(
+            "preemption: the negatives refresh from step %d finished within negatives.refresh_grace_seconds=%s; "
+            "table v%d swapped in at step %d and saved with the checkpoint",
+            started,
+            cfg.refresh_grace_seconds,
+            table.version,
+            step,
+        )
+    else:
+        log.warning(
+            "preemption: the negatives refresh from step %d did not finish within negatives.refresh_grace_seconds"
+            "=%s; the checkpoint records it as owed and the resumed run starts a refresh at its first step",
+            started,
+            cfg.refresh_grace_seconds,
+        )
+
+
+def _refresh_hook(run, *, progress: bool = False, owed: int | None = None):
     """The ANCE refresh: encode corpus + training queries with a params snapshot, re-mine the dense sources (`ann`:
     faiss over the corpus; `memory`: the re-encoded corpus with the fixed augmentation memories), new table. The
     texts are encoded from the training source's own token stores (tokenised once, at the start of the run)."""
@@ -241,4 +285,6 @@ def _refresh_hook(run, *, progress: bool = False):
         initial=labeled.table,
         memory=run.training.memory,
     )
-    return RefreshHook(cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=labeled.table.version)
+    return RefreshHook(
+        cfg.refresh_every, build, mode=cfg.refresh_mode, initial_version=labeled.table.version, owed=owed
+    )

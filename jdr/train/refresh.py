@@ -8,6 +8,11 @@ finished table; the loop swaps its reference between steps, so the swap is atomi
 refresh that falls due while the previous one still runs is SKIPPED (logged, counted in `skipped_steps`), so
 training never stalls on a slow build; the running build's table is delivered as usual.
 
+A build still in flight when the run stops is not silently lost (async only: a sync build never outlives its
+step). At a preemption the loop gives it a grace period (`wait`); a checkpoint saved while one is in flight
+records it (`in_flight`), and the resumed run's hook, told so (`owed`), starts a refresh at its first step instead
+of at the next multiple of `every`.
+
 Multi-host: every host builds its own copy, but no host decides alone. Whether a finished async build is swapped
 in at a step is process 0's call (its thread's state, broadcast through the coordination service's key-value
 store; the others wait for their own build to finish and swap at the same step), so every host trains on the
@@ -45,14 +50,17 @@ class RefreshRecord:
     wait_seconds: float
     build_seconds: float
     timings: Mapping[str, float]
+    owed_from: int | None = None  # set on the refresh a resumed run owed: the step of the build the stop lost
 
     def metrics(self) -> dict[str, float]:
         """Flat floats for the metrics writer (prefix e.g. "negatives")."""
+        owed = {} if self.owed_from is None else {"owed_from": self.owed_from}
         return {
             "version": self.version,
             "age_steps": self.age_steps,
             "wait_seconds": self.wait_seconds,
             "build_seconds": self.build_seconds,
+            **owed,
             **self.timings,
         }
 
@@ -60,8 +68,8 @@ class RefreshRecord:
 class _Job:
     """One background build: runs `build_fn(snapshot, step)` and keeps its table or its exception."""
 
-    def __init__(self, build_fn, snapshot, step: int, wait_seconds: float):
-        self.step, self.wait_seconds = step, wait_seconds
+    def __init__(self, build_fn, snapshot, step: int, wait_seconds: float, owed_from: int | None = None):
+        self.step, self.wait_seconds, self.owed_from = step, wait_seconds, owed_from
         self.table: NegativesTable | None = None
         self.error: BaseException | None = None
         self.build_seconds = 0.0
@@ -86,6 +94,9 @@ class RefreshHook:
     step its params come from). Failures and empty tables raise `RefreshError("negatives refresh for step N
     failed: ...")` in the training thread, on the `on_step`/`finish` that collects them: never a silently stale
     table. `history` holds a `RefreshRecord` per delivered table.
+
+    `owed`: the step of a build that was in flight when the checkpoint this run resumes from was saved (`in_flight`
+    then); the first `on_step` starts a refresh in its place, whatever the step.
     """
 
     needs_metrics = False  # polling after every step must not force a device sync
@@ -97,6 +108,7 @@ class RefreshHook:
         *,
         mode: str = "async",
         initial_version: int = 0,
+        owed: int | None = None,
     ):
         if every < 1:
             raise ValueError(f"refresh every must be >= 1, got {every}")
@@ -108,11 +120,17 @@ class RefreshHook:
         self.skipped_steps: list[int] = []
         self._job: _Job | None = None
         self._last_step = 0
+        self._owed = owed
 
     @property
     def running(self) -> bool:
         """Whether a background build is in flight."""
         return self._job is not None
+
+    @property
+    def in_flight(self) -> int | None:
+        """The step whose params the in-flight build encodes (what a checkpoint records as owed), or None."""
+        return None if self._job is None else self._job.step
 
     def on_step(self, step: int, params) -> NegativesTable | None:
         """Call after each training step. `params` is the unreplicated params pytree, or a zero-argument function
@@ -122,7 +140,15 @@ class RefreshHook:
         out = None
         if self._job is not None and self._swap_now(step):
             out = self._collect(step)
-        if step > 0 and step % self.every == 0:
+        owed, self._owed = self._owed, None
+        if owed is not None:
+            log.warning(
+                "negatives refresh owed: the build from step %d was in flight when the checkpoint was saved; "
+                "starting a refresh at step %d",
+                owed,
+                step,
+            )
+        if owed is not None or (step > 0 and step % self.every == 0):
             fetch = params if callable(params) else (lambda: params)
             if self.mode == "sync":
                 t0 = time.perf_counter()
@@ -133,7 +159,7 @@ class RefreshHook:
                     error = e
                 self._agree(step, table, error)
                 elapsed = time.perf_counter() - t0
-                out = self._deliver(table, step, step, elapsed, elapsed)
+                out = self._deliver(table, step, step, elapsed, elapsed, owed)
             elif self._job is not None:
                 self.skipped_steps.append(step)
                 log.warning(
@@ -146,8 +172,19 @@ class RefreshHook:
 
                 t0 = time.perf_counter()
                 snapshot = jax.device_get(fetch())
-                self._job = _Job(self.build_fn, snapshot, step, time.perf_counter() - t0)
+                self._job = _Job(self.build_fn, snapshot, step, time.perf_counter() - t0, owed)
         return out
+
+    def wait(self, timeout: float) -> NegativesTable | None:
+        """Give the in-flight build up to `timeout` seconds (0: none) to finish; its table if it did (swap it in at
+        this step, every host: process 0's thread decides, as in `on_step`), else None and it keeps running.
+        For a preemption, where the next poll never comes. Raises `RefreshError` if the build failed."""
+        if self._job is None:
+            return None
+        self._job.thread.join(max(timeout, 0.0))  # on every host: the others' copies finish about as soon
+        if not self._swap_now(self._last_step, "grace"):
+            return None
+        return self._collect(self._last_step)
 
     def finish(self) -> NegativesTable | None:
         """Wait for an in-flight build and return its table (None if none): call before a checkpoint or at the
@@ -164,6 +201,7 @@ class RefreshHook:
             "mode": self.mode,
             "builds": len(self.history),
             "skipped": len(self.skipped_steps),
+            "owed": sum(r.owed_from is not None for r in self.history),
             "loop_wait_seconds": round(sum(r.wait_seconds for r in self.history), 3),
             "build_seconds": round(sum(r.build_seconds for r in self.history), 3),
         }
@@ -171,13 +209,13 @@ class RefreshHook:
             out[key[:-2] + "_seconds"] = round(sum(r.timings.get(key, 0.0) for r in self.history), 3)
         return out
 
-    def _swap_now(self, step: int) -> bool:
+    def _swap_now(self, step: int, why: str = "poll") -> bool:
         """Whether the in-flight build is collected at `step`: process 0's thread decides for every host."""
         from jdr.distributed import broadcast_from_primary
 
         done = not self._job.thread.is_alive()
         return (
-            broadcast_from_primary(f"negatives_refresh/{self._job.step}/poll/{step}", "swap" if done else "") == "swap"
+            broadcast_from_primary(f"negatives_refresh/{self._job.step}/{why}/{step}", "swap" if done else "") == "swap"
         )
 
     def _agree(self, started: int, table, error: BaseException | None) -> None:
@@ -198,12 +236,15 @@ class RefreshHook:
         job.thread.join()  # done already on process 0; another host may still be finishing its copy
         wait = time.perf_counter() - t0
         self._agree(job.step, job.table, job.error)
-        return self._deliver(job.table, job.step, step, job.wait_seconds + wait, job.build_seconds)
+        return self._deliver(job.table, job.step, step, job.wait_seconds + wait, job.build_seconds, job.owed_from)
 
-    def _deliver(self, table, started: int, swapped: int, wait: float, build_s: float) -> NegativesTable:
+    def _deliver(
+        self, table, started: int, swapped: int, wait: float, build_s: float, owed_from: int | None = None
+    ) -> NegativesTable:
         self.version += 1
         table = dataclasses.replace(table, version=self.version, created_step=started)
-        rec = RefreshRecord(self.version, started, swapped, swapped - started, wait, build_s, dict(table.timings or {}))
+        timings = dict(table.timings or {})
+        rec = RefreshRecord(self.version, started, swapped, swapped - started, wait, build_s, timings, owed_from)
         self.history.append(rec)
         log.info(
             "negatives table v%d (%s) from step %d swapped in at step %d: age %d steps, build %.1fs (%s), "

@@ -62,6 +62,7 @@ def _validate(cfg) -> None:
         (cfg.negatives.num >= 0, f"negatives.num must be >= 0, got {cfg.negatives.num}"),
         (cfg.negatives.refresh_mode in ("sync", "async"), "negatives.refresh_mode must be sync or async"),
         (cfg.negatives.refresh_every >= 0, "negatives.refresh_every must be >= 0"),
+        (cfg.negatives.refresh_grace_seconds >= 0, "negatives.refresh_grace_seconds must be >= 0"),
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
         (
             cfg.data.source in SOURCE_KINDS,
@@ -223,7 +224,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
     result: dict = {}
     try:
         with timer.phase("setup"):
-            start_step = 0
+            start_step, hook_state = 0, {}
             if ckpt.latest_step() is not None:
                 with timer.phase("restore"):
                     state, extras = ckpt.restore(abstract_state=state)
@@ -233,7 +234,7 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
                         f"number of train.grad_accum_steps={micro}"
                     )
                 start_step = int(state.step) // micro
-                rng = extras["rng"]
+                rng, hook_state = extras["rng"], extras["hook_state"]
                 labeled = run.training.labeled
                 if extras.get("negatives") is not None:  # the table first: the source state names its version
                     from jdr.negatives.table import NegativesTable
@@ -251,7 +252,9 @@ def train(cfg, workdir, *, progress: bool = True, stop_at: int | None = None) ->
             state = replicate(state)
             writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, enabled=primary, resume_step=start_step)
             watch = PreemptionWatch()
-            hooks = hooks_lib.build_hooks(run, ckpt, writer, rng=rng, preemption=watch, timer=timer, progress=progress)
+            hooks = hooks_lib.build_hooks(
+                run, ckpt, writer, rng=rng, preemption=watch, timer=timer, progress=progress, resumed=hook_state
+            )
 
         def next_batch(step):
             return run.batches(run.source.next_batch())
