@@ -6,7 +6,8 @@ fuse BM25 with the best dense row, and write the table with `jdr compare`'s sign
 
 Rows are configs/ance_exp/*.py except base.py (random, bm25, ance, hybrid, denoised, then any other overlay, e.g. a
 later ltre.py, alphabetically), each trained with `jdr train` in ROOT/<row>/seed<S>, plus two references: the
-released all-MiniLM-L6-v2 (`jdr evaluate`) and sparse BM25 (`jdr search --bm25`, jdr's one bm25s set-up).
+released all-MiniLM-L6-v2 (`jdr evaluate`) and sparse BM25 (`jdr search --bm25` with the rows' `negatives.bm25_preset`,
+so the sparse reference and the BM25 negatives are the same BM25).
 Per row and seed, in order, each step skipped when its output exists (so an interrupted run resumes; `jdr
 train` itself resumes from the row's last checkpoint):
   1. train: EPOCHS epochs (`--epochs`, the one number that scales the budget; default: base.py's EPOCHS), dev
@@ -44,12 +45,12 @@ from jdr.run_info import cpu_model  # noqa: E402  (one definition: jdr/run_info.
 ROW_ORDER = ("random", "bm25", "ance", "hybrid", "denoised")
 LABELS = {
     "released": "all-MiniLM-L6-v2 as released (no fine-tuning)",
-    "sparse": "BM25 (bm25s), sparse",
     "random": "random negatives",
     "bm25": "BM25 negatives",
     "ance": "ANCE (BM25 warm start, ANN every epoch)",
     "hybrid": "hybrid: 1 BM25 + 2 ANN",
     "denoised": "denoised ANN (skip top 3, teacher threshold 0)",
+    "ltre": "LTRe (query tower only, full retrieval over a fixed index)",
 }
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000")
 # Reference costs on the 2-core CPU (issue 16): a step of 32 queries x (1 pos + 1 neg) at passage 256, a corpus
@@ -101,6 +102,7 @@ class Plan:
         self.steps = max(1, round(self.epochs * self.spe))
         self.data = base.data.dataset
         self.cfgs = {r: load_config(self.config_dir / f"{r}.py", args.set) for r in self.rows}
+        self.bm25_preset = base.negatives.bm25_preset
 
     def workdir(self, row: str, seed: int) -> Path:
         return self.root / row / f"seed{seed}"
@@ -143,6 +145,8 @@ class Plan:
             self.data,
             "--split",
             "test",
+            "--bm25-preset",
+            self.bm25_preset,
             "--output",
             str(self.root / "sparse" / TEST_RUN),
         ]
@@ -308,6 +312,7 @@ def build_results(plan: Plan, records: dict[str, list[dict]]) -> dict:
         runs[f"fused_{method}"] = fused
     labels = {
         **LABELS,
+        "sparse": f"BM25 ({plan.bm25_preset}), sparse",
         "fused_rrf": f"sparse BM25 + {best} row (RRF, k 60)",
         "fused_linear": f"sparse BM25 + {best} row (min-max, 1:1)",
     }
@@ -341,10 +346,39 @@ def build_results(plan: Plan, records: dict[str, list[dict]]) -> dict:
     }
 
 
+def plot_dev_curves(plan: Plan, records: dict[str, list[dict]], labels: dict, path: Path) -> bool:
+    """Dev NDCG@10 against steps, one line per row (seed-averaged): where each row's curve stops rising."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib: benchmarks/requirements-bench.txt
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for row, recs in records.items():
+        curves = [{int(k): v for k, v in r["dev_curve"].items()} for r in recs]  # json keys are strings
+        steps = sorted(curves[0])
+        ax.plot(steps, [np.mean([c[s] for c in curves]) for s in steps], "o-", label=labels.get(row, row))
+    for epoch in range(1, int(np.ceil(plan.steps / plan.spe))):
+        ax.axvline(epoch * plan.spe, color="0.85", lw=0.8, zorder=0)
+    ax.set(xlabel="step (grey: epoch boundaries, ANN refresh)", ylabel="dev NDCG@10", title=f"{plan.data} dev")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
 def write_report(plan: Plan, res: dict, out: Path, argv: list[str]) -> str:
     seeds = ",".join(map(str, plan.seeds))
-    wds = " ".join(str(plan.workdir(r, plan.seeds[0])) for r in plan.rows)
-    names = ",".join([*plan.rows, "sparse"])
+    done = list(res["records"])
+    pending = [r for r in plan.rows if r not in res["records"]]
+    wds = " ".join(str(plan.workdir(r, plan.seeds[0])) for r in done)
+    names = ",".join([*done, "sparse"])
+    png = plot_dev_curves(plan, res["records"], res["labels"], out.with_suffix(".png"))
     md = [
         f"# ANCE experiment with room to differ ({plan.data}, test evaluated once per row)",
         "",
@@ -355,6 +389,8 @@ def write_report(plan: Plan, res: dict, out: Path, argv: list[str]) -> str:
         f"{plan.args.eval_max_length} tokens. Fused: BM25 + the best dense row by dev NDCG@10 "
         f"({res['best_dense']}).",
         "",
+        *([f"**Partial: rows still to run: {', '.join(pending)}.**", ""] if pending else []),
+        *([f"Dev NDCG@10 against steps: `{out.with_suffix('.png').name}`.", ""] if png else []),
         format_markdown(res["main"], labels=res["labels"], extra=res["extra"]),
         "",
         "Fusion against the best dense row alone:",
@@ -377,7 +413,8 @@ def write_report(plan: Plan, res: dict, out: Path, argv: list[str]) -> str:
                 "steps": plan.steps,
                 "steps_per_epoch": plan.spe,
                 "seeds": plan.seeds,
-                "rows": plan.rows,
+                "rows": done,
+                "pending": pending,
                 "configs": {r: to_dict(c) for r, c in plan.cfgs.items()},
                 "best_dense": res["best_dense"],
                 "dev_ndcg@10": res["dev"],
@@ -420,9 +457,12 @@ def main(argv=None) -> int:
     print(plan.describe(), flush=True)
     if args.plan:
         return 0
-    records = {row: [run_row(plan, row, s) for s in plan.seeds] for row in plan.rows}
+    argv = sys.argv[1:] if argv is None else argv
     run_references(plan)
-    text = write_report(plan, build_results(plan, records), Path(args.out), sys.argv[1:] if argv is None else argv)
+    records: dict[str, list[dict]] = {}
+    for row in plan.rows:  # the table is rewritten as each row lands, so an interruption loses at most one row
+        records[row] = [run_row(plan, row, s) for s in plan.seeds]
+        text = write_report(plan, build_results(plan, records), Path(args.out), argv)
     print(text)
     return 0
 

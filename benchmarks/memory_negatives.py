@@ -44,7 +44,6 @@ LABELS = {
     "quota": "training part 100 + aug 100 candidates",
     "full": "full corpus as the training corpus (reference)",
     "released": "all-MiniLM-L6-v2 as released (no fine-tuning)",
-    "sparse": "BM25 (bm25s), sparse",
 }
 
 

@@ -121,6 +121,11 @@ def test_runner_chooses_on_dev_resumes_fuses_and_marks(tmp_path, monkeypatch, ca
     assert (tmp_path / "runs" / "fused_rrf" / "seed0" / TEST_RUN).is_file()
     record = json.loads((tmp_path / "res.json").read_text())
     assert record["best_dense"] == "ance" and record["comparison"]["baseline"] == "bm25"
+    assert record["pending"] == [] and "Partial" not in md
+    assert (tmp_path / "res.png").stat().st_size > 0  # the dev curves
+    sparse = next(c for c in calls if c[0] == "search")
+    assert sparse[sparse.index("--bm25-preset") + 1] == "bm25s"  # the BM25 of the rows' negatives
+    assert "| BM25 (bm25s), sparse |" in md
     calls.clear()
     capsys.readouterr()
     assert runner.main(args) == 0
@@ -136,3 +141,30 @@ def test_plan_fits_the_budget(scifact_dir, capsys):
     assert "2 epochs = 50 steps (25 per epoch)" in out
     total = float(out.split("estimated total ~")[1].split(" min")[0])
     assert 80 <= total <= 125  # ~2 hours for every row alone on 2 cores at the issue's reference costs
+
+
+def test_an_interrupted_run_leaves_the_table_of_its_finished_rows(tmp_path, monkeypatch):
+    from conftest import write_toy_beir
+
+    from jdr.data.beir import load_beir
+
+    data = write_toy_beir(tmp_path / "toy", n_test=24)
+    runner = _runner()
+    quality = {"random": 0, "bm25": 0, "ance": 1, "hybrid": 0, "denoised": 0, "ltre": 0, "sparse": 0, "released": 0}
+    fake = _fake_jdr([], quality, load_beir(data, "test").qrels)
+
+    def stop_at_hybrid(cmd, log):
+        if cmd[0] == "train" and Path(cmd[2]).stem == "hybrid":
+            raise KeyboardInterrupt  # the queue killed mid-row
+        return fake(cmd, log)
+
+    monkeypatch.setattr(runner, "jdr", stop_at_hybrid)
+    args = ["--set", f"data.dataset={data}", "--set", "data.dev_queries=4", "--set", "train.global_batch_size=8"]
+    args += ["--set", "negatives.bm25_preset=lucene", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "res")]
+    with pytest.raises(KeyboardInterrupt):
+        runner.main([*args, "--released-model", "none"])
+    md = (tmp_path / "res.md").read_text()
+    assert "**Partial: rows still to run: hybrid, denoised, ltre.**" in md
+    assert "| ANCE (BM25 warm start, ANN every epoch) |" in md and "hybrid: 1 BM25" not in md
+    assert "| BM25 (lucene), sparse |" in md  # --set reaches the sparse reference too
+    assert json.loads((tmp_path / "res.json").read_text())["rows"] == ["random", "bm25", "ance"]
