@@ -4,7 +4,7 @@ Each arm is `name:VAR=value;VAR=value` (an empty arm, `name:`, is the unchanged 
 the arms (A, B, C, A, B, C, ...). Per child it records wall time, user and system CPU seconds, peak RSS and
 minor page faults (os.wait4's rusage of that child alone) and, when the command's last stdout line is JSON with a
 "seconds" list (what `xla_flags_ab.py --child ...` prints), the median of those timed calls (steady state, without
-start-up and compile).
+start-up and compile); with "seconds_per_step" (`train_step.py --child jdr`), that.
 
     python benchmarks/env_ab.py --rounds 3 --out malloc_mimalloc \\
         --arm 'glibc:' --arm "mimalloc:LD_PRELOAD=$MI" --arm 'heap:JDR_MALLOC=heap' \\
@@ -63,6 +63,8 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> dict:
     if isinstance(last, dict):
         if last.get("seconds"):
             rec["steady_s"] = statistics.median(last["seconds"])
+        elif last.get("seconds_per_step"):  # benchmarks/train_step.py --child jdr: already the median step
+            rec["steady_s"] = last["seconds_per_step"]
         for key in ("peak_rss_mib", "user_s_per_call", "sys_s_per_call", "minor_faults_per_call"):
             if key in last:
                 rec[key] = last[key]

@@ -50,6 +50,7 @@ CONFIGS = {
     "vector_width_512": "--xla_cpu_prefer_vector_width=512",
     "opt_fast_runtime": "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME",
     "two_devices": "--xla_force_host_platform_device_count=2",
+    "no_ynn_two_devices": "--xla_cpu_experimental_ynn_fusion_type= --xla_force_host_platform_device_count=2",
 }
 # What marks each library's work in the optimised HLO text.
 BACKENDS = {
