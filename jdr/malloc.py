@@ -1,4 +1,4 @@
-"""Opt-in (JDR_MALLOC=heap): keep XLA:CPU's large temporary buffers in glibc's heap instead of fresh mmaps.
+"""JDR_MALLOC=heap: keep XLA:CPU's large temporary buffers in glibc's heap instead of fresh mmaps.
 
 XLA:CPU allocates each executable's temporaries (attention scores, activations: tens to hundreds of MiB) with
 malloc and frees them when the executable returns. glibc serves blocks that large with mmap and returns them with
@@ -12,9 +12,16 @@ grew to 24 GiB resident and was killed by the OOM killer, where it peaks near 9 
 for encode / search / evaluate jobs; for everything, LD_PRELOAD a tcmalloc (as fast or faster in the same A/B,
 and it returns memory) — jdr stands aside when another allocator is preloaded.
 
-Opt-in (JDR_MALLOC=mimalloc): the `jdr` command re-executes itself once with LD_PRELOAD set to mimalloc, a
-maintained allocator shipped as a PyPI wheel (`pip install cmeel-mimalloc`; or JDR_MIMALLOC=/path/to/libmimalloc.so).
-An allocator must be preloaded before the process starts, hence the re-exec.
+The default allocator of the `jdr` command is mimalloc, a maintained allocator shipped as a PyPI wheel
+(`cmeel-mimalloc`, a jdr dependency; or JDR_MIMALLOC=/path/to/libmimalloc.so): the command re-executes itself once
+with LD_PRELOAD set to it (an allocator must be preloaded before the process starts). It keeps freed pages for the
+next batch without the heap mode's fragmentation: on the idle 2-core AMD EPYC a MiniLM train step ran 1.22x and a
+float32 encode batch 1.39x faster than under glibc, with 98-99 % fewer page faults
+(`benchmarks/results/malloc_{train_step,encode}_f32.md`), and a whole ANCE training run peaks at the same
+resident memory (docs/RESULTS.md, Speed II). JDR_MALLOC picks another: `glibc` (the system allocator), `heap`
+(glibc with the settings above), `mimalloc` (required: an error when it cannot be found). Without the wheel the
+default falls back to glibc silently; jdr stands aside when any other allocator is already in LD_PRELOAD. Only
+the console entry (`jdr`, `python -m jdr.cli`) re-executes: `jdr.cli.main()` called from Python never does.
 """
 
 from __future__ import annotations
@@ -67,14 +74,28 @@ def find_mimalloc() -> str | None:
     return None
 
 
+MODES = ("mimalloc", "glibc", "heap")
+
+
+def malloc_mode() -> str:
+    """JDR_MALLOC, lower-cased; unset or empty is "auto" (mimalloc when found, else glibc). One line if unknown."""
+    mode = os.environ.get("JDR_MALLOC", "").strip().lower() or "auto"
+    if mode not in ("auto", *MODES):
+        raise SystemExit(f"jdr: error: JDR_MALLOC={mode!r}: must be one of {', '.join(MODES)} (or unset: mimalloc)")
+    return mode
+
+
 def preload_mimalloc(argv: list[str]) -> None:
-    """With JDR_MALLOC=mimalloc and mimalloc not yet preloaded: replace this process by `python -m jdr.cli argv`
-    with LD_PRELOAD=libmimalloc.so (returns only when there is nothing to do). Raises SystemExit with one line
-    when it was asked for and cannot be found."""
-    if os.environ.get("JDR_MALLOC", "").lower() != "mimalloc" or "mimalloc" in os.environ.get("LD_PRELOAD", ""):
+    """Unless JDR_MALLOC says otherwise or an allocator is already preloaded: replace this process by `python -m
+    jdr.cli argv` with LD_PRELOAD=libmimalloc.so (returns only when there is nothing to do). JDR_MALLOC=mimalloc
+    without the library is one SystemExit line; the default without it keeps glibc."""
+    mode = malloc_mode()
+    if mode not in ("auto", "mimalloc") or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return
     lib = find_mimalloc()
     if lib is None:
+        if mode == "auto":
+            return
         raise SystemExit(
             "jdr: error: JDR_MALLOC=mimalloc but no libmimalloc.so found: `pip install cmeel-mimalloc` "
             "or set JDR_MIMALLOC=/path/to/libmimalloc.so"

@@ -51,13 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> int:
+    """The `jdr` console script and `python -m jdr.cli`: re-executed once under mimalloc unless JDR_MALLOC says
+    otherwise (jdr/malloc.py), then `main`."""
+    from jdr.malloc import preload_mimalloc
+
+    preload_mimalloc(sys.argv[1:])
+    return main()
+
+
 def main(argv=None) -> int:
     """Entry point of the `jdr` console script. Bad user input prints `jdr: error: <one line>` and returns 2."""
     from jdr.config import ConfigError, split_config_args
-    from jdr.malloc import preload_mimalloc, tune_malloc
+    from jdr.malloc import tune_malloc
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    preload_mimalloc(argv)  # only with JDR_MALLOC=mimalloc: re-executes under LD_PRELOAD (jdr/malloc.py)
     tune_malloc()  # only with JDR_MALLOC=heap; before jax allocates anything: see jdr/malloc.py
     try:
         argv, overrides = split_config_args(argv)

@@ -2,6 +2,6 @@
 
 import sys
 
-from jdr.cli import main
+from jdr.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jdr.models.bert import BertConfig, BertModel
+from jdr.models.cpu_options import inference_compiler_options
 from jdr.models.dropout import Dropout
 from jdr.models.encoder import DTYPES
 from jdr.models.tokenize import _truncating, bucket_length, pad_id, pad_ragged, ragged
@@ -214,7 +215,9 @@ def _compiled(devices: tuple, spec: CrossEncoderSpec):
     def run(params, ids, mask, types):
         return score(params, spec, ids, mask, types)
 
-    return jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows), replicated, rows
+    options = inference_compiler_options(spec.dtype)  # float32 on CPU: Eigen GEMMs (jdr/models/cpu_options.py)
+    jitted = jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows, compiler_options=options)
+    return jitted, replicated, rows
 
 
 def score_token_pairs(

@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from jdr.models.cpu_options import inference_compiler_options
 from jdr.models.encoder import EncoderSpec, embedding_dim, encode
 from jdr.models.packing import MAX_SEGMENTS, encode_packed, packed_rows, plan_packing, texts_by_row
 from jdr.models.tokenize import bucket_length, pad_id, pad_ragged, ragged, token_ids
@@ -31,7 +32,9 @@ def _compiled(devices: tuple, spec: EncoderSpec, tower: str):
     def run(params, input_ids, attention_mask):
         return encode(params, spec, input_ids, attention_mask, tower=tower)
 
-    return jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
+    options = inference_compiler_options(spec.dtype)  # float32 on CPU: Eigen GEMMs (jdr/models/cpu_options.py)
+    jitted = jax.jit(run, in_shardings=(replicated, rows, rows), out_shardings=rows, compiler_options=options)
+    return jitted, replicated, rows
 
 
 @functools.cache
@@ -42,7 +45,8 @@ def _compiled_packed(devices: tuple, spec: EncoderSpec, tower: str, max_segments
     def run(params, input_ids, segment_ids, position_ids):
         return encode_packed(params, spec, input_ids, segment_ids, position_ids, tower=tower, max_segments=max_segments)
 
-    return jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows)
+    options = inference_compiler_options(spec.dtype)
+    return jax.jit(run, in_shardings=(replicated, rows, rows, rows), out_shardings=rows, compiler_options=options)
 
 
 def check_max_length(spec: EncoderSpec, max_length: int) -> int:
