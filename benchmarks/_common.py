@@ -4,6 +4,7 @@ one way to run a side of a benchmark in its own process."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import time
@@ -35,7 +36,32 @@ def matmul_peak(n: int = 2048, steps: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def jdr_env() -> dict[str, str]:
+    """The environment the `jdr` command gives itself: mimalloc preloaded unless JDR_MALLOC opts out (jdr/malloc.py;
+    a benchmark's jdr side runs as a script, so it gets the command's allocator here)."""
+    from jdr.malloc import find_mimalloc, malloc_mode
+
+    env = dict(os.environ)
+    lib = find_mimalloc() if malloc_mode() in ("auto", "mimalloc") else None
+    if lib and "malloc" not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = " ".join(filter(None, (lib, env.get("LD_PRELOAD"))))
+    return env
+
+
+def side_env() -> dict[str, str]:
+    """What each side ran under, for the results file: the jdr side's allocator and XLA_FLAGS, the peer's."""
+    jdr = jdr_env().get("LD_PRELOAD", "")
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {
+        "jdr": ("mimalloc (the `jdr` command's default)" if "mimalloc" in jdr else jdr or "glibc")
+        + (f", XLA_FLAGS={flags}" if flags else ", float32 inference without YNNPACK (jdr/models/cpu_options.py)"),
+        "peer": os.environ.get("LD_PRELOAD") or "glibc",
+    }
+
+
 def run_child(python: str, script: str, side: str, argv: list[str]) -> dict:
-    """Run `script --child side argv` under `python`; its last stdout line is the side's JSON result."""
-    out = subprocess.run([python, script, "--child", side, *argv], check=True, capture_output=True, text=True)
+    """Run `script --child side argv` under `python`; its last stdout line is the side's JSON result. jdr sides
+    (`side` starting with "jdr") run in the `jdr` command's environment (`jdr_env`), the peer in this one."""
+    env = jdr_env() if side.startswith("jdr") else None
+    out = subprocess.run([python, script, "--child", side, *argv], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])

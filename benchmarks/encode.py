@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child
+from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child, side_env
 
 
 def load_texts(data: str | None, n: int) -> list[str]:
@@ -132,6 +132,8 @@ def write_results(result: dict) -> None:
         f"{a['max_length']}, batch {a['batch']}, dtype{'s' if len(sections) > 1 else ''} {', '.join(sections)} "
         f"(both sides); each side in its own process, {a['repeats']} alternating rounds of {a['timed']} timed "
         f"passes after a warm-up pass.",
+        f" jdr side: {result.get('env', {}).get('jdr', 'glibc, XLA defaults')}; peer: "
+        f"{result.get('env', {}).get('peer', 'glibc')}.",
     ]
     for dtype, section in sections.items():
         lines += [""] + _table(section, dtype if len(sections) > 1 else None)
@@ -195,7 +197,7 @@ def main() -> None:
         f"--batch={args.batch}",
         f"--timed={args.timed}",
     ] + ([f"--data={args.data}"] if args.data else [])
-    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model()}
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model(), "env": side_env()}
     sections = {d: {"rounds": []} for d in dtypes}
     for i in range(args.repeats):
         for dtype in dtypes:

@@ -30,7 +30,7 @@ import sys
 import time
 
 import numpy as np
-from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child
+from _common import RESULTS, cpu_model, matmul_peak, peak_rss_mib, run_child, side_env
 
 
 def random_batch(args, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -165,6 +165,8 @@ def write_results(result: dict) -> None:
         f"{a['query_len']} / passage {a['passage_len']} tokens, AdamW, compute dtype{'s' if len(sections) > 1 else ''} "
         f"{', '.join(sections)} (jdr `dtype`; the peer: torch.autocast for bfloat16); each side in its own "
         f"process, {a['repeats']} alternating rounds of {a['steps']} timed steps after one warm-up step.",
+        f" jdr side: {result.get('env', {}).get('jdr', 'glibc, XLA defaults')}; peer: "
+        f"{result.get('env', {}).get('peer', 'glibc')}.",
     ]
     for dtype, section in sections.items():
         lines += [""] + ([f"## {dtype}", ""] if len(sections) > 1 else []) + _table(section)
@@ -248,7 +250,7 @@ def main() -> None:
         f"--passage-len={args.passage_len}",
         f"--steps={args.steps}",
     ]
-    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model()}
+    result = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "cpu": cpu_model(), "env": side_env()}
     sections = {d: {"rounds": []} for d in dtypes}
     jdr_sides = ("jdr",) if args.skip_nodrop else ("jdr", "jdr_nodrop")
     for i in range(args.repeats):
