@@ -213,10 +213,17 @@ def write_tables(root: Path, qrels, order: list[str], out: Path, argv: list[str]
             f"difference on {', '.join(METRICS)} -> later training rows ran in {decision}.",
             "",
         ]
+
+    def portable(text: str) -> str:  # commands as a user types them: `jdr`, paths from the repo root
+        for prefix in (f"{REPO}/", str(Path.cwd()) + "/"):
+            text = text.replace(prefix, "")
+        return text.replace("jdr.cli train", "jdr train", 1)
+
     lines += ["Commands (each row):", ""] + [
-        f"- {r}: `{done[r].get('command', 'reference row (see script)')}`" for r in names
+        f"- {r}: `{portable(done[r].get('command', 'reference row: computed by the script from the cached store'))}`"
+        for r in names
     ]
-    lines += ["", f"Reproduce: `python {' '.join(argv)}`"]
+    lines += ["", f"Reproduce: `python {portable(' '.join(argv))}`"]
     with atomic_write(out.with_suffix(".md")) as f:
         f.write("\n".join(lines) + "\n")
     with atomic_write(out.with_suffix(".json")) as f:
