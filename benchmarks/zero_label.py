@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -214,9 +215,8 @@ def write_tables(root: Path, qrels, order: list[str], out: Path, argv: list[str]
             "",
         ]
 
-    def portable(text: str) -> str:  # commands as a user types them: `jdr`, paths from the repo root
-        for prefix in (f"{REPO}/", str(Path.cwd()) + "/"):
-            text = text.replace(prefix, "")
+    def portable(text: str) -> str:  # commands as a user types them: `jdr`, paths from the checkout's root
+        text = re.sub(r"\S*/(configs|runs|benchmarks|\.cache)/", r"\1/", text)
         return text.replace("jdr.cli train", "jdr train", 1)
 
     lines += ["Commands (each row):", ""] + [
@@ -296,6 +296,8 @@ def main(argv=None) -> int:
             f.write(json.dumps(rec, indent=2))
         write_tables(root, data.qrels, order, Path(args.out), ["benchmarks/zero_label.py"] + (argv or sys.argv[1:]))
         print(f"row {row} done in {rec['minutes']:.1f} min", flush=True)
+    if load_done(root):  # also when every row was already done: the tables from the rows on disk
+        write_tables(root, data.qrels, order, Path(args.out), ["benchmarks/zero_label.py"] + (argv or sys.argv[1:]))
     return 0
 
 
