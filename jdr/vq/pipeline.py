@@ -2,9 +2,10 @@
 
 A workdir holds `index.faiss` (+ `index.faiss.ids.txt`, row i = line i), `vq.safetensors` (the jdr VQIndex),
 `run.json` (config, versions, train seconds), `history.json` (per-step losses), `metrics.json` (dev metrics of the
-faiss init and the trained index), `checkpoints/` (orbax; a rerun resumes from the latest), `query_encoder/` (the trained query tower, with `train.query_encoder`) and, when
-the corpus was encoded rather than read from `data.embeddings`, `teacher_corpus/` (the teacher's document
-embeddings, which `evaluate` needs for dense recall).
+faiss init and the trained index), `checkpoints/` (orbax; a rerun of the same command resumes from the latest),
+`query_encoder/` (the trained query tower, with `train.query_encoder`) and, when the corpus was encoded rather than
+read from `data.embeddings`, `teacher_corpus/` (the teacher's document embeddings, which `evaluate` needs for
+dense recall).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class QueryOrder:
         return {"order": "seeded_epochs", "seed": self.seed, "batch_size": self.batch_size, "queries": self.n}
 
 
-def _tree(state: TrainState, vq: VQIndex) -> dict:
+def checkpoint_tree(state: TrainState, vq: VQIndex) -> dict:
     """What a checkpoint holds: the TrainState and the frozen arrays the run trains against."""
     tree = {"train": state, "lists": vq.lists}
     if vq.rotation is not None:
@@ -87,7 +87,7 @@ class VQCheckpoints:
         """The latest checkpoint's run (shaped like `fresh`, the step-0 run), or `fresh` when there is none."""
         if self.ckpt.latest_step() is None:
             return fresh
-        saved, extras = self.ckpt.restore(abstract_state=_tree(fresh.state, fresh.vq))
+        saved, extras = self.ckpt.restore(abstract_state=checkpoint_tree(fresh.state, fresh.vq))
         was, now = extras["iterator_state"], self.order.position()
         if was != now:
             diff = ", ".join(f"{k} {was.get(k)!r} -> {v!r}" for k, v in now.items() if was.get(k) != v)
@@ -105,7 +105,7 @@ class VQCheckpoints:
     def save(self, step: int, state: TrainState, run: Resumed, history: list[dict]) -> None:
         self.ckpt.save(
             step,
-            _tree(state, run.vq),
+            checkpoint_tree(state, run.vq),
             iterator_state=self.order.position(),
             rng=jax.random.PRNGKey(self.cfg.seed),  # the step draws no randomness; recorded for completeness
             config=to_dict(self.cfg),

@@ -229,9 +229,7 @@ def train_distill_vq(
     try:
         if checkpoints is not None:
             run = checkpoints.resume(run)
-        step = jax.jit(
-            make_vq_train_step(cfg, tx, tau_scale=run.tau_scale, query_fn=query_fn), donate_argnums=0
-        )
+        step = jax.jit(make_vq_train_step(cfg, tx, tau_scale=run.tau_scale, query_fn=query_fn), donate_argnums=0)
         frozen = {} if run.vq.rotation is None else {"rotation": jnp.asarray(run.vq.rotation)}
         lists = run.vq.lists
 
