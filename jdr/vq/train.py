@@ -11,6 +11,7 @@ stay comparable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -265,9 +266,13 @@ def train_distill_vq(
         finally:
             if watch is not None:
                 watch.close()
-    finally:
+    except BaseException:
         if checkpoints is not None:
-            checkpoints.ckpt.close()
+            with contextlib.suppress(Exception):  # the save in flight still lands; its own error must not hide this
+                checkpoints.ckpt.close()
+        raise
+    if checkpoints is not None:
+        checkpoints.ckpt.close()
     trained = jax.tree.map(np.asarray, loop.state.params)
     tower = None
     if query_tower is not None:
