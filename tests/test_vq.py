@@ -215,7 +215,7 @@ def test_distillation_learns_and_beats_faiss_init(data, inits):
     train_q, test_q = queries[:300], queries[300:]
     spec = VARIANTS[2]  # IVF8,PQ4x4
     vq0, _ = inits[spec]
-    vq, history, _ = train_distill_vq(docs, train_q, _cfg(8, False), init=vq0)
+    vq, history, _, _ = train_distill_vq(docs, train_q, _cfg(8, False), init=vq0)
     loss = [h["loss"] for h in history]
     assert np.mean(loss[-20:]) < np.mean(loss[:20]) - 0.1
     teacher = teacher_candidates(docs, test_q, 10)

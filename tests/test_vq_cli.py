@@ -169,3 +169,39 @@ def test_faiss_uses_every_core_unless_told():
     before = faiss.omp_get_max_threads()
     cli._set_threads(0)
     assert faiss.omp_get_max_threads() == before
+
+
+def test_sigterm_exits_75_and_the_rerun_resumes_to_the_same_outputs(
+    tiny_model, toy_beir, tmp_path, monkeypatch, capsys
+):
+    """`jdr vq train` with a query tower, SIGTERM during step 3: exit 75 with a checkpoint and nothing exported; the
+    same command again resumes and writes what an uninterrupted run writes (index, VQ params, history, tower)."""
+    import os
+    import signal
+
+    from jdr.models.hf import load
+    from jdr.train.preemption import EXIT_RESTART
+    from jdr.vq.resume import QueryOrder
+
+    over = SMALL + [f"data.dataset={toy_beir}", f"data.model={tiny_model}", "train.query_encoder=true"]
+    straight, wd = tmp_path / "straight", tmp_path / "preempted"
+    assert _vq(["train", "--workdir", str(straight), "--json"], over, capsys)[0] == 0
+    rows = QueryOrder.rows
+
+    def rows_then_sigterm(self, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return rows(self, step)
+
+    monkeypatch.setattr(QueryOrder, "rows", rows_then_sigterm)
+    rc, out = _vq(["train", "--workdir", str(wd), "--json"], over, capsys)
+    monkeypatch.undo()
+    assert rc == EXIT_RESTART and out == {"step": 3, "stopped": True, "preempted": True}
+    assert (wd / "checkpoints" / "3").is_dir() and not (wd / "index.faiss").exists()
+    assert _vq(["train", "--workdir", str(wd), "--json"], over, capsys)[0] == 0
+    for name in ("index.faiss", "vq.safetensors", "history.json", "index.faiss.ids.txt"):
+        assert (wd / name).read_bytes() == (straight / name).read_bytes(), name
+    for a, b in zip(
+        jax.tree.leaves(load(wd / "query_encoder")[0]), jax.tree.leaves(load(straight / "query_encoder")[0])
+    ):
+        np.testing.assert_array_equal(a, b)

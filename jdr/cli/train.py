@@ -15,7 +15,7 @@ def add_arguments(p):
 def run(args) -> int:
     from jdr.config import load_config
     from jdr.distributed import initialize
-    from jdr.train.preemption import EXIT_RESTART
+    from jdr.train.preemption import EXIT_RESTART, restart_notice
     from jdr.train.trainer import train
 
     cfg = load_config(args.config, args.config_overrides)
@@ -23,10 +23,6 @@ def run(args) -> int:
     final = train(cfg, args.workdir, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in final.items() if isinstance(v, (int, float))}, indent=1))
     if final.get("preempted"):
-        print(
-            f"jdr: preempted: checkpoint of step {final['step']} saved; rerun the same command to resume "
-            f"(exit code {EXIT_RESTART})",
-            file=sys.stderr,
-        )
+        print(restart_notice(final["step"]), file=sys.stderr)
         return EXIT_RESTART
     return 0

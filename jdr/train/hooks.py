@@ -20,6 +20,7 @@ from jdr.data.labeled import LabeledData
 from jdr.distributed import sync
 from jdr.evaluate import TEST_RUN, evaluate_model
 from jdr.train.loop import FunctionHook, LoopState
+from jdr.train.preemption import PreemptionHook
 from jdr.train.refresh import RefreshHook, RefreshPoll, swap_table
 from jdr.train.step import unreplicate
 
@@ -147,21 +148,14 @@ def build_hooks(
 
     if preemption is not None:  # before the periodic checkpoint: its save holds the table the grace delivers
 
-        class _Preemption:
-            every, needs_metrics, at_end, name = 1, False, False, "preemption"
+        def save_for_preemption(loop: LoopState) -> None:
+            if refresh is not None and refresh.running:
+                _finish_refresh_for_preemption(refresh, run, writer, loop.step, cfg.negatives)
+            checkpoint(loop, last=False, preempted=True)
+            ckpt.wait()
+            sync("preemption_checkpoint_saved")  # no process exits while another still writes its part
 
-            def __call__(self, loop: LoopState, *, last: bool) -> None:
-                if last or not preemption.reached(loop.step):  # every process asks at every step, in step
-                    return
-                log.warning("preemption notice: saving a checkpoint of step %d and stopping", loop.step)
-                if refresh is not None and refresh.running:
-                    _finish_refresh_for_preemption(refresh, run, writer, loop.step, cfg.negatives)
-                checkpoint(loop, last=False, preempted=True)
-                ckpt.wait()
-                sync("preemption_checkpoint_saved")  # no process exits while another still writes its part
-                loop.stop = "preempted"
-
-        hooks.append(_Preemption())
+        hooks.append(PreemptionHook(preemption, save_for_preemption))
 
     def periodic_checkpoint(loop: LoopState, last: bool) -> None:
         if saved["step"] != loop.step:  # the preemption hook saved this step already

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 EXIT_RESTART = 75  # sysexits.h EX_TEMPFAIL ("temporary failure; try again"): the launch scripts rerun on it
 
 
+def restart_notice(step: int) -> str:
+    """The line a preempted command prints (to stderr) before exiting with `EXIT_RESTART`."""
+    return (
+        f"jdr: preempted: checkpoint of step {step} saved; rerun the same command to resume (exit code {EXIT_RESTART})"
+    )
+
+
 class PreemptionWatch:
     """Ask `reached(step)` after every training step, on every process; `close()` when the loop ends.
 
@@ -61,3 +68,21 @@ class PreemptionWatch:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class PreemptionHook:
+    """The training-loop hook of a `PreemptionWatch`: after every step, once every process has reached the notice,
+    `save(loop)` a checkpoint of this step (returning when it is on disk) and end the loop (`loop.stop =
+    "preempted"`). Not at the last step: the run's own end-of-training save covers that one."""
+
+    every, needs_metrics, at_end, name = 1, False, False, "preemption"
+
+    def __init__(self, watch: PreemptionWatch, save):
+        self.watch, self.save = watch, save
+
+    def __call__(self, loop, *, last: bool) -> None:
+        if last or not self.watch.reached(loop.step):  # every process asks at every step, in step
+            return
+        log.warning("preemption notice: saving a checkpoint of step %d and stopping", loop.step)
+        self.save(loop)
+        loop.stop = "preempted"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 __all__ = ["add_arguments", "run"]
 
@@ -22,6 +23,12 @@ def _train(args) -> int:
         cfg = load_config(args.config, overrides)
     _set_threads(args.threads)
     metrics = train_workdir(cfg, args.workdir)
+    if metrics.get("stopped"):
+        from jdr.train.preemption import EXIT_RESTART, restart_notice
+
+        print(json.dumps(metrics))
+        print(restart_notice(metrics["step"]), file=sys.stderr)
+        return EXIT_RESTART
     print(json.dumps(metrics) if args.json else _format(metrics))
     return 0
 

@@ -8,8 +8,8 @@ __all__ = ["vq_config"]
 
 
 def vq_config() -> ml_collections.ConfigDict:
-    """A locked ConfigDict: the quantiser shape (`vq`), the teacher embeddings (`data`) and the distillation run
-    (`train`)."""
+    """A locked ConfigDict: the quantiser shape (`vq`), the teacher embeddings (`data`), the distillation run
+    (`train`) and its checkpoints (`checkpoint`)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds faiss's k-means (init) and the query order.
 
@@ -48,5 +48,12 @@ def vq_config() -> ml_collections.ConfigDict:
     c.train.query_encoder = False  # Also train the query tower (from data.model; docs stay fixed): "Distill-VQ + QE".
     c.train.encoder_lr = 1e-5  # Adam learning rate of the query tower (only with query_encoder).
     c.train.sup_weight = 0.0  # Weight of the supervised contrastive term on qrels positives (needs positives).
+
+    # Checkpoints of `jdr vq train` in <workdir>/checkpoints (as `jdr train`'s): a rerun of the same command on the
+    # same workdir resumes from the latest one exactly; a SIGTERM saves the step reached and exits 75.
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 100  # Save every N steps (and at the end, and on a preemption notice).
+    c.checkpoint.keep = 1  # Keep the last N checkpoints (a query tower's, with Adam's state, is 3x its weights).
+    c.checkpoint.async_save = True  # orbax async save: training continues while the files are written.
     c.lock()
     return c

@@ -2,9 +2,10 @@
 
 A workdir holds `index.faiss` (+ `index.faiss.ids.txt`, row i = line i), `vq.safetensors` (the jdr VQIndex),
 `run.json` (config, versions, train seconds), `history.json` (per-step losses), `metrics.json` (dev metrics of the
-faiss init and the trained index), `query_encoder/` (the trained query tower, with `train.query_encoder`) and, when
-the corpus was encoded rather than read from `data.embeddings`, `teacher_corpus/` (the teacher's document
-embeddings, which `evaluate` needs for dense recall).
+faiss init and the trained index), `checkpoints/` (orbax; a rerun of the same command resumes from the latest),
+`query_encoder/` (the trained query tower, with `train.query_encoder`) and, when the corpus was encoded rather than
+read from `data.embeddings`, `teacher_corpus/` (the teacher's document embeddings, which `evaluate` needs for
+dense recall).
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def probe_count(cfg, override: int | None) -> int | None:
 
 def train_workdir(cfg, workdir) -> dict:
     """Distil the index `cfg` describes into `workdir` (see the module docstring) -> the `metrics.json` dict. The
-    dev queries are `data.dev_queries` of the train split held out by `jdr.data.split.split_dev` (as `jdr train`)."""
+    dev queries are `data.dev_queries` of the train split held out by `jdr.data.split.split_dev` (as `jdr train`).
+
+    Training checkpoints to `<workdir>/checkpoints` and resumes from there (`jdr.vq.resume`); after a preemption
+    notice (SIGTERM) it returns `{"step", "stopped": True, "preempted": True}` having exported nothing."""
     from jdr.config import to_dict
     from jdr.index.faiss_index import build_index, load_index, search
     from jdr.index.store import save_embeddings
@@ -83,6 +87,7 @@ def train_workdir(cfg, workdir) -> dict:
         if cfg.data.pseudo_queries != "none":
             raise ValueError("train.query_encoder: pseudo-queries have no query text; set data.pseudo_queries=none")
         tower = teacher.query_tower()
+    workdir.mkdir(parents=True, exist_ok=True)
     result = train_distill_vq(
         teacher.doc_emb,
         train_q,
@@ -90,10 +95,12 @@ def train_workdir(cfg, workdir) -> dict:
         init=vq,
         query_tower=tower,
         query_texts=teacher.texts(train_ids) if tower is not None else None,
+        workdir=workdir,
     )
-    vq, history, tower = result
+    if result.stopped:  # preempted: the checkpoint is saved, nothing is exported; a rerun resumes
+        return {"step": len(result.history), "stopped": True, "preempted": result.stopped == "preempted"}
+    vq, history, tower = result.vq, result.history, result.query_tower
     train_s = time.time() - t0
-    workdir.mkdir(parents=True, exist_ok=True)
     if tower is not None:
         tower.export(workdir / QUERY_ENCODER_DIR)
     index = save_faiss(vq, teacher.doc_emb, workdir / "index.faiss")

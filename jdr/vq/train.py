@@ -11,9 +11,9 @@ stay comparable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -25,7 +25,9 @@ from jax import lax
 
 from jdr.index.faiss_index import build_index, search
 from jdr.losses import DISTILLATION
+from jdr.train.loop import run_loop
 from jdr.train.state import TrainState
+from jdr.train.step import check_finite
 from jdr.vq.init import init_from_faiss
 from jdr.vq.layer import VQIndex, VQSpec, doc_centroids, quantize, residuals, rotate
 from jdr.vq.query_tower import QueryTower, vq_optimizer
@@ -157,12 +159,14 @@ def teacher_recall(pred_rows: np.ndarray, teacher_rows: np.ndarray, k: int) -> f
 
 
 class Distilled(NamedTuple):
-    """What `train_distill_vq` returns: the trained index, per-step metrics (floats), and the trained query tower
-    (None unless one was given)."""
+    """What `train_distill_vq` returns: the trained index, per-step metrics (floats), the trained query tower
+    (None unless one was given), and why training stopped before `train.steps` ("preempted", "stop_at"; None when
+    it ran to the end)."""
 
     vq: VQIndex
     history: list[dict]
     query_tower: QueryTower | None
+    stopped: str | None = None
 
 
 def train_distill_vq(
@@ -174,6 +178,8 @@ def train_distill_vq(
     positives: list[list[int]] | None = None,
     query_tower: QueryTower | None = None,
     query_texts: Sequence[str] | None = None,
+    workdir=None,
+    stop_at: int | None = None,
 ) -> Distilled:
     """Distill-VQ on precomputed embeddings: index only, or index + query tower.
 
@@ -182,7 +188,14 @@ def train_distill_vq(
     steps on one device. `positives` (doc rows per query) feed the optional supervised term (`cfg.train.sup_weight`).
     With `query_tower` (and `query_texts`, one per row of query_emb) the tower is trained as well, at
     `cfg.train.encoder_lr`: the student scores its own embedding of the text, the teacher keeps query_emb.
+
+    The steps run on `jdr.train.loop.run_loop` (see `jdr.vq.resume`). With `workdir` the run checkpoints to
+    `<workdir>/checkpoints` every `cfg.checkpoint.every` steps and at the end, resumes from the latest checkpoint
+    there, and a SIGTERM saves the step reached and returns with `stopped="preempted"`. `stop_at` ends the run after
+    that step as a crash would (tests of exact resume).
     """
+    from jdr.vq.resume import QueryOrder, Resumed, VQCheckpoints, open_watch, run_hooks
+
     doc_emb = np.ascontiguousarray(doc_emb, np.float32)
     query_emb = np.ascontiguousarray(query_emb, np.float32)
     if query_emb.ndim != 2 or query_emb.shape[1] != doc_emb.shape[1]:
@@ -211,34 +224,59 @@ def train_distill_vq(
         tokens, query_fn = query_tower.tokens(query_texts), query_tower.embed_fn()
         params["query"] = jax.tree.map(jnp.array, query_tower.params)
     tx = vq_optimizer(t.lr, t.encoder_lr if query_tower is not None else None)
-    step = jax.jit(
-        make_vq_train_step(cfg, tx, tau_scale=residual_scale(vq, doc_emb), query_fn=query_fn), donate_argnums=0
-    )
-    state = TrainState.create(params, tx)
-    frozen = {} if vq.rotation is None else {"rotation": jnp.asarray(vq.rotation)}
-    rng = np.random.default_rng(cfg.seed)
-    order, pos_in_epoch = rng.permutation(len(query_emb)), 0
-    history, t0 = [], time.time()
-    for i in range(t.steps):
-        if pos_in_epoch + t.batch_size > len(order):
-            order, pos_in_epoch = rng.permutation(len(query_emb)), 0
-        qs = order[pos_in_epoch : pos_in_epoch + t.batch_size]
-        pos_in_epoch += t.batch_size
-        rows = cand[qs]
-        batch = {
-            "query_emb": query_emb[qs],
-            "doc_emb": doc_emb[rows],
-            "lists": vq.lists[rows],
-            **{k: v[qs] for k, v in tokens.items()},
-        }
-        if t.sup_weight:
-            batch["pos_mask"] = np.array([np.isin(r, positives[q]) for q, r in zip(qs, rows)])
-        state, metrics = step(state, batch, frozen)
-        history.append({k: float(v) for k, v in metrics.items()})
-        if (i + 1) % max(1, t.steps // 10) == 0:
-            log.info("distill-vq step %d/%d loss %.4f (%.1fs)", i + 1, t.steps, history[-1]["loss"], time.time() - t0)
-    trained = jax.tree.map(np.asarray, state.params)
+    order = QueryOrder(len(query_emb), t.batch_size, cfg.seed)
+    run = Resumed(0, TrainState.create(params, tx), vq, residual_scale(vq, doc_emb), [])
+    checkpoints = None if workdir is None else VQCheckpoints(workdir, cfg, order)
+    try:
+        if checkpoints is not None:
+            run = checkpoints.resume(run)
+        step = jax.jit(make_vq_train_step(cfg, tx, tau_scale=run.tau_scale, query_fn=query_fn), donate_argnums=0)
+        frozen = {} if run.vq.rotation is None else {"rotation": jnp.asarray(run.vq.rotation)}
+        lists = run.vq.lists
+
+        def next_batch(i: int) -> dict:
+            qs = order.rows(i)
+            rows = cand[qs]
+            batch = {
+                "query_emb": query_emb[qs],
+                "doc_emb": doc_emb[rows],
+                "lists": lists[rows],
+                **{k: v[qs] for k, v in tokens.items()},
+            }
+            if t.sup_weight:
+                batch["pos_mask"] = np.array([np.isin(r, positives[q]) for q, r in zip(qs, rows)])
+            return batch
+
+        history = run.history
+        watch = open_watch(checkpoints)
+        try:
+            loop = run_loop(
+                run.state,
+                run.step,
+                t.steps,
+                next_batch,
+                lambda state, batch, i: step(state, batch, frozen),
+                run_hooks(cfg, run, history, checkpoints, watch),
+                examples_per_step=t.batch_size,
+                on_metrics=lambda i, m: {k: float(v) for k, v in m.items()},
+                check_loss=check_finite,
+                stop_at=stop_at,
+                progress=False,
+            )
+        finally:
+            if watch is not None:
+                watch.close()
+    except BaseException:
+        if checkpoints is not None:
+            with contextlib.suppress(Exception):  # the save in flight still lands; its own error must not hide this
+                checkpoints.ckpt.close()
+        raise
+    if checkpoints is not None:
+        checkpoints.ckpt.close()
+    trained = jax.tree.map(np.asarray, loop.state.params)
     tower = None
     if query_tower is not None:
         tower = dataclasses.replace(query_tower, params=trained.pop("query"))
-    return Distilled(VQIndex(spec=vq.spec, params=trained, rotation=vq.rotation, lists=vq.lists), history, tower)
+    stopped = loop.stop or ("stop_at" if loop.step < t.steps else None)
+    vq = VQIndex(spec=vq.spec, params=trained, rotation=run.vq.rotation, lists=run.vq.lists)
+    return Distilled(vq, history, tower, stopped)
