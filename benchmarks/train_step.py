@@ -51,11 +51,9 @@ def time_calls(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def bench_jdr(args, model_dir, batch) -> dict:
-    """examples/s and achieved FLOP/s of the pmapped jdr step (data-parallel over local devices)."""
-    from jdr.malloc import tune_malloc
-
-    tune_malloc()  # what the `jdr` command does first (acts only with JDR_MALLOC=heap)
+def build_jdr_step(args, model_dir, batch):
+    """The pmapped jdr step the jdr side times, its replicated state, the device-sharded batch and the rng:
+    `(step, state, sharded, rng)`. Also used by `bf16_train_step.py` to read the same step's compiled HLO."""
     import jax
 
     from jdr.models import encoder as enc
@@ -78,9 +76,19 @@ def bench_jdr(args, model_dir, batch) -> dict:
     if args.batch % n_dev:
         raise ValueError(f"--batch {args.batch} is not divisible by the {n_dev} local devices")
     sharded = {k: v.reshape(n_dev, -1, *v.shape[1:]) for k, v in batch.items()}
-    step = pmap_train_step(step_fn)
-    rng = jax.random.key(0)
-    holder = {"state": replicate(TrainState.create(params, tx))}
+    return pmap_train_step(step_fn), replicate(TrainState.create(params, tx)), sharded, jax.random.key(0)
+
+
+def bench_jdr(args, model_dir, batch) -> dict:
+    """examples/s and achieved FLOP/s of the pmapped jdr step (data-parallel over local devices)."""
+    from jdr.malloc import tune_malloc
+
+    tune_malloc()  # what the `jdr` command does first (acts only with JDR_MALLOC=heap)
+    import jax
+
+    step, state, sharded, rng = build_jdr_step(args, model_dir, batch)
+    n_dev = jax.local_device_count()
+    holder = {"state": state}
 
     flops = None
     try:  # XLA's count for one device's step; a pmapped step runs n_dev of them.

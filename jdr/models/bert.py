@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jdr.models.dropout import Dropout
+from jdr.models.mixed_dot import mixed_dot_general
 
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
@@ -107,14 +108,22 @@ class BertEmbeddings(nn.Module):
         return Dropout(c.hidden_dropout_prob)(x, deterministic)
 
 
-def _dense(features: int, dtype, name: str) -> nn.Dense:
-    """`nn.Dense` computing in `dtype` and accumulating in float32 (its output is float32).
+def _dot_general(dtype):
+    """The dot of every matmul computing in `dtype`: float32 accumulation and output.
 
     With bfloat16 inputs a float32-accumulating dot is what XLA:CPU maps onto AMX/AVX-512-BF16 (a bf16-output
     dot is upcast to a float32 one and runs ~2.5x slower), and it is the more accurate of the two anywhere.
+    Below float32 it is `mixed_dot_general`, whose backward dots are bfloat16 too (plain autodiff would run them
+    in float32: jdr/models/mixed_dot.py); float32 keeps `lax.dot_general`.
     """
-    dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
-    return nn.Dense(features, dtype=dtype, dot_general=dot, name=name)
+    if jnp.dtype(dtype) == jnp.float32:
+        return functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+    return mixed_dot_general
+
+
+def _dense(features: int, dtype, name: str) -> nn.Dense:
+    """`nn.Dense` computing in `dtype` and accumulating in float32 (its output is float32)."""
+    return nn.Dense(features, dtype=dtype, dot_general=_dot_general(dtype), name=name)
 
 
 def _layer_norm(c: BertConfig, name: str) -> nn.LayerNorm:
@@ -145,10 +154,16 @@ class BertSelfAttention(nn.Module):
 
         q = project("query") * jnp.asarray(1.0 / head_dim**0.5, self.dtype)
         k, v = project("key"), project("value")
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+        if jnp.dtype(self.dtype) == jnp.float32:
+            scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+        else:  # the same contraction, with bfloat16 backward dots (jdr/models/mixed_dot.py)
+            scores = mixed_dot_general(q, k, (((3,), (3,)), ((0, 1), (0, 1))))
         probs = jax.nn.softmax(scores + mask_bias, axis=-1)
-        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic)
-        out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), v, preferred_element_type=jnp.float32)
+        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic).astype(self.dtype)
+        if jnp.dtype(self.dtype) == jnp.float32:
+            out = jnp.einsum("bhqk,bhkd->bhqd", probs, v, preferred_element_type=jnp.float32)
+        else:
+            out = mixed_dot_general(probs, v, (((3,), (2,)), ((0, 1), (0, 1))))
         return out.transpose(0, 2, 1, 3).reshape(x.shape[:2] + (c.hidden_size,))
 
 
