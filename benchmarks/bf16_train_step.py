@@ -255,8 +255,10 @@ def markdown(results: list[dict]) -> str:
             lines.append("")
     timed = [r for r in results if "cpu_s_per_step" in r]
     if timed:
-        lines += ["| round | arm | dtype | CPU s / step (user+sys) | wall s / step (noise) | loss, step 1 |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| round | arm | dtype | CPU s / step (user+sys) | wall s / step (noise) | loss, step 1 |",
+            "|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {r['round']} | {r['arm']} | {r['dtype']} | {r['cpu_s_per_step']:.2f} | "
             f"{r['wall_s_per_step_noise']:.2f} | {r['loss_first_step']:.6f} |"
@@ -294,8 +296,10 @@ def main() -> None:
     from _common import RESULTS, cpu_model, jdr_env
 
     arms = [a.split("=", 1) for a in args.arm] or [["this", "."]]
-    passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                   ("batch", "negatives", "query_len", "passage_len", "steps")]
+    passthrough = [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("batch", "negatives", "query_len", "passage_len", "steps")
+    ]
     passthrough += ["--profile"] if args.profile else []
     results = []
     for i in range(args.rounds):
@@ -307,9 +311,15 @@ def main() -> None:
                 proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
                 r = {"round": i, "arm": name, **json.loads(proc.stdout.strip().splitlines()[-1])}
                 results.append(r)
-                print(f"round {i} {name} {dtype}: " + ", ".join(
-                    f"{k} {r[k]:.2f}" for k in ("compile_cpu_s", "cpu_s_per_step", "wall_s_per_step_noise") if k in r
-                ), flush=True)
+                print(
+                    f"round {i} {name} {dtype}: "
+                    + ", ".join(
+                        f"{k} {r[k]:.2f}"
+                        for k in ("compile_cpu_s", "cpu_s_per_step", "wall_s_per_step_noise")
+                        if k in r
+                    ),
+                    flush=True,
+                )
     summary = {"cpu": cpu_model(), "command": " ".join(sys.argv), "args": vars(args), "results": results}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(summary, indent=2) + "\n")
