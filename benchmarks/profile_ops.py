@@ -21,7 +21,8 @@ name of the op / record_function scope it runs inside (key_averages gives the to
 Shared categories (jdr thunk -> peer aten op):
   GEMM            thunks with a dot and no batch dims, incl. the dot+residual+LayerNorm and dot+GELU fusions
                   -> addmm / mm / linear / matmul / mkldnn (forward and backward)
-  attention       batched dots (+ fused softmax) -> scaled_dot_product_attention and its backward, bmm / baddbmm
+  attention       batched dots (+ the softmax XLA fuses with them) -> scaled_dot_product_attention and its
+                  backward, bmm / baddbmm (in MiniLM only attention uses batched matmuls)
   softmax, layernorm, GELU  standalone thunks (or scoped LayerNorm / `intermediate`) -> _softmax, log_softmax,
                   native_layer_norm, gelu and their backward ops
   copies / transposes  transpose / copy thunks -> copy_, _to_copy, contiguous, clone, cat, views
@@ -273,7 +274,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Per-op profile: jdr vs sentence-transformers (one encode batch, one train step)",
         "",
-        f"CPU: {result['cpu']}. Command: `{result['command']}`. " + (f"{a['note']} " if a.get("note") else ""),
+        f"CPU: {result['cpu']}. Command: `{result['command']}`." + (f" {a['note']}" if a.get("note") else ""),
         f"jdr side: {result['env']['jdr']}; peer: {result['env']['peer']}. Each side in its own process: one "
         f"warm-up call, {a['encode_steps']} encode batches / {a['train_steps']} train steps timed without the "
         "profiler, as many under it. ms are per batch / step; jdr's are summed XLA thunk times (thunks may "
