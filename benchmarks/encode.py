@@ -89,18 +89,26 @@ def child_jdr(args) -> dict:
     }
 
 
-def child_st(args) -> dict:
-    """Time sentence-transformers' encode on the same texts (its own length sorting and batching)."""
+def st_model(max_length: int, dtype: str):
+    """all-MiniLM-L6-v2 as the peer encodes with it: sentence-transformers on CPU, cut at `max_length` tokens;
+    bfloat16: the whole model cast (torch's usual CPU path). Also used by `profile_ops.py`."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     from jdr.models import hf
 
     model = SentenceTransformer(str(hf.find_minilm()), device="cpu")
-    model.max_seq_length = args.max_length
+    model.max_seq_length = max_length
+    return model.to(torch.bfloat16) if dtype == "bfloat16" else model
+
+
+def child_st(args) -> dict:
+    """Time sentence-transformers' encode on the same texts (its own length sorting and batching)."""
+    import torch
+
+    model = st_model(args.max_length, args.dtype)
     kw = dict(batch_size=args.batch, convert_to_numpy=True, show_progress_bar=False)
     if args.dtype == "bfloat16":
-        model = model.to(torch.bfloat16)  # the peer's bfloat16: the whole model cast (torch's usual CPU path)
         kw = dict(batch_size=args.batch, convert_to_tensor=True, show_progress_bar=False)
     texts = load_texts(args.data, args.docs)
     model.encode(texts, **kw)

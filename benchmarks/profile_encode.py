@@ -36,10 +36,14 @@ import sys
 import tempfile
 import time
 
-if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):  # before jax starts its backend
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
-
 from _common import RESULTS, cpu_model
+
+
+def enable_thunk_trace() -> None:
+    """Turn on XLA:CPU's per-thunk trace events; call before jax starts its backend (the first computation)."""
+    if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+
 
 CATEGORIES = (
     "GEMM (dense layers)",
@@ -171,16 +175,9 @@ def thunk_times(trace_dir: str, names: set[str]) -> dict[str, float]:
     return total
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=3, help="profiled batches (after one warm-up)")
-    ap.add_argument("--note", default="", help="a line for the results file (e.g. 'under load')")
-    ap.add_argument("--out", default="profile_encode")
-    args = ap.parse_args()
-
+def build_encode(batch: int, length: int, dtype: str):
+    """The compiled encode program `encode_texts` runs, on the first `batch` SciFact passages cut at `length`
+    tokens: `(compiled, call_args, devices)`; `compiled(*call_args)` encodes the batch once."""
     import dataclasses
 
     import jax
@@ -190,35 +187,58 @@ def main() -> None:
     from jdr.models import hf, inference
     from jdr.models.tokenize import pad_ragged, ragged, token_ids
 
-    params, spec, tok = hf.load(hf.find_minilm(), passage_max_length=args.length)
-    spec = dataclasses.replace(spec, dtype=args.dtype)
+    params, spec, tok = hf.load(hf.find_minilm(), passage_max_length=length)
+    spec = dataclasses.replace(spec, dtype=dtype)
     corpus = load_corpus(resolve_dataset("scifact") / "corpus.jsonl")
-    texts = [corpus.passage(i) for i in range(args.batch)]
-    tokens, offsets = ragged(token_ids(tok, texts, args.length))
-    ids, mask = pad_ragged(tokens, offsets, np.arange(args.batch), args.length)
+    texts = [corpus.passage(i) for i in range(batch)]
+    tokens, offsets = ragged(token_ids(tok, texts, length))
+    ids, mask = pad_ragged(tokens, offsets, np.arange(batch), length)
     devices = tuple(jax.local_devices())
     fn, replicated, rows = inference._compiled(devices, spec, "query")
     placed = jax.device_put(params, replicated)
     ids, mask = jax.device_put((ids, mask), rows)
-    compiled = fn.lower(placed, ids, mask).compile()
+    return fn.lower(placed, ids, mask).compile(), (placed, ids, mask), devices
+
+
+def traced_thunk_times(run, steps: int, names: set[str]) -> tuple[list[float], dict[str, float]]:
+    """Run `run()` (which blocks until done) `steps` times under `jax.profiler`: (wall seconds of each call,
+    summed seconds per thunk named in `names`). Needs `enable_thunk_trace()` before jax started."""
+    import jax
+
+    walls = []
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        for _ in range(steps):
+            start = time.perf_counter()
+            run()
+            walls.append(time.perf_counter() - start)
+        jax.profiler.stop_trace()
+        times = thunk_times(trace_dir, names)
+    if not times:
+        sys.exit("no per-thunk trace events found: does this jaxlib honour --xla_cpu_enable_xprof_traceme?")
+    return walls, times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=3, help="profiled batches (after one warm-up)")
+    ap.add_argument("--note", default="", help="a line for the results file (e.g. 'under load')")
+    ap.add_argument("--out", default="profile_encode")
+    args = ap.parse_args()
+    enable_thunk_trace()
+
+    compiled, call_args, devices = build_encode(args.batch, args.length, args.dtype)
     hlo = compiled.as_text()
     comps, entry = parse_hlo(hlo)
     category, library = {}, {}
     for name, opcode, rest in comps[entry]:
         category[name], library[name] = classify(opcode, rest, comps)
 
-    compiled(placed, ids, mask).block_until_ready()  # warm-up
-    walls = []
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            compiled(placed, ids, mask).block_until_ready()
-            walls.append(time.perf_counter() - start)
-        jax.profiler.stop_trace()
-        times = thunk_times(trace_dir, set(category))
-    if not times:
-        sys.exit("no per-thunk trace events found: does this jaxlib honour --xla_cpu_enable_xprof_traceme?")
+    compiled(*call_args).block_until_ready()  # warm-up
+    walls, times = traced_thunk_times(lambda: compiled(*call_args).block_until_ready(), args.steps, set(category))
 
     per_step = {n: t / args.steps for n, t in times.items()}
     total = sum(per_step.values())

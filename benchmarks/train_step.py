@@ -116,8 +116,9 @@ def bench_jdr(args, model_dir, batch) -> dict:
     return out
 
 
-def bench_sentence_transformers(args, model_dir, batch) -> dict:
-    """examples/s of a sentence-transformers MultipleNegativesRankingLoss step (PyTorch, CPU)."""
+def build_st_step(args, model_dir, batch):
+    """One sentence-transformers MultipleNegativesRankingLoss + AdamW step as a callable (PyTorch, CPU; bfloat16:
+    forward and loss under autocast). Also used by `profile_ops.py` to profile the same step."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
@@ -149,7 +150,14 @@ def bench_sentence_transformers(args, model_dir, batch) -> dict:
         loss.backward()
         opt.step()
 
-    seconds = time_calls(run, args.steps)
+    return run
+
+
+def bench_sentence_transformers(args, model_dir, batch) -> dict:
+    """examples/s of a sentence-transformers MultipleNegativesRankingLoss step (PyTorch, CPU)."""
+    import torch
+
+    seconds = time_calls(build_st_step(args, model_dir, batch), args.steps)
     return {
         "seconds_per_step": seconds,
         "examples_per_s": args.batch / seconds,
