@@ -18,8 +18,8 @@ def test_shipped_configs_load(path):
 
 def test_scifact_configs_differ_only_where_they_say():
     """random vs BM25 negatives compare negatives and nothing else; the main job (ANN) adds only its lengths
-    (train and refresh at 128 tokens, evaluate at 256) and a cheaper evaluation; its async variant differs in
-    refresh_mode alone."""
+    (train and refresh at 128 tokens, evaluate at 256), bfloat16 compute and a cheaper evaluation; its async
+    variant differs in refresh_mode and in float32, what its table was measured in."""
     from jdr.config import to_dict
 
     root = Path(__file__).parents[1] / "configs"
@@ -33,10 +33,18 @@ def test_scifact_configs_differ_only_where_they_say():
         return out
 
     assert without(runs["bm25"]) == without(runs["rand"])
-    main_job = ("model.passage_max_length", "eval.passage_max_length", "eval.batch_size", "eval.corpus_sample")
+    main_job = (
+        "model.passage_max_length",
+        "model.dtype",
+        "eval.passage_max_length",
+        "eval.batch_size",
+        "eval.corpus_sample",
+    )
     assert without(runs["ance"], *main_job) == without(runs["rand"], *main_job)
     assert (runs["ance"]["model"]["passage_max_length"], runs["ance"]["eval"]["passage_max_length"]) == (128, 256)
-    assert runs["ance_async"] == {**runs["ance"], "negatives": {**runs["ance"]["negatives"], "refresh_mode": "async"}}
+    # the async table was measured in float32 before the main job moved to bfloat16
+    async_as_measured = {**runs["ance"], "model": {**runs["ance"]["model"], "dtype": "float32"}}
+    assert runs["ance_async"] == {**async_as_measured, "negatives": {**runs["ance"]["negatives"], "refresh_mode": "async"}}
     assert [runs[n]["negatives"]["source"] for n in ("rand", "bm25", "ance")] == ["random", "bm25", "ann"]
     assert runs["ance"]["negatives"]["refresh_mode"] == "sync"
 
