@@ -44,7 +44,10 @@ def test_scifact_configs_differ_only_where_they_say():
     assert (runs["ance"]["model"]["passage_max_length"], runs["ance"]["eval"]["passage_max_length"]) == (128, 256)
     # the async table was measured in float32 before the main job moved to bfloat16
     async_as_measured = {**runs["ance"], "model": {**runs["ance"]["model"], "dtype": "float32"}}
-    assert runs["ance_async"] == {**async_as_measured, "negatives": {**runs["ance"]["negatives"], "refresh_mode": "async"}}
+    assert runs["ance_async"] == {
+        **async_as_measured,
+        "negatives": {**runs["ance"]["negatives"], "refresh_mode": "async"},
+    }
     assert [runs[n]["negatives"]["source"] for n in ("rand", "bm25", "ance")] == ["random", "bm25", "ann"]
     assert runs["ance"]["negatives"]["refresh_mode"] == "sync"
 
