@@ -17,10 +17,10 @@ The student's group scores are `q . p / temperature`: the logits InfoNCE would u
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
+from jdr import losses
 from jdr.losses import info_nce
 
 
@@ -70,23 +70,15 @@ def group_scores(q, p, group_size: int):
 
 
 def margin_mse(student, teacher):
-    """Margin-MSE: mean over (query, negative) of `((s_0 - s_j) - (t_0 - t_j))^2`, `[B, G]` scores, G >= 2."""
-    student, teacher = _groups(student), _groups(teacher)
-    if student.shape != teacher.shape or student.shape[1] < 2:
-        raise ValueError(f"margin_mse needs student and teacher [B, G>=2]; got {student.shape}, {teacher.shape}")
-    s_margin = student[:, :1] - student[:, 1:]
-    t_margin = teacher[:, :1] - teacher[:, 1:]
-    return jnp.mean(jnp.square(s_margin - t_margin))
+    """Margin-MSE: mean over (query, negative) of `((s_0 - s_j) - (t_0 - t_j))^2`, `[B, G]` scores, G >= 2
+    (`jdr.losses.margin_mse` over whole groups)."""
+    return losses.margin_mse(_groups(student), _groups(teacher))[0]
 
 
 def listwise_kl(student, teacher, *, teacher_temperature: float = 1.0):
-    """KL(softmax(teacher / teacher_temperature) || softmax(student)) per query, mean over queries."""
-    student, teacher = _groups(student), _groups(teacher)
-    if student.shape != teacher.shape:
-        raise ValueError(f"listwise_kl: student {student.shape} and teacher {teacher.shape} differ")
-    log_s = jax.nn.log_softmax(student, axis=1)
-    log_t = jax.nn.log_softmax(teacher / teacher_temperature, axis=1)
-    return jnp.mean(jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=1))
+    """KL(softmax(teacher / teacher_temperature) || softmax(student)) per query, mean over queries
+    (`jdr.losses.kl_distill` at temperature 1 against the teacher's scores divided by its temperature)."""
+    return losses.kl_distill(_groups(student), _groups(teacher) / teacher_temperature)[0]
 
 
 DISTILL = {"margin_mse": margin_mse, "kl": listwise_kl}  # config `distill.loss`
