@@ -22,7 +22,8 @@ def test_every_config_loads_and_passes_its_objective_checks(name):
     cfg = load_config(CONFIGS / f"{name}.py", RUNNER_SETS + extra)
     objective_class(cfg).validate(cfg, per_device=cfg.train.global_batch_size // 8)
     check_config(cfg.negatives)
-    assert cfg.model.passage_max_length == 128 and cfg.train.steps == 50  # sized for 2 cores
+    # sized for 2 cores: the bi-encoder rows 50 steps; the cross-encoder's fresh head needs 100 (50 stayed at chance)
+    assert cfg.model.passage_max_length == 128 and cfg.train.steps == (100 if name == "cross_encoder" else 50)
 
 
 def test_distillation_rows_differ_from_infonce_only_in_the_objective():
